@@ -1,0 +1,136 @@
+"""Shared pieces of in-batch metric losses: input checks, label masks, base class.
+
+In-batch losses take integer class labels `y_true` of shape `(B,)` or `(B, 1)`
+and embeddings `y_pred` of shape `(B, D)`. Every pair of samples with the same
+label is a positive pair (a sample is never its own positive), every pair with
+different labels a negative pair.
+"""
+
+import keras
+from keras import ops
+
+from tfmetric import distances as distances_lib
+
+
+def check_margin(value, name="margin", allow_zero=True):
+    """Validates a non-negative (or positive) float argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number; got {value!r}.")
+    if value < 0 or (not allow_zero and value == 0) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be {bound}; got {value!r}.")
+    return float(value)
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
+    return value
+
+
+def prepare_labels_and_embeddings(labels, embeddings):
+    """Validates and standardises `(labels, embeddings)`.
+
+    Returns:
+        `(labels, embeddings)`: int32-or-int64 labels of shape `(B,)` and float32
+        embeddings of shape `(B, D)`.
+
+    Raises:
+        ValueError: naming `y_true` or `y_pred` for wrong ranks, lengths or
+            dtypes, where shapes are known.
+    """
+    embeddings = ops.convert_to_tensor(embeddings)
+    if len(embeddings.shape) != 2:
+        raise ValueError(
+            "`y_pred` must be 2-D embeddings of shape (batch, dim); got shape "
+            f"{tuple(embeddings.shape)}."
+        )
+    labels = ops.convert_to_tensor(labels)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if not (dtype.startswith("int") or dtype.startswith("uint")):
+        raise ValueError(
+            "`y_true` must hold integer class labels; got dtype "
+            f"{dtype}. Cast your labels to int (e.g. `labels.astype('int64')`)."
+        )
+    if len(labels.shape) == 2 and labels.shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+    if len(labels.shape) != 1:
+        raise ValueError(
+            "`y_true` must be integer labels of shape (batch,) or (batch, 1); got "
+            f"shape {tuple(labels.shape)}."
+        )
+    batch, label_batch = embeddings.shape[0], labels.shape[0]
+    if batch is not None and label_batch is not None and batch != label_batch:
+        raise ValueError(
+            f"`y_true` has {label_batch} labels but `y_pred` has {batch} embeddings; "
+            "they must match."
+        )
+    embed_dtype = keras.backend.standardize_dtype(embeddings.dtype)
+    if not embed_dtype.startswith(("float", "bfloat")):
+        raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {embed_dtype}.")
+    return labels, ops.cast(embeddings, "float32")
+
+
+def label_masks(labels):
+    """Returns boolean `(positive, negative)` masks of shape `(B, B)`.
+
+    `positive[i, j]` is true when `i != j` share a label; `negative[i, j]` when
+    their labels differ.
+    """
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+    return ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def pairwise_dissimilarity(distance, embeddings):
+    """In-batch distance matrix oriented so that smaller means closer.
+
+    Similarities (`distance.is_similarity`) are negated, so a loss written for
+    distances serves them too: a margin `m` on `d(a, p) - d(a, n)` becomes a
+    margin on `s(a, n) - s(a, p)`.
+    """
+    matrix = distance(embeddings)
+    return -matrix if distance.is_similarity else matrix
+
+
+def first_occurrence_ids(labels):
+    """Maps labels to the index of the first sample holding the same label.
+
+    The result lies in `[0, B)`, so it survives Keras' cast of `y_true` to
+    float32 exactly, whatever the magnitude of the original label values.
+    """
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    return ops.argmax(ops.cast(same, "int32"), axis=1)
+
+
+class InBatchLoss(keras.losses.Loss):
+    """Base of the losses computed over all pairs of a labelled batch.
+
+    Subclasses set `fn` (the functional twin, called as
+    `fn(labels, embeddings, **self._fn_kwargs())`) and keep one attribute per
+    constructor argument. Labels are validated before Keras casts them to the
+    loss dtype, and replaced by first-occurrence ids so that the cast is
+    lossless.
+    """
+
+    fn = None
+
+    def __init__(self, distance="euclidean", name=None, reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.distance = distances_lib.get(distance)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        labels, _ = prepare_labels_and_embeddings(y_true, y_pred)
+        return super().__call__(first_occurrence_ids(labels), y_pred, sample_weight)
+
+    def call(self, y_true, y_pred):
+        return type(self).fn(ops.cast(y_true, "int32"), y_pred, **self._fn_kwargs())
+
+    def _fn_kwargs(self):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = super().get_config()
+        config["dtype"] = self._dtype_policy.name
+        config["distance"] = distances_lib.serialize(self.distance)
+        return config

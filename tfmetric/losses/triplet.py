@@ -1,0 +1,245 @@
+"""Triplet loss with online mining: all, batch-hard and semi-hard triplets."""
+
+import keras
+from keras import ops
+
+from tfmetric import distances as distances_lib
+from tfmetric.losses import batch
+
+MINING_MODES = ("all", "hard", "semi-hard")
+
+
+def _per_anchor(total, denominator):
+    """Per-anchor values whose batch mean is `sum(total) / denominator`.
+
+    Keras reduces a loss by averaging the per-sample values; scaling by
+    `B / denominator` turns that average into the documented normalisation
+    (e.g. the mean over positive pairs) while keeping sample weights per anchor.
+    """
+    size = ops.cast(ops.shape(total)[0], "float32")
+    return total * size / ops.maximum(denominator, 1.0)
+
+
+def _hard_mining(dist, positive, negative, margin, soft_margin):
+    """Hardest positive and hardest negative per anchor (Hermans et al. 2017)."""
+    hardest_positive = ops.max(ops.where(positive, dist, -float("inf")), axis=1)
+    hardest_negative = ops.min(ops.where(negative, dist, float("inf")), axis=1)
+    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    gap = ops.where(valid, hardest_positive - hardest_negative, 0.0)
+    per_anchor = ops.softplus(gap) if soft_margin else ops.relu(gap + margin)
+    per_anchor = ops.where(valid, per_anchor, 0.0)
+    return _per_anchor(per_anchor, ops.sum(ops.cast(valid, "float32")))
+
+
+def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
+    """Sums triplet terms over every positive pair in O(B²) memory.
+
+    One iteration handles the k-th positive of every anchor at once, so the
+    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch) and each
+    iteration is a few masked row passes over the `(B, B)` matrix — no `(B, B,
+    B)` tensor and no sort. The loop runs on a stopped gradient: it returns the
+    loss value and its gradient with respect to `dist`, recombined below as
+    `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
+    and the same gradient without storing per-iteration activations.
+
+    Returns:
+        `(value, grad, pairs, nonzero)`: per-anchor sums `(B,)`, the gradient
+        `(B, B)`, the number of positive pairs and of non-zero triplet terms.
+    """
+    const = ops.stop_gradient(dist)
+    positive_f = ops.cast(positive, "float32")
+    negative_f = ops.cast(negative, "float32")
+    rank = ops.cumsum(ops.cast(positive, "int32"), axis=1)
+    slots = ops.max(ops.sum(ops.cast(positive, "int32"), axis=1))
+    size = ops.shape(dist)[0]
+    columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
+    farthest_negative = ops.max(ops.where(negative, const, -float("inf")), axis=1)
+    has_negative = ops.any(negative, axis=1)
+
+    def term(x):
+        if soft_margin:
+            return ops.softplus(x), ops.sigmoid(x)
+        x = x + margin
+        return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
+
+    def body(k, value, grad, nonzero):
+        slot = ops.logical_and(positive, ops.equal(rank, k + 1))
+        slot_f = ops.cast(slot, "float32")
+        has_slot = ops.logical_and(ops.any(slot, axis=1), has_negative)
+        d_ap = ops.expand_dims(ops.sum(slot_f * const, axis=1), 1)
+        if semi_hard:
+            farther = ops.logical_and(negative, ops.greater(const, d_ap))
+            masked = ops.where(farther, const, float("inf"))
+            has_farther = ops.any(farther, axis=1)
+            chosen = ops.where(
+                has_farther,
+                ops.argmin(masked, axis=1),
+                ops.argmax(ops.where(negative, const, -float("inf")), axis=1),
+            )
+            d_an = ops.where(has_farther, ops.min(masked, axis=1), farthest_negative)
+            loss, slope = term(ops.squeeze(d_ap, 1) - d_an)
+            loss = ops.where(has_slot, loss, 0.0)
+            slope = ops.where(has_slot, slope, 0.0)
+            one_hot = ops.cast(
+                ops.equal(columns, ops.expand_dims(ops.cast(chosen, "int32"), 1)), "float32"
+            )
+            grad = grad + ops.expand_dims(slope, 1) * (slot_f - one_hot)
+            value = value + loss
+            nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
+        else:
+            valid = negative_f * ops.expand_dims(ops.cast(has_slot, "float32"), 1)
+            loss, slope = term(d_ap - const)
+            loss, slope = loss * valid, slope * valid
+            grad = grad + slot_f * ops.sum(slope, axis=1, keepdims=True) - slope
+            value = value + ops.sum(loss, axis=1)
+            nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
+        return k + 1, value, grad, nonzero
+
+    zeros = ops.zeros_like(const)
+    _, value, grad, nonzero = ops.while_loop(
+        lambda k, *_: k < slots,
+        body,
+        (ops.convert_to_tensor(0, "int32"), zeros[:, 0], zeros, ops.convert_to_tensor(0.0)),
+    )
+    pairs = ops.sum(positive_f * ops.expand_dims(ops.cast(has_negative, "float32"), 1))
+    value = value + ops.sum(grad * (dist - const), axis=1)
+    return value, pairs, nonzero
+
+
+def triplet_loss(
+    labels,
+    embeddings,
+    margin=1.0,
+    distance="euclidean",
+    mining="semi-hard",
+    soft_margin=False,
+):
+    """Triplet loss over the triplets mined in a labelled batch.
+
+    For an anchor `a`, a positive `p` (same label, `p != a`) and a negative `n`
+    (another label), the triplet term is `max(d(a, p) - d(a, n) + margin, 0)`,
+    or `log(1 + exp(d(a, p) - d(a, n)))` with `soft_margin=True` (the margin is
+    then unused). For a similarity such as `"inner_product"`, `d = -s`.
+
+    Mining modes and their normalisation:
+
+    - `"semi-hard"` (FaceNet, TensorFlow Addons' rule): for every positive pair
+      `(a, p)` the closest negative farther than `p`, i.e. the smallest
+      `d(a, n) > d(a, p)`; where there is none, the farthest negative. The loss
+      is the mean over positive pairs (those whose anchor has a negative).
+    - `"hard"` (batch-hard, Hermans et al. 2017): for every anchor its farthest
+      positive and closest negative; the mean over anchors that have both.
+    - `"all"`: every valid triplet `(a, p, n)`; the mean over the triplets with
+      a non-zero term (with `soft_margin`, over all valid triplets), as in
+      "batch all" of Hermans et al. 2017.
+
+    A batch without any positive pair or any negative gives 0 with a zero
+    gradient. Memory is O(B²) forward and backward; "semi-hard" and "all" run
+    a loop of `max #positives per anchor` iterations, each a few O(B²) passes.
+
+    Args:
+        labels: Integer class labels, shape `(B,)` or `(B, 1)`.
+        embeddings: Embeddings, shape `(B, D)`; computed in float32.
+        margin: Non-negative margin. Defaults to `1.0`.
+        distance: Name, config or `tfmetric.distances.Distance`. Defaults to
+            `"euclidean"`.
+        mining: `"semi-hard"`, `"hard"` or `"all"`. Defaults to `"semi-hard"`.
+        soft_margin: Use the soft-plus form instead of the hinge. Defaults to
+            `False`.
+
+    Returns:
+        Per-anchor values of shape `(B,)` whose mean is the loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> values = tfmetric.losses.triplet_loss(labels, embeddings, mining="hard")
+    >>> round(float(np.mean(values)), 4)
+    1.125
+
+    Reference:
+        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015; Hermans et al., "In Defense of the Triplet
+        Loss for Person Re-Identification", 2017.
+    """
+    margin = batch.check_margin(margin)
+    batch.check_choice(mining, "mining", MINING_MODES)
+    distance = distances_lib.get(distance)
+    labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
+    dist = batch.pairwise_dissimilarity(distance, embeddings)
+    positive, negative = batch.label_masks(labels)
+    if mining == "hard":
+        return _hard_mining(dist, positive, negative, margin, soft_margin)
+    value, pairs, nonzero = _loop_mining(
+        dist, positive, negative, margin, soft_margin, semi_hard=mining == "semi-hard"
+    )
+    if mining == "semi-hard":
+        return _per_anchor(value, pairs)
+    if soft_margin:
+        valid_triplets = ops.sum(
+            ops.sum(ops.cast(positive, "float32"), axis=1)
+            * ops.sum(ops.cast(negative, "float32"), axis=1)
+        )
+        return _per_anchor(value, valid_triplets)
+    return _per_anchor(value, nonzero)
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class TripletLoss(batch.InBatchLoss):
+    """Triplet loss with online mining on batches of (integer labels, embeddings).
+
+    See `tfmetric.losses.triplet_loss` for the mining modes and normalisation.
+
+    Args:
+        margin: Non-negative margin. Defaults to `1.0`.
+        distance: Name, config or `tfmetric.distances.Distance`. Defaults to
+            `"euclidean"`.
+        mining: `"semi-hard"`, `"hard"` or `"all"`. Defaults to `"semi-hard"`.
+        soft_margin: Soft-plus instead of the hinge. Defaults to `False`.
+        reduction: Keras reduction of the per-anchor values. Defaults to
+            `"sum_over_batch_size"`.
+        name: Name of the loss. Defaults to `"triplet_loss"`.
+        dtype: Dtype of the returned loss. Defaults to `None` (float32).
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model.compile(optimizer="adam", loss=tfmetric.losses.TripletLoss(margin=0.2))
+
+    Reference:
+        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015.
+    """
+
+    fn = triplet_loss
+
+    def __init__(
+        self,
+        margin=1.0,
+        distance="euclidean",
+        mining="semi-hard",
+        soft_margin=False,
+        reduction="sum_over_batch_size",
+        name="triplet_loss",
+        dtype=None,
+    ):
+        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        self.margin = batch.check_margin(margin)
+        self.mining = batch.check_choice(mining, "mining", MINING_MODES)
+        self.soft_margin = bool(soft_margin)
+
+    def _fn_kwargs(self):
+        return {
+            "margin": self.margin,
+            "distance": self.distance,
+            "mining": self.mining,
+            "soft_margin": self.soft_margin,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin=self.margin, mining=self.mining, soft_margin=self.soft_margin)
+        return config
