@@ -1,6 +1,9 @@
 """Shared test settings: quiet TensorFlow, deterministic seeds, doctest namespace."""
 
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

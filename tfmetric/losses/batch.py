@@ -134,3 +134,50 @@ class InBatchLoss(keras.losses.Loss):
         config["dtype"] = self._dtype_policy.name
         config["distance"] = distances_lib.serialize(self.distance)
         return config
+
+
+def pairwise_similarity(distance, embeddings):
+    """In-batch similarity matrix oriented so that larger means closer.
+
+    Similarities are returned as they are; a distance `d` becomes `1 - d`,
+    which is exactly the cosine similarity for `"cosine"` and keeps thresholds
+    such as multi-similarity's `base` or circle loss' margins meaningful for
+    other distances on normalised embeddings. Softmax-based losses are
+    unaffected by the constant shift.
+    """
+    matrix = distance(embeddings)
+    return matrix if distance.is_similarity else 1.0 - matrix
+
+
+def masked_logsumexp(x, mask, axis=1, add_one=False):
+    """`log(sum(exp(x)))` over the entries where `mask` is true.
+
+    With `add_one=True` it is `log(1 + sum(exp(x)))`, a smooth `max(0, ...)`.
+    A row where `mask` is all false gives 0 (the empty-sum case is left to the
+    caller to mask out) with a zero gradient, never NaN or Inf: masked entries
+    never reach `exp` and the shift by the row maximum is a constant.
+    """
+    masked = ops.where(mask, x, -float("inf"))
+    shift = ops.max(masked, axis=axis, keepdims=True)
+    shift = ops.where(ops.isfinite(shift), shift, 0.0)
+    if add_one:
+        shift = ops.maximum(shift, 0.0)
+    shift = ops.stop_gradient(shift)
+    total = ops.sum(ops.exp(ops.where(mask, x - shift, -float("inf"))), axis=axis, keepdims=True)
+    if add_one:
+        total = total + ops.exp(-shift)
+    nonempty = ops.greater(total, 0.0)
+    value = ops.where(nonempty, ops.log(ops.where(nonempty, total, 1.0)) + shift, 0.0)
+    return ops.squeeze(value, axis=axis)
+
+
+def mean_over(values, valid):
+    """Per-sample values whose batch mean is the mean of `values` over `valid`.
+
+    Keras reduces a loss by averaging per-sample values over the batch; scaling
+    the valid entries by `B / count(valid)` (and zeroing the rest) turns that
+    average into the mean over the valid anchors, e.g. those with a positive.
+    """
+    size = ops.cast(ops.shape(values)[0], "float32")
+    count = ops.sum(ops.cast(valid, "float32"))
+    return ops.where(valid, values, 0.0) * size / ops.maximum(count, 1.0)

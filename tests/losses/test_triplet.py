@@ -1,0 +1,218 @@
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from graph_memory import largest_tensor_elements
+from references import numeric_gradient, triplet
+
+import tfmetric
+from tfmetric import distances
+from tfmetric.losses import TripletLoss, triplet_loss
+
+MINING = ["semi-hard", "hard", "all"]
+DISTANCES = ["euclidean", "squared_euclidean", "cosine", "inner_product", "manhattan"]
+
+
+def _batch(n=12, d=4, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    labels[:classes] = np.arange(classes)
+    return labels, rng.normal(size=(n, d)).astype("float32")
+
+
+def _value(labels, embeddings, **kwargs):
+    return float(np.mean(triplet_loss(labels, embeddings, **kwargs)))
+
+
+@pytest.mark.parametrize("mining", MINING)
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("margin", [0.0, 0.3, 1.0])
+def test_matches_reference(mining, distance, margin):
+    labels, x = _batch(seed=int(margin * 10))
+    expected = triplet(labels, x, margin=margin, distance=distance, mining=mining)
+    got = _value(labels, x, margin=margin, distance=distance, mining=mining)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mining", MINING)
+def test_soft_margin_matches_reference(mining):
+    labels, x = _batch(seed=3)
+    expected = triplet(labels, x, distance="euclidean", mining=mining, soft=True)
+    np.testing.assert_allclose(_value(labels, x, mining=mining, soft_margin=True), expected, rtol=1e-4)
+
+
+def test_singleton_classes_and_pk_batch():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 4])
+    x = np.random.default_rng(5).normal(size=(12, 3)).astype("float32")
+    for mining in MINING:
+        np.testing.assert_allclose(
+            _value(labels, x, mining=mining, margin=0.5),
+            triplet(labels, x, mining=mining, margin=0.5),
+            rtol=1e-4,
+        )
+
+
+@pytest.mark.parametrize("mining", MINING)
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradient_matches_finite_differences(mining, soft):
+    labels, x = _batch(n=8, d=3, classes=3, seed=7)
+    xv = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(triplet_loss(labels, xv, margin=0.5, mining=mining, soft_margin=soft))
+    grad = tape.gradient(loss, xv).numpy()
+    numeric = numeric_gradient(
+        lambda e: triplet(labels, e, margin=0.5, mining=mining, soft=soft), x.astype(np.float64)
+    )
+    np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("mining", MINING)
+@pytest.mark.parametrize("labels", [np.arange(6), np.zeros(6, "int64")], ids=["no-positive", "no-negative"])
+def test_degenerate_batches_give_zero_and_zero_gradient(mining, labels):
+    x = tf.Variable(np.random.default_rng(0).normal(size=(6, 3)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = TripletLoss(mining=mining)(labels, x)
+    grad = tape.gradient(loss, x)
+    assert float(loss) == 0.0
+    assert np.all(np.isfinite(grad.numpy())) and np.all(grad.numpy() == 0.0)
+
+
+@pytest.mark.parametrize("mining", MINING)
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_duplicate_and_collapsed_embeddings_are_finite(mining, distance):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    for x in (np.tile([[1.0, 2.0]], (6, 1)), np.zeros((6, 2)), np.repeat(np.eye(3, 2), 2, axis=0)):
+        xv = tf.Variable(x.astype("float32"))
+        with tf.GradientTape() as tape:
+            loss = TripletLoss(mining=mining, distance=distance)(labels, xv)
+        assert np.isfinite(float(loss))
+        assert np.all(np.isfinite(tape.gradient(loss, xv).numpy()))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("mining", MINING)
+def test_low_precision_embeddings(dtype, mining):
+    labels, x = _batch()
+    xv = tf.Variable(tf.cast(x * 100.0, dtype))
+    with tf.GradientTape() as tape:
+        loss = TripletLoss(mining=mining)(labels, xv)
+    assert np.isfinite(float(loss))
+    assert np.all(np.isfinite(tf.cast(tape.gradient(loss, xv), "float32").numpy()))
+    expected = triplet(labels, tf.cast(xv, "float32").numpy(), mining=mining)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-3)
+
+
+def test_class_keeps_large_integer_labels_exact():
+    # 2**40 and 2**40 + 1 collide once cast to float32; the class must not merge them.
+    labels = np.array([2**40, 2**40, 2**40 + 1, 2**40 + 1], dtype="int64")
+    x = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]], "float32")
+    got = float(TripletLoss(mining="hard")(labels, x))
+    np.testing.assert_allclose(got, triplet([0, 0, 1, 1], x, mining="hard"), rtol=1e-6)
+
+
+def test_labels_of_shape_b1_and_sample_weight():
+    labels, x = _batch()
+    loss = TripletLoss(mining="hard")
+    np.testing.assert_allclose(float(loss(labels[:, None], x)), float(loss(labels, x)), rtol=1e-6)
+    per_anchor = triplet_loss(labels, x, mining="hard").numpy()
+    weights = np.linspace(0.0, 2.0, len(labels))
+    np.testing.assert_allclose(
+        float(loss(labels, x, sample_weight=weights)), np.mean(per_anchor * weights), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "labels, embeddings, message",
+    [
+        (np.zeros((4, 2), "int32"), np.zeros((4, 3)), "`y_true`"),
+        (np.zeros(5, "int32"), np.zeros((4, 3)), "`y_true` has 5 labels"),
+        (np.zeros(4, "float32"), np.zeros((4, 3)), "integer class labels"),
+        (np.zeros(4, "int32"), np.zeros((4,)), "`y_pred`"),
+        (np.zeros(4, "int32"), np.zeros((4, 3, 1)), "`y_pred`"),
+    ],
+)
+def test_bad_input_names_the_argument(labels, embeddings, message):
+    with pytest.raises(ValueError, match=message):
+        TripletLoss()(labels, embeddings)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"margin": -1.0}, "`margin`"), ({"mining": "easy"}, "`mining`"), ({"distance": "l7"}, "`distance`")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TripletLoss(**kwargs)
+
+
+def test_config_is_complete_and_round_trips():
+    loss = TripletLoss(margin=0.3, distance=distances.Minkowski(3), mining="all", soft_margin=True, name="t")
+    config = loss.get_config()
+    assert set(inspect.signature(TripletLoss).parameters) <= set(config)
+    clone = TripletLoss.from_config(config)
+    assert clone.get_config() == config
+    assert clone.distance == distances.Minkowski(3)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, TripletLoss) and restored.get_config() == config
+
+
+def _model(dim=4):
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"), keras.layers.Dense(dim)])
+
+
+@pytest.mark.parametrize("mining", MINING)
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
+def test_trains_under_xla(mining, distance):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(8), 8)
+    x = (rng.normal(size=(8, 8))[y] + 0.3 * rng.normal(size=(64, 8))).astype("float32")
+    model = _model()
+    model.compile(
+        keras.optimizers.Adam(0.01),
+        loss=TripletLoss(mining=mining, distance=distance, margin=0.5),
+        jit_compile=True,
+    )
+    history = model.fit(x, y, batch_size=64, epochs=15, verbose=0, shuffle=False).history["loss"]
+    assert all(np.isfinite(history))
+    assert history[-1] < history[0]
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = _model()
+    loss = TripletLoss(margin=0.25, mining="hard", distance="cosine")
+    model.compile("adam", loss=loss)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.loss, TripletLoss)
+    assert restored.loss.get_config() == loss.get_config()
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mining", MINING)
+def test_memory_is_quadratic_forward_and_backward(mining):
+    size, dim = 61, 5
+    x = tf.constant(np.random.default_rng(0).normal(size=(size, dim)).astype("float32"))
+    labels = tf.constant(np.arange(size) % 7)
+
+    def step(embeddings, y):
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            loss = tf.reduce_mean(triplet_loss(y, embeddings, mining=mining))
+        return loss, tape.gradient(loss, embeddings)
+
+    assert largest_tensor_elements(step, x, labels) <= size * size
+
+
+def test_memory_check_detects_a_cubic_tensor():
+    x = tf.zeros((13, 13))
+    assert largest_tensor_elements(lambda a: a[:, :, None] + a[None], x) == 13**3
+
+
+def test_public_api():
+    assert tfmetric.losses.TripletLoss is TripletLoss
+    assert TripletLoss().get_config()["mining"] == "semi-hard"
+    assert TripletLoss().margin == 1.0

@@ -1,0 +1,148 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from references import numeric_gradient, pairwise
+
+from tfmetric import distances
+
+NAMES = ["euclidean", "squared_euclidean", "cosine", "manhattan", "inner_product"]
+
+
+def _data(n=6, m=5, d=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype("float32"), rng.normal(size=(m, d)).astype("float32")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_definition(name):
+    x, y = _data()
+    np.testing.assert_allclose(distances.get(name)(x, y), pairwise(x, y, name), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0])
+def test_minkowski_matches_definition(p):
+    x, y = _data()
+    got = distances.Minkowski(p)(x, y)
+    np.testing.assert_allclose(got, pairwise(x, y, ("minkowski", p)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_self_distance_has_zero_diagonal_for_distances(name):
+    x, _ = _data()
+    matrix = np.asarray(distances.get(name)(x))
+    expected = pairwise(x, x, name)
+    if name != "inner_product":
+        np.fill_diagonal(expected, 0.0)
+        assert np.all(np.diag(matrix) == 0.0)
+    np.testing.assert_allclose(matrix, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("distance", NAMES + [distances.Minkowski(3.0)])
+def test_gradient_finite_for_coinciding_embeddings(distance):
+    x, _ = _data(n=4)
+    x = tf.Variable(np.concatenate([x, x, np.zeros_like(x[:1]), np.zeros_like(x[:1])]))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(distances.get(distance)(x)) + tf.reduce_sum(
+            distances.get(distance)(x, x)
+        )
+    grad = tape.gradient(total, x)
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "manhattan", distances.Minkowski(3)])
+def test_gradient_matches_finite_differences(distance):
+    x, y = _data(n=3, m=4, d=5, seed=1)
+    weights = np.random.default_rng(2).normal(size=(3, 4))
+    ref_name = ("minkowski", 3.0) if isinstance(distance, distances.Minkowski) else distance
+    xv, yv = tf.Variable(x), tf.Variable(y)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(distances.get(distance)(xv, yv) * weights)
+    gx, gy = tape.gradient(total, [xv, yv])
+    num_x = numeric_gradient(lambda a: np.sum(pairwise(a, y, ref_name) * weights), x)
+    num_y = numeric_gradient(lambda b: np.sum(pairwise(x, b, ref_name) * weights), y)
+    np.testing.assert_allclose(gx.numpy(), num_x, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(gy.numpy(), num_y, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64", "int32"])
+def test_output_is_float32(dtype):
+    x, y = _data()
+    out = distances.Euclidean()(tf.cast(x, dtype), tf.cast(y, dtype))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert np.all(np.isfinite(out.numpy()))
+
+
+@pytest.mark.parametrize("distance", NAMES + [distances.Minkowski(1.5)])
+def test_xla_forward_and_backward(distance):
+    x, y = _data()
+    distance = distances.get(distance)
+
+    @tf.function(jit_compile=True)
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            total = tf.reduce_sum(distance(a, b))
+        return total, tape.gradient(total, a)
+
+    total, grad = step(tf.constant(x), tf.constant(y))
+    np.testing.assert_allclose(total.numpy(), pairwise(x, y, _ref(distance)).sum(), rtol=1e-4)
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def _ref(distance):
+    if isinstance(distance, distances.Minkowski):
+        return ("minkowski", distance.p)
+    return distance.name
+
+
+def test_get_accepts_name_config_and_instance():
+    assert isinstance(distances.get("euclidean"), distances.Euclidean)
+    assert isinstance(distances.get("Squared-Euclidean"), distances.SquaredEuclidean)
+    instance = distances.Minkowski(3)
+    assert distances.get(instance) is instance
+    assert distances.get(distances.serialize(instance)) == instance
+    assert distances.get(keras.saving.serialize_keras_object(instance)) == instance
+    assert distances.serialize(distances.Cosine()) == "cosine"
+    assert distances.InnerProduct().is_similarity and not distances.Cosine().is_similarity
+
+
+@pytest.mark.parametrize(
+    "identifier, message",
+    [("hamming", "Unknown `distance`"), (3, "`distance` must be"), ({"class_name": "Nope"}, "distance")],
+)
+def test_get_rejects_unknown(identifier, message):
+    with pytest.raises(ValueError, match=message):
+        distances.get(identifier)
+
+
+@pytest.mark.parametrize("p", [0.5, -1, "two", True])
+def test_minkowski_rejects_bad_order(p):
+    with pytest.raises(ValueError, match="`p`"):
+        distances.Minkowski(p)
+
+
+def test_bad_shapes_name_the_argument():
+    x, y = _data()
+    with pytest.raises(ValueError, match="`x`"):
+        distances.Euclidean()(x[0])
+    with pytest.raises(ValueError, match="same embedding size"):
+        distances.Euclidean()(x, y[:, :3])
+    with pytest.raises(TypeError, match="`y`"):
+        distances.Euclidean()(x, y > 0)
+
+
+def test_minkowski_memory_is_blockwise(monkeypatch):
+    # With the block budget at n*m elements, no tensor exceeds (n, m), forward or backward.
+    from graph_memory import largest_tensor_elements
+
+    monkeypatch.setattr(distances, "_BLOCK_ELEMENTS", 40 * 30)
+    x, y = (tf.constant(a) for a in _data(n=40, m=30, d=9))
+
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            total = tf.reduce_sum(distances.Minkowski(3)(a, b)) + tf.reduce_sum(distances.Manhattan()(a, b))
+        return tape.gradient(total, [a, b])
+
+    assert largest_tensor_elements(step, x, y) <= 40 * 30
