@@ -4,12 +4,52 @@ Each loss is a public function (the computation) and a thin
 `keras.losses.Loss` subclass that stores its arguments.
 """
 
+from tfmetric.losses.circle import CircleLoss, circle_loss
 from tfmetric.losses.contrastive import ContrastiveLoss, contrastive_loss
+from tfmetric.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loss
+from tfmetric.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
+from tfmetric.losses.npairs import NPairsLoss, npairs_loss
+from tfmetric.losses.pair import (
+    PairContrastiveLoss,
+    TripletMarginLoss,
+    pair_contrastive_loss,
+    paired_distance,
+    triplet_margin_loss,
+)
+from tfmetric.losses.soft_nearest_neighbor import (
+    SoftNearestNeighborLoss,
+    soft_nearest_neighbor_loss,
+)
+from tfmetric.losses.supervised_contrastive import (
+    NTXentLoss,
+    SupervisedContrastiveLoss,
+    nt_xent_loss,
+    supervised_contrastive_loss,
+)
 from tfmetric.losses.triplet import TripletLoss, triplet_loss
 
 __all__ = [
+    "CircleLoss",
+    "LiftedStructureLoss",
+    "MultiSimilarityLoss",
+    "NPairsLoss",
+    "NTXentLoss",
+    "SoftNearestNeighborLoss",
+    "SupervisedContrastiveLoss",
+    "circle_loss",
+    "lifted_structure_loss",
+    "multi_similarity_loss",
+    "npairs_loss",
+    "nt_xent_loss",
+    "soft_nearest_neighbor_loss",
+    "supervised_contrastive_loss",
     "ContrastiveLoss",
     "TripletLoss",
     "contrastive_loss",
     "triplet_loss",
+    "PairContrastiveLoss",
+    "TripletMarginLoss",
+    "pair_contrastive_loss",
+    "paired_distance",
+    "triplet_margin_loss",
 ]
