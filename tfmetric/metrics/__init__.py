@@ -1,0 +1,41 @@
+"""Evaluation of embeddings: retrieval, verification, identification, few-shot, clustering."""
+
+from tfmetric.metrics.clustering import clustering_scores
+from tfmetric.metrics.few_shot import n_way_k_shot_accuracy
+from tfmetric.metrics.identification import cmc_curve
+from tfmetric.metrics.retrieval import (
+    evaluate_retrieval,
+    map_at_r,
+    mean_average_precision,
+    mean_reciprocal_rank,
+    precision_at_1,
+    r_precision,
+    recall_at_k,
+)
+from tfmetric.metrics.verification import (
+    best_threshold,
+    equal_error_rate,
+    evaluate_verification,
+    pair_distances,
+    roc_auc,
+    tar_at_far,
+)
+
+__all__ = [
+    "best_threshold",
+    "clustering_scores",
+    "cmc_curve",
+    "equal_error_rate",
+    "evaluate_retrieval",
+    "evaluate_verification",
+    "map_at_r",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+    "n_way_k_shot_accuracy",
+    "pair_distances",
+    "precision_at_1",
+    "r_precision",
+    "recall_at_k",
+    "roc_auc",
+    "tar_at_far",
+]

@@ -1,0 +1,217 @@
+"""Ranks of the relevant references of every query, computed in bounded memory.
+
+Every retrieval metric of `tfmetric.metrics` is a function of the positions
+("ranks") at which the relevant references of a query appear in its ranking of
+the references. For query `q` with `R` relevant references (same label, `q`
+itself excluded in leave-one-out mode) whose distances sorted ascending are
+`p_1 <= ... <= p_R`, the rank of the `j`-th one is
+
+    rank_j = j + #{non-relevant references r : d(q, r) <= p_j}
+
+i.e. ties are broken *pessimistically*: a non-relevant reference at exactly the
+same distance as a relevant one is ranked before it (ties among relevant
+references do not change any metric). The result is a deterministic lower
+bound of the metric that an arbitrary tie-break would give.
+
+Computation, per chunk of queries (XLA-compiled, fixed chunk shape, last chunk
+padded): the `(chunk, gallery)` distance block; the relevant references of a
+query are a contiguous block once the gallery is sorted by label, so their
+distances are gathered into a `(chunk, max R)` tensor and sorted; a
+`searchsorted` of every non-relevant distance into that sorted row gives how
+many relevant references are strictly closer, and a per-row histogram plus a
+cumulative sum gives `#non-relevant <= p_j` for every `j`. Memory is
+O(chunk × (gallery + max R)); the `(queries, gallery)` matrix is never built
+and nothing is sorted but the relevant distances.
+"""
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfmetric import distances as distances_lib
+from tfmetric.metrics._inputs import check_embeddings, check_labels, check_same_dim
+
+# Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
+ELEMENT_BUDGET = 1 << 23
+MAX_QUERY_CHUNK = 1024
+
+_COMPILED = {}
+
+
+class Ranks(NamedTuple):
+    """Per-query results of `relevant_ranks` (numpy arrays of shape `(queries,)`).
+
+    Attributes:
+        num_relevant: `R`, the number of relevant references (0: none).
+        first_rank: Rank of the closest relevant reference (meaningless where R = 0).
+        r_hits: Number of relevant references among the first `R` ranks.
+        map_at_r_sum: Sum of `precision@rank_j` over the relevant references
+            ranked within the first `R`.
+        ap_sum: Sum of `precision@rank_j` over all relevant references.
+    """
+
+    num_relevant: np.ndarray
+    first_rank: np.ndarray
+    r_hits: np.ndarray
+    map_at_r_sum: np.ndarray
+    ap_sum: np.ndarray
+
+
+def prepare_retrieval_inputs(query, query_labels, gallery, gallery_labels):
+    """Validates inputs; returns `(query, query_labels, gallery, gallery_labels)`.
+
+    `gallery` is `None` in leave-one-out mode.
+    """
+    query = check_embeddings(query, "query")
+    query_labels = check_labels(query_labels, query.shape[0], "query_labels", "query")
+    if gallery is None:
+        if gallery_labels is not None:
+            raise ValueError("`gallery_labels` was given without `gallery`.")
+        return query, query_labels, None, None
+    gallery = check_embeddings(gallery, "gallery")
+    if gallery_labels is None:
+        raise ValueError("`gallery_labels` is required when `gallery` is given.")
+    gallery_labels = check_labels(gallery_labels, gallery.shape[0], "gallery_labels", "gallery")
+    check_same_dim(query, gallery, "query", "gallery")
+    return query, query_labels, gallery, gallery_labels
+
+
+def _compiled_chunk_fn(distance, window):
+    key = (distances_lib.serialize(distance).__repr__(), window)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    distance_fn = distances_lib.get(distance)
+    sign = -1.0 if distance_fn.is_similarity else 1.0
+
+    @tf.function(jit_compile=True, reduce_retracing=False)
+    def chunk_fn(q, q_id, q_start, q_count, q_self, g, g_id):
+        chunk = q.shape[0]
+        gallery_size = tf.shape(g)[0]
+        d = sign * distance_fn(q, g)
+        inf = tf.constant(np.inf, tf.float32)
+        slots = tf.range(window, dtype=tf.int32)
+        block = q_start[:, None] + slots[None, :]
+        in_block = tf.logical_and(
+            slots[None, :] < q_count[:, None], tf.not_equal(block, q_self[:, None])
+        )
+        relevant = tf.gather(d, tf.minimum(block, gallery_size - 1), batch_dims=1)
+        relevant = tf.sort(tf.where(in_block, relevant, inf), axis=1)
+        same = tf.equal(g_id[None, :], q_id[:, None])
+        others = tf.where(same, inf, d)
+        # Number of relevant distances strictly below each non-relevant distance;
+        # masked entries (+inf) land past the last real relevant slot.
+        below = tf.searchsorted(relevant, others, side="left")
+        segments = below + (window + 1) * tf.range(chunk, dtype=tf.int32)[:, None]
+        hist = tf.math.unsorted_segment_sum(
+            tf.ones_like(segments), segments, chunk * (window + 1)
+        )
+        hist = tf.reshape(hist, (chunk, window + 1))
+        others_before = tf.cast(tf.cumsum(hist, axis=1)[:, :window], tf.float32)
+        position = tf.cast(slots + 1, tf.float32)[None, :]
+        rank = position + others_before
+        num_relevant = q_count - tf.cast(q_self >= 0, tf.int32)
+        valid = slots[None, :] < num_relevant[:, None]
+        precision = tf.where(valid, position / rank, 0.0)
+        within_r = tf.logical_and(valid, rank <= tf.cast(num_relevant, tf.float32)[:, None])
+        return (
+            tf.cast(rank[:, 0], tf.int32),
+            tf.reduce_sum(tf.cast(within_r, tf.int32), axis=1),
+            tf.reduce_sum(tf.where(within_r, precision, 0.0), axis=1),
+            tf.reduce_sum(precision, axis=1),
+        )
+
+    _COMPILED[key] = chunk_fn
+    return chunk_fn
+
+
+def _chunk_size(num_queries, width):
+    size = max(1, min(MAX_QUERY_CHUNK, ELEMENT_BUDGET // max(1, width)))
+    size = 1 << (size.bit_length() - 1)  # a power of two: few distinct compiled shapes
+    return max(1, min(size, 1 << (max(1, num_queries) - 1).bit_length()))
+
+
+def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, distance="euclidean"):
+    """Computes `Ranks` for every query (see the module docstring).
+
+    With `gallery=None` every query is ranked against the other queries: the
+    query itself is excluded (by position), duplicates of it are kept.
+    """
+    distance = distances_lib.get(distance)
+    query, query_labels, gallery, gallery_labels = prepare_retrieval_inputs(
+        query, query_labels, gallery, gallery_labels
+    )
+    leave_one_out = gallery is None
+    if leave_one_out:
+        gallery, gallery_labels = query, query_labels
+    order = np.argsort(gallery_labels, kind="stable")
+    sorted_gallery = gallery[order]
+    classes, starts, counts = np.unique(
+        gallery_labels[order], return_index=True, return_counts=True
+    )
+    g_id = np.searchsorted(classes, gallery_labels[order]).astype(np.int32)
+    where = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
+    found = classes[where] == query_labels
+    q_id = np.where(found, where, -1).astype(np.int32)
+    q_start = np.where(found, starts[where], 0).astype(np.int32)
+    q_count = np.where(found, counts[where], 0).astype(np.int32)
+    if leave_one_out:
+        q_self = np.empty(len(order), np.int32)
+        q_self[order] = np.arange(len(order), dtype=np.int32)
+    else:
+        q_self = np.full(len(query), -1, np.int32)
+    window = int(max(1, q_count.max()))
+    chunk = _chunk_size(len(query), gallery.shape[0] + window)
+    chunk_fn = _compiled_chunk_fn(distance, window)
+    g = tf.constant(sorted_gallery)
+    g_ids = tf.constant(g_id)
+    per_query = ([], [], [], [])
+    for begin in range(0, len(query), chunk):
+        stop = min(begin + chunk, len(query))
+        pad = chunk - (stop - begin)
+
+        def padded(a, fill=0, begin=begin, stop=stop, pad=pad):
+            a = a[begin:stop]
+            if pad:
+                a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+            return tf.constant(a)
+
+        outputs = chunk_fn(
+            padded(query),
+            padded(q_id, -1),
+            padded(q_start),
+            padded(q_count),
+            padded(q_self, -1),
+            g,
+            g_ids,
+        )
+        for store, value in zip(per_query, outputs, strict=True):
+            store.append(value.numpy()[: stop - begin])
+    first_rank, r_hits, map_at_r_sum, ap_sum = (np.concatenate(s) for s in per_query)
+    num_relevant = q_count - (q_self >= 0)
+    return Ranks(
+        num_relevant.astype(np.int64),
+        first_rank.astype(np.int64),
+        r_hits.astype(np.int64),
+        map_at_r_sum.astype(np.float64),
+        ap_sum.astype(np.float64),
+    )
+
+
+def evaluated_queries(ranks):
+    """Mask of the queries with R > 0; warns about the others, raises if none."""
+    keep = ranks.num_relevant > 0
+    if not np.any(keep):
+        raise ValueError(
+            "No query has a relevant reference (R = 0 for every query): no label of "
+            "`query_labels` occurs among the references."
+        )
+    missing = int(np.sum(~keep))
+    if missing:
+        warnings.warn(
+            f"{missing} of {len(keep)} queries have no relevant reference (R = 0) and are "
+            "excluded from the retrieval metrics.",
+            stacklevel=3,
+        )
+    return keep

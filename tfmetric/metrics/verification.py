@@ -1,0 +1,240 @@
+"""Verification on pairs ("same / not same"): ROC AUC, EER, TAR@FAR, thresholds.
+
+Every function takes `same`, whether each pair shares a label (booleans or
+0/1), and `scores`, one value per pair: a distance (smaller means "same") or,
+with `similarity=True`, a similarity (larger means "same"). Pass
+`similarity=tfmetric.distances.get(name).is_similarity` for values computed
+with a tfmetric distance, or use `evaluate_verification`, which computes the
+pair distances and the direction itself. Curves come from scikit-learn's
+`roc_curve`, with every threshold kept.
+
+Reference:
+    Huang, Ramesh, Berg, Learned-Miller. "Labeled Faces in the Wild: A
+    Database for Studying Face Recognition in Unconstrained Environments".
+    2007 (the pair-verification protocol).
+"""
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from tfmetric import distances as distances_lib
+from tfmetric.metrics._inputs import check_embeddings, check_same_dim
+
+_PAIR_CHUNK = 256
+
+
+def _prepare(same, scores, similarity):
+    same = np.asarray(same)
+    if same.dtype != bool and not np.issubdtype(same.dtype, np.integer):
+        raise TypeError(f"`same` must hold booleans or 0/1 integers; got dtype {same.dtype}.")
+    if same.ndim != 1:
+        raise ValueError(f"`same` must have shape (pairs,); got {same.shape}.")
+    if same.dtype != bool:
+        if not np.all((same == 0) | (same == 1)):
+            raise ValueError("`same` must hold only 0 and 1.")
+        same = same.astype(bool)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.number) or scores.dtype == bool:
+        raise TypeError(f"`scores` must hold numbers; got dtype {scores.dtype}.")
+    if scores.shape != same.shape:
+        raise ValueError(
+            f"`scores` must have one value per pair, shape {same.shape}; got {scores.shape}."
+        )
+    scores = scores.astype(np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("`scores` contains NaN or infinite values.")
+    if same.all() or not same.any():
+        raise ValueError("`same` must contain both same (1) and different (0) pairs.")
+    if not isinstance(similarity, bool):
+        raise TypeError(f"`similarity` must be a bool; got {similarity!r}.")
+    # Oriented so that larger means "same".
+    return same, (scores if similarity else -scores)
+
+
+def _curve(same, oriented):
+    fpr, tpr, thresholds = roc_curve(same, oriented, drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def roc_auc(same, scores, similarity=False):
+    """Area under the ROC curve of the "same" decision.
+
+    Args:
+        same: Booleans (or 0/1), shape `(pairs,)`: whether each pair matches.
+        scores: Distances (or similarities, see `similarity`), shape `(pairs,)`.
+        similarity: `True` when larger scores mean "same". Defaults to `False`.
+
+    Returns:
+        A float in `[0, 1]`; tied scores count one half, as in scikit-learn.
+
+    Example:
+
+    >>> tfmetric.metrics.roc_auc([1, 1, 0, 0], [0.1, 0.5, 0.4, 0.9])
+    0.75
+    """
+    same, oriented = _prepare(same, scores, similarity)
+    return float(roc_auc_score(same, oriented))
+
+
+def equal_error_rate(same, scores, similarity=False):
+    """Equal error rate: where false accept and false reject rates meet.
+
+    The ROC curve's points are joined by straight lines and the EER is read
+    where the line crosses `FAR = FRR` (`FRR = 1 - TAR`).
+
+    Args:
+        same: Booleans (or 0/1), shape `(pairs,)`.
+        scores: Distances (or similarities), shape `(pairs,)`.
+        similarity: `True` when larger scores mean "same". Defaults to `False`.
+
+    Returns:
+        A float in `[0, 1]`.
+
+    Example:
+
+    >>> tfmetric.metrics.equal_error_rate([1, 1, 0, 0], [0.1, 0.5, 0.4, 0.9])
+    0.5
+    """
+    same, oriented = _prepare(same, scores, similarity)
+    fpr, tpr, _ = _curve(same, oriented)
+    gap = (1.0 - tpr) - fpr  # FRR - FAR: 1 at the first point, -1 at the last
+    i = int(np.argmax(gap <= 0.0))
+    if gap[i] == 0.0:
+        return float(fpr[i])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def tar_at_far(same, scores, far=1e-3, similarity=False):
+    """True accept rate at a false accept rate of at most `far`.
+
+    The largest TAR among the thresholds whose FAR does not exceed `far` (no
+    interpolation, so the result is achievable by a real threshold).
+
+    Args:
+        same: Booleans (or 0/1), shape `(pairs,)`.
+        scores: Distances (or similarities), shape `(pairs,)`.
+        far: The false accept rate, in `[0, 1]`. Defaults to `1e-3`.
+        similarity: `True` when larger scores mean "same". Defaults to `False`.
+
+    Returns:
+        A float in `[0, 1]`.
+
+    Example:
+
+    >>> tfmetric.metrics.tar_at_far([1, 1, 0, 0], [0.1, 0.5, 0.4, 0.9], far=0.0)
+    0.5
+    """
+    if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 <= far <= 1.0:
+        raise ValueError(f"`far` must be a number in [0, 1]; got {far!r}.")
+    same, oriented = _prepare(same, scores, similarity)
+    fpr, tpr, _ = _curve(same, oriented)
+    return float(np.max(tpr[fpr <= far]))
+
+
+def best_threshold(same, scores, metric="accuracy", similarity=False):
+    """Calibrates the threshold of a "same / not same" decision.
+
+    The decision is "same" when `score <= threshold` for distances (`>=` for
+    similarities). Every observed score is a candidate, plus `-inf` (`+inf`
+    for similarities): "never same". Among equally good thresholds the
+    strictest (fewest "same" decisions) is returned.
+
+    Args:
+        same: Booleans (or 0/1), shape `(pairs,)`.
+        scores: Distances (or similarities), shape `(pairs,)`.
+        metric: `"accuracy"` or `"f1"`, the score to maximise. Defaults to
+            `"accuracy"`.
+        similarity: `True` when larger scores mean "same". Defaults to `False`.
+
+    Returns:
+        `(threshold, best_score)`, two floats.
+
+    Example:
+
+    >>> tfmetric.metrics.best_threshold([1, 1, 0, 0], [0.1, 0.3, 0.4, 0.9])
+    (0.3, 1.0)
+    """
+    if metric not in ("accuracy", "f1"):
+        raise ValueError(f"`metric` must be 'accuracy' or 'f1'; got {metric!r}.")
+    same, oriented = _prepare(same, scores, similarity)
+    fpr, tpr, thresholds = _curve(same, oriented)
+    positives, negatives = int(same.sum()), int((~same).sum())
+    tp = np.rint(tpr * positives)
+    fp = np.rint(fpr * negatives)
+    if metric == "accuracy":
+        values = (tp + negatives - fp) / (positives + negatives)
+    else:
+        values = 2.0 * tp / (tp + fp + positives)
+    best = int(np.argmax(values))
+    threshold = float(thresholds[best])
+    return (threshold if similarity else -threshold), float(values[best])
+
+
+def pair_distances(x, y, distance="euclidean"):
+    """Distances `distance(x[i], y[i])` between the rows of two arrays.
+
+    Args:
+        x: Embeddings, shape `(pairs, d)`.
+        y: Embeddings, shape `(pairs, d)`.
+        distance: Name, config or `tfmetric.distances.Distance`. Defaults to
+            `"euclidean"`.
+
+    Returns:
+        A float32 numpy array of shape `(pairs,)` (similarities for a
+        similarity).
+
+    Example:
+
+    >>> tfmetric.metrics.pair_distances([[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]]).tolist()
+    [5.0, 0.0]
+    """
+    distance = distances_lib.get(distance)
+    x = check_embeddings(x, "x")
+    y = check_embeddings(y, "y")
+    check_same_dim(x, y, "x", "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"`x` and `y` must hold as many rows; got {x.shape[0]} and {y.shape[0]}.")
+    out = []
+    for begin in range(0, x.shape[0], _PAIR_CHUNK):
+        block = distance(x[begin : begin + _PAIR_CHUNK], y[begin : begin + _PAIR_CHUNK])
+        out.append(tf.linalg.diag_part(block).numpy())
+    return np.concatenate(out)
+
+
+def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
+    """All verification metrics of embedding pairs `(x[i], y[i])`.
+
+    Args:
+        x: Embeddings of the first elements, shape `(pairs, d)`.
+        y: Embeddings of the second elements, shape `(pairs, d)`.
+        same: Booleans (or 0/1), shape `(pairs,)`.
+        distance: Name, config or `tfmetric.distances.Distance`; its
+            `is_similarity` sets the direction. Defaults to `"euclidean"`.
+        far: False accept rates for `tar_at_far`. Defaults to `(1e-3, 1e-2)`.
+
+    Returns:
+        A dict: `roc_auc`, `equal_error_rate`, `tar_at_far_{far}` for each
+        `far`, `threshold` and `accuracy` (from `best_threshold`).
+
+    Example:
+
+    >>> x = np.array([[0.0], [0.0], [0.0], [0.0]])
+    >>> y = np.array([[0.1], [0.3], [0.4], [0.9]])
+    >>> scores = tfmetric.metrics.evaluate_verification(x, y, [1, 1, 0, 0], far=(0.5,))
+    >>> {name: round(value, 3) for name, value in scores.items()}
+    {'roc_auc': 1.0, 'equal_error_rate': 0.0, 'tar_at_far_0.5': 1.0, 'threshold': 0.3, 'accuracy': 1.0}
+    """
+    distance = distances_lib.get(distance)
+    scores = pair_distances(x, y, distance)
+    similarity = bool(distance.is_similarity)
+    results = {
+        "roc_auc": roc_auc(same, scores, similarity),
+        "equal_error_rate": equal_error_rate(same, scores, similarity),
+    }
+    for value in (far,) if isinstance(far, (int, float)) else far:
+        results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, similarity)
+    threshold, accuracy = best_threshold(same, scores, "accuracy", similarity)
+    results.update(threshold=threshold, accuracy=accuracy)
+    return results
