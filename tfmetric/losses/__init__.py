@@ -9,6 +9,13 @@ from tfmetric.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfmetric.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loss
 from tfmetric.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from tfmetric.losses.npairs import NPairsLoss, npairs_loss
+from tfmetric.losses.pair import (
+    PairContrastiveLoss,
+    TripletMarginLoss,
+    pair_contrastive_loss,
+    paired_distance,
+    triplet_margin_loss,
+)
 from tfmetric.losses.soft_nearest_neighbor import (
     SoftNearestNeighborLoss,
     soft_nearest_neighbor_loss,
@@ -40,4 +47,9 @@ __all__ = [
     "TripletLoss",
     "contrastive_loss",
     "triplet_loss",
+    "PairContrastiveLoss",
+    "TripletMarginLoss",
+    "pair_contrastive_loss",
+    "paired_distance",
+    "triplet_margin_loss",
 ]

@@ -1,0 +1,115 @@
+"""Index tables and graph-side random draws shared by the samplers."""
+
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmetric.data.sources import as_source
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def resolve_seed(seed):
+    """An int seed; `None` draws one from numpy's global generator."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"`seed` must be an integer or None; got {seed!r}.")
+    return int(seed)
+
+
+def check_augment(augment):
+    if augment is not None and not callable(augment):
+        raise TypeError(
+            f"`augment` must be a Keras layer/model or a function of a batch; got {augment!r}."
+        )
+    return augment
+
+
+def apply_augment(augment, batch):
+    if augment is None:
+        return batch
+    if isinstance(augment, keras.layers.Layer):
+        return augment(batch, training=True)
+    return augment(batch)
+
+
+class ClassIndex:
+    """Samples grouped by class, as constant tensors for in-graph sampling.
+
+    `order` lists the sample indices sorted by class; class `c` occupies
+    `order[offsets[c]:offsets[c] + counts[c]]`. `class_of[i]` is the class
+    number (0..C-1) of sample `i` and `rank[i]` its position within the class.
+    """
+
+    def __init__(self, x, y):
+        self.source = as_source(x, y)
+        labels = self.source.labels
+        classes, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"`y` must hold at least 2 classes; got {classes.shape[0]} "
+                f"({classes.tolist()})."
+            )
+        order = np.argsort(class_of, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.shape[0]) - offsets[class_of[order]]
+        self.num_samples = int(labels.shape[0])
+        self.num_classes = int(classes.shape[0])
+        self.max_count = int(counts.max())
+        self.counts_np = counts
+        self.class_of_np = class_of
+        self.eligible_np = np.flatnonzero(counts[class_of] >= 2)
+        self.order = tf.constant(order, tf.int64)
+        self.offsets = tf.constant(offsets, tf.int64)
+        self.counts = tf.constant(counts, tf.int64)
+        self.class_of = tf.constant(class_of, tf.int64)
+        self.rank = tf.constant(rank, tf.int64)
+        self.labels = tf.constant(labels, tf.int64)
+        self.eligible = tf.constant(self.eligible_np, tf.int64)
+
+    def uniform_int(self, seed, shape, maxval):
+        """Integers in `[0, maxval)` (`maxval` broadcast against `shape`)."""
+        u = tf.random.stateless_uniform(shape, seed, dtype=tf.float64)
+        value = tf.cast(tf.floor(u * tf.cast(maxval, tf.float64)), tf.int64)
+        return tf.minimum(value, tf.cast(maxval, tf.int64) - 1)
+
+    def positive_partner(self, seed, anchors):
+        """Another sample of the anchor's class (the anchor's class has >= 2)."""
+        cls = tf.gather(self.class_of, anchors)
+        count = tf.gather(self.counts, cls)
+        shift = 1 + self.uniform_int(seed, tf.shape(anchors), count - 1)
+        position = (tf.gather(self.rank, anchors) + shift) % count
+        return tf.gather(self.order, tf.gather(self.offsets, cls) + position)
+
+    def negative_partner(self, seed, anchors):
+        """A uniformly drawn sample of any other class."""
+        cls = tf.gather(self.class_of, anchors)
+        count = tf.gather(self.counts, cls)
+        offset = tf.gather(self.offsets, cls)
+        slot = self.uniform_int(seed, tf.shape(anchors), self.num_samples - count)
+        slot = tf.where(slot >= offset, slot + count, slot)
+        return tf.gather(self.order, slot)
+
+    def random_anchors(self, seed, size, eligible_only):
+        if eligible_only:
+            pick = self.uniform_int(seed, (size,), self.eligible_np.shape[0])
+            return tf.gather(self.eligible, pick)
+        return self.uniform_int(seed, (size,), self.num_samples)
+
+
+def step_seeds(seed, step, count):
+    """`count` independent stateless seeds for batch number `step`."""
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    return tf.unstack(tf.random.experimental.stateless_split(base, count))
+
+
+def finish(dataset):
+    return dataset.prefetch(tf.data.AUTOTUNE)

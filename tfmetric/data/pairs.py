@@ -1,0 +1,84 @@
+"""Labelled pairs `((x1, x2), same)` for `tfmetric.models.SiameseModel`."""
+
+import tensorflow as tf
+
+from tfmetric.data import _sampling
+
+__all__ = ["pair_dataset"]
+
+
+def pair_dataset(x, y=None, batch_size=32, positive_fraction=0.5, seed=None, augment=None):
+    """Infinite batches of random pairs labelled **1 = same class (similar), 0 = different**.
+
+    Every batch holds exactly `round(positive_fraction * batch_size)` similar
+    pairs, in random positions. A similar pair is a sample of a class with at
+    least 2 samples and another sample of the same class; a dissimilar pair is
+    a uniformly drawn sample and a uniformly drawn sample of another class.
+    Draws happen in `tf.data` graph functions seeded with
+    `(seed, batch number)`: the same seed gives the same batches.
+
+    Args:
+        x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
+            `(x, y)`, or a `tfmetric.data.Source` (see
+            `tfmetric.data.class_balanced_dataset`).
+        y: Integer class labels when `x` holds arrays; otherwise `None`.
+        batch_size: Pairs per batch. Defaults to `32`.
+        positive_fraction: Fraction of similar pairs, in `[0, 1]`. Defaults to
+            `0.5`.
+        seed: Integer seed; `None` draws one from numpy's global generator.
+        augment: Optional Keras preprocessing layer/model or function, applied
+            to the `x1` batch and to the `x2` batch.
+
+    Returns:
+        An infinite `tf.data.Dataset` of `((x1, x2), same)`, `same` float32 of
+        shape `(batch_size,)`, ready for `SiameseModel.fit` with
+        `tfmetric.losses.PairContrastiveLoss` or binary cross-entropy.
+
+    Raises:
+        ValueError: fewer than 2 classes, no class with 2 samples while similar
+            pairs are requested, a bad `positive_fraction` or `batch_size`,
+            mismatched `x`/`y`.
+
+    Example:
+
+    >>> x = np.arange(8, dtype="float32").reshape(8, 1)
+    >>> y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> (x1, x2), same = next(iter(tfmetric.data.pair_dataset(x, y, batch_size=4, seed=0)))
+    >>> same.numpy().sum()
+    2.0
+    """
+    index = _sampling.ClassIndex(x, y)
+    batch_size = _sampling.check_positive_int(batch_size, "batch_size")
+    if isinstance(positive_fraction, bool) or not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"`positive_fraction` must be in [0, 1]; got {positive_fraction!r}.")
+    positives = int(round(positive_fraction * batch_size))
+    if positives and index.eligible_np.size == 0:
+        raise ValueError(
+            "`y` has no class with 2 samples, so no similar pair can be formed; "
+            "set `positive_fraction=0` or add samples."
+        )
+    negatives = batch_size - positives
+    seed = _sampling.resolve_seed(seed)
+    augment = _sampling.check_augment(augment)
+    source = index.source
+
+    def draw(step):
+        seeds = _sampling.step_seeds(seed, step, 5)
+        pos_anchor = index.random_anchors(seeds[0], positives, eligible_only=True)
+        pos_partner = index.positive_partner(seeds[1], pos_anchor)
+        neg_anchor = index.random_anchors(seeds[2], negatives, eligible_only=False)
+        neg_partner = index.negative_partner(seeds[3], neg_anchor)
+        shuffle = tf.argsort(tf.random.stateless_uniform((batch_size,), seeds[4]))
+        first = tf.gather(tf.concat([pos_anchor, neg_anchor], 0), shuffle)
+        second = tf.gather(tf.concat([pos_partner, neg_partner], 0), shuffle)
+        same = tf.gather(
+            tf.concat([tf.ones((positives,)), tf.zeros((negatives,))], 0), shuffle
+        )
+        x1 = _sampling.apply_augment(augment, source.gather(first))
+        x2 = _sampling.apply_augment(augment, source.gather(second))
+        return (x1, x2), same
+
+    dataset = tf.data.Dataset.counter().map(
+        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return _sampling.finish(dataset)

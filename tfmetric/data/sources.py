@@ -1,0 +1,263 @@
+"""Data sources for the samplers: numpy arrays, `tf.data.Dataset`, image folders, TFRecords.
+
+Every sampler in `tfmetric.data` draws indices in the TensorFlow graph and
+gathers a whole batch at once, so it needs random access to the data. A
+`Source` provides it: `x`, a nest of tensors indexed along the first axis
+(the samples themselves, image paths or serialized records), integer `labels`,
+and an optional graph function `decode` that turns one gathered element into
+the model input (reading and resizing an image, parsing a record). What is
+kept in memory is only `x`; decoding happens per batch, after sampling.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["Source", "as_source", "image_directory", "tfrecord_source"]
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class Source:
+    """Random-access data for the samplers: `x`, integer `labels`, optional `decode`.
+
+    Args:
+        x: A numpy array / tensor, or a nest (tuple, dict) of them, whose first
+            axis indexes the samples.
+        labels: Integer class labels, one per sample.
+        decode: Optional graph function applied to one gathered element of `x`
+            (e.g. a file path) to produce the model input. Defaults to `None`.
+        class_names: Optional names of the classes, indexed by label.
+    """
+
+    def __init__(self, x, labels, decode=None, class_names=None):
+        flat = tf.nest.flatten(x)
+        if not flat:
+            raise ValueError("`x` must hold at least one array.")
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise ValueError(f"`y` must be 1-D class labels; got shape {labels.shape}.")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
+                raise ValueError(f"`y` must hold integer class labels; got dtype {labels.dtype}.")
+        lengths = {int(tf.shape(a)[0]) for a in flat}
+        if len(lengths) != 1 or lengths.pop() != labels.shape[0]:
+            raise ValueError(
+                "`x` and `y` must have the same number of samples; got x lengths "
+                f"{sorted({int(tf.shape(a)[0]) for a in flat})} and {labels.shape[0]} labels."
+            )
+        if labels.shape[0] == 0:
+            raise ValueError("`x` and `y` are empty; at least two classes are needed.")
+        self.x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        self.labels = labels.astype(np.int64)
+        self.decode = decode
+        self.class_names = class_names
+        self._spec = None
+
+    def __len__(self):
+        return int(self.labels.shape[0])
+
+    def gather(self, indices):
+        """Graph function: the decoded batch `x[indices]`."""
+        batch = tf.nest.map_structure(lambda a: tf.gather(a, indices), self.x)
+        if self.decode is None:
+            return batch
+        return tf.map_fn(self.decode, batch, fn_output_signature=self._decoded_spec())
+
+    def _decoded_spec(self):
+        if self._spec is None:
+            element = tf.nest.map_structure(
+                lambda a: tf.TensorSpec(a.shape[1:], a.dtype), self.x
+            )
+            outputs = tf.function(self.decode).get_concrete_function(element).structured_outputs
+            self._spec = tf.nest.map_structure(
+                lambda t: tf.TensorSpec(t.shape, t.dtype), outputs
+            )
+        return self._spec
+
+
+def as_source(x, y=None):
+    """Turns the `(x, y)` arguments of a sampler into a `Source`.
+
+    Args:
+        x: A `Source` (then `y` must be `None`); a `tf.data.Dataset` of finite
+            `(x, y)` elements, read once into memory (then `y` must be
+            `None`); or arrays (a nest of arrays) with labels `y`.
+        y: Integer labels when `x` holds arrays.
+
+    Returns:
+        A `Source`.
+
+    Raises:
+        ValueError: for missing or extra labels, mismatched lengths, an
+            infinite dataset.
+    """
+    if isinstance(x, Source):
+        if y is not None:
+            raise ValueError("`y` must be None when `x` is a Source (it holds the labels).")
+        return x
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("`y` must be None when `x` is a tf.data.Dataset of (x, y) elements.")
+        if x.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("`x` is an infinite tf.data.Dataset; a finite dataset is needed.")
+        spec = x.element_spec
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            raise ValueError(
+                f"`x` must be a tf.data.Dataset of (x, y) elements; got element spec {spec}."
+            )
+        features, labels = x.batch(np.iinfo(np.int32).max).get_single_element()
+        return Source(tf.nest.map_structure(np.asarray, features), np.asarray(labels))
+    if y is None:
+        raise ValueError("`y` (integer class labels) is required when `x` holds arrays.")
+    return Source(tf.nest.map_structure(np.asarray, x), y)
+
+
+def _has_image_magic(path):
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    return head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _decode_image_fn(image_size, channels):
+    def decode(path):
+        contents = tf.io.read_file(path)
+        is_png = tf.equal(tf.strings.substr(contents, 0, 4), b"\x89PNG")
+        tf.debugging.Assert(
+            tf.logical_or(tf.io.is_jpeg(contents), is_png),
+            ["Not a JPEG or PNG image:", path],
+        )
+        image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
+        image = tf.image.resize(image, image_size)
+        image.set_shape((*image_size, channels))
+        return image
+
+    return decode
+
+
+def image_directory(directory, image_size=(64, 64), channels=3, validate=True):
+    """A `Source` of images stored in one sub-folder per class.
+
+    `directory/<class name>/<image>.{jpg,jpeg,png}`; classes are numbered in
+    the sorted order of the sub-folder names. Only the file paths are kept in
+    memory; images are read, decoded and resized (bilinear, to float32 values
+    in `[0, 255]`) in the graph, per batch, after sampling.
+
+    Corrupt files are an error, never silently skipped: with `validate=True`
+    every image is decoded once here (in a parallel `tf.data` pass) and a
+    `ValueError` lists the files that cannot be decoded. With
+    `validate=False` (for very large folders) only at training time a file
+    that is not a JPEG/PNG fails with an error naming it.
+
+    Args:
+        directory: Path of the folder of class sub-folders.
+        image_size: `(height, width)` of the resized images. Defaults to
+            `(64, 64)`.
+        channels: 1 (grayscale) or 3 (RGB). Defaults to `3`.
+        validate: Decode every file once to detect corrupt images. Defaults
+            to `True`.
+
+    Returns:
+        A `Source` whose `class_names` are the sub-folder names.
+
+    Raises:
+        ValueError: for a missing directory, no class sub-folder, an empty
+            class folder, or unreadable / corrupt image files.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"`directory` {directory!r} does not exist or is not a folder.")
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
+    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
+    image_size = (int(image_size[0]), int(image_size[1]))
+    class_names = sorted(
+        name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name))
+    )
+    if not class_names:
+        raise ValueError(f"`directory` {directory!r} has no class sub-folders.")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(directory, name)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(
+                f"Class folder {folder!r} holds no .jpg/.jpeg/.png image; remove it or add images."
+            )
+        paths.extend(os.path.join(folder, f) for f in files)
+        labels.extend([label] * len(files))
+    decode = _decode_image_fn(image_size, channels)
+    if validate:
+        _check_images(paths, channels)
+    return Source(np.asarray(paths), np.asarray(labels), decode=decode, class_names=class_names)
+
+
+def _check_images(paths, channels):
+    bad = [p for p in paths if not _has_image_magic(p)]
+    if not bad:
+        # Decode everything once; the indices that the decoding drops are the corrupt files.
+        def try_decode(index, path):
+            image = tf.io.decode_image(
+                tf.io.read_file(path), channels=channels, expand_animations=False
+            )
+            return index, tf.shape(image)[0]
+
+        decoded = (
+            tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.asarray(paths)))
+            .map(try_decode, num_parallel_calls=tf.data.AUTOTUNE)
+            .ignore_errors()
+            .map(lambda index, _: index)
+            .batch(len(paths))
+        )
+        ok = set()
+        for indices in decoded:
+            ok.update(indices.numpy().tolist())
+        bad = [p for i, p in enumerate(paths) if i not in ok]
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"{len(bad)} corrupt or unreadable image file(s): {shown}{more}.")
+
+
+def tfrecord_source(filenames, parse_fn):
+    """A `Source` of TFRecord files.
+
+    The serialized records are read once into memory; `parse_fn` runs in the
+    graph, once on every record here to read the labels and per batch after
+    sampling to produce the inputs.
+
+    Args:
+        filenames: A path or a list of paths of TFRecord files.
+        parse_fn: Graph function `serialized -> (x, label)` (e.g. with
+            `tf.io.parse_single_example`), `label` an integer scalar.
+
+    Returns:
+        A `Source`.
+
+    Raises:
+        ValueError: for no file, a missing file or an empty set of records.
+    """
+    if isinstance(filenames, (str, os.PathLike)):
+        filenames = [filenames]
+    filenames = [os.fspath(f) for f in filenames]
+    if not filenames:
+        raise ValueError("`filenames` is empty.")
+    missing = [f for f in filenames if not os.path.isfile(f)]
+    if missing:
+        raise ValueError(f"`filenames` not found: {missing}.")
+    records = tf.data.TFRecordDataset(filenames)
+    chunks = list(records.batch(np.iinfo(np.int32).max).as_numpy_iterator())
+    if not chunks:
+        raise ValueError(f"`filenames` hold no record: {filenames}.")
+    serialized = chunks[0]
+    labels = (
+        records.map(lambda s: parse_fn(s)[1], num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(serialized.shape[0])
+        .get_single_element()
+        .numpy()
+    )
+    return Source(serialized, labels, decode=lambda s: parse_fn(s)[0])

@@ -1,0 +1,198 @@
+"""Explicit `(anchor, positive, negative)` triplets, random or mined offline."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfmetric import distances as distances_lib
+from tfmetric.data import _sampling
+
+__all__ = ["triplet_dataset"]
+
+MINING_MODES = (None, "hard", "semi-hard")
+_EMBED_BATCH = 256
+_ANCHOR_BLOCK = 512
+
+
+def triplet_dataset(
+    x,
+    y=None,
+    batch_size=32,
+    seed=None,
+    embedder=None,
+    mining=None,
+    refresh_every=100,
+    distance="euclidean",
+    augment=None,
+):
+    """Infinite batches of `(anchor, positive, negative)` triplets for `TripletModel`.
+
+    Anchors are drawn uniformly among the samples of classes with at least 2
+    samples; positives are other samples of the anchor's class; negatives
+    samples of other classes. The negative (and positive) choice is:
+
+    - `mining=None`: uniform at random, drawn in the `tf.data` graph per batch;
+    - `mining="hard"`: with the current `embedder`, the farthest positive and
+      the closest negative of each anchor among all samples;
+    - `mining="semi-hard"` (FaceNet): a random positive and the closest
+      negative farther than it, `d(a, n) > d(a, p)`; where there is none, the
+      farthest negative (TensorFlow Addons' rule, as in
+      `tfmetric.losses.triplet_loss`).
+
+    Offline mining (Hermans et al. call it the expensive alternative to
+    in-batch mining, `tfmetric.losses.TripletLoss`) recomputes the embeddings
+    of every sample and mines the triplets of the next `refresh_every` batches
+    at once, between chunks: this refresh is a Python function (a
+    `tf.py_function` running the embedder eagerly on the current weights),
+    while drawing anchors, gathering, decoding and augmenting stay in the
+    graph. Because of prefetching a refresh may use weights a few steps old.
+
+    Args:
+        x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
+            `(x, y)`, or a `tfmetric.data.Source`.
+        y: Integer class labels when `x` holds arrays; otherwise `None`.
+        batch_size: Triplets per batch. Defaults to `32`.
+        seed: Integer seed; `None` draws one from numpy's global generator.
+        embedder: The Keras embedding model used for mining (e.g.
+            `triplet_model.embedder`). Required when `mining` is set.
+        mining: `None`, `"hard"` or `"semi-hard"`. Defaults to `None`.
+        refresh_every: Batches between two offline-mining refreshes.
+            Defaults to `100`.
+        distance: Name, config or `tfmetric.distances.Distance` used for
+            mining. Defaults to `"euclidean"`.
+        augment: Optional Keras preprocessing layer/model or function, applied
+            to each of the three batches.
+
+    Returns:
+        An infinite `tf.data.Dataset` of `((anchor, positive, negative),
+        labels)`, `labels` the int64 class labels of shape `(batch_size, 3)`
+        (ignored by `tfmetric.losses.TripletMarginLoss`).
+
+    Raises:
+        ValueError: fewer than 2 classes, no class with at least 2 samples
+            (K < 2: no positive exists), an unknown `mining`, `mining` without
+            `embedder`, mismatched `x`/`y`.
+
+    Example:
+
+    >>> x = np.arange(12, dtype="float32").reshape(6, 2)
+    >>> y = np.array([0, 0, 1, 1, 2, 2])
+    >>> (a, p, n), labels = next(iter(tfmetric.data.triplet_dataset(x, y, 4, seed=0)))
+    >>> bool(np.all(labels[:, 0] == labels[:, 1]) and np.all(labels[:, 0] != labels[:, 2]))
+    True
+
+    Reference:
+        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015.
+    """
+    index = _sampling.ClassIndex(x, y)
+    batch_size = _sampling.check_positive_int(batch_size, "batch_size")
+    refresh_every = _sampling.check_positive_int(refresh_every, "refresh_every")
+    if index.eligible_np.size == 0:
+        raise ValueError(
+            "Triplets need classes with at least 2 samples (K >= 2) to form positives; "
+            "every class in `y` has a single sample."
+        )
+    if mining not in MINING_MODES:
+        raise ValueError(f"`mining` must be one of {list(MINING_MODES)}; got {mining!r}.")
+    if mining is not None and embedder is None:
+        raise ValueError(f"`mining={mining!r}` needs the current `embedder` to mine with.")
+    if mining is not None and not callable(embedder):
+        raise TypeError(f"`embedder` must be a Keras model; got {type(embedder).__name__}.")
+    distance = distances_lib.get(distance)
+    seed = _sampling.resolve_seed(seed)
+    augment = _sampling.check_augment(augment)
+    source = index.source
+
+    def gather(triplet_indices):
+        batches = tuple(
+            _sampling.apply_augment(augment, source.gather(triplet_indices[:, i]))
+            for i in range(3)
+        )
+        return batches, tf.gather(index.labels, triplet_indices)
+
+    if mining is None:
+
+        def draw(step):
+            seeds = _sampling.step_seeds(seed, step, 3)
+            anchor = index.random_anchors(seeds[0], batch_size, eligible_only=True)
+            positive = index.positive_partner(seeds[1], anchor)
+            negative = index.negative_partner(seeds[2], anchor)
+            return gather(tf.stack([anchor, positive, negative], axis=1))
+
+        dataset = tf.data.Dataset.counter().map(
+            draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return _sampling.finish(dataset)
+
+    miner = _OfflineMiner(index, embedder, distance, mining, seed, batch_size * refresh_every)
+
+    def mine(chunk):
+        table = tf.py_function(miner, [chunk], tf.int64)
+        table.set_shape((batch_size * refresh_every, 3))
+        return tf.reshape(table, (refresh_every, batch_size, 3))
+
+    dataset = (
+        tf.data.Dataset.counter()
+        .map(mine)
+        .unbatch()
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    )
+    return _sampling.finish(dataset)
+
+
+class _OfflineMiner:
+    """Mines a table of `(anchor, positive, negative)` indices with the current embedder."""
+
+    def __init__(self, index, embedder, distance, mining, seed, size):
+        self.index = index
+        self.embedder = embedder
+        self.distance = distance
+        self.mining = mining
+        self.seed = seed
+        self.size = size
+        self.embed_batches = tf.data.Dataset.range(index.num_samples).batch(_EMBED_BATCH).map(
+            index.source.gather
+        )
+
+    def embed_all(self):
+        parts = [
+            np.asarray(self.embedder(batch, training=False), dtype="float32")
+            for batch in self.embed_batches
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def __call__(self, chunk):
+        rng = np.random.default_rng([self.seed, int(chunk)])
+        index = self.index
+        anchors = rng.choice(index.eligible_np, size=self.size)
+        embeddings = self.embed_all()
+        class_of = index.class_of_np
+        positives = np.empty_like(anchors)
+        negatives = np.empty_like(anchors)
+        for start in range(0, self.size, _ANCHOR_BLOCK):
+            block = anchors[start : start + _ANCHOR_BLOCK]
+            dist = np.asarray(self.distance(embeddings[block], embeddings))
+            if self.distance.is_similarity:
+                dist = -dist
+            same = class_of[block][:, None] == class_of[None, :]
+            positive = same.copy()
+            positive[np.arange(block.shape[0]), block] = False
+            negative = ~same
+            if self.mining == "hard":
+                chosen_p = np.argmax(np.where(positive, dist, -np.inf), axis=1)
+                chosen_n = np.argmin(np.where(negative, dist, np.inf), axis=1)
+            else:
+                # A random positive: the k-th other member of the class, k uniform.
+                counts = positive.sum(axis=1)
+                k = np.floor(rng.random(block.shape[0]) * counts).astype(np.int64)
+                chosen_p = np.argmax(np.cumsum(positive, axis=1) > k[:, None], axis=1)
+                d_ap = dist[np.arange(block.shape[0]), chosen_p][:, None]
+                farther = negative & (dist > d_ap)
+                chosen_n = np.where(
+                    farther.any(axis=1),
+                    np.argmin(np.where(farther, dist, np.inf), axis=1),
+                    np.argmax(np.where(negative, dist, -np.inf), axis=1),
+                )
+            positives[start : start + block.shape[0]] = chosen_p
+            negatives[start : start + block.shape[0]] = chosen_n
+        return np.stack([anchors, positives, negatives], axis=1).astype(np.int64)

@@ -1,0 +1,343 @@
+"""Losses on explicit pairs and triplets, for `SiameseModel` and `TripletModel`.
+
+In-batch losses (`tfmetric.losses.TripletLoss`, ...) mine pairs inside a
+labelled batch. The losses here take pairs or triplets that the data pipeline
+already formed (`tfmetric.data.pair_dataset`, `tfmetric.data.triplet_dataset`):
+
+- `pair_contrastive_loss(labels, distances)`: one value per pair from a
+  binary "same" label (1 = similar) and the pair's distance;
+- `triplet_margin_loss(embeddings)`: one value per `(anchor, positive,
+  negative)` triplet of embeddings stacked as `(B, 3, D)`.
+
+`paired_distance(distance, x, y)` computes the distance between the rows
+`x[i]` and `y[i]` (not the full `(n, m)` matrix) for every built-in distance.
+"""
+
+import keras
+from keras import ops
+
+from tfmetric import distances as distances_lib
+from tfmetric.losses import batch
+
+__all__ = [
+    "PairContrastiveLoss",
+    "TripletMarginLoss",
+    "pair_contrastive_loss",
+    "paired_distance",
+    "triplet_margin_loss",
+]
+
+
+def _safe_root(total, p):
+    """`total ** (1 / p)` with a zero (not infinite) gradient at 0."""
+    positive = ops.greater(total, 0.0)
+    safe = ops.where(positive, total, 1.0)
+    root = ops.sqrt(safe) if p == 2.0 else ops.power(safe, 1.0 / p)
+    return ops.where(positive, root, 0.0)
+
+
+def paired_distance(distance, x, y):
+    """Distance between matching rows, `d(x[i], y[i])`, shape `(B,)`.
+
+    Built-in distances are computed row by row from the difference `x - y`
+    (exact even for nearly equal rows, O(B * D) memory); any other
+    `tfmetric.distances.Distance` falls back to the diagonal of its pairwise
+    matrix. Values are float32 and oriented as the distance defines them: a
+    similarity such as `"inner_product"` stays a similarity.
+
+    Args:
+        distance: Name, config or `tfmetric.distances.Distance`.
+        x: Embeddings of shape `(B, D)`.
+        y: Embeddings of shape `(B, D)`.
+
+    Returns:
+        A float32 tensor of shape `(B,)`.
+
+    Example:
+
+    >>> x = np.array([[0.0, 0.0], [1.0, 1.0]])
+    >>> y = np.array([[3.0, 4.0], [1.0, 1.0]])
+    >>> np.asarray(tfmetric.losses.paired_distance("euclidean", x, y)).tolist()
+    [5.0, 0.0]
+    """
+    distance = distances_lib.get(distance)
+    x = ops.cast(ops.convert_to_tensor(x), "float32")
+    y = ops.cast(ops.convert_to_tensor(y), "float32")
+    for name, value in (("x", x), ("y", y)):
+        if len(value.shape) != 2:
+            raise ValueError(
+                f"`{name}` must be 2-D embeddings (batch, dim); got shape {tuple(value.shape)}."
+            )
+    if x.shape[1] is not None and y.shape[1] is not None and x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"`x` and `y` must have the same embedding size; got {x.shape[1]} and {y.shape[1]}."
+        )
+    kind = type(distance)
+    if kind is distances_lib.SquaredEuclidean:
+        return ops.sum(ops.square(x - y), axis=1)
+    if kind is distances_lib.Euclidean:
+        return _safe_root(ops.sum(ops.square(x - y), axis=1), 2.0)
+    if kind is distances_lib.Manhattan:
+        return ops.sum(ops.abs(x - y), axis=1)
+    if kind is distances_lib.Minkowski:
+        p = distance.p
+        if p == 1.0:
+            return ops.sum(ops.abs(x - y), axis=1)
+        if p == 2.0:
+            return _safe_root(ops.sum(ops.square(x - y), axis=1), 2.0)
+        return _safe_root(ops.sum(ops.power(ops.abs(x - y), p), axis=1), p)
+    if kind is distances_lib.InnerProduct:
+        return ops.sum(x * y, axis=1)
+    if kind is distances_lib.Cosine:
+        def unit(v):
+            return v * ops.rsqrt(ops.maximum(ops.sum(ops.square(v), axis=1, keepdims=True), 1e-12))
+
+        return ops.clip(1.0 - ops.sum(unit(x) * unit(y), axis=1), 0.0, 2.0)
+    return ops.diagonal(distance(x, y))
+
+
+def _check_binary_labels(labels, size):
+    labels = ops.convert_to_tensor(labels)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if dtype == "string" or dtype.startswith("complex"):
+        raise ValueError(f"`y_true` must hold 0/1 pair labels; got dtype {dtype}.")
+    if len(labels.shape) == 2 and labels.shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+    if len(labels.shape) != 1:
+        raise ValueError(
+            f"`y_true` must be pair labels of shape (batch,) or (batch, 1); got {tuple(labels.shape)}."
+        )
+    if labels.shape[0] is not None and size is not None and labels.shape[0] != size:
+        raise ValueError(
+            f"`y_true` has {labels.shape[0]} labels but `y_pred` has {size} distances."
+        )
+    return ops.cast(labels, "float32")
+
+
+def _as_pair_values(values, name="y_pred"):
+    values = ops.convert_to_tensor(values)
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(f"`{name}` must be floating-point distances; got dtype {dtype}.")
+    if len(values.shape) == 2 and values.shape[1] == 1:
+        values = ops.reshape(values, (-1,))
+    if len(values.shape) != 1:
+        raise ValueError(
+            f"`{name}` must be pair distances of shape (batch,) or (batch, 1); got "
+            f"{tuple(values.shape)}."
+        )
+    return ops.cast(values, "float32")
+
+
+def pair_contrastive_loss(labels, distances, margin=1.0):
+    """Contrastive loss of labelled pairs: `y d² + (1 - y) max(margin - d, 0)²`.
+
+    **Label convention: `1` means similar (same class), `0` dissimilar.** A
+    similar pair is pulled together (`d²`), a dissimilar one pushed beyond the
+    margin. This is the convention of Hadsell et al. 2006 and of
+    `tfmetric.data.pair_dataset`; some code (e.g. the Keras Siamese example,
+    keras-team/keras#16935) uses the opposite one — flip such labels with
+    `1 - y` first. Soft labels in `[0, 1]` interpolate the two terms.
+
+    Args:
+        labels: Pair labels, shape `(B,)` or `(B, 1)`: 1 = similar, 0 =
+            dissimilar.
+        distances: Pair distances (smaller = closer), shape `(B,)` or
+            `(B, 1)`, e.g. the output of `tfmetric.models.SiameseModel`.
+        margin: Non-negative margin for dissimilar pairs. Defaults to `1.0`.
+
+    Returns:
+        Per-pair float32 values of shape `(B,)`.
+
+    Example:
+
+    >>> labels = np.array([1, 0, 0])
+    >>> distances = np.array([0.5, 0.25, 2.0])
+    >>> np.asarray(tfmetric.losses.pair_contrastive_loss(labels, distances)).tolist()
+    [0.25, 0.5625, 0.0]
+
+    Reference:
+        Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
+        Invariant Mapping", CVPR 2006.
+    """
+    margin = batch.check_margin(margin)
+    distances = _as_pair_values(distances)
+    labels = _check_binary_labels(labels, distances.shape[0])
+    pull = ops.square(distances)
+    push = ops.square(ops.relu(margin - distances))
+    return labels * pull + (1.0 - labels) * push
+
+
+def _split_triplets(embeddings):
+    embeddings = ops.convert_to_tensor(embeddings)
+    if len(embeddings.shape) != 3 or embeddings.shape[1] != 3:
+        raise ValueError(
+            "`y_pred` must be stacked triplet embeddings of shape (batch, 3, dim) "
+            "(anchor, positive, negative), as `tfmetric.models.TripletModel` outputs; "
+            f"got shape {tuple(embeddings.shape)}."
+        )
+    dtype = keras.backend.standardize_dtype(embeddings.dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {dtype}.")
+    embeddings = ops.cast(embeddings, "float32")
+    return embeddings[:, 0], embeddings[:, 1], embeddings[:, 2]
+
+
+def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=False):
+    """Triplet margin loss on explicit triplets: `max(d(a, p) - d(a, n) + margin, 0)`.
+
+    The triplets were formed beforehand (e.g. by `tfmetric.data.triplet_dataset`,
+    randomly or by offline mining); for triplets mined inside a labelled batch use
+    `tfmetric.losses.TripletLoss`. For a similarity such as `"inner_product"`,
+    `d = -s`. Any Minkowski order is allowed through
+    `distance=tfmetric.distances.Minkowski(p)`.
+
+    Args:
+        embeddings: Stacked `(anchor, positive, negative)` embeddings of shape
+            `(B, 3, D)`; computed in float32.
+        margin: Non-negative margin. Defaults to `1.0`.
+        distance: Name, config or `tfmetric.distances.Distance`. Defaults to
+            `"euclidean"`.
+        squared: Square the distances before taking the difference (FaceNet's
+            form with the euclidean distance). Defaults to `False`.
+
+    Returns:
+        Per-triplet float32 values of shape `(B,)`.
+
+    Example:
+
+    >>> triplets = np.array([[[0.0, 0.0], [0.0, 1.0], [0.0, 1.5]]])
+    >>> np.asarray(tfmetric.losses.triplet_margin_loss(triplets, margin=1.0)).tolist()
+    [0.5]
+
+    Reference:
+        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015; Balntas et al., "Learning local feature
+        descriptors with triplets and shallow convolutional neural networks",
+        BMVC 2016.
+    """
+    margin = batch.check_margin(margin)
+    distance = distances_lib.get(distance)
+    anchor, positive, negative = _split_triplets(embeddings)
+    d_ap = paired_distance(distance, anchor, positive)
+    d_an = paired_distance(distance, anchor, negative)
+    if distance.is_similarity:
+        d_ap, d_an = -d_ap, -d_an
+    if squared:
+        d_ap, d_an = ops.square(d_ap), ops.square(d_an)
+    return ops.relu(d_ap - d_an + margin)
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class PairContrastiveLoss(keras.losses.Loss):
+    """Contrastive loss of labelled pairs; **label 1 = similar, 0 = dissimilar**.
+
+    See `tfmetric.losses.pair_contrastive_loss`. `y_true` holds the pair labels
+    and `y_pred` the pair distances, e.g. from a `tfmetric.models.SiameseModel`
+    without a head fed by `tfmetric.data.pair_dataset`. For labels with the
+    opposite convention, pass `1 - y`.
+
+    Args:
+        margin: Non-negative margin for dissimilar pairs. Defaults to `1.0`.
+        reduction: Keras reduction of the per-pair values. Defaults to
+            `"sum_over_batch_size"`.
+        name: Name of the loss. Defaults to `"pair_contrastive_loss"`.
+        dtype: Dtype of the returned loss. Defaults to `None` (float32).
+
+    Example:
+
+    >>> loss = tfmetric.losses.PairContrastiveLoss(margin=1.0)
+    >>> round(float(loss(np.array([1.0, 0.0]), np.array([0.5, 0.25]))), 4)
+    0.4062
+
+    Reference:
+        Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
+        Invariant Mapping", CVPR 2006.
+    """
+
+    def __init__(
+        self, margin=1.0, reduction="sum_over_batch_size", name="pair_contrastive_loss", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = batch.check_margin(margin)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_pred = _as_pair_values(y_pred)
+        y_true = _check_binary_labels(y_true, y_pred.shape[0])
+        return super().__call__(y_true, y_pred, sample_weight)
+
+    def call(self, y_true, y_pred):
+        return pair_contrastive_loss(y_true, y_pred, margin=self.margin)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin=self.margin, dtype=self._dtype_policy.name)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class TripletMarginLoss(keras.losses.Loss):
+    """Triplet margin loss on explicit `(anchor, positive, negative)` triplets.
+
+    See `tfmetric.losses.triplet_margin_loss`. `y_pred` holds the stacked
+    embeddings `(B, 3, D)` that `tfmetric.models.TripletModel` outputs;
+    `y_true` is ignored (the triplets are explicit), so any labels — such as
+    the `(B, 3)` class labels `tfmetric.data.triplet_dataset` yields — or
+    `None` may be passed.
+
+    Args:
+        margin: Non-negative margin. Defaults to `1.0`.
+        distance: Name, config or `tfmetric.distances.Distance` (e.g.
+            `tfmetric.distances.Minkowski(p=3)`). Defaults to `"euclidean"`.
+        squared: Square the distances before the difference. Defaults to
+            `False`.
+        reduction: Keras reduction of the per-triplet values. Defaults to
+            `"sum_over_batch_size"`.
+        name: Name of the loss. Defaults to `"triplet_margin_loss"`.
+        dtype: Dtype of the returned loss. Defaults to `None` (float32).
+
+    Example:
+
+    >>> loss = tfmetric.losses.TripletMarginLoss(margin=0.5)
+    >>> triplets = np.array([[[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
+    >>> float(loss(None, triplets))
+    0.0
+
+    Reference:
+        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+        Clustering", CVPR 2015.
+    """
+
+    def __init__(
+        self,
+        margin=1.0,
+        distance="euclidean",
+        squared=False,
+        reduction="sum_over_batch_size",
+        name="triplet_margin_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = batch.check_margin(margin)
+        self.distance = distances_lib.get(distance)
+        self.squared = bool(squared)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        _split_triplets(y_pred)
+        # The triplets are explicit: labels only need the batch size for reduction.
+        return super().__call__(ops.zeros((ops.shape(y_pred)[0],)), y_pred, sample_weight)
+
+    def call(self, y_true, y_pred):
+        return triplet_margin_loss(
+            y_pred, margin=self.margin, distance=self.distance, squared=self.squared
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            margin=self.margin,
+            distance=distances_lib.serialize(self.distance),
+            squared=self.squared,
+            dtype=self._dtype_policy.name,
+        )
+        return config

@@ -1,0 +1,11 @@
+"""Keras models built around a shared embedding tower."""
+
+from tfmetric.models.proxy_model import ProxyModel
+from tfmetric.models.siamese import SiameseModel
+from tfmetric.models.triplet_model import TripletModel
+
+__all__ = [
+    "ProxyModel",
+    "SiameseModel",
+    "TripletModel",
+]
