@@ -347,7 +347,10 @@ def get(identifier):
         identifier: One of `"euclidean"`, `"squared_euclidean"`, `"cosine"`,
             `"manhattan"`, `"inner_product"`, `"minkowski"` (p=2); a dict such
             as `{"class_name": "Minkowski", "config": {"p": 3}}` (what
-            `serialize` returns); or a `Distance` instance, returned as is.
+            `serialize` returns); a `Distance` instance, returned as is; or a
+            learned-distance layer (`tfmetric.layers.Mahalanobis`,
+            `tfmetric.layers.WeightedL1`), whose `Distance` view shares its
+            weights.
 
     Returns:
         A `Distance` instance.
@@ -364,6 +367,9 @@ def get(identifier):
     """
     if isinstance(identifier, Distance):
         return identifier
+    if callable(getattr(identifier, "as_distance", None)):
+        # A learned distance (tfmetric.layers.Mahalanobis, WeightedL1): its Distance view.
+        return identifier.as_distance()
     if isinstance(identifier, str):
         key = identifier.lower().replace("-", "_")
         if key not in _BY_NAME:
@@ -380,6 +386,8 @@ def get(identifier):
             obj = keras.saving.deserialize_keras_object(identifier)
         except Exception as error:
             raise ValueError(f"Cannot build a `distance` from {identifier!r}: {error}") from None
+        if callable(getattr(obj, "as_distance", None)):
+            obj = obj.as_distance()
         if not isinstance(obj, Distance):
             raise ValueError(f"`distance` config {identifier!r} does not describe a Distance.")
         return obj

@@ -1,0 +1,28 @@
+"""Trainable layers: proxy-based loss heads and learned distances.
+
+Loss heads (`ArcFace`, `CosFace`, `SubCenterArcFace`, `NormalizedSoftmax`,
+`ProxyAnchor`, `ProxyNCA`) hold trainable class proxies; called on
+`(embeddings, labels)` they return per-sample loss values. Train them with
+`tfmetric.models.ProxyModel(embedder, head)`.
+
+Learned distances (`Mahalanobis`, `WeightedL1`) are Siamese heads called on
+two embedding batches and, through `tfmetric.distances.get(layer)`, distances.
+"""
+
+from tfmetric.layers.learned_distances import LearnedDistance, Mahalanobis, WeightedL1
+from tfmetric.layers.margin_heads import ArcFace, CosFace, NormalizedSoftmax, SubCenterArcFace
+from tfmetric.layers.proxy_head import ProxyHead
+from tfmetric.layers.proxy_heads import ProxyAnchor, ProxyNCA
+
+__all__ = [
+    "ArcFace",
+    "CosFace",
+    "LearnedDistance",
+    "Mahalanobis",
+    "NormalizedSoftmax",
+    "ProxyAnchor",
+    "ProxyHead",
+    "ProxyNCA",
+    "SubCenterArcFace",
+    "WeightedL1",
+]

@@ -1,0 +1,121 @@
+"""Proxy-based metric-learning heads: Proxy-Anchor and ProxyNCA."""
+
+import keras
+from keras import ops
+
+from tfmetric.layers import proxy_head
+from tfmetric.losses import batch
+
+__all__ = ["ProxyAnchor", "ProxyNCA"]
+
+
+def _log1p_sum_exp(z, mask, axis):
+    """`log(1 + sum(exp(z) over mask))` along `axis`, stable and NaN-free.
+
+    An empty mask gives exactly 0 with a zero gradient.
+    """
+    z = ops.where(mask, z, -float("inf"))
+    shift = ops.stop_gradient(ops.maximum(ops.max(z, axis=axis, keepdims=True), 0.0))
+    total = ops.exp(-shift) + ops.sum(ops.exp(z - shift), axis=axis, keepdims=True)
+    return ops.squeeze(ops.log(total) + shift, axis)
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class ProxyAnchor(proxy_head.ProxyHead):
+    """Proxy-Anchor loss head.
+
+    With `s(x, p)` the cosine between an embedding and a proxy, `P` all
+    proxies, `P+` the proxies of the classes present in the batch, `X_p+` the
+    batch samples of class `p` and `X_p-` the others:
+
+        L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - margin)))
+          + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + margin)))
+
+    The loss is defined on the whole batch; the head returns it repeated for
+    every sample (shape `(B,)`), so the batch mean is `L` (sample weights
+    then only scale it). Every sample has its class proxy as positive, so a
+    batch whose labels are all different is fine; terms without samples give
+    exactly 0.
+
+    Args:
+        num_classes: Number of classes, `>= 2`.
+        margin: Margin `delta >= 0`. Defaults to `0.1`.
+        alpha: Scaling factor `> 0`. Defaults to `32.0`.
+        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> head = tfmetric.layers.ProxyAnchor(num_classes=3, margin=0.1, alpha=32.0)
+    >>> embeddings = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    >>> values = np.asarray(head(embeddings, np.array([0, 1, 2, 0])))
+    >>> bool(np.allclose(values, values[0]))
+    True
+
+    Reference:
+        Kim et al., "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020.
+    """
+
+    def __init__(self, num_classes, margin=0.1, alpha=32.0, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        self.margin = batch.check_margin(margin)
+        self.alpha = proxy_head.check_positive(alpha, "alpha")
+
+    def loss_from_cosine(self, cosine, one_hot):
+        positive = ops.greater(one_hot, 0.0)
+        negative = ops.logical_not(positive)
+        pos_terms = _log1p_sum_exp(-self.alpha * (cosine - self.margin), positive, axis=0)
+        neg_terms = _log1p_sum_exp(self.alpha * (cosine + self.margin), negative, axis=0)
+        with_positives = ops.cast(ops.any(positive, axis=0), "float32")
+        loss = ops.sum(pos_terms * with_positives) / ops.maximum(ops.sum(with_positives), 1.0)
+        loss = loss + ops.mean(neg_terms)
+        return ops.ones_like(cosine[:, 0]) * loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin=self.margin, alpha=self.alpha)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class ProxyNCA(proxy_head.ProxyHead):
+    """ProxyNCA loss head.
+
+    Embeddings and proxies are L2-normalised and compared by the squared
+    euclidean distance `d(x, p) = ||x/|x| - p/|p|||^2` (in `[0, 4]`), scaled by
+    `scale`. As in the paper, the positive proxy is not in the denominator:
+
+        l(x, y) = -log( exp(-scale d(x, p_y)) / sum_{z != y} exp(-scale d(x, p_z)) )
+
+    so values can be negative (the minimum is `-4 scale + log(C - 1)`).
+    `scale` is the inverse of ProxyNCA++'s temperature (`1/9` there).
+
+    Args:
+        num_classes: Number of classes, `>= 2`.
+        scale: Factor on the squared distances, `> 0`. Defaults to `9.0`.
+        **kwargs: Keras layer arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> head = tfmetric.layers.ProxyNCA(num_classes=3, scale=9.0)
+    >>> embeddings = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    >>> tuple(head(embeddings, np.array([0, 1, 2, 0])).shape)
+    (4,)
+
+    Reference:
+        Movshovitz-Attias et al., "No Fuss Distance Metric Learning using
+        Proxies", ICCV 2017; Teh et al., "ProxyNCA++", ECCV 2020 (scale).
+    """
+
+    def __init__(self, num_classes, scale=9.0, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        self.scale = proxy_head.check_positive(scale, "scale")
+
+    def loss_from_cosine(self, cosine, one_hot):
+        logits = -self.scale * (2.0 - 2.0 * cosine)
+        negatives = ops.where(ops.greater(one_hot, 0.0), -float("inf"), logits)
+        return ops.logsumexp(negatives, axis=1) - ops.sum(logits * one_hot, axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["scale"] = self.scale
+        return config

@@ -1,0 +1,128 @@
+"""An embedding model trained through a proxy-based loss head."""
+
+import keras
+from keras import ops
+
+__all__ = ["ProxyModel"]
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class ProxyModel(keras.Model):
+    """An embedder trained with a loss head whose class proxies train with it.
+
+    Calling the model (and `predict`) returns the embeddings; the head is only
+    used for the loss, computed in `compute_loss` from the embeddings and the
+    labels, so the model trains with `model.fit(x, labels)` after
+    `model.compile(optimizer)` (no `loss`: the head is the loss). The loss is
+    the mean over the batch of the head's per-sample values (times
+    `sample_weight` if given) plus the layers' regularisation losses.
+    `model.embedder` is the model to export, without the head.
+
+    The head computes in float32, so a mixed-precision embedder
+    (`mixed_float16`, `mixed_bfloat16`) gives finite logits even at scale 64.
+    Compiles with `jit_compile=True`.
+
+    Args:
+        embedder: A Keras model (or layer) mapping inputs to `(B, D)`
+            embeddings. A built functional/sequential model builds the head at
+            once; otherwise it is built on the first call.
+        head: A head called as `head(embeddings, labels)` that returns
+            per-sample losses `(B,)`, e.g. `tfmetric.layers.ArcFace`.
+        **kwargs: Keras model arguments (`name`, ...).
+
+    Example:
+
+    >>> import keras
+    >>> embedder = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model = tfmetric.models.ProxyModel(embedder, tfmetric.layers.CosFace(num_classes=3))
+    >>> model.compile(optimizer="adam", jit_compile=True)
+    >>> x = np.random.default_rng(0).normal(size=(12, 8)).astype("float32")
+    >>> history = model.fit(x, np.arange(12) % 3, epochs=1, verbose=0)
+    >>> model.predict(x, verbose=0).shape
+    (12, 4)
+    """
+
+    def __init__(self, embedder, head, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(embedder, keras.layers.Layer):
+            raise TypeError(
+                f"`embedder` must be a Keras model or layer; got {type(embedder).__name__}."
+            )
+        if not isinstance(head, keras.layers.Layer):
+            raise TypeError(
+                "`head` must be a Keras layer called as `head(embeddings, labels)` (e.g. "
+                f"tfmetric.layers.ArcFace); got {type(head).__name__}."
+            )
+        self.embedder = embedder
+        self.head = head
+        outputs = getattr(embedder, "outputs", None) if embedder.built else None
+        if outputs:
+            if len(outputs) != 1:
+                raise ValueError(
+                    f"`embedder` must have one output (the embeddings); got {len(outputs)}."
+                )
+            if not head.built:
+                head.build(tuple(outputs[0].shape))
+            self.built = True
+
+    def build(self, input_shape):
+        if not self.embedder.built:
+            self.embedder.build(input_shape)
+        if not self.head.built:
+            self.head.build(tuple(self.embedder.compute_output_shape(input_shape)))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.embedder(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """Configures training; takes no `loss`, the head is the loss.
+
+        Args:
+            optimizer: A Keras optimizer or its name. Defaults to `"rmsprop"`.
+            loss: Must be `None`.
+            **kwargs: Other `keras.Model.compile` arguments (`jit_compile`,
+                `steps_per_execution`, ...).
+        """
+        if loss is not None:
+            raise ValueError(
+                "`loss` must be None for a ProxyModel: the head computes the loss; got "
+                f"{loss!r}."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips `compile` on load when it is overridden; ours only rejects `loss`.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y is None:
+            raise ValueError(
+                "ProxyModel needs integer class labels `y` to compute its loss: "
+                "`model.fit(x, labels)`."
+            )
+        values = ops.cast(self.head(y_pred, y), "float32")
+        if sample_weight is not None:
+            values = values * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+        loss = ops.mean(values)
+        for extra in self.losses:
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        return loss
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "embedder": keras.saving.serialize_keras_object(self.embedder),
+            "head": keras.saving.serialize_keras_object(self.head),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        embedder = keras.saving.deserialize_keras_object(config.pop("embedder"))
+        head = keras.saving.deserialize_keras_object(config.pop("head"))
+        return cls(embedder, head, **config)
