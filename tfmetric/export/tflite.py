@@ -1,0 +1,133 @@
+"""TFLite variants of an exported embedder, run with LiteRT.
+
+Variants, converted from the SavedModel's `serving_default` (or `retrieve`)
+signature; all keep float32 inputs and outputs, so every variant is called the
+same way:
+
+- `"fp32"`: float32 weights and compute;
+- `"fp16"`: float16 weights, float32 compute;
+- `"dynamic_int8"`: int8 weights, activations quantised on the fly;
+- `"int8"`: full-integer weights and activations, calibrated on a
+  representative set (quantize/dequantize only at the float32 inputs/outputs).
+
+The files are run with LiteRT (`ai_edge_litert.interpreter.Interpreter`, the
+`litert` extra), not the deprecated `tf.lite.Interpreter`.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["VARIANTS", "LiteRTRunner", "convert_tflite"]
+
+VARIANTS = ("fp32", "fp16", "dynamic_int8", "int8")
+
+
+def check_variants(variants):
+    """Validates a list (or comma-separated string) of TFLite variant names."""
+    if variants is None:
+        return ()
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    variants = tuple(variants)
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"`tflite` variants must be among {list(VARIANTS)}; got {variant!r}.")
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"`tflite` lists a variant twice: {list(variants)}.")
+    return variants
+
+
+def convert_tflite(saved_model_dir, variant, signature="serving_default", representative=None):
+    """Converts one signature of a SavedModel to a TFLite flatbuffer.
+
+    Args:
+        saved_model_dir: A SavedModel directory (as written by tfmetric.export).
+        variant: One of `"fp32"`, `"fp16"`, `"dynamic_int8"`, `"int8"`.
+        signature: The signature to convert. Defaults to `"serving_default"`.
+        representative: For `"int8"`: float32 model inputs `(n, ...)` used to
+            calibrate activation ranges (100 to 500 samples are typical).
+
+    Returns:
+        The TFLite model (bytes), whose single signature is named
+        `"serving_default"` whatever signature it was converted from.
+
+    Raises:
+        ValueError: for an unknown variant, or `"int8"` without a
+            representative set.
+    """
+    check_variants([variant])
+    # Converting the loaded concrete function (rather than `from_saved_model`)
+    # freezes the Keras 3 variables into constants; `from_saved_model` keeps
+    # them as uninitialised resource variables.
+    loaded = tf.saved_model.load(os.fspath(saved_model_dir))
+    if signature not in loaded.signatures:
+        raise ValueError(
+            f"`signature` {signature!r} is not in the SavedModel; it has {list(loaded.signatures)}."
+        )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [loaded.signatures[signature]], loaded
+    )
+    if variant != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("The `int8` variant needs a `representative` set of model inputs.")
+        samples = np.asarray(representative, "float32")
+
+        def dataset():
+            for i in range(len(samples)):
+                yield [samples[i : i + 1]]
+
+        converter.representative_dataset = dataset
+        if signature == "serving_default":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            # Retrieval gathers ids (possibly strings): int8 where possible.
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+    return converter.convert()
+
+
+class LiteRTRunner:
+    """Runs one signature of a TFLite file with LiteRT, for any batch size.
+
+    Args:
+        model: Path of a `.tflite` file, or its bytes.
+        signature: Signature name. Defaults to the file's only signature.
+        num_threads: CPU threads for LiteRT. Defaults to `1`.
+
+    Example:
+
+    >>> import keras, os, tempfile
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "embedder")
+    >>> _ = tfmetric.export.save_embedder(path, model, (3,))
+    >>> runner = tfmetric.export.LiteRTRunner(tfmetric.export.convert_tflite(path, "fp32"))
+    >>> runner(inputs=np.ones((4, 3), "float32"))["embeddings"].shape
+    (4, 2)
+    """
+
+    def __init__(self, model, signature=None, num_threads=1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(model, (bytes, bytearray)):
+            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        else:
+            self.interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+        if signature is None:
+            signatures = list(self.interpreter.get_signature_list())
+            if len(signatures) != 1:
+                raise ValueError(f"Give a `signature`; the model has {signatures}.")
+            signature = signatures[0]
+        self.signature = signature
+        self._runner = self.interpreter.get_signature_runner(signature)
+
+    def __call__(self, **inputs):
+        """Returns `{output name: numpy array}` for keyword inputs."""
+        return {k: np.asarray(v) for k, v in self._runner(**inputs).items()}
