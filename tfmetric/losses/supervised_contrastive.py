@@ -25,7 +25,8 @@ def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="c
 
     The loss is the mean of `L_i` over the anchors that have a positive (the
     authors' code takes the mean over anchors; anchors without a positive give
-    0 here instead of NaN). The authors' extra factor
+    0 here instead of NaN; a batch of one label still has a non-zero loss, as
+    the formula says). The authors' extra factor
     `temperature / base_temperature` is not applied. A distance `d` is used as
     the similarity `1 - d` (the cosine similarity for the default
     `"cosine"`, i.e. L2-normalised embeddings as in the paper).
