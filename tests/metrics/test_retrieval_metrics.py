@@ -1,0 +1,244 @@
+import warnings
+
+import numpy as np
+import pytest
+from metric_references import metrics_from_relevance, mutual_information_scores, ranked_relevance
+
+import tfmetric
+from tfmetric.metrics import _ranking
+
+RANKING = [
+    "precision_at_1",
+    "recall_at_1",
+    "recall_at_5",
+    "r_precision",
+    "map_at_r",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+]
+
+
+def _ranking_only(*args, **kwargs):
+    metrics = [m for m in tfmetric.metrics.retrieval.RANKING_METRICS]
+    return tfmetric.metrics.evaluate_retrieval(*args, metrics=metrics, **kwargs)
+
+
+def test_hand_checked_leave_one_out():
+    # Points on a line, labels 0 1 0 1. Rankings (pessimistic ties, self excluded):
+    # q0: 1(-) 2(+) 3(-)      -> ranks of relevant: [2]
+    # q1: {0, 2}(-, tie) 3(+) -> [3]
+    # q2: {1, 3}(-, tie) 0(+) -> [3]
+    # q3: 2(-) 1(+) 0(-)      -> [2]
+    x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    y = np.array([0, 1, 0, 1])
+    scores = _ranking_only(x, y, k=(1, 2, 3))
+    assert scores["precision_at_1"] == 0.0
+    assert scores["recall_at_1"] == 0.0
+    assert scores["recall_at_2"] == 0.5
+    assert scores["recall_at_3"] == 1.0
+    assert scores["r_precision"] == 0.0  # R = 1 for every query
+    assert scores["map_at_r"] == 0.0
+    np.testing.assert_allclose(scores["mean_average_precision"], (1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    np.testing.assert_allclose(scores["mean_reciprocal_rank"], (1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+
+
+def test_hand_checked_map_at_r_with_gallery():
+    # One query, R = 3 relevant references at ranks 1, 3, 4 of 5.
+    # MAP@R = (1/3) * (1/1 + 2/3) [rank 4 > R]; AP = (1/3)(1 + 2/3 + 3/4);
+    # R-precision = 2/3.
+    q = np.array([[0.0, 0.0]])
+    g = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0]])
+    gl = np.array([7, 3, 7, 7, 3])
+    scores = _ranking_only(q, [7], g, gl, k=(1, 2))
+    np.testing.assert_allclose(scores["map_at_r"], (1 + 2 / 3) / 3, rtol=1e-6)
+    np.testing.assert_allclose(scores["mean_average_precision"], (1 + 2 / 3 + 3 / 4) / 3, rtol=1e-6)
+    np.testing.assert_allclose(scores["r_precision"], 2 / 3, rtol=1e-6)
+    assert scores["precision_at_1"] == 1.0
+    assert scores["mean_reciprocal_rank"] == 1.0
+
+
+def test_ties_are_pessimistic():
+    # Relevant and non-relevant references at exactly the same distance: the
+    # non-relevant one ranks first, whatever the storage order.
+    q = np.array([[0.0]])
+    for g, gl in [([[1.0], [-1.0]], [0, 1]), ([[-1.0], [1.0]], [1, 0])]:
+        scores = _ranking_only(q, [0], np.array(g), np.array(gl), k=(1, 2))
+        assert scores["precision_at_1"] == 0.0
+        assert scores["recall_at_2"] == 1.0
+        assert scores["mean_reciprocal_rank"] == 0.5
+        assert scores["map_at_r"] == 0.0
+
+
+def test_ties_among_relevant_do_not_matter():
+    q = np.array([[0.0]])
+    g = np.array([[1.0], [1.0], [-1.0], [2.0]])
+    scores = _ranking_only(q, [0], g, np.array([0, 0, 1, 0]), k=(1,))
+    # Ranking: -1(-), 1(+), 1(+), 2(+): AP = (1/2 + 2/3 + 3/4)/3, R-precision 2/3.
+    np.testing.assert_allclose(scores["mean_average_precision"], (1 / 2 + 2 / 3 + 3 / 4) / 3, rtol=1e-6)
+    np.testing.assert_allclose(scores["r_precision"], 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(scores["map_at_r"], (1 / 2 + 2 / 3) / 3, rtol=1e-6)
+
+
+def test_leave_one_out_keeps_duplicates_of_the_query():
+    x = np.array([[0.0], [0.0], [5.0], [5.0]])
+    scores = _ranking_only(x, np.array([0, 0, 1, 1]))
+    assert scores["precision_at_1"] == 1.0
+    assert scores["map_at_r"] == 1.0
+    # A duplicate with another label is kept too (and wins the pessimistic tie).
+    scores = _ranking_only(x, np.array([0, 1, 1, 0]), k=(1,))
+    assert scores["precision_at_1"] == 0.0
+
+
+def test_r_equals_zero_is_excluded_with_a_warning():
+    q = np.array([[0.0], [10.0]])
+    g = np.array([[0.5], [9.0]])
+    with pytest.warns(UserWarning, match="1 of 2 queries"):
+        scores = _ranking_only(q, [0, 5], g, [0, 1])
+    assert scores["precision_at_1"] == 1.0  # only the first query counts
+    with pytest.raises(ValueError, match="No query has a relevant"):
+        _ranking_only(q, [4, 5], g, [0, 1])
+    # Leave-one-out: a singleton class has R = 0.
+    with pytest.warns(UserWarning, match="1 of 3"):
+        scores = _ranking_only(np.array([[0.0], [0.1], [9.0]]), [0, 0, 1])
+    assert scores["map_at_r"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "distance,integer",
+    [
+        ("euclidean", True),
+        ("squared_euclidean", True),
+        ("manhattan", True),
+        ("inner_product", True),
+        ("cosine", False),
+    ],
+)
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_against_numpy_reference(distance, integer, leave_one_out):
+    rng = np.random.default_rng(1)
+    if integer:  # small integers: many exact ties, computed exactly in float32
+        q = rng.integers(-2, 3, size=(30, 3)).astype(np.float32)
+        g = rng.integers(-2, 3, size=(40, 3)).astype(np.float32)
+    else:
+        q = rng.normal(size=(30, 3)).astype(np.float32)
+        g = rng.normal(size=(40, 3)).astype(np.float32)
+    ql = rng.integers(0, 4, size=30)
+    gl = rng.integers(0, 4, size=40)
+    if leave_one_out:
+        g, gl = None, None
+    similarity = tfmetric.distances.get(distance).is_similarity
+    expected = metrics_from_relevance(ranked_relevance(q, ql, g, gl, distance, similarity))
+    scores = _ranking_only(q, ql, g, gl, distance=distance, k=(1, 5))
+    for name in RANKING:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_chunked_computation_matches_reference(monkeypatch):
+    # A tiny element budget forces many query chunks (the last one padded).
+    monkeypatch.setattr(_ranking, "ELEMENT_BUDGET", 64)
+    rng = np.random.default_rng(2)
+    x = rng.integers(-2, 3, size=(37, 2)).astype(np.float32)
+    y = rng.integers(0, 3, size=37)
+    expected = metrics_from_relevance(ranked_relevance(x, y, None, None, "euclidean"))
+    scores = _ranking_only(x, y)
+    assert _ranking._chunk_size(37, 37 + 20) < 37
+    for name in RANKING:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_large_r_single_class_window():
+    # Two classes, R up to 59: the relevant window is most of the gallery.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = (np.arange(100) < 60).astype(np.int64)
+    expected = metrics_from_relevance(ranked_relevance(x, y, None, None, "euclidean"))
+    scores = _ranking_only(x, y)
+    for name in RANKING:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_single_metric_functions_agree_with_reference():
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(20, 3))
+    g = rng.normal(size=(25, 3))
+    ql, gl = rng.integers(0, 3, 20), rng.integers(0, 3, 25)
+    expected = metrics_from_relevance(ranked_relevance(q, ql, g, gl, "euclidean"), ks=(3,))
+    m = tfmetric.metrics
+    np.testing.assert_allclose(m.precision_at_1(q, ql, g, gl), expected["precision_at_1"])
+    np.testing.assert_allclose(m.recall_at_k(q, ql, g, gl, k=3), expected["recall_at_3"])
+    np.testing.assert_allclose(m.r_precision(q, ql, g, gl), expected["r_precision"], rtol=1e-6)
+    np.testing.assert_allclose(m.map_at_r(q, ql, g, gl), expected["map_at_r"], rtol=1e-6)
+    np.testing.assert_allclose(
+        m.mean_average_precision(q, ql, g, gl), expected["mean_average_precision"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        m.mean_reciprocal_rank(q, ql, g, gl), expected["mean_reciprocal_rank"], rtol=1e-6
+    )
+
+
+def test_k_larger_than_gallery_is_a_hit_rate():
+    q = np.array([[0.0]])
+    g = np.array([[1.0], [2.0]])
+    assert tfmetric.metrics.recall_at_k(q, [0], g, [1, 0], k=100) == 1.0
+
+
+def test_cmc_curve_against_reference():
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(25, 2))
+    g = rng.normal(size=(30, 2))
+    ql, gl = rng.integers(0, 5, 25), rng.integers(0, 5, 30)
+    lists = ranked_relevance(q, ql, g, gl, "euclidean")
+    first = np.array([np.argmax(r) + 1 for r in lists if r.sum() > 0])
+    expected = [np.mean(first <= k) for k in range(1, 8)]
+    np.testing.assert_allclose(tfmetric.metrics.cmc_curve(q, ql, g, gl, max_rank=7), expected)
+
+
+def test_evaluate_retrieval_returns_all_keys():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(size=(10, 2)), rng.normal(size=(10, 2)) + 20])
+    y = np.repeat([4, 9], 10)
+    scores = tfmetric.metrics.evaluate_retrieval(x, y, k=(1, 5))
+    assert set(scores) == {
+        "precision_at_1", "recall_at_1", "recall_at_5", "r_precision", "map_at_r",
+        "mean_average_precision", "mean_reciprocal_rank", "nmi", "ami",
+    }  # fmt: skip
+    assert all(isinstance(v, float) for v in scores.values())
+    assert scores["map_at_r"] == 1.0 and scores["nmi"] == 1.0 and scores["ami"] == 1.0
+
+
+def test_nmi_against_contingency_reference():
+    # Two far-apart blobs: k-means must find them; labels split one blob.
+    x = np.array([[0.0], [0.1], [0.2], [0.3], [100.0], [100.1], [100.2], [100.3]])
+    y = np.array([0, 0, 1, 1, 1, 1, 1, 1])
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = tfmetric.metrics.clustering_scores(x, y)
+    np.testing.assert_allclose(scores["nmi"], mutual_information_scores(y, clusters), rtol=1e-6)
+    assert scores["ami"] < scores["nmi"]  # chance-adjusted
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"query": np.zeros(5)}, ValueError, "`query` must be a 2-D"),
+        ({"query_labels": np.zeros(4, np.int64)}, ValueError, "`query_labels` has 4"),
+        ({"query_labels": np.zeros(5)}, TypeError, "integer class labels"),
+        ({"query": np.full((5, 2), np.nan)}, ValueError, "NaN"),
+        ({"gallery": np.zeros((3, 2))}, ValueError, "`gallery_labels` is required"),
+        ({"gallery_labels": np.zeros(3, np.int64)}, ValueError, "without `gallery`"),
+        ({"gallery": np.zeros((3, 3)), "gallery_labels": [0, 0, 0]}, ValueError, "same embedding"),
+        ({"k": 0}, ValueError, "`k` must be an integer >= 1"),
+        ({"metrics": ["accuracy"]}, ValueError, "`metrics`"),
+        ({"distance": "hamming"}, ValueError, "Unknown `distance`"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    args = {"query": np.zeros((5, 2)), "query_labels": np.zeros(5, np.int64)}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        tfmetric.metrics.evaluate_retrieval(**args)
+
+
+def test_no_warning_when_every_query_has_relevant():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _ranking_only(np.array([[0.0], [1.0]]), [0, 0])
