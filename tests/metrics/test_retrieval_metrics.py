@@ -38,7 +38,9 @@ def test_hand_checked_leave_one_out():
     assert scores["recall_at_3"] == 1.0
     assert scores["r_precision"] == 0.0  # R = 1 for every query
     assert scores["map_at_r"] == 0.0
-    np.testing.assert_allclose(scores["mean_average_precision"], (1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    np.testing.assert_allclose(
+        scores["mean_average_precision"], (1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4
+    )
     np.testing.assert_allclose(scores["mean_reciprocal_rank"], (1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
 
 
@@ -74,7 +76,9 @@ def test_ties_among_relevant_do_not_matter():
     g = np.array([[1.0], [1.0], [-1.0], [2.0]])
     scores = _ranking_only(q, [0], g, np.array([0, 0, 1, 0]), k=(1,))
     # Ranking: -1(-), 1(+), 1(+), 2(+): AP = (1/2 + 2/3 + 3/4)/3, R-precision 2/3.
-    np.testing.assert_allclose(scores["mean_average_precision"], (1 / 2 + 2 / 3 + 3 / 4) / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        scores["mean_average_precision"], (1 / 2 + 2 / 3 + 3 / 4) / 3, rtol=1e-6
+    )
     np.testing.assert_allclose(scores["r_precision"], 2 / 3, rtol=1e-6)
     np.testing.assert_allclose(scores["map_at_r"], (1 / 2 + 2 / 3) / 3, rtol=1e-6)
 

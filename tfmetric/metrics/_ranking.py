@@ -104,9 +104,7 @@ def _compiled_chunk_fn(distance, window):
         # masked entries (+inf) land past the last real relevant slot.
         below = tf.searchsorted(relevant, others, side="left")
         segments = below + (window + 1) * tf.range(chunk, dtype=tf.int32)[:, None]
-        hist = tf.math.unsorted_segment_sum(
-            tf.ones_like(segments), segments, chunk * (window + 1)
-        )
+        hist = tf.math.unsorted_segment_sum(tf.ones_like(segments), segments, chunk * (window + 1))
         hist = tf.reshape(hist, (chunk, window + 1))
         others_before = tf.cast(tf.cumsum(hist, axis=1)[:, :window], tf.float32)
         position = tf.cast(slots + 1, tf.float32)[None, :]

@@ -45,4 +45,3 @@ def cmc_curve(
     keep = _ranking.evaluated_queries(ranks)
     first = ranks.first_rank[keep]
     return np.array([np.mean(first <= k) for k in range(1, max_rank + 1)], np.float64)
-

@@ -131,7 +131,9 @@ def evaluate_retrieval(
     names = ALL_METRICS if metrics is None else tuple(metrics)
     unknown = [name for name in names if name not in ALL_METRICS]
     if unknown or not names:
-        raise ValueError(f"`metrics` must be a non-empty subset of {list(ALL_METRICS)}; got {metrics!r}.")
+        raise ValueError(
+            f"`metrics` must be a non-empty subset of {list(ALL_METRICS)}; got {metrics!r}."
+        )
     ks = _check_ks(k)
     distance = distances_lib.get(distance)
     query, query_labels, gallery, gallery_labels = _ranking.prepare_retrieval_inputs(
@@ -174,9 +176,7 @@ def precision_at_1(query, query_labels, gallery=None, gallery_labels=None, dista
     ]
 
 
-def recall_at_k(
-    query, query_labels, gallery=None, gallery_labels=None, distance="euclidean", k=1
-):
+def recall_at_k(query, query_labels, gallery=None, gallery_labels=None, distance="euclidean", k=1):
     """Fraction of queries with a same-label reference among their `k` nearest.
 
     Arguments and conventions as in `evaluate_retrieval`; `k` is one int.
@@ -230,9 +230,7 @@ def map_at_r(query, query_labels, gallery=None, gallery_labels=None, distance="e
     Reference:
         Musgrave, Belongie, Lim. "A Metric Learning Reality Check". ECCV 2020.
     """
-    return _single("map_at_r", query, query_labels, gallery, gallery_labels, distance)[
-        "map_at_r"
-    ]
+    return _single("map_at_r", query, query_labels, gallery, gallery_labels, distance)["map_at_r"]
 
 
 def mean_average_precision(
@@ -248,9 +246,9 @@ def mean_average_precision(
     >>> round(tfmetric.metrics.mean_average_precision(x, np.array([0, 1, 0, 1])), 4)
     0.4167
     """
-    return _single("mean_average_precision", query, query_labels, gallery, gallery_labels, distance)[
-        "mean_average_precision"
-    ]
+    return _single(
+        "mean_average_precision", query, query_labels, gallery, gallery_labels, distance
+    )["mean_average_precision"]
 
 
 def mean_reciprocal_rank(
