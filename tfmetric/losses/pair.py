@@ -137,7 +137,8 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
     margin. This is the convention of Hadsell et al. 2006 and of
     `tfmetric.data.pair_dataset`; some code (e.g. the Keras Siamese example,
     keras-team/keras#16935) uses the opposite one — flip such labels with
-    `1 - y` first. Soft labels in `[0, 1]` interpolate the two terms.
+    `1 - y` first. Soft labels in `[0, 1]` interpolate the two terms. The
+    paper's factor 1/2 is left out, as in TensorFlow Addons.
 
     Args:
         labels: Pair labels, shape `(B,)` or `(B, 1)`: 1 = similar, 0 =

@@ -108,8 +108,10 @@ class SiameseModel(keras.Model):
         if not self._embedder.built:
             self._embedder.build(shape1)
         if self.head is not None and not self.head.built:
+            # Heads may build from `build(shape)` or from their first call; a call always works.
             embedding_shape = self._embedder.compute_output_shape(shape1)
-            self.head.build(embedding_shape, embedding_shape)
+            probe = ops.zeros((1, *embedding_shape[1:]))
+            self.head(probe, probe)
         self.built = True
 
     def call(self, inputs, training=None):

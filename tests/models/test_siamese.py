@@ -1,0 +1,196 @@
+import inspect
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import tfmetric
+from tfmetric.losses import PairContrastiveLoss, pair_contrastive_loss, paired_distance
+from tfmetric.models import SiameseModel
+
+
+def _np_distance(a, b, name):
+    """Textbook per-pair distances, float64, one row at a time."""
+    out = []
+    for u, v in zip(np.asarray(a, np.float64), np.asarray(b, np.float64), strict=True):
+        if name == "euclidean":
+            out.append(np.sqrt(np.sum((u - v) ** 2)))
+        elif name == "squared_euclidean":
+            out.append(np.sum((u - v) ** 2))
+        elif name == "manhattan":
+            out.append(np.sum(np.abs(u - v)))
+        elif name == "cosine":
+            out.append(1.0 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+        elif name == "inner_product":
+            out.append(u @ v)
+        elif name == "minkowski3":
+            out.append(np.sum(np.abs(u - v) ** 3) ** (1 / 3))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    "name", ["euclidean", "squared_euclidean", "manhattan", "cosine", "inner_product", "minkowski3"]
+)
+def test_paired_distance_matches_definition(name):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    distance = tfmetric.distances.Minkowski(3) if name == "minkowski3" else name
+    got = np.asarray(paired_distance(distance, a.astype("float32"), b.astype("float32")))
+    np.testing.assert_allclose(got, _np_distance(a, b, name), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["euclidean", "cosine", "manhattan", "minkowski3"])
+def test_paired_distance_has_finite_gradient_at_zero(name):
+    distance = tfmetric.distances.Minkowski(3) if name == "minkowski3" else name
+    x = tf.Variable(np.ones((3, 4), "float32"))
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(paired_distance(distance, x, tf.ones((3, 4))))
+    assert np.all(np.isfinite(tape.gradient(value, x).numpy()))
+
+
+def test_paired_distance_custom_distance_uses_diagonal():
+    class Doubled(tfmetric.distances.Manhattan):
+        def pairwise(self, x, y):
+            return 2.0 * super().pairwise(x, y)
+
+    a, b = np.eye(3, dtype="float32"), np.zeros((3, 3), "float32")
+    np.testing.assert_allclose(np.asarray(paired_distance(Doubled(), a, b)), [2.0, 2.0, 2.0])
+
+
+def test_pair_contrastive_loss_matches_hadsell():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=16)
+    d = rng.uniform(0.0, 2.0, size=16)
+    margin = 1.3
+    # Hadsell et al. 2006 with Y=0 for similar; our label 1 = similar is 1 - Y.
+    hadsell_y = 1 - labels
+    hadsell = (1 - hadsell_y) * 0.5 * d**2 + hadsell_y * 0.5 * np.maximum(0, margin - d) ** 2
+    expected = 2.0 * hadsell  # without the paper's 1/2, as TensorFlow Addons
+    got = pair_contrastive_loss(labels, d.astype("float32"), margin=margin)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_label_one_means_similar():
+    # A close pair costs nothing when labelled similar (1) and a lot when labelled dissimilar.
+    close = np.array([0.0], "float32")
+    assert float(pair_contrastive_loss(np.array([1]), close)[0]) == 0.0
+    assert float(pair_contrastive_loss(np.array([0]), close)[0]) == 1.0
+
+
+def test_pair_contrastive_class_reduces_and_configs():
+    loss = PairContrastiveLoss(margin=0.5, name="pc")
+    labels, d = np.array([1.0, 0.0, 0.0]), np.array([[0.2], [0.1], [0.9]], "float32")
+    expected = np.mean([0.04, 0.16, 0.0])
+    np.testing.assert_allclose(float(loss(labels, d)), expected, rtol=1e-6)
+    config = loss.get_config()
+    assert set(inspect.signature(PairContrastiveLoss).parameters) <= set(config)
+    clone = PairContrastiveLoss.from_config(config)
+    assert clone.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"labels": np.ones(3), "distances": np.ones((3, 2), "float32")}, "y_pred"),
+        ({"labels": np.ones(4), "distances": np.ones(3, "float32")}, "y_true"),
+        ({"labels": np.ones(3), "distances": np.ones(3, "float32"), "margin": -1}, "margin"),
+    ],
+)
+def test_pair_contrastive_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pair_contrastive_loss(**kwargs)
+
+
+def _embedder(dim_in=6, dim_out=3):
+    return keras.Sequential(
+        [keras.Input((dim_in,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(dim_out)]
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmetric_tests")
+class TinyHead(keras.layers.Layer):
+    """sigmoid(b - w·|e1 - e2|): a per-pair probability, for tests only."""
+
+    def build(self, e1_shape, e2_shape):
+        self.w = self.add_weight(shape=(e1_shape[-1],), initializer="ones")
+        self.b = self.add_weight(shape=(), initializer="zeros")
+
+    def call(self, e1, e2):
+        return ops.sigmoid(self.b - ops.sum(self.w * ops.abs(e1 - e2), axis=-1, keepdims=True))
+
+
+def _heads():
+    heads = [("none", lambda: None), ("tiny", TinyHead)]
+    if hasattr(tfmetric.layers, "WeightedL1"):
+        heads.append(("weighted_l1", tfmetric.layers.WeightedL1))
+    return heads
+
+
+def test_outputs_are_distances_of_shared_embeddings():
+    embedder = _embedder()
+    model = SiameseModel(embedder, distance="manhattan")
+    assert model.embedder is embedder
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(5, 6)).astype("float32"), rng.normal(size=(5, 6)).astype("float32")
+    got = model.predict((x1, x2), verbose=0)
+    expected = _np_distance(embedder(x1), embedder(x2), "manhattan")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(model.trainable_weights) == len(embedder.trainable_weights)
+
+
+@pytest.mark.parametrize("head_name, make_head", _heads())
+def test_fit_with_jit_and_keras_round_trip(tmp_path, head_name, make_head):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype("float32")
+    y = np.repeat(np.arange(4), 10)
+    x += 2.0 * y[:, None]
+    data = tfmetric.data.pair_dataset(x, y, batch_size=16, seed=0)
+    head = make_head()
+    model = SiameseModel(_embedder(), head=head)
+    loss = PairContrastiveLoss() if head is None else keras.losses.BinaryCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, jit_compile=True)
+    history = model.fit(data, steps_per_epoch=15, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+    (x1, x2), _ = next(iter(data))
+    before = model.predict((x1, x2), verbose=0)
+    assert before.shape == (16,)
+    if head is not None:
+        assert np.all((before >= 0) & (before <= 1))
+    path = os.path.join(tmp_path, "siamese.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, SiameseModel)
+    np.testing.assert_allclose(loaded.predict((x1, x2), verbose=0), before, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.embedder.predict(x1, verbose=0), model.embedder.predict(x1, verbose=0), rtol=1e-5
+    )
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        model.get_config(), sort_keys=True
+    )
+
+
+def test_config_has_every_argument():
+    model = SiameseModel(_embedder(), distance=tfmetric.distances.Minkowski(3), head=TinyHead())
+    config = model.get_config()
+    assert {"embedder", "distance", "head"} <= set(config)
+    clone = SiameseModel.from_config(config)
+    assert clone.distance == tfmetric.distances.Minkowski(3)
+    assert isinstance(clone.head, TinyHead)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="embedder"):
+        SiameseModel(lambda x: x)
+    with pytest.raises(TypeError, match="head"):
+        SiameseModel(_embedder(), head=lambda a, b: a)
+    with pytest.raises(ValueError, match="distance"):
+        SiameseModel(_embedder(), distance="nope")
+    model = SiameseModel(_embedder())
+    with pytest.raises(ValueError, match="inputs"):
+        model(np.ones((2, 6), "float32"))
