@@ -16,7 +16,8 @@ from tfmetric.losses import batch
 
 __all__ = ["ArcFace", "CosFace", "NormalizedSoftmax", "SubCenterArcFace"]
 
-_SIN_EPSILON = 1e-7
+# Only matters at |cos| = 1 exactly: float32 resolves 1 - cos² no finer than ~1e-7.
+_SIN_EPSILON = 1e-12
 
 
 def _check_angular_margin(margin):

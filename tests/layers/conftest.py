@@ -1,0 +1,6 @@
+"""Makes the numpy references next to these tests importable."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))

@@ -1,0 +1,173 @@
+"""Properties shared by every proxy head: config, saving, robustness, mixed precision, input checks."""
+
+import inspect
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmetric
+
+HEADS = {
+    "ArcFace": lambda: tfmetric.layers.ArcFace(4, margin=0.3, scale=64.0, easy_margin=True),
+    "CosFace": lambda: tfmetric.layers.CosFace(4, margin=0.2, scale=64.0),
+    "SubCenterArcFace": lambda: tfmetric.layers.SubCenterArcFace(4, centers=2, scale=64.0),
+    "NormalizedSoftmax": lambda: tfmetric.layers.NormalizedSoftmax(4, temperature=0.1),
+    "ProxyAnchor": lambda: tfmetric.layers.ProxyAnchor(4, margin=0.2, alpha=16.0),
+    "ProxyNCA": lambda: tfmetric.layers.ProxyNCA(4, scale=3.0),
+}
+LABELS = np.array([0, 1, 2, 3, 0, 1])
+
+
+def _embeddings(dtype="float32", seed=0):
+    return np.random.default_rng(seed).normal(size=(6, 5)).astype(dtype)
+
+
+def _value_and_gradients(head, embeddings, labels=LABELS):
+    dtype = tf.as_dtype(embeddings.dtype)
+    variable = tf.Variable(tf.cast(embeddings, "float32"))
+    with tf.GradientTape() as tape:
+        values = head(tf.cast(variable, dtype), labels)
+        loss = tf.reduce_mean(values)
+    grads = tape.gradient(loss, [variable] + [v.value for v in head.trainable_variables])
+    return values, grads
+
+
+def _assert_finite(values, grads):
+    assert np.all(np.isfinite(np.asarray(values)))
+    for grad in grads:
+        assert grad is not None
+        assert np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_init_argument_is_in_the_config(name):
+    head = HEADS[name]()
+    config = head.get_config()
+    for parameter in inspect.signature(type(head).__init__).parameters.values():
+        if parameter.name in ("self", "kwargs"):
+            continue
+        assert parameter.name in config, parameter.name
+    rebuilt = type(head).from_config(config)
+    assert rebuilt.get_config() == config
+    assert rebuilt.dtype_policy.name == "float32"
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_registered_and_deserializable_by_name(name):
+    head = HEADS[name]()
+    assert keras.saving.get_registered_name(type(head)) == f"tfmetric>{name}"
+    serialized = keras.saving.serialize_keras_object(head)
+    assert type(keras.saving.deserialize_keras_object(serialized)) is type(head)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_keras_file_round_trip(name, tmp_path):
+    embedder = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model = tfmetric.models.ProxyModel(embedder, HEADS[name]())
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.head) is type(model.head)
+    assert loaded.head.get_config() == model.head.get_config()
+    np.testing.assert_array_equal(
+        np.asarray(loaded.head.proxies), np.asarray(model.head.proxies)
+    )
+    embeddings = _embeddings()[:, :3]
+    np.testing.assert_allclose(
+        np.asarray(loaded.head(embeddings, LABELS)), np.asarray(model.head(embeddings, LABELS))
+    )
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_duplicate_and_zero_embeddings_are_finite(name):
+    head = HEADS[name]()
+    embeddings = np.repeat(_embeddings()[:2], 3, axis=0)
+    embeddings[-1] = 0.0
+    _assert_finite(*_value_and_gradients(head, embeddings))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_embedding_on_a_proxy_and_on_its_antipode_is_finite(name):
+    head = HEADS[name]()
+    head.build((None, 5))
+    proxies = np.asarray(head.proxies)
+    embeddings = np.stack([proxies[0], -proxies[0], proxies[-1], -proxies[-1], 10 * proxies[1],
+                           proxies[2]])
+    labels = np.array([0, 0, 3, 3, 0, 1])
+    _assert_finite(*_value_and_gradients(head, embeddings, labels))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_batch_without_positive_pairs_is_finite(name):
+    head = HEADS[name]()
+    labels = np.array([0, 1, 2, 3])
+    _assert_finite(*_value_and_gradients(head, _embeddings()[:4], labels))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", HEADS)
+def test_low_precision_embeddings_match_float32(name, dtype):
+    head = HEADS[name]()
+    embeddings = tf.cast(_embeddings() * 30.0, dtype)
+    low = head(embeddings, LABELS)
+    assert keras.backend.standardize_dtype(low.dtype) == "float32"
+    full = head(tf.cast(embeddings, "float32"), LABELS)
+    np.testing.assert_allclose(np.asarray(low), np.asarray(full), rtol=1e-6)
+    _assert_finite(*_value_and_gradients(head, embeddings))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_heads_stay_float32_under_a_mixed_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        head = tfmetric.layers.ArcFace(4, scale=64.0)
+        head.build((None, 5))
+        assert head.compute_dtype == "float32"
+        assert keras.backend.standardize_dtype(head.proxies.dtype) == "float32"
+        values, grads = _value_and_gradients(head, tf.cast(_embeddings(), policy[6:]))
+        _assert_finite(values, grads)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_compiled_call_with_xla():
+    head = tfmetric.layers.SubCenterArcFace(4, centers=2)
+    head.build((None, 5))
+    eager = head(_embeddings(), LABELS)
+    compiled = tf.function(lambda e, y: head(e, y), jit_compile=True)(_embeddings(), LABELS)
+    np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [1, 0, 2.5, True, "3"])
+def test_bad_num_classes(num_classes):
+    with pytest.raises(ValueError, match="`num_classes`"):
+        tfmetric.layers.ArcFace(num_classes)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_out_of_range_labels_raise(name):
+    head = HEADS[name]()
+    for labels in (np.array([0, 1, 2, 4, 0, 1]), np.array([0, -1, 2, 3, 0, 1])):
+        with pytest.raises(ValueError, match="`labels`"):
+            head(_embeddings(), labels)
+
+
+def test_bad_inputs_raise():
+    head = tfmetric.layers.CosFace(4)
+    with pytest.raises(ValueError, match="`labels`"):
+        head(_embeddings(), LABELS.astype("float32"))
+    with pytest.raises(ValueError, match="`labels`"):
+        head(_embeddings(), LABELS[:4])
+    with pytest.raises(ValueError, match="`embeddings`"):
+        head(_embeddings()[None], LABELS)
+
+
+def test_labels_of_shape_batch_by_one():
+    head = tfmetric.layers.CosFace(4)
+    np.testing.assert_allclose(
+        np.asarray(head(_embeddings(), LABELS[:, None])), np.asarray(head(_embeddings(), LABELS))
+    )

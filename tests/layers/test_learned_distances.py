@@ -1,0 +1,176 @@
+"""Mahalanobis and WeightedL1: numpy references, Distance interface, Siamese-head use, saving."""
+
+import inspect
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmetric
+from tfmetric.layers import learned_distances
+
+
+def _mahalanobis_reference(x, y, matrix, squared=False):
+    """||L(x - y)|| with L applied as x @ L, from the definition."""
+    out = np.zeros((len(x), len(y)))
+    for i in range(len(x)):
+        for j in range(len(y)):
+            diff = (np.asarray(x[i], np.float64) - y[j]) @ matrix
+            out[i, j] = diff @ diff if squared else math.sqrt(diff @ diff)
+    return out
+
+
+def _weighted_l1_reference(x, y, weights, bias):
+    """Koch et al.: sigmoid of a weighted L1 of |x - y| (sign folded into the bias form)."""
+    out = np.zeros((len(x), len(y)))
+    for i in range(len(x)):
+        for j in range(len(y)):
+            score = bias - sum(abs(w) * abs(a - b) for w, a, b in zip(weights, x[i], y[j], strict=True))
+            out[i, j] = 1.0 / (1.0 + math.exp(-score))
+    return out
+
+
+def _data(seed=0, n=5, m=4, dim=3):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim)).astype("float32"), rng.normal(size=(m, dim)).astype("float32")
+
+
+@pytest.mark.parametrize("units,squared", [(None, False), (2, False), (3, True)])
+def test_mahalanobis_matches_reference(units, squared):
+    x, y = _data()
+    layer = tfmetric.layers.Mahalanobis(units=units, squared=squared)
+    layer.build((None, 3))
+    matrix = np.random.default_rng(1).normal(size=(3, units or 3))
+    layer.kernel.assign(matrix.astype("float32"))
+    expected = _mahalanobis_reference(x, y, matrix, squared)
+    distance = tfmetric.distances.get(layer)
+    assert isinstance(distance, tfmetric.distances.Distance)
+    assert distance.is_similarity is False
+    np.testing.assert_allclose(np.asarray(distance(x, y)), expected, rtol=1e-4, atol=1e-4)
+    pairs = np.asarray(layer(x[:4], y))
+    np.testing.assert_allclose(pairs, np.diag(expected[:4]), rtol=1e-4, atol=1e-4)
+
+
+def test_mahalanobis_starts_as_the_euclidean_distance():
+    x, y = _data()
+    distance = tfmetric.distances.get(tfmetric.layers.Mahalanobis())
+    euclidean = tfmetric.distances.get("euclidean")
+    np.testing.assert_allclose(np.asarray(distance(x, y)), np.asarray(euclidean(x, y)), atol=1e-5)
+    within = np.asarray(distance(x))
+    np.testing.assert_array_equal(np.diag(within), 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_l1_matches_reference(seed):
+    x, y = _data(seed)
+    layer = tfmetric.layers.WeightedL1()
+    layer.build((None, 3))
+    weights = np.array([0.5, 0.0, 2.0])
+    layer.feature_weights.assign(weights.astype("float32"))
+    layer.bias.assign(0.7)
+    expected = _weighted_l1_reference(x, y, weights, 0.7)
+    distance = tfmetric.distances.get(layer)
+    assert distance.is_similarity is True
+    np.testing.assert_allclose(np.asarray(distance(x, y)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(layer(x[:4], y)), np.diag(expected[:4]), rtol=1e-5, atol=1e-6
+    )
+    logits = np.asarray(layer.logits(x[:4], y))
+    np.testing.assert_allclose(1.0 / (1.0 + np.exp(-logits)), np.diag(expected[:4]), rtol=1e-5)
+
+
+def test_weighted_l1_weights_stay_non_negative_in_training():
+    layer = tfmetric.layers.WeightedL1()
+    x1 = keras.Input((3,))
+    x2 = keras.Input((3,))
+    model = keras.Model([x1, x2], layer(x1, x2))
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="binary_crossentropy")
+    a, b = _data(n=8, m=8)
+    model.fit([a, b], np.ones(8), epochs=3, verbose=0)
+    assert np.all(np.asarray(layer.feature_weights) >= 0.0)
+
+
+@pytest.mark.parametrize("make", [tfmetric.layers.Mahalanobis, tfmetric.layers.WeightedL1])
+def test_duplicates_have_finite_gradients(make):
+    layer = make()
+    x = np.repeat(_data()[0][:2], 2, axis=0)
+    variable = tf.Variable(x)
+    with tf.GradientTape(persistent=True) as tape:
+        pairs = tf.reduce_sum(layer(variable, variable))
+        matrix = tf.reduce_sum(tfmetric.distances.get(layer)(variable))
+    for value in (pairs, matrix):
+        grads = tape.gradient(value, [variable] + [v.value for v in layer.trainable_variables])
+        assert np.isfinite(float(value))
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
+@pytest.mark.parametrize("make", [tfmetric.layers.Mahalanobis, tfmetric.layers.WeightedL1])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_inputs_are_computed_in_float32(make, dtype):
+    layer = make()
+    x, y = _data(n=4)
+    low = layer(tf.cast(x, dtype), tf.cast(y, dtype))
+    assert keras.backend.standardize_dtype(low.dtype) == "float32"
+    assert np.all(np.isfinite(np.asarray(low)))
+    matrix = tfmetric.distances.get(layer)(tf.cast(x, dtype), tf.cast(y, dtype))
+    assert keras.backend.standardize_dtype(matrix.dtype) == "float32"
+
+
+@pytest.mark.parametrize("make", [tfmetric.layers.Mahalanobis, tfmetric.layers.WeightedL1])
+def test_usable_as_the_distance_of_a_loss(make):
+    layer = make()
+    rng = np.random.default_rng(0)
+    loss = tfmetric.losses.TripletLoss(distance=layer, mining="hard")
+    assert loss.distance.layer is layer
+    value = loss(np.array([0, 0, 1, 1]), rng.normal(size=(4, 3)).astype("float32"))
+    assert np.isfinite(float(value))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: tfmetric.layers.Mahalanobis(units=2, squared=True), tfmetric.layers.WeightedL1]
+)
+def test_config_and_keras_file_round_trip(make, tmp_path):
+    layer = make()
+    config = layer.get_config()
+    for parameter in inspect.signature(type(layer).__init__).parameters.values():
+        if parameter.name not in ("self", "kwargs"):
+            assert parameter.name in config
+    assert type(layer).from_config(config).get_config() == config
+    view = tfmetric.distances.get(tfmetric.distances.serialize(layer.as_distance()))
+    assert isinstance(view, learned_distances.LearnedDistance)
+    assert view.layer.get_config() == config
+
+    x1 = keras.Input((3,))
+    x2 = keras.Input((3,))
+    model = keras.Model([x1, x2], layer(x1, x2))
+    for variable in layer.trainable_variables:
+        variable.assign(variable + 0.25)
+    path = os.path.join(tmp_path, "siamese_head.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    a, b = _data(n=4, m=4)
+    np.testing.assert_allclose(
+        loaded.predict([a, b], verbose=0), model.predict([a, b], verbose=0), rtol=1e-6
+    )
+
+
+def test_distance_view_compiles_with_xla():
+    layer = tfmetric.layers.WeightedL1()
+    x, y = _data()
+    distance = tfmetric.distances.get(layer)
+    eager = distance(x, y)
+    compiled = tf.function(lambda a, b: distance(a, b), jit_compile=True)(x, y)
+    np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-6)
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="`units`"):
+        tfmetric.layers.Mahalanobis(units=0)
+    with pytest.raises(ValueError, match="`layer`"):
+        learned_distances.LearnedDistance("euclidean")
+    x, y = _data(n=4, m=3)
+    with pytest.raises(ValueError, match="`x1` and `x2`"):
+        tfmetric.layers.Mahalanobis()(x, y)
