@@ -1,0 +1,63 @@
+"""Small trained embedders and data shared by the export tests."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfmetric
+
+NUM_CLASSES = 4
+
+
+def blobs(per_class, dim, seed):
+    """Gaussian blobs: class centres far apart, unit noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(NUM_CLASSES, dim)) * 3.0
+    labels = np.repeat(np.arange(NUM_CLASSES), per_class)
+    inputs = centres[labels] + rng.normal(size=(len(labels), dim))
+    return inputs.astype("float32"), labels.astype("int64")
+
+
+def image_blobs(per_class, size, seed):
+    """Images whose class is the colour of a bright square: pixels in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(NUM_CLASSES), per_class)
+    images = rng.uniform(0.0, 0.3, (len(labels), size, size, 3))
+    colours = np.eye(3)[labels % 3] * (1.0 - 0.3 * (labels >= 3))[:, None]
+    images[:, 2:-2, 2:-2, :] += 0.6 * colours[:, None, None, :]
+    # Whole pixel levels, so PNG encoding is lossless.
+    return np.round(np.clip(images, 0, 1) * 255) / 255, labels.astype("int64")
+
+
+@pytest.fixture(scope="session")
+def vector_model():
+    """A Dense embedder trained with the triplet loss, and its validation blobs."""
+    keras.utils.set_random_seed(0)
+    x, y = blobs(32, 12, seed=0)
+    model = keras.Sequential(
+        [keras.Input((12,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(8)],
+        name="vector_embedder",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=tfmetric.losses.TripletLoss())
+    model.fit(x, y, batch_size=32, epochs=5, verbose=0)
+    x_val, y_val = blobs(16, 12, seed=1)
+    return model, x_val, y_val
+
+
+@pytest.fixture(scope="session")
+def image_model():
+    """A tiny convolutional embedder of 16x16 RGB images, trained a few steps."""
+    keras.utils.set_random_seed(0)
+    x, y = image_blobs(8, 16, seed=0)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(6),
+        ],
+        name="image_embedder",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=tfmetric.losses.TripletLoss())
+    model.fit(x.astype("float32"), y, batch_size=32, epochs=3, verbose=0)
+    return model, x.astype("float32"), y
