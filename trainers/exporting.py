@@ -1,0 +1,89 @@
+"""The export stage of the trainer, through `tfmetric.export.export_for_serving`.
+
+Writes `MODEL_DIR/export/<name>/<version>/`: a TF Serving SavedModel of the
+embedder (`serving_default`, `embed_images` for image data and `retrieve` over
+a gallery of training samples), TFLite variants and the parity report on
+held-out samples, and `MODEL_DIR/export/models.config`.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+EXPORT_DIR = "export"
+EXPORT_NAME = "embedder"
+TFLITE_VARIANTS = ("fp32", "fp16", "dynamic_int8", "int8")
+MAX_GALLERY = 5000
+MAX_VALIDATION = 1000
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def export(model_path, directory, train, test, distance, seed=0, tflite_variants=TFLITE_VARIANTS):
+    """Exports the saved embedder; returns a JSON-friendly summary with the parity report.
+
+    Args:
+        model_path: The `.keras` embedder.
+        directory: The TF Serving models directory (`MODEL_DIR/export`).
+        train: Training `Data`: a seeded sample of at most 5,000 is the gallery of `retrieve`.
+        test: Held-out `Data`: a seeded sample of at most 1,000 gives the parity numbers.
+        distance: The retrieval distance.
+        seed: Seed of the samples.
+        tflite_variants: TFLite variants to write.
+    """
+    from tfmetric import export as export_lib
+
+    rng = np.random.default_rng(seed)
+    gallery_rows = np.sort(rng.permutation(len(train))[:MAX_GALLERY])
+    test_rows = np.sort(rng.permutation(len(test))[:MAX_VALIDATION])
+    image = {}
+    if test.is_image:
+        height, width, channels = test.x.shape[1:]
+        image = {
+            "image_height": height,
+            "image_width": width,
+            "image_channels": channels,
+            "image_scaling": "raw",
+        }
+    with tempfile.TemporaryDirectory() as tmp:
+        validation = os.path.join(tmp, "validation.npz")
+        np.savez(
+            validation,
+            inputs=test.x[test_rows].astype(np.float32),
+            labels=test.y[test_rows].astype(np.int64),
+        )
+        result = export_lib.export_for_serving(
+            model_path,
+            directory,
+            name=EXPORT_NAME,
+            gallery={
+                "inputs": train.x[gallery_rows].astype(np.float32),
+                "labels": train.y[gallery_rows].astype(np.int64),
+            },
+            distance=distance,
+            tflite_variants=tflite_variants,
+            validation=validation,
+            **image,
+        )
+    summary = {
+        "exporter": "tfmetric.export.export_for_serving",
+        "version": result.version,
+        "path": result.path,
+        "signatures": list(result.signatures),
+        "tflite": dict(result.tflite),
+        "parity": result.report,
+    }
+    if result.report is not None:
+        summary["parity_table"] = export_lib.format_report(result.report)
+    return _json_safe(summary)

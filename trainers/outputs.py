@@ -1,0 +1,250 @@
+"""What the trainer writes: report.json, the printed table, PNG plots, projector files.
+
+Every file is written to a temporary path in its directory and renamed, so a
+kill never leaves a truncated file behind.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+REPORT_FILE = "report.json"
+CURVES_FILE = "training_curves.png"
+PROJECTION_FILE = "embeddings_2d.png"
+ROC_FILE = "roc_curve.png"
+NEIGHBORS_FILE = "nearest_neighbors.png"
+PROJECTOR_DIR = os.path.join("logs", "projector")
+_TABLE_ROWS = (
+    ("precision_at_1", "Precision@1"),
+    ("map_at_r", "MAP@R"),
+    ("r_precision", "R-precision"),
+    ("roc_auc", "Verification ROC AUC"),
+    ("eer", "Verification EER"),
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path next to `path`; renames it to `path` on success."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def format_table(report):
+    """The held-out numbers as a text table: model vs raw-input baseline."""
+    model, baseline = report["held_out"]["model"], report["held_out"]["raw_input_baseline"]
+    split = report["split"]
+    lines = [
+        f"Held-out evaluation: {report['dataset']} (--protocol={report['protocol']}), "
+        f"{split['test_samples']} test samples of {split['test_classes']} classes",
+        f"{'metric':<22} {'model':>9} {'raw input':>10}",
+        "-" * 43,
+    ]
+    for key, label in _TABLE_ROWS:
+        lines.append(f"{label:<22} {model[key]:>9.4f} {baseline[key]:>10.4f}")
+    return "\n".join(lines)
+
+
+def _savefig(figure, path):
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history, path):
+    """One panel per logged quantity (loss, learning rate, validation metrics)."""
+    plt = _pyplot()
+    keys = [k for k, v in history.items() if len(v) and np.all(np.isfinite(v))]
+    keys = sorted(keys, key=lambda k: (k != "loss", k))
+    figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3.2))
+    axes = np.atleast_1d(axes)
+    for axis, key in zip(axes, keys, strict=False):
+        values = history[key]
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3)
+        axis.set_title(key)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    _savefig(figure, path)
+    plt.close(figure)
+
+
+def project_2d(embeddings, seed=0, max_points=3000):
+    """2-D t-SNE (PCA beyond `max_points` samples) of the embeddings; returns (points, indices)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(embeddings, np.float32)
+    indices = np.arange(len(x))
+    if len(x) > max_points:
+        indices = np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))
+        x = x[indices]
+    if x.shape[1] > 2 and len(x) > 5:
+        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    elif x.shape[1] > 2:
+        points = PCA(2).fit_transform(x)
+    else:
+        points = np.pad(x, [(0, 0), (0, 2 - x.shape[1])])
+    return points, indices
+
+
+def plot_projection(embeddings, labels, class_names, path, seed=0, title="held-out embeddings"):
+    plt = _pyplot()
+    points, indices = project_2d(embeddings, seed)
+    labels = np.asarray(labels)[indices]
+    figure, axis = plt.subplots(figsize=(6, 5.5))
+    classes = np.unique(labels)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "turbo")
+    for rank, c in enumerate(classes):
+        members = labels == c
+        color = cmap(rank % 10 if len(classes) <= 10 else rank / max(1, len(classes) - 1))
+        axis.scatter(*points[members].T, s=8, color=color, label=class_names[c])
+    if len(classes) <= 20:
+        axis.legend(markerscale=2, fontsize=7, loc="best", ncol=2)
+    axis.set_title(f"t-SNE of the {title}")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    _savefig(figure, path)
+    plt.close(figure)
+
+
+def plot_roc(curves, path):
+    """`curves`: `{label: (fpr, tpr, auc)}`."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for label, (fpr, tpr, auc) in curves.items():
+        axis.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
+    axis.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+    axis.set_xlabel("false positive rate (different-class pairs)")
+    axis.set_ylabel("true positive rate (same-class pairs)")
+    axis.set_title("Held-out verification ROC")
+    axis.legend(loc="lower right")
+    axis.grid(alpha=0.3)
+    _savefig(figure, path)
+    plt.close(figure)
+
+
+def _show(axis, image):
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        axis.imshow(image[..., 0], cmap="gray_r" if image.shape[0] <= 16 else "gray", vmin=0, vmax=255)
+    else:
+        axis.imshow(image.astype(np.uint8))
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def plot_neighbors(images, labels, class_names, neighbors, path, queries=8, seed=0):
+    """A grid of query images (first column) and their top-5 neighbours; red = wrong class."""
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(labels), min(queries, len(labels)), replace=False))
+    k = min(5, neighbors.shape[1])
+    figure, axes = plt.subplots(len(rows), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(rows)), squeeze=False)
+    for r, q in enumerate(rows):
+        _show(axes[r, 0], images[q])
+        axes[r, 0].set_title(f"query: {class_names[labels[q]]}", fontsize=7)
+        for c in range(k):
+            n = neighbors[q, c]
+            axis = axes[r, c + 1]
+            _show(axis, images[n])
+            correct = labels[n] == labels[q]
+            axis.set_title(class_names[labels[n]], fontsize=7, color="green" if correct else "red")
+            for spine in axis.spines.values():
+                spine.set_edgecolor("green" if correct else "red")
+                spine.set_linewidth(2)
+    figure.suptitle("Held-out nearest neighbours (query, then top-5)", fontsize=9)
+    _savefig(figure, path)
+    plt.close(figure)
+
+
+def sprite(images, max_images=10000):
+    """A square sprite image (uint8) of the inputs, as the projector expects; None if too many."""
+    images = np.asarray(images)
+    if len(images) > max_images:
+        return None
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n = int(np.ceil(np.sqrt(len(images))))
+    h, w = images.shape[1:3]
+    canvas = np.full((n * h, n * w, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, n)
+        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = image
+    return canvas
+
+
+def write_projector(model_dir, embeddings, labels, class_names, images=None):
+    """TensorBoard embedding projector files under `model_dir/logs/projector`.
+
+    Writes `embeddings.tsv` (one embedding per row), `metadata.tsv` (its class
+    name), `sprite.png` for image data and `projector_config.pbtxt` pointing at
+    them; TensorBoard's projector tab shows them (`tensorboard --logdir
+    MODEL_DIR/logs`). Plain text formats, so no TensorBoard install is needed
+    to write them.
+
+    Returns:
+        The projector directory.
+    """
+    from PIL import Image
+
+    directory = os.path.join(model_dir, PROJECTOR_DIR)
+    os.makedirs(directory, exist_ok=True)
+    embeddings = np.asarray(embeddings, np.float32)
+    rows = "\n".join("\t".join(f"{v:.6g}" for v in row) for row in embeddings)
+    write_text(os.path.join(directory, "embeddings.tsv"), rows + "\n")
+    names = [class_names[int(label)].replace("\t", " ").replace("\n", " ") for label in labels]
+    write_text(os.path.join(directory, "metadata.tsv"), "\n".join(names) + "\n")
+    config = [
+        "embeddings {",
+        '  tensor_name: "held_out_embeddings"',
+        '  tensor_path: "embeddings.tsv"',
+        '  metadata_path: "metadata.tsv"',
+    ]
+    canvas = sprite(images) if images is not None else None
+    if canvas is not None:
+        with atomic_path(os.path.join(directory, "sprite.png")) as tmp:
+            Image.fromarray(canvas).save(tmp, format="PNG")
+        height, width = images.shape[1:3]
+        config += [
+            "  sprite {",
+            '    image_path: "sprite.png"',
+            f"    single_image_dim: {width}",
+            f"    single_image_dim: {height}",
+            "  }",
+        ]
+    config.append("}")
+    write_text(os.path.join(directory, "projector_config.pbtxt"), "\n".join(config) + "\n")
+    return directory

@@ -1,0 +1,24 @@
+"""Training input pipeline: infinite class-balanced (P classes x K samples) batches."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfmetric.data import class_balanced_dataset
+
+
+def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
+    """`tfmetric.data.class_balanced_dataset` batches, prefetched.
+
+    Raises:
+        ValueError: naming the flag when P or K do not fit the training split.
+    """
+    classes = len(np.unique(y))
+    if classes_per_batch < 2 or classes_per_batch > classes:
+        raise ValueError(
+            f"`--classes_per_batch` must be in [2, {classes}] (the training classes); "
+            f"got {classes_per_batch}."
+        )
+    if samples_per_class < 2:
+        raise ValueError(f"`--samples_per_class` must be >= 2; got {samples_per_class}.")
+    ds = class_balanced_dataset(x, y, classes_per_batch, samples_per_class, seed=seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
