@@ -1,0 +1,155 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfmetric
+from tfmetric.index import ExactIndex
+
+DISTANCES = ["euclidean", "squared_euclidean", "cosine", "inner_product", "manhattan"]
+
+
+def _brute_force(gallery, queries, distance):
+    g = np.asarray(gallery, np.float64)
+    q = np.asarray(queries, np.float64)
+    if distance in ("euclidean", "squared_euclidean"):
+        d = ((q[:, None] - g[None]) ** 2).sum(-1)
+        return np.sqrt(d) if distance == "euclidean" else d
+    if distance == "manhattan":
+        return np.abs(q[:, None] - g[None]).sum(-1)
+    if distance == "cosine":
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return 1 - qn @ gn.T
+    return q @ g.T
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_search_matches_brute_force(distance):
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(300, 6)).astype(np.float32)
+    queries = rng.normal(size=(45, 6)).astype(np.float32)
+    labels = rng.integers(0, 10, 300)
+    index = ExactIndex(distance, query_chunk_size=16, gallery_chunk_size=64)
+    index.add(gallery[:100], labels[:100])
+    index.add(gallery[100:], labels[100:])
+    ids, dist, found_labels = index.search(queries, k=7)
+    d = _brute_force(gallery, queries, distance)
+    similarity = tfmetric.distances.get(distance).is_similarity
+    order = np.argsort(-d if similarity else d, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_allclose(dist, np.take_along_axis(d, order, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(found_labels, labels[order])
+    assert ids.dtype == np.int64 and dist.dtype == np.float32 and ids.shape == (45, 7)
+
+
+def test_ties_go_to_the_embedding_added_first():
+    index = ExactIndex(gallery_chunk_size=2)  # ties straddle gallery blocks
+    index.add(np.array([[5.0], [1.0], [-1.0], [1.0], [-1.0]]), ids=[10, 11, 12, 13, 14])
+    ids, dist, labels = index.search(np.array([[0.0]]), k=4)
+    assert ids.tolist() == [[11, 12, 13, 14]]
+    assert dist.tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    assert labels is None
+
+
+def test_k_equal_to_size_and_custom_ids():
+    index = ExactIndex()
+    index.add(np.array([[0.0], [3.0], [1.0]]), labels=[0, 1, 2], ids=[100, 200, 300])
+    ids, dist, labels = index.search(np.array([[0.0], [3.0]]), k=3)
+    assert ids.tolist() == [[100, 300, 200], [200, 300, 100]]
+    assert labels.tolist() == [[0, 2, 1], [1, 2, 0]]
+    np.testing.assert_allclose(dist, [[0, 1, 3], [0, 2, 3]], atol=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    index = ExactIndex("cosine", query_chunk_size=8)
+    index.add(rng.normal(size=(50, 4)), labels=rng.integers(0, 3, 50), ids=np.arange(50) * 3)
+    path = tmp_path / "index.npz"
+    index.save(path)
+    loaded = ExactIndex.load(path)
+    assert loaded.get_config() == index.get_config()
+    queries = rng.normal(size=(5, 4))
+    for a, b in zip(index.search(queries, 4), loaded.search(queries, 4), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert os.listdir(tmp_path) == ["index.npz"]  # no temporary left behind
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "index.npz"
+    index = ExactIndex()
+    index.add(np.zeros((3, 2)))
+    index.save(path)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fail)
+    index.add(np.ones((2, 2)))
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["index.npz"]
+
+
+def test_load_rejects_other_files(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a tfmetric index"):
+        ExactIndex.load(tmp_path / "other.npz")
+
+
+def test_unlabelled_empty_index_saves_and_loads(tmp_path):
+    ExactIndex().save(tmp_path / "empty.npz")
+    assert ExactIndex.load(tmp_path / "empty.npz").size == 0
+
+
+def test_keras_serialization():
+    index = ExactIndex({"class_name": "Minkowski", "config": {"p": 3}}, gallery_chunk_size=128)
+    config = keras.saving.serialize_keras_object(index)
+    restored = keras.saving.deserialize_keras_object(config)
+    assert isinstance(restored, ExactIndex)
+    assert restored.get_config() == index.get_config()
+
+
+@pytest.mark.parametrize(
+    "action,match",
+    [
+        (lambda i: i.search(np.zeros((1, 2)), 1), "empty"),
+        (lambda i: i.add(np.zeros(3)), "2-D"),
+        (lambda i: i.add(np.full((2, 2), np.nan)), "NaN"),
+        (lambda i: i.add(np.zeros((2, 2)), labels=[1]), "`labels` has 1"),
+        (lambda i: i.add(np.zeros((2, 2)), ids=[1, 1]), "unique"),
+    ],
+)
+def test_bad_input_on_empty_index(action, match):
+    with pytest.raises(ValueError, match=match):
+        action(ExactIndex())
+
+
+@pytest.mark.parametrize(
+    "action,match",
+    [
+        (lambda i: i.search(np.zeros((1, 3)), 1), "dimension 3"),
+        (lambda i: i.search(np.zeros((1, 2)), 0), "`k` must be an integer >= 1"),
+        (lambda i: i.search(np.zeros((1, 2)), 4), "`k` must be <= the index size 3"),
+        (lambda i: i.search(np.array([[np.nan, 0.0]]), 1), "NaN"),
+        (lambda i: i.add(np.zeros((1, 3)), labels=[0]), "dimension 3"),
+        (lambda i: i.add(np.zeros((1, 2))), "holds labels"),
+        (lambda i: i.add(np.zeros((1, 2)), labels=[0], ids=[0]), "unique"),
+    ],
+)
+def test_bad_input_on_filled_index(action, match):
+    index = ExactIndex()
+    index.add(np.zeros((3, 2)), labels=[0, 1, 2])
+    with pytest.raises(ValueError, match=match):
+        action(index)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="`query_chunk_size`"):
+        ExactIndex(query_chunk_size=0)
+    with pytest.raises(ValueError, match="Unknown `distance`"):
+        ExactIndex("hamming")
+    assert len(ExactIndex()) == 0 and ExactIndex().dim is None
