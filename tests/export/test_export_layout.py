@@ -1,0 +1,174 @@
+"""Versioned TF Serving layout, metadata, bad input, atomicity (in-process, no TFLite)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfmetric
+
+
+def _export(model, out, **kwargs):
+    kwargs.setdefault("latency_runs", 0)
+    return tfmetric.export.export_for_serving(model, out, **kwargs)
+
+
+def _snapshot(path):
+    """Every path under `path` with its size: what "nothing written" compares."""
+    if not os.path.exists(path):
+        return None
+    return sorted(
+        (os.path.relpath(os.path.join(root, name), path), os.path.getsize(os.path.join(root, name)))
+        for root, dirs, files in os.walk(path)
+        for name in dirs + files
+    )
+
+
+def test_versions_models_config_and_metadata(vector_model, tmp_path):
+    model, x, y = vector_model
+    out = tmp_path / "models"
+    first = _export(model, out, name="products", distance="euclidean", l2_normalize=True)
+    second = _export(model, out, name="products")
+    other = _export(model, out, name="faces", serving_base_path="/srv/models/")
+    assert (first.version, second.version, other.version) == (1, 2, 1)
+    assert sorted(os.listdir(out / "products")) == ["1", "2"]
+    assert first.path == str(out / "products" / "1")
+    assert first.signatures == ["serving_default"]
+    for entry in ("saved_model.pb", "variables", "parity.json", "assets", "assets.extra"):
+        assert os.path.exists(os.path.join(first.path, entry)), entry
+
+    config = (out / "models.config").read_text()
+    assert config.count("config {") == 2
+    assert 'name: "products"' in config and 'base_path: "/srv/models/products"' in config
+    assert 'name: "faces"' in config and 'model_platform: "tensorflow"' in config
+
+    with open(os.path.join(first.path, "assets", "tfmetric_export.json")) as f:
+        metadata = json.load(f)
+    assert metadata["embedding_dim"] == 8
+    assert metadata["distance"] == "euclidean"
+    assert metadata["normalization"]["l2_normalize_in_export"] is True
+    assert metadata["image_spec"] is None
+    assert metadata["input"]["shape"] == [None, 12]
+    assert metadata["signatures"] == ["serving_default"]
+    assert metadata["versions"]["keras"] == keras.__version__
+
+    # l2_normalize=True: unit-norm embeddings, same direction as the Keras ones.
+    loaded = keras.layers.TFSMLayer(first.path, call_endpoint="serving_default")
+    got = np.asarray(loaded(x[:5])["embeddings"])
+    expected = np.asarray(model(x[:5]))
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(
+        got, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+    )
+
+
+def test_gallery_of_embeddings_with_inner_product(vector_model, tmp_path):
+    model, x, _ = vector_model
+    gallery = np.random.default_rng(0).normal(size=(7, 8)).astype("float32")
+    result = _export(
+        model,
+        tmp_path,
+        name="m",
+        distance="inner_product",
+        top_k=20,
+        gallery={"embeddings": gallery},
+    )
+    retrieve = keras.layers.TFSMLayer(result.path, call_endpoint="retrieve")
+    out = {k: np.asarray(v) for k, v in retrieve(x[:4]).items()}
+    scores = np.asarray(model(x[:4])) @ gallery.T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    # top_k is capped at the gallery size; similarities come largest first.
+    np.testing.assert_array_equal(out["ids"], order)
+    np.testing.assert_allclose(out["distances"], np.take_along_axis(scores, order, 1), rtol=1e-5)
+    assert "labels" not in out
+
+
+def test_model_with_embedder_attribute_exports_the_embedder(vector_model, tmp_path):
+    embedder, x, y = vector_model
+    model = tfmetric.models.ProxyModel(embedder, tfmetric.layers.CosFace(num_classes=4))
+    path = tmp_path / "proxy.keras"
+    model.save(path)
+    result = _export(str(path), tmp_path / "out")
+    assert result.path == str(tmp_path / "out" / "proxy" / "1")
+    loaded = keras.layers.TFSMLayer(result.path, call_endpoint="serving_default")
+    np.testing.assert_allclose(
+        np.asarray(loaded(x[:3])["embeddings"]), np.asarray(embedder(x[:3])), atol=1e-5
+    )
+
+
+def _two_outputs():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
+
+
+def _two_inputs():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    return keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+
+
+def _sequence_output():
+    return keras.Sequential([keras.Input((5, 4)), keras.layers.Dense(2)])
+
+
+@pytest.mark.parametrize("build", [_two_outputs, _two_inputs, _sequence_output])
+def test_not_an_embedding_model(build, tmp_path):
+    path = tmp_path / "model.keras"
+    build().save(path)
+    with pytest.raises(ValueError, match="not an embedding model"):
+        _export(str(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_writes_nothing(vector_model, tmp_path):
+    model, x, _ = vector_model
+    out = tmp_path / "models"
+    _export(model, out, name="kept")
+    before = _snapshot(out)
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _export(str(tmp_path / "missing.keras"), out)
+    with pytest.raises(FileNotFoundError, match="`gallery`"):
+        _export(model, out, gallery=str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "wide.npz", embeddings=np.zeros((3, 9), "float32"))
+    with pytest.raises(ValueError, match="dimension 9 but the model outputs 8"):
+        _export(model, out, gallery=str(tmp_path / "wide.npz"))
+    with pytest.raises(ValueError, match="`gallery` inputs have shape"):
+        _export(model, out, gallery={"inputs": np.zeros((3, 5), "float32")})
+    with pytest.raises(ValueError, match="`tflite` variants"):
+        _export(model, out, tflite_variants="fp32,int4")
+    with pytest.raises(ValueError, match="`name`"):
+        _export(model, out, name="../escape")
+    with pytest.raises(ValueError, match="not an image"):
+        _export(model, out, image_height=32)
+    with pytest.raises(ValueError, match="`int8` TFLite variant needs a `representative`"):
+        _export(model, out, tflite_variants=["int8"], validation=None)
+    assert _snapshot(out) == before
+
+    cluttered = tmp_path / "cluttered"
+    cluttered.mkdir()
+    (cluttered / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="not a TF Serving base"):
+        _export(model, cluttered)
+    assert os.listdir(cluttered) == ["notes.txt"]
+    with pytest.raises(ValueError, match="holds model versions itself"):
+        _export(model, out / "kept")
+    assert _snapshot(out) == before
+
+
+def test_failure_before_publishing_leaves_no_version(vector_model, tmp_path):
+    model, _, _ = vector_model
+    seen = []
+
+    def fail(tmp_dir):
+        seen.append(sorted(os.listdir(tmp_dir)))
+        raise RuntimeError("injected failure")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        _export(model, tmp_path, name="m", _before_publish=fail)
+    # The failure came once the version was complete, and it was removed.
+    assert "saved_model.pb" in seen[0]
+    assert os.listdir(tmp_path / "m") == []
+    assert not (tmp_path / "models.config").exists()
+    assert _export(model, tmp_path, name="m").version == 1
