@@ -1,0 +1,124 @@
+"""`python -m export`: flags, a full run, bad input, and a SIGKILL mid-export."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tfmetric
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(tfmetric.__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "export", *args],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def files(vector_model, tmp_path_factory):
+    model, x, y = vector_model
+    root = tmp_path_factory.mktemp("cli")
+    model.save(root / "products.keras")
+    ids = np.array([f"p{i}" for i in range(len(x))])
+    np.savez(root / "gallery.npz", inputs=x, labels=y, ids=ids)
+    return root
+
+
+def test_helpfull_documents_the_flags():
+    _, out, _ = _finish(_cli("--helpfull"))  # absl exits with status 1 after help.
+    for flag in (
+        "model",
+        "output",
+        "name",
+        "gallery",
+        "tflite",
+        "representative",
+        "validation",
+        "distance",
+        "top_k",
+        "image_height",
+        "image_scaling",
+        "require_parity",
+    ):
+        assert f"--{flag}" in out or f"--[no]{flag}" in out, flag
+
+
+@pytest.mark.slow
+def test_run_then_bad_input(files):
+    out_dir = files / "models"
+    code, out, err = _finish(
+        _cli(
+            f"--model={files / 'products.keras'}",
+            f"--output={out_dir}",
+            f"--gallery={files / 'gallery.npz'}",
+            "--tflite=fp32",
+            "--latency_runs=1",
+        )
+    )
+    assert code == 0, err
+    assert "Exported version 1" in out
+    assert "Signatures: serving_default, retrieve" in out
+    assert "saved_model" in out and "fp32" in out  # The parity table.
+    version = out_dir / "products" / "1"
+    assert (version / "tflite" / "embedder_fp32.tflite").is_file()
+    assert (version / "tflite" / "retrieve_fp32.tflite").is_file()
+    assert (out_dir / "models.config").is_file()
+
+    before = sorted(os.walk(out_dir))
+    code, _, err = _finish(_cli(f"--model={files / 'missing.keras'}", f"--output={out_dir}"))
+    assert code == 1
+    assert "missing.keras" in err and "does not exist" in err
+    assert sorted(os.walk(out_dir)) == before
+
+
+@pytest.mark.slow
+def test_sigkill_mid_export_leaves_no_version(files, vector_model):
+    out_dir = files / "killed"
+    base = out_dir / "products"
+    process = _cli(
+        f"--model={files / 'products.keras'}",
+        f"--output={out_dir}",
+        f"--gallery={files / 'gallery.npz'}",
+        "--tflite=fp32,fp16,dynamic_int8,int8",
+    )
+    deadline = time.monotonic() + 300
+    partial = None
+    while partial is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if base.is_dir():
+            for entry in os.listdir(base):
+                if (base / entry / "saved_model.pb").exists():
+                    partial = base / entry
+    assert partial is not None, "the export finished or failed before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    # A half-written export is there, but not as a version TF Serving would load.
+    assert partial.exists() and not partial.name.isdigit()
+    assert not any(entry.isdigit() for entry in os.listdir(base))
+    assert not (out_dir / "models.config").exists()
+
+    # Re-running publishes version 1 and removes the dead export's directory.
+    result = tfmetric.export.export_for_serving(
+        vector_model[0], out_dir, name="products", latency_runs=0
+    )
+    assert result.version == 1
+    assert os.listdir(base) == ["1"]
