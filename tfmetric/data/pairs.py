@@ -44,7 +44,7 @@ def pair_dataset(x, y=None, batch_size=32, positive_fraction=0.5, seed=None, aug
     >>> x = np.arange(8, dtype="float32").reshape(8, 1)
     >>> y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     >>> (x1, x2), same = next(iter(tfmetric.data.pair_dataset(x, y, batch_size=4, seed=0)))
-    >>> same.numpy().sum()
+    >>> float(same.numpy().sum())
     2.0
     """
     index = _sampling.ClassIndex(x, y)
