@@ -72,7 +72,9 @@ def proxy_anchor(embeddings, labels, proxies, margin, alpha):
     num_classes = len(proxies)
     positive_sum, with_positive, negative_sum = 0.0, 0, 0.0
     for p in range(num_classes):
-        pos = [math.exp(-alpha * (cos[i, p] - margin)) for i in range(len(labels)) if labels[i] == p]
+        pos = [
+            math.exp(-alpha * (cos[i, p] - margin)) for i in range(len(labels)) if labels[i] == p
+        ]
         neg = [math.exp(alpha * (cos[i, p] + margin)) for i in range(len(labels)) if labels[i] != p]
         if pos:
             with_positive += 1

@@ -72,9 +72,7 @@ def test_keras_file_round_trip(name, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded.head) is type(model.head)
     assert loaded.head.get_config() == model.head.get_config()
-    np.testing.assert_array_equal(
-        np.asarray(loaded.head.proxies), np.asarray(model.head.proxies)
-    )
+    np.testing.assert_array_equal(np.asarray(loaded.head.proxies), np.asarray(model.head.proxies))
     embeddings = _embeddings()[:, :3]
     np.testing.assert_allclose(
         np.asarray(loaded.head(embeddings, LABELS)), np.asarray(model.head(embeddings, LABELS))
@@ -94,8 +92,9 @@ def test_embedding_on_a_proxy_and_on_its_antipode_is_finite(name):
     head = HEADS[name]()
     head.build((None, 5))
     proxies = np.asarray(head.proxies)
-    embeddings = np.stack([proxies[0], -proxies[0], proxies[-1], -proxies[-1], 10 * proxies[1],
-                           proxies[2]])
+    embeddings = np.stack(
+        [proxies[0], -proxies[0], proxies[-1], -proxies[-1], 10 * proxies[1], proxies[2]]
+    )
     labels = np.array([0, 0, 3, 3, 0, 1])
     _assert_finite(*_value_and_gradients(head, embeddings, labels))
 

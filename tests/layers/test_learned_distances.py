@@ -28,7 +28,9 @@ def _weighted_l1_reference(x, y, weights, bias):
     out = np.zeros((len(x), len(y)))
     for i in range(len(x)):
         for j in range(len(y)):
-            score = bias - sum(abs(w) * abs(a - b) for w, a, b in zip(weights, x[i], y[j], strict=True))
+            score = bias - sum(
+                abs(w) * abs(a - b) for w, a, b in zip(weights, x[i], y[j], strict=True)
+            )
             out[i, j] = 1.0 / (1.0 + math.exp(-score))
     return out
 
@@ -174,3 +176,36 @@ def test_bad_arguments_and_inputs():
     x, y = _data(n=4, m=3)
     with pytest.raises(ValueError, match="`x1` and `x2`"):
         tfmetric.layers.Mahalanobis()(x, y)
+
+
+@pytest.mark.parametrize(
+    "make,loss",
+    [
+        (tfmetric.layers.WeightedL1, "binary_crossentropy"),
+        (lambda: tfmetric.layers.Mahalanobis(units=2), "mse"),
+    ],
+)
+def test_siamese_head_trains_and_round_trips(make, loss, tmp_path):
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(32, 3)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
+    same = (rng.random(32) < 0.5).astype("float32")
+    x2[same == 1] = x1[same == 1] + 0.05 * rng.normal(size=(int(same.sum()), 3))
+    head = make()
+    model = tfmetric.models.SiameseModel(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)]), head=head
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    model((x1[:1], x2[:1]))
+    kernel = [np.array(v) for v in head.trainable_variables]
+    assert kernel
+    model.fit((x1, x2), same if loss != "mse" else 3.0 * (1.0 - same), epochs=3, verbose=0)
+    assert any(
+        not np.allclose(a, np.asarray(b))
+        for a, b in zip(kernel, head.trainable_variables, strict=True)
+    )
+    path = os.path.join(tmp_path, "siamese.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        loaded.predict((x1, x2), verbose=0), model.predict((x1, x2), verbose=0), rtol=1e-5
+    )

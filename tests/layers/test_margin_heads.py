@@ -106,9 +106,13 @@ def test_margin_raises_the_loss():
     rng = np.random.default_rng(6)
     embeddings, labels, proxies = _batch(rng, 3)
     values = [
-        float(ops.mean(_head_with_proxies(tfmetric.layers.CosFace(3, m, 8.0), proxies)(
-            embeddings.astype("float32"), labels
-        )))
+        float(
+            ops.mean(
+                _head_with_proxies(tfmetric.layers.CosFace(3, m, 8.0), proxies)(
+                    embeddings.astype("float32"), labels
+                )
+            )
+        )
         for m in (0.0, 0.2, 0.4)
     ]
     assert values[0] < values[1] < values[2]

@@ -137,12 +137,8 @@ class SubCenterArcFace(ArcFace):
         Large-Scale Noisy Web Faces", ECCV 2020.
     """
 
-    def __init__(
-        self, num_classes, centers=3, margin=0.5, scale=64.0, easy_margin=False, **kwargs
-    ):
-        super().__init__(
-            num_classes, margin=margin, scale=scale, easy_margin=easy_margin, **kwargs
-        )
+    def __init__(self, num_classes, centers=3, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
+        super().__init__(num_classes, margin=margin, scale=scale, easy_margin=easy_margin, **kwargs)
         self.centers = proxy_head.check_int(centers, "centers", 1)
 
     def get_config(self):

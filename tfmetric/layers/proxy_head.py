@@ -139,8 +139,10 @@ class ProxyHead(keras.layers.Layer):
                 f"`labels` has {label_size} entries but `embeddings` has {batch_size} rows."
             )
         values = static_value(labels)
-        if values is not None and values.size and (
-            values.min() < 0 or values.max() >= self.num_classes
+        if (
+            values is not None
+            and values.size
+            and (values.min() < 0 or values.max() >= self.num_classes)
         ):
             raise ValueError(
                 f"`labels` must lie in [0, {self.num_classes}) (`num_classes`="

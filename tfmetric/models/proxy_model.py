@@ -86,8 +86,7 @@ class ProxyModel(keras.Model):
         """
         if loss is not None:
             raise ValueError(
-                "`loss` must be None for a ProxyModel: the head computes the loss; got "
-                f"{loss!r}."
+                f"`loss` must be None for a ProxyModel: the head computes the loss; got {loss!r}."
             )
         super().compile(optimizer=optimizer, **kwargs)
 
