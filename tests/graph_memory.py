@@ -3,6 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
+# Placeholders of nested graphs mirror tensors measured outside; the axes that
+# BroadcastGradientArgs returns are shape metadata, not data.
+_SKIPPED = ("Placeholder", "BroadcastGradientArgs")
+
 
 def _graphs(graph, seen):
     yield graph
@@ -30,8 +34,7 @@ def largest_tensor_elements(fn, *args):
     for graph in _graphs(concrete.graph, set()):
         for op in graph.get_operations():
             for output in op.outputs:
-                if output.dtype in (tf.resource, tf.variant) or op.type == "Placeholder":
-                    # Placeholders of nested graphs mirror tensors measured outside.
+                if output.dtype in (tf.resource, tf.variant) or op.type in _SKIPPED:
                     continue
                 shape = output.shape
                 if shape.rank is None or any(dim is None for dim in shape):

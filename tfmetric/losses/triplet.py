@@ -20,12 +20,28 @@ def _per_anchor(total, denominator):
     return total * size / ops.maximum(denominator, 1.0)
 
 
+def _take(matrix, columns):
+    """`matrix[i, columns[i]]` for every row `i` (an O(B) gather)."""
+    return ops.squeeze(ops.take_along_axis(matrix, ops.expand_dims(columns, 1), axis=1), 1)
+
+
+def _add_at(matrix, columns, values):
+    """`matrix[i, columns[i]] += values[i]`: one O(B) scatter, one entry per row."""
+    rows = ops.arange(ops.shape(matrix)[0], dtype="int32")
+    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
+    return ops.scatter_update(matrix, indices, _take(matrix, columns) + values)
+
+
 def _hard_mining(dist, positive, negative, margin, soft_margin):
     """Hardest positive and hardest negative per anchor (Hermans et al. 2017)."""
-    hardest_positive = ops.max(ops.where(positive, dist, -float("inf")), axis=1)
-    hardest_negative = ops.min(ops.where(negative, dist, float("inf")), axis=1)
+    const = ops.stop_gradient(dist)
+    hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
+    hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    gap = ops.where(valid, hardest_positive - hardest_negative, 0.0)
+    # Gathering the two entries (rather than reducing with max/min) keeps the
+    # backward pass to two O(B) scatters.
+    gap = _take(dist, hardest_positive) - _take(dist, hardest_negative)
+    gap = ops.where(valid, gap, 0.0)
     per_anchor = ops.softplus(gap) if soft_margin else ops.relu(gap + margin)
     per_anchor = ops.where(valid, per_anchor, 0.0)
     return _per_anchor(per_anchor, ops.sum(ops.cast(valid, "float32")))
@@ -35,26 +51,29 @@ def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
     """Sums triplet terms over every positive pair in O(B²) memory.
 
     One iteration handles the k-th positive of every anchor at once, so the
-    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch) and each
-    iteration is a few masked row passes over the `(B, B)` matrix — no `(B, B,
-    B)` tensor and no sort. The loop runs on a stopped gradient: it returns the
-    loss value and its gradient with respect to `dist`, recombined below as
+    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch). A
+    "semi-hard" iteration is two fused masked row passes over the `(B, B)`
+    matrix (find the next positive, find its semi-hard negative) plus O(B)
+    gathers and scatters; an "all" iteration adds the dense pass over the
+    negatives. No `(B, B, B)` tensor and no sort.
+
+    The loop runs on a stopped gradient and accumulates the loss value and its
+    gradient with respect to `dist`; they are recombined as
     `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
     and the same gradient without storing per-iteration activations.
 
     Returns:
-        `(value, grad, pairs, nonzero)`: per-anchor sums `(B,)`, the gradient
-        `(B, B)`, the number of positive pairs and of non-zero triplet terms.
+        `(value, pairs, nonzero)`: per-anchor sums `(B,)` carrying the gradient,
+        the number of positive pairs whose anchor has a negative, and the number
+        of non-zero triplet terms.
     """
     const = ops.stop_gradient(dist)
-    positive_f = ops.cast(positive, "float32")
-    negative_f = ops.cast(negative, "float32")
-    rank = ops.cumsum(ops.cast(positive, "int32"), axis=1)
-    slots = ops.max(ops.sum(ops.cast(positive, "int32"), axis=1))
     size = ops.shape(dist)[0]
     columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
-    farthest_negative = ops.max(ops.where(negative, const, -float("inf")), axis=1)
+    num_positive = ops.sum(ops.cast(positive, "int32"), axis=1)
     has_negative = ops.any(negative, axis=1)
+    farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
+    slots = ops.max(num_positive)
 
     def term(x):
         if soft_margin:
@@ -62,46 +81,45 @@ def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
         x = x + margin
         return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
 
-    def body(k, value, grad, nonzero):
-        slot = ops.logical_and(positive, ops.equal(rank, k + 1))
-        slot_f = ops.cast(slot, "float32")
-        has_slot = ops.logical_and(ops.any(slot, axis=1), has_negative)
-        d_ap = ops.expand_dims(ops.sum(slot_f * const, axis=1), 1)
+    def body(k, previous, value, grad, nonzero):
+        later = ops.greater(columns, ops.expand_dims(previous, 1))
+        current = ops.cast(ops.argmax(ops.logical_and(positive, later), axis=1), "int32")
+        valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
+        d_ap = _take(const, current)
         if semi_hard:
-            farther = ops.logical_and(negative, ops.greater(const, d_ap))
-            masked = ops.where(farther, const, float("inf"))
-            has_farther = ops.any(farther, axis=1)
-            chosen = ops.where(
-                has_farther,
-                ops.argmin(masked, axis=1),
-                ops.argmax(ops.where(negative, const, -float("inf")), axis=1),
+            farther = ops.logical_and(negative, ops.greater(const, ops.expand_dims(d_ap, 1)))
+            nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
+            found = ops.logical_and(
+                _take(negative, nearest), ops.greater(_take(const, nearest), d_ap)
             )
-            d_an = ops.where(has_farther, ops.min(masked, axis=1), farthest_negative)
-            loss, slope = term(ops.squeeze(d_ap, 1) - d_an)
-            loss = ops.where(has_slot, loss, 0.0)
-            slope = ops.where(has_slot, slope, 0.0)
-            one_hot = ops.cast(
-                ops.equal(columns, ops.expand_dims(ops.cast(chosen, "int32"), 1)), "float32"
-            )
-            grad = grad + ops.expand_dims(slope, 1) * (slot_f - one_hot)
+            chosen = ops.where(found, nearest, farthest_negative)
+            loss, slope = term(d_ap - _take(const, chosen))
+            loss = ops.where(valid, loss, 0.0)
+            slope = ops.where(valid, slope, 0.0)
+            grad = _add_at(_add_at(grad, current, slope), chosen, -slope)
             value = value + loss
-            nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
         else:
-            valid = negative_f * ops.expand_dims(ops.cast(has_slot, "float32"), 1)
-            loss, slope = term(d_ap - const)
-            loss, slope = loss * valid, slope * valid
-            grad = grad + slot_f * ops.sum(slope, axis=1, keepdims=True) - slope
+            mask = ops.logical_and(negative, ops.expand_dims(valid, 1))
+            loss, slope = term(ops.expand_dims(d_ap, 1) - const)
+            loss = ops.where(mask, loss, 0.0)
+            slope = ops.where(mask, slope, 0.0)
+            grad = _add_at(grad - slope, current, ops.sum(slope, axis=1))
             value = value + ops.sum(loss, axis=1)
-            nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
-        return k + 1, value, grad, nonzero
+        nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
+        return k + 1, current, value, grad, nonzero
 
-    zeros = ops.zeros_like(const)
-    _, value, grad, nonzero = ops.while_loop(
+    _, _, value, grad, nonzero = ops.while_loop(
         lambda k, *_: k < slots,
         body,
-        (ops.convert_to_tensor(0, "int32"), zeros[:, 0], zeros, ops.convert_to_tensor(0.0)),
+        (
+            ops.convert_to_tensor(0, "int32"),
+            ops.full((size,), -1, "int32"),
+            ops.zeros((size,), "float32"),
+            ops.zeros_like(const),
+            ops.convert_to_tensor(0.0),
+        ),
     )
-    pairs = ops.sum(positive_f * ops.expand_dims(ops.cast(has_negative, "float32"), 1))
+    pairs = ops.sum(ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0))
     value = value + ops.sum(grad * (dist - const), axis=1)
     return value, pairs, nonzero
 
