@@ -45,6 +45,10 @@ def triplet_dataset(
     `tf.py_function` running the embedder eagerly on the current weights),
     while drawing anchors, gathering, decoding and augmenting stay in the
     graph. Because of prefetching a refresh may use weights a few steps old.
+    A refresh embeds all N samples and compares the next `refresh_every *
+    batch_size` anchors with all of them: O(batch_size * N) distances per
+    step, which suits data sets of up to some ten thousand samples (for larger
+    ones, mine inside P×K batches with `tfmetric.losses.TripletLoss`).
 
     Args:
         x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
@@ -163,36 +167,49 @@ class _OfflineMiner:
 
     def __call__(self, chunk):
         rng = np.random.default_rng([self.seed, int(chunk)])
-        index = self.index
-        anchors = rng.choice(index.eligible_np, size=self.size)
-        embeddings = self.embed_all()
-        class_of = index.class_of_np
-        positives = np.empty_like(anchors)
-        negatives = np.empty_like(anchors)
+        anchors = rng.choice(self.index.eligible_np, size=self.size)
+        uniform = rng.random(self.size).astype(np.float32)
+        embeddings = tf.constant(self.embed_all())
+        positives, negatives = [], []
         for start in range(0, self.size, _ANCHOR_BLOCK):
             block = anchors[start : start + _ANCHOR_BLOCK]
-            dist = np.asarray(self.distance(embeddings[block], embeddings))
-            if self.distance.is_similarity:
-                dist = -dist
-            same = class_of[block][:, None] == class_of[None, :]
-            positive = same.copy()
-            positive[np.arange(block.shape[0]), block] = False
-            negative = ~same
-            if self.mining == "hard":
-                chosen_p = np.argmax(np.where(positive, dist, -np.inf), axis=1)
-                chosen_n = np.argmin(np.where(negative, dist, np.inf), axis=1)
-            else:
-                # A random positive: the k-th other member of the class, k uniform.
-                counts = positive.sum(axis=1)
-                k = np.floor(rng.random(block.shape[0]) * counts).astype(np.int64)
-                chosen_p = np.argmax(np.cumsum(positive, axis=1) > k[:, None], axis=1)
-                d_ap = dist[np.arange(block.shape[0]), chosen_p][:, None]
-                farther = negative & (dist > d_ap)
-                chosen_n = np.where(
-                    farther.any(axis=1),
-                    np.argmin(np.where(farther, dist, np.inf), axis=1),
-                    np.argmax(np.where(negative, dist, -np.inf), axis=1),
-                )
-            positives[start : start + block.shape[0]] = chosen_p
-            negatives[start : start + block.shape[0]] = chosen_n
-        return np.stack([anchors, positives, negatives], axis=1).astype(np.int64)
+            pad = _ANCHOR_BLOCK - block.shape[0]
+            # Fixed block shapes: one trace of `_mine_block` for the whole run.
+            chosen_p, chosen_n = self._mine_block(
+                embeddings,
+                tf.constant(np.pad(block, (0, pad))),
+                tf.constant(np.pad(uniform[start : start + _ANCHOR_BLOCK], (0, pad))),
+            )
+            positives.append(chosen_p.numpy()[: block.shape[0]])
+            negatives.append(chosen_n.numpy()[: block.shape[0]])
+        table = np.stack([anchors, np.concatenate(positives), np.concatenate(negatives)], axis=1)
+        return table.astype(np.int64)
+
+    @tf.function(reduce_retracing=True)
+    def _mine_block(self, embeddings, block, uniform):
+        dist = self.distance(tf.gather(embeddings, block), embeddings)
+        if self.distance.is_similarity:
+            dist = -dist
+        class_of = self.index.class_of
+        same = tf.equal(tf.gather(class_of, block)[:, tf.newaxis], class_of[tf.newaxis, :])
+        is_self = tf.equal(block[:, tf.newaxis], tf.range(self.index.num_samples, dtype=tf.int64))
+        positive = tf.logical_and(same, tf.logical_not(is_self))
+        negative = tf.logical_not(same)
+        inf = tf.constant(np.inf, dist.dtype)
+        if self.mining == "hard":
+            chosen_p = tf.argmax(tf.where(positive, dist, -inf), axis=1)
+            chosen_n = tf.argmin(tf.where(negative, dist, inf), axis=1)
+            return chosen_p, chosen_n
+        # A random positive: the k-th other member of the anchor's class, k uniform.
+        counts = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)
+        k = tf.floor(uniform * counts)
+        running = tf.cumsum(tf.cast(positive, tf.float32), axis=1)
+        chosen_p = tf.argmax(tf.cast(running > k[:, tf.newaxis], tf.int32), axis=1)
+        d_ap = tf.gather(dist, chosen_p, batch_dims=1)[:, tf.newaxis]
+        farther = tf.logical_and(negative, dist > d_ap)
+        chosen_n = tf.where(
+            tf.reduce_any(farther, axis=1),
+            tf.argmin(tf.where(farther, dist, inf), axis=1),
+            tf.argmax(tf.where(negative, dist, -inf), axis=1),
+        )
+        return chosen_p, chosen_n
