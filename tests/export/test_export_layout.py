@@ -172,3 +172,46 @@ def test_failure_before_publishing_leaves_no_version(vector_model, tmp_path):
     assert os.listdir(tmp_path / "m") == []
     assert not (tmp_path / "models.config").exists()
     assert _export(model, tmp_path, name="m").version == 1
+
+
+def test_triplet_model_file_gives_its_embedder_and_distance(vector_model, tmp_path):
+    embedder, x, _ = vector_model
+    model = tfmetric.models.TripletModel(embedder, distance="manhattan")
+    model.compile(optimizer="adam")
+    model.predict((x[:2], x[:2], x[:2]), verbose=0)
+    model.save(tmp_path / "triplets.keras")
+    result = _export(
+        str(tmp_path / "triplets.keras"),
+        tmp_path / "out",
+        gallery={"embeddings": np.asarray(embedder(x))},
+    )
+    assert result.metadata["distance"] == "manhattan"
+    assert result.metadata["source_model"] == embedder.name
+    retrieve = keras.layers.TFSMLayer(result.path, call_endpoint="retrieve")
+    out = retrieve(x[:3])
+    manhattan = np.abs(np.asarray(embedder(x[:3]))[:, None] - np.asarray(embedder(x))).sum(-1)
+    np.testing.assert_array_equal(
+        np.asarray(out["indices"]), np.argsort(manhattan, axis=1, kind="stable")[:, :10]
+    )
+
+
+def test_retrieve_agrees_with_exact_index(vector_model, tmp_path):
+    model, x, y = vector_model
+    gallery = np.asarray(model(x))
+    result = _export(
+        model,
+        tmp_path,
+        name="m",
+        distance="euclidean",
+        top_k=4,
+        gallery={"embeddings": gallery, "labels": y},
+    )
+    retrieve = keras.layers.TFSMLayer(result.path, call_endpoint="retrieve")
+    out = {k: np.asarray(v) for k, v in retrieve(x[::7]).items()}
+    index = tfmetric.index.ExactIndex(distance="euclidean")
+    index.add(gallery, labels=y)
+    ids, distances, labels = index.search(np.asarray(model(x[::7])), k=4)
+    np.testing.assert_array_equal(out["ids"], ids)
+    np.testing.assert_array_equal(out["labels"], labels)
+    # sqrt(|q|² + |g|² - 2 q·g) loses ~sqrt(eps) |q| near zero; XLA rounds differently.
+    np.testing.assert_allclose(out["distances"], distances, rtol=1e-4, atol=5e-3)
