@@ -1,5 +1,6 @@
 """ProxyModel: fit(x, labels) with XLA, head weights training, export, saving, mixed precision."""
 
+import inspect
 import os
 
 import keras
@@ -137,3 +138,15 @@ def test_bad_arguments():
     model.compile(optimizer="adam")
     with pytest.raises(ValueError, match="labels"):
         model.fit(_data(size=8)[0], epochs=1, verbose=0)
+
+
+def test_config_holds_every_argument_and_rebuilds():
+    model = tfmetric.models.ProxyModel(_embedder(), tfmetric.layers.ProxyAnchor(4), name="proxy")
+    config = model.get_config()
+    for parameter in inspect.signature(tfmetric.models.ProxyModel.__init__).parameters:
+        if parameter not in ("self", "kwargs"):
+            assert parameter in config
+    rebuilt = tfmetric.models.ProxyModel.from_config(config)
+    assert rebuilt.name == "proxy"
+    assert rebuilt.head.get_config() == model.head.get_config()
+    assert keras.saving.get_registered_name(tfmetric.models.ProxyModel) == "tfmetric>ProxyModel"
