@@ -157,20 +157,22 @@ def test_bad_input_writes_nothing(vector_model, tmp_path):
     assert _snapshot(out) == before
 
 
-def test_failure_before_publishing_leaves_no_version(vector_model, tmp_path):
+def test_failure_before_publishing_leaves_no_version(vector_model, tmp_path, monkeypatch):
     model, _, _ = vector_model
     seen = []
 
-    def fail(tmp_dir):
+    def fail(tmp_dir, base_dir):
         seen.append(sorted(os.listdir(tmp_dir)))
         raise RuntimeError("injected failure")
 
+    monkeypatch.setattr(tfmetric.export.serving_layout, "_publish", fail)
     with pytest.raises(RuntimeError, match="injected"):
-        _export(model, tmp_path, name="m", _before_publish=fail)
+        _export(model, tmp_path, name="m")
     # The failure came once the version was complete, and it was removed.
-    assert "saved_model.pb" in seen[0]
+    assert {"saved_model.pb", "assets.extra", "parity.json"} <= set(seen[0])
     assert os.listdir(tmp_path / "m") == []
     assert not (tmp_path / "models.config").exists()
+    monkeypatch.undo()
     assert _export(model, tmp_path, name="m").version == 1
 
 

@@ -275,7 +275,6 @@ def export_for_serving(
     serving_base_path="/models",
     latency_runs=10,
     require_parity=False,
-    _before_publish=None,
 ):
     """Exports an embedder as the next version of a TF Serving model, atomically.
 
@@ -442,8 +441,6 @@ def export_for_serving(
                 "The export missed a parity target (`require_parity=True`); no version was "
                 "written.\n" + parity.format_report(report)
             )
-        if _before_publish is not None:
-            _before_publish(tmp_dir)
         version, path = _publish(tmp_dir, base_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
