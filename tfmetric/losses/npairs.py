@@ -18,7 +18,8 @@ def npairs_loss(labels, embeddings, distance="inner_product"):
 
     i.e. softmax cross entropy over `s(a_c, p_1..N)` with target `c` (the
     N-pair-mc loss). The loss is the mean of `L_c` over the `N` anchors;
-    other samples (singleton classes, later samples of a class) give 0. The
+    other samples (singleton classes, later samples of a class) give 0, so
+    feed it the paper's N-pair batches: `N` classes, two samples each. The
     paper's L2 penalty on the embeddings is not included (add an activity
     regulariser to the model if wanted). For a distance, `s = -d` up to a
     constant, which the softmax ignores.
@@ -67,6 +68,7 @@ class NPairsLoss(batch.InBatchLoss):
 
     See `tfmetric.losses.npairs_loss`: one (anchor, positive) pair per class,
     the first two samples of the class in the batch; mean over those classes.
+    Train on batches of `N` classes with two samples each, as in the paper.
 
     Args:
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
@@ -75,6 +77,9 @@ class NPairsLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"npairs_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -95,8 +100,15 @@ class NPairsLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="npairs_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
 
     def _fn_kwargs(self):
         return {"distance": self.distance}
