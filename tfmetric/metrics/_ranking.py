@@ -16,9 +16,9 @@ bound of the metric that an arbitrary tie-break would give.
 Computation, per chunk of queries (XLA-compiled, fixed chunk shape, last chunk
 padded): the `(chunk, gallery)` distance block; the relevant references of a
 query are a contiguous block once the gallery is sorted by label, so their
-distances are gathered into a `(chunk, max R)` tensor and sorted; a
-`searchsorted` of every non-relevant distance into that sorted row gives how
-many relevant references are strictly closer, and a per-row histogram plus a
+distances are gathered into a `(chunk, max R)` tensor and sorted; a binary
+search of every non-relevant distance into that sorted row gives how many
+relevant references are strictly closer, and a per-row histogram plus a
 cumulative sum gives `#non-relevant <= p_j` for every `j`. Memory is
 O(chunk × (gallery + max R)); the `(queries, gallery)` matrix is never built
 and nothing is sorted but the relevant distances.
@@ -78,6 +78,25 @@ def prepare_retrieval_inputs(query, query_labels, gallery, gallery_labels):
     return query, query_labels, gallery, gallery_labels
 
 
+def _count_below(sorted_rows, values, width):
+    """`searchsorted(sorted_rows, values, side="left")` as an unrolled binary search.
+
+    XLA lowers `tf.searchsorted` to a broadcast comparison, O(chunk × gallery ×
+    width) work and memory; this takes O(chunk × gallery × log(width)) with no
+    temporary larger than `values`.
+    """
+    flat = tf.reshape(sorted_rows, [-1])
+    base = (tf.range(tf.shape(sorted_rows)[0]) * width)[:, None]
+    count = tf.zeros(tf.shape(values), tf.int32)
+    step = 1 << (width.bit_length() - 1)
+    while step:
+        candidate = count + step
+        probe = tf.gather(flat, base + tf.minimum(candidate, width) - 1)
+        count = tf.where(tf.logical_and(candidate <= width, probe < values), candidate, count)
+        step //= 2
+    return count
+
+
 def _compiled_chunk_fn(distance, window):
     key = (distances_lib.serialize(distance).__repr__(), window)
     if key in _COMPILED:
@@ -102,7 +121,7 @@ def _compiled_chunk_fn(distance, window):
         others = tf.where(same, inf, d)
         # Number of relevant distances strictly below each non-relevant distance;
         # masked entries (+inf) land past the last real relevant slot.
-        below = tf.searchsorted(relevant, others, side="left")
+        below = _count_below(relevant, others, window)
         segments = below + (window + 1) * tf.range(chunk, dtype=tf.int32)[:, None]
         hist = tf.math.unsorted_segment_sum(tf.ones_like(segments), segments, chunk * (window + 1))
         hist = tf.reshape(hist, (chunk, window + 1))

@@ -4,7 +4,7 @@ Definitions follow Musgrave et al., "A Metric Learning Reality Check" (ECCV
 2020) and pytorch-metric-learning's `AccuracyCalculator`. For a query with
 label `y`, the *references* are the gallery embeddings (or, with no gallery,
 the other queries: the query itself is excluded by position, duplicates of it
-are kept). The relevant references are those labelled `y`; `R` is their
+are kept; passing the queries again as `gallery` excludes nothing). The relevant references are those labelled `y`; `R` is their
 number. References are ranked by increasing distance (decreasing similarity for
 similarities such as `"inner_product"`).
 
@@ -20,7 +20,7 @@ similarities such as `"inner_product"`).
 Ties are broken pessimistically: a non-relevant reference at the same distance
 as a relevant one ranks before it, so results never depend on storage order
 and are a lower bound of what any tie-break gives (pytorch-metric-learning
-breaks ties by index order instead; results differ only on exact ties).
+keeps the order its k-NN search returns; results differ only on exact ties).
 
 Queries without any relevant reference (`R = 0`, their label absent from the
 gallery) are excluded from every average, with a warning giving their number;

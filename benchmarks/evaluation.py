@@ -1,0 +1,262 @@
+"""Benchmark of tfmetric.metrics.evaluate_retrieval, ExactIndex and ApproximateIndex.
+
+Each case runs in a fresh subprocess so that its peak memory is its own: peak
+memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of that process (whole
+process: Python, TensorFlow, the data), and "added" is the peak minus the
+resident size measured just before the timed call. Times are wall-clock
+seconds of one call after a warm-up call on a small input of the same kind
+(XLA compilation of the chunk shapes used by the timed call is included).
+
+Data: random-cluster embeddings, D=128: class means ~ N(0, 1), points = mean +
+1.5 * N(0, 1); `n / 100` classes (R ~ 100).
+
+Usage:
+    python benchmarks/evaluation.py                  # 10k and 100k, ANN at 1M
+    python benchmarks/evaluation.py --sizes 10000 --ann-size 100000
+    python benchmarks/evaluation.py --write          # also update benchmarks/RESULTS.md
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+DIM = 128
+ANN_NOISE = 0.5
+SECTION = "## Evaluation"
+RANKING = [
+    "precision_at_1",
+    "recall_at_k",
+    "r_precision",
+    "map_at_r",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+]
+
+
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _clustered(n, classes, seed, noise=1.5):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(classes, DIM)).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    x = means[labels] + noise * rng.normal(size=(n, DIM)).astype(np.float32)
+    return x, labels
+
+
+def _run_case(case, n):
+    """Runs one case in this process; returns a dict of results."""
+    import numpy as np
+
+    import tfmetric
+
+    classes = max(2, n // 100)
+    if case in ("retrieval", "clustering", "exact_search"):
+        # Queries and gallery share the class means (one draw, then split).
+        x, y = _clustered(2 * n, classes, seed=0)
+        query, query_labels, gallery, gallery_labels = x[:n], y[:n], x[n:], y[n:]
+    if case == "retrieval":
+        small = 2048
+        tfmetric.metrics.evaluate_retrieval(
+            query[:small], query_labels[:small], gallery[:small], gallery_labels[:small],
+            metrics=RANKING,
+        )  # fmt: skip
+        before = _rss_mib()
+        start = time.perf_counter()
+        scores = tfmetric.metrics.evaluate_retrieval(
+            query, query_labels, gallery, gallery_labels, metrics=RANKING
+        )
+        seconds = time.perf_counter() - start
+        extra = {"map_at_r": scores["map_at_r"], "precision_at_1": scores["precision_at_1"]}
+    elif case == "clustering":
+        before = _rss_mib()
+        start = time.perf_counter()
+        scores = tfmetric.metrics.clustering_scores(query, query_labels)
+        seconds = time.perf_counter() - start
+        extra = scores
+    elif case == "exact_search":
+        index = tfmetric.index.ExactIndex()
+        index.add(gallery, gallery_labels)
+        index.search(query[:16], 10)
+        before = _rss_mib()
+        start = time.perf_counter()
+        index.search(query, 10)
+        seconds = time.perf_counter() - start
+        extra = {}
+    elif case == "ann":
+        x, _ = _clustered(n, 1000, seed=1, noise=ANN_NOISE)
+        queries, _ = _clustered(1000, 1000, seed=1, noise=ANN_NOISE)  # same means
+        exact = tfmetric.index.ExactIndex()
+        exact.add(x)
+        exact.search(queries[:16], 10)
+        start = time.perf_counter()
+        exact_ids, _, _ = exact.search(queries, 10)
+        exact_seconds = time.perf_counter() - start
+        del exact
+        before = _rss_mib()
+        nlist = max(1, min(1024, n // 256))
+        approx = tfmetric.index.ApproximateIndex(nlist=nlist)
+        approx.add(x)
+        start = time.perf_counter()
+        approx.search(queries[:1], 10)  # builds (trains) the inverted file
+        build_seconds = time.perf_counter() - start
+        rows = []
+        for nprobe in (1, 8, 32):
+            approx._faiss_index.nprobe = nprobe
+            start = time.perf_counter()
+            ids, _, _ = approx.search(queries, 10)
+            search_seconds = time.perf_counter() - start
+            recall = np.mean(
+                [len(set(a) & set(e)) / 10 for a, e in zip(ids, exact_ids, strict=True)]
+            )
+            rows.append(
+                {"nprobe": nprobe, "recall_at_10": float(recall), "seconds": search_seconds}
+            )
+        seconds = build_seconds
+        extra = {"nlist": nlist, "exact_seconds": exact_seconds, "probes": rows}
+    else:
+        raise ValueError(case)
+    peak = _peak_mib()
+    return {
+        "case": case,
+        "n": n,
+        "seconds": seconds,
+        "peak_mib": peak,
+        "added_mib": max(0.0, peak - before),
+        **extra,
+    }
+
+
+def _subprocess(case, n):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", case, str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"{case} n={n} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(results):
+    lines = [
+        SECTION,
+        "",
+        f"`python benchmarks/evaluation.py` on {platform.machine()} with {os.cpu_count()} CPU "
+        "cores (shared with other jobs while measured: times are pessimistic), D=128, "
+        "random-cluster data with n/100 classes (point = class mean ~ N(0, I) + 1.5 N(0, I)). Peak memory: `ru_maxrss` of a fresh process "
+        "per case (Python + TensorFlow + data); 'added': peak minus the resident size just "
+        "before the timed call.",
+        "",
+        "| What | Queries × gallery | Time (s) | Peak RSS (MiB) | Added (MiB) | Result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        n = f"{r['n']:,} × {r['n']:,}"
+        if r["case"] == "retrieval":
+            what = "evaluate_retrieval (all ranking metrics)"
+            result = f"MAP@R {r['map_at_r']:.3f}, P@1 {r['precision_at_1']:.3f}"
+        elif r["case"] == "clustering":
+            what = "NMI/AMI (scikit-learn k-means on queries)"
+            n = f"{r['n']:,} queries"
+            result = f"NMI {r['nmi']:.3f}, AMI {r['ami']:.3f}"
+        elif r["case"] == "exact_search":
+            what = "ExactIndex.search, k=10"
+            result = ""
+        else:
+            continue
+        lines.append(
+            f"| {what} | {n} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | "
+            f"{r['added_mib']:.0f} | {result} |"
+        )
+    for r in results:
+        if r["case"] != "ann":
+            continue
+        lines += [
+            "",
+            f"ApproximateIndex (faiss IVF-Flat, nlist={r['nlist']}) vs ExactIndex: "
+            f"{r['n']:,} × 128 random-cluster gallery (1000 clusters, point = mean ~ N(0, I) + "
+            f"{ANN_NOISE} N(0, I)), 1,000 queries from the same clusters, k=10. "
+            f"Exact search: {r['exact_seconds']:.1f} s; IVF build (k-means training + add): "
+            f"{r['seconds']:.1f} s; peak RSS {r['peak_mib']:.0f} MiB.",
+            "",
+            "| nprobe | recall@10 vs exact | search time (s) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {p['nprobe']} | {p['recall_at_10']:.3f} | {p['seconds']:.2f} |" for p in r["probes"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_section(text, path):
+    """Replaces (or appends) the `## Evaluation` section of RESULTS.md, atomically."""
+    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if end < 0 else old[end:])
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(handle, "w") as f:
+        f.write(new)
+    os.replace(temporary, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    parser.add_argument("--ann-size", type=int, default=1000000)
+    parser.add_argument("--clustering-max", type=int, default=100000)
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--load", nargs="+", help="build the table from JSON lines printed by earlier runs"
+    )
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_run_case(args.child[0], int(args.child[1]))))
+        return
+    if args.load:
+        results = []
+        for path in args.load:
+            with open(path) as f:
+                results += [json.loads(line) for line in f if line.startswith("{")]
+        args.sizes, args.ann_size = [], 0
+    else:
+        results = []
+    for n in args.sizes:
+        for case in ("retrieval", "exact_search", "clustering"):
+            if case == "clustering" and n > args.clustering_max:
+                continue
+            results.append(_subprocess(case, n))
+            print(json.dumps(results[-1]), flush=True)
+    if args.ann_size:
+        results.append(_subprocess("ann", args.ann_size))
+        print(json.dumps(results[-1]), flush=True)
+    table = _table(results)
+    print(table)
+    if args.write:
+        _write_section(table, os.path.join(os.path.dirname(__file__), "RESULTS.md"))
+
+
+if __name__ == "__main__":
+    main()
