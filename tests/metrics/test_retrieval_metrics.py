@@ -246,3 +246,26 @@ def test_no_warning_when_every_query_has_relevant():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _ranking_only(np.array([[0.0], [1.0]]), [0, 0])
+
+
+def test_r_equals_one_gallery():
+    # Each query has exactly one relevant reference: MAP@R = R-precision = P@1.
+    q = np.array([[0.0], [10.0]])
+    g = np.array([[0.4], [0.3], [10.2], [11.0]])
+    gl = np.array([0, 1, 1, 2])
+    # q0 (label 0): 0.3(-) 0.4(+) -> rank 2; q1 (label 2): 10.2(-) 11.0(+) -> rank 2.
+    scores = _ranking_only(q, [0, 2], g, gl, k=(1, 2))
+    assert scores["precision_at_1"] == scores["map_at_r"] == scores["r_precision"] == 0.0
+    assert scores["recall_at_2"] == 1.0
+    assert scores["mean_average_precision"] == scores["mean_reciprocal_rank"] == 0.5
+
+
+def test_low_precision_inputs_are_upcast():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(30, 4)).astype(np.float16)
+    y = rng.integers(0, 3, 30)
+    expected = metrics_from_relevance(
+        ranked_relevance(x.astype(np.float32), y, None, None, "euclidean")
+    )
+    scores = _ranking_only(x, y)
+    np.testing.assert_allclose(scores["map_at_r"], expected["map_at_r"], rtol=1e-5)
