@@ -147,7 +147,7 @@ def main(argv):
             latency_runs=FLAGS.latency_runs,
             require_parity=FLAGS.require_parity,
         )
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 1
     print(f"Exported version {result.version} to {result.path}")

@@ -325,6 +325,7 @@ def export_for_serving(
         ValueError: for a model that is not an embedding model, a gallery of
             the wrong dimension, an output that is not a TF Serving base, bad
             arguments, or (with `require_parity`) a missed parity target.
+        RuntimeError: if a TFLite conversion fails (no version is written).
 
     Example:
 
@@ -483,7 +484,12 @@ def _write_tflite(tmp_dir, variants, with_retrieval, representative):
         jobs.append(("retrieve", "retrieve"))
     for variant in variants:
         for prefix, signature in jobs:
-            content = tflite.convert_tflite(tmp_dir, variant, signature, representative)
+            try:
+                content = tflite.convert_tflite(tmp_dir, variant, signature, representative)
+            except Exception as error:
+                raise RuntimeError(
+                    f"TFLite conversion of `{signature}` to the {variant!r} variant failed: {error}"
+                ) from error
             path = os.path.join(directory, f"{prefix}_{variant}.tflite")
             with open(path, "wb") as f:
                 f.write(content)
