@@ -217,3 +217,25 @@ def test_retrieve_agrees_with_exact_index(vector_model, tmp_path):
     np.testing.assert_array_equal(out["labels"], labels)
     # sqrt(|q|² + |g|² - 2 q·g) loses ~sqrt(eps) |q| near zero; XLA rounds differently.
     np.testing.assert_allclose(out["distances"], distances, rtol=1e-4, atol=5e-3)
+
+
+def test_l2_normalize_applies_to_the_gallery(vector_model, tmp_path):
+    model, x, _ = vector_model
+    result = _export(
+        model,
+        tmp_path,
+        name="m",
+        distance="euclidean",
+        l2_normalize=True,
+        top_k=3,
+        gallery={"inputs": x},
+    )
+    out = keras.layers.TFSMLayer(result.path, call_endpoint="retrieve")(x[:4])
+    unit = np.asarray(model(x))
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    distances = np.linalg.norm(unit[:4, None] - unit[None], axis=-1)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(np.asarray(out["indices"]), order)
+    np.testing.assert_allclose(
+        np.asarray(out["distances"]), np.take_along_axis(distances, order, 1), atol=2e-3
+    )

@@ -31,11 +31,15 @@ METADATA_FILENAME = "tfmetric_export.json"
 class _EmbedderModule(tf.Module):
     """The tracked state of the export: the embedder and the gallery."""
 
-    def __init__(self, embedder, gallery, metadata_path):
+    def __init__(self, embedder, gallery, metadata_path, l2_normalize):
         super().__init__(name="tfmetric_export")
         self.embedder = embedder
         if gallery is not None:
-            self.gallery_embeddings = tf.Variable(gallery.embeddings, trainable=False)
+            embeddings = gallery.embeddings
+            if l2_normalize:
+                norms = np.sqrt(np.maximum(np.sum(embeddings**2, axis=1, keepdims=True), 1e-12))
+                embeddings = embeddings / norms
+            self.gallery_embeddings = tf.Variable(embeddings, trainable=False)
             self.gallery_ids = tf.Variable(gallery.ids, trainable=False)
             if gallery.labels is not None:
                 self.gallery_labels = tf.Variable(gallery.labels, trainable=False)
@@ -155,8 +159,8 @@ def save_embedder(
             to `"cosine"`.
         top_k: Number of gallery items `retrieve` returns (capped at the
             gallery size). Defaults to `10`.
-        l2_normalize: Whether the signatures L2-normalise the embeddings.
-            Defaults to `False`.
+        l2_normalize: Whether the signatures L2-normalise the embeddings (the
+            gallery embeddings are then normalised too). Defaults to `False`.
         metadata: JSON-serialisable dict stored as
             `assets/tfmetric_export.json`. Defaults to `{}`.
 
@@ -184,7 +188,7 @@ def save_embedder(
         metadata_path = os.path.join(scratch, METADATA_FILENAME)
         with open(metadata_path, "w") as f:
             json.dump(metadata or {}, f, indent=2, sort_keys=True)
-        module = _EmbedderModule(embedder, gallery, metadata_path)
+        module = _EmbedderModule(embedder, gallery, metadata_path, l2_normalize)
         k = min(int(top_k), len(gallery)) if gallery is not None else int(top_k)
         signatures = build_signatures(
             module, input_shape, input_dtype, image_spec, distance, k, l2_normalize

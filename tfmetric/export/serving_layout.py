@@ -65,7 +65,7 @@ class ExportResult:
 
 
 def _is_version(name):
-    return name.isdigit()
+    return re.fullmatch(r"[0-9]+", name) is not None
 
 
 def _is_serving_base(path):
@@ -121,7 +121,7 @@ def _remove_stale_temporaries(base_dir):
         try:
             pid = int(entry[len(_TMP_PREFIX) :].split("-")[0])
             os.kill(pid, 0)
-            alive = pid != os.getpid()
+            alive = True
         except (ValueError, ProcessLookupError):
             alive = False
         except PermissionError:
