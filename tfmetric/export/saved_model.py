@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfmetric import distances as distances_lib
 
-__all__ = ["METADATA_FILENAME", "save_embedder"]
+__all__ = ["METADATA_FILENAME", "exact_search", "save_embedder"]
 
 METADATA_FILENAME = "tfmetric_export.json"
 
@@ -77,7 +77,7 @@ def _decoder(image_spec):
     return decode_batch
 
 
-def build_signatures(module, input_shape, input_dtype, image_spec, distance, top_k, l2_normalize):
+def _build_signatures(module, input_shape, input_dtype, image_spec, distance, top_k, l2_normalize):
     """Returns the `{name: concrete function}` signatures of the export."""
     embedder = module.embedder
 
@@ -190,7 +190,7 @@ def save_embedder(
             json.dump(metadata or {}, f, indent=2, sort_keys=True)
         module = _EmbedderModule(embedder, gallery, metadata_path, l2_normalize)
         k = min(int(top_k), len(gallery)) if gallery is not None else int(top_k)
-        signatures = build_signatures(
+        signatures = _build_signatures(
             module, input_shape, input_dtype, image_spec, distance, k, l2_normalize
         )
         tf.saved_model.save(module, os.fspath(path), signatures=signatures)

@@ -8,7 +8,9 @@ same way:
 - `"fp16"`: float16 weights, float32 compute;
 - `"dynamic_int8"`: int8 weights, activations quantised on the fly;
 - `"int8"`: full-integer weights and activations, calibrated on a
-  representative set (quantize/dequantize only at the float32 inputs/outputs).
+  representative set (quantize/dequantize only at the float32 inputs/outputs);
+  the retrieval files keep float kernels where int8 has none (e.g. gathering
+  string ids).
 
 The files are run with LiteRT (`ai_edge_litert.interpreter.Interpreter`, the
 `litert` extra), not the deprecated `tf.lite.Interpreter`.
