@@ -52,7 +52,8 @@ def registry():
 
     Losses are the `tfmetric.losses.batch.InBatchLoss` classes (the losses on
     explicit pairs or triplets need other models). Heads are the layers taking
-    `num_classes`, except base classes of other heads.
+    `num_classes`, except bare base classes (the parent of other heads with no
+    argument of its own, like `ProxyHead`).
     """
     import tfmetric.layers
     import tfmetric.losses
@@ -62,14 +63,15 @@ def registry():
     for cls in _exported(tfmetric.losses):
         if issubclass(cls, InBatchLoss) and cls is not InBatchLoss:
             entries[_snake(cls.__name__)] = Entry(_snake(cls.__name__), cls, False)
-    layers = [
-        cls
+    heads = [
+        Entry(_snake(cls.__name__), cls, True)
         for cls in _exported(tfmetric.layers)
         if issubclass(cls, keras.layers.Layer) and "num_classes" in inspect.signature(cls).parameters
     ]
-    for cls in layers:
-        if not any(other is not cls and issubclass(other, cls) for other in layers):
-            entries[_snake(cls.__name__)] = Entry(_snake(cls.__name__), cls, True)
+    for head in heads:
+        is_base = any(o.cls is not head.cls and issubclass(o.cls, head.cls) for o in heads)
+        if not (is_base and set(head.parameters()) == {"num_classes"}):
+            entries[head.name] = head
     return dict(sorted(entries.items()))
 
 

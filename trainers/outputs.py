@@ -100,29 +100,34 @@ def plot_training_curves(history, path):
     plt.close(figure)
 
 
-def project_2d(embeddings, seed=0, max_points=3000):
-    """2-D t-SNE (PCA beyond `max_points` samples) of the embeddings; returns (points, indices)."""
+def project_2d(embeddings, method="pca", seed=0, max_points=3000):
+    """2-D PCA or t-SNE of the embeddings (a seeded sample beyond `max_points`).
+
+    Returns:
+        `(points, indices)`: the `(n, 2)` points and the rows they come from.
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"`--projection` must be 'pca' or 'tsne'; got {method!r}.")
     x = np.asarray(embeddings, np.float32)
     indices = np.arange(len(x))
     if len(x) > max_points:
         indices = np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))
         x = x[indices]
-    if x.shape[1] > 2 and len(x) > 5:
+    if x.shape[1] <= 2:
+        return np.pad(x, [(0, 0), (0, 2 - x.shape[1])]), indices
+    if method == "tsne" and len(x) > 5:
         perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    elif x.shape[1] > 2:
-        points = PCA(2).fit_transform(x)
-    else:
-        points = np.pad(x, [(0, 0), (0, 2 - x.shape[1])])
-    return points, indices
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), indices
+    return PCA(2, random_state=seed).fit_transform(x), indices
 
 
-def plot_projection(embeddings, labels, class_names, path, seed=0, title="held-out embeddings"):
+def plot_projection(embeddings, labels, class_names, path, method="pca", seed=0):
+    """Scatter plot of the 2-D projection of the embeddings, coloured by class."""
     plt = _pyplot()
-    points, indices = project_2d(embeddings, seed)
+    points, indices = project_2d(embeddings, method, seed)
     labels = np.asarray(labels)[indices]
     figure, axis = plt.subplots(figsize=(6, 5.5))
     classes = np.unique(labels)
@@ -133,7 +138,7 @@ def plot_projection(embeddings, labels, class_names, path, seed=0, title="held-o
         axis.scatter(*points[members].T, s=8, color=color, label=class_names[c])
     if len(classes) <= 20:
         axis.legend(markerscale=2, fontsize=7, loc="best", ncol=2)
-    axis.set_title(f"t-SNE of the {title}")
+    axis.set_title(f"{'t-SNE' if method == 'tsne' else 'PCA'} of the held-out embeddings")
     axis.set_xticks([])
     axis.set_yticks([])
     _savefig(figure, path)

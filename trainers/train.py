@@ -66,7 +66,7 @@ flags.DEFINE_integer("samples_per_class", 8, "K: samples per class in a batch.")
 flags.DEFINE_string("optimizer", "adam", "A Keras optimizer name (adam, adamw, sgd, rmsprop, lion...).")
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 flags.DEFINE_enum("schedule", "cosine", ["constant", "cosine", "exponential"], "Learning-rate schedule.")
-flags.DEFINE_integer("epochs", 20, "Epochs.")
+flags.DEFINE_integer("epochs", 10, "Epochs.")
 flags.DEFINE_integer("steps_per_epoch", 50, "Batches per epoch.")
 flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
 flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 on GPU, mixed_bfloat16 elsewhere.")
@@ -76,6 +76,8 @@ flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu (default: the l
 flags.DEFINE_integer("seed", 0, "Random seed (data split, batches, weights).")
 # Outputs.
 flags.DEFINE_string("model_dir", "runs/main", "Where checkpoints, logs, report and model go.")
+flags.DEFINE_enum("projection", "pca", ["pca", "tsne"],
+                  "2-D projection of the held-out embeddings plot (t-SNE is slower).")
 flags.DEFINE_boolean("overwrite", False, "Replace the outputs of a different run in --model_dir.")
 flags.DEFINE_boolean("export", True, "Export (SavedModel + TFLite + parity); --noexport skips it.")
 
@@ -318,7 +320,7 @@ def main(argv):
     train_started = time.time()
     model.fit(
         dataset, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
+        shuffle=False, verbose=1 if sys.stdout.isatty() else 2,
     )  # fmt: skip
     train_seconds = time.time() - train_started
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -335,7 +337,7 @@ def main(argv):
     outputs.plot_training_curves(history, os.path.join(model_dir, outputs.CURVES_FILE))
     outputs.plot_projection(
         test_embeddings, test.y, data.class_names, os.path.join(model_dir, outputs.PROJECTION_FILE),
-        seed=FLAGS.seed,
+        FLAGS.projection, FLAGS.seed,
     )  # fmt: skip
     outputs.plot_roc(
         {"model": (*roc, numbers["roc_auc"]), "raw input": (*baseline_roc, baseline["roc_auc"])},
