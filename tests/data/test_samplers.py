@@ -230,3 +230,22 @@ def test_class_balanced_trains_in_batch_loss_with_jit():
     )
     history = model.fit(class_balanced_dataset(x, y, 3, 4, seed=0), steps_per_epoch=3, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_offline_mining_in_a_random_pool():
+    y = np.repeat(np.arange(4), 6)
+    x = np.stack([np.arange(24)] * 2, 1).astype("float32")
+    embedder = _linear_embedder(1.0)
+    ds = triplet_dataset(
+        x, y, 8, seed=0, embedder=embedder, mining="hard", refresh_every=2, pool_size=8
+    )
+    batches = _take(ds, 4)
+    for chunk in (batches[:2], batches[2:]):
+        used = set()
+        for (a, p, n), _ in chunk:
+            ia, ip, i_n = (t[:, 0].astype(int) for t in (a, p, n))
+            assert np.all(y[ia] == y[ip]) and np.all(ia != ip) and np.all(y[ia] != y[i_n])
+            used |= set(ia) | set(ip) | set(i_n)
+        assert len(used) <= 8  # anchors, positives and negatives all come from one pool
+    with pytest.raises(ValueError, match="pool_size"):
+        triplet_dataset(x, y, embedder=embedder, mining="hard", pool_size=1)

@@ -113,6 +113,8 @@ def as_source(x, y=None):
         return Source(tf.nest.map_structure(np.asarray, features), np.asarray(labels))
     if y is None:
         raise ValueError("`y` (integer class labels) is required when `x` holds arrays.")
+    if isinstance(x, list):
+        x = np.asarray(x)  # a list is one array of samples, not a nest of inputs
     return Source(tf.nest.map_structure(np.asarray, x), y)
 
 

@@ -22,6 +22,7 @@ def triplet_dataset(
     mining=None,
     refresh_every=100,
     distance="euclidean",
+    pool_size=None,
     augment=None,
 ):
     """Infinite batches of `(anchor, positive, negative)` triplets for `TripletModel`.
@@ -45,10 +46,13 @@ def triplet_dataset(
     `tf.py_function` running the embedder eagerly on the current weights),
     while drawing anchors, gathering, decoding and augmenting stay in the
     graph. Because of prefetching a refresh may use weights a few steps old.
-    A refresh embeds all N samples and compares the next `refresh_every *
-    batch_size` anchors with all of them: O(batch_size * N) distances per
-    step, which suits data sets of up to some ten thousand samples (for larger
-    ones, mine inside P×K batches with `tfmetric.losses.TripletLoss`).
+    A refresh embeds the candidate samples (all N, or a random pool of
+    `pool_size`) and compares the next `refresh_every * batch_size` anchors
+    with all of them: O(batch_size * N) distances per step with the whole
+    data. For more than a few thousand samples, mine in a random pool (as
+    FaceNet does, "on a subset of the data"; anchors, positives and negatives
+    then all come from the pool, redrawn at each refresh), or mine inside P×K
+    batches with `tfmetric.losses.TripletLoss`.
 
     Args:
         x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
@@ -63,6 +67,8 @@ def triplet_dataset(
             Defaults to `100`.
         distance: Name, config or `tfmetric.distances.Distance` used for
             mining. Defaults to `"euclidean"`.
+        pool_size: Number of samples drawn at random at each refresh to mine
+            in; `None` mines in the whole data. Defaults to `None`.
         augment: Optional Keras preprocessing layer/model or function, applied
             to each of the three batches.
 
@@ -91,6 +97,8 @@ def triplet_dataset(
     index = _sampling.ClassIndex(x, y)
     batch_size = _sampling.check_positive_int(batch_size, "batch_size")
     refresh_every = _sampling.check_positive_int(refresh_every, "refresh_every")
+    if pool_size is not None:
+        pool_size = _sampling.check_positive_int(pool_size, "pool_size", 2)
     if index.eligible_np.size == 0:
         raise ValueError(
             "Triplets need classes with at least 2 samples (K >= 2) to form positives; "
@@ -128,7 +136,9 @@ def triplet_dataset(
         )
         return _sampling.finish(dataset)
 
-    miner = _OfflineMiner(index, embedder, distance, mining, seed, batch_size * refresh_every)
+    miner = _OfflineMiner(
+        index, embedder, distance, mining, seed, batch_size * refresh_every, pool_size
+    )
 
     def mine(chunk):
         table = tf.py_function(miner, [chunk], tf.int64)
@@ -147,52 +157,70 @@ def triplet_dataset(
 class _OfflineMiner:
     """Mines a table of `(anchor, positive, negative)` indices with the current embedder."""
 
-    def __init__(self, index, embedder, distance, mining, seed, size):
+    def __init__(self, index, embedder, distance, mining, seed, size, pool_size):
         self.index = index
         self.embedder = embedder
         self.distance = distance
         self.mining = mining
         self.seed = seed
         self.size = size
-        self.embed_batches = tf.data.Dataset.range(index.num_samples).batch(_EMBED_BATCH).map(
-            index.source.gather
-        )
+        self.pool_size = pool_size
 
-    def embed_all(self):
+    def embed(self, indices):
+        batches = (
+            tf.data.Dataset.from_tensor_slices(indices)
+            .batch(_EMBED_BATCH)
+            .map(self.index.source.gather)
+        )
         parts = [
-            np.asarray(self.embedder(batch, training=False), dtype="float32")
-            for batch in self.embed_batches
+            np.asarray(self.embedder(batch, training=False), dtype="float32") for batch in batches
         ]
         return np.concatenate(parts, axis=0)
 
+    def _pool(self, rng):
+        """Candidate samples and the pool positions that can be anchors (class has >= 2)."""
+        index = self.index
+        if self.pool_size is not None and self.pool_size < index.num_samples:
+            pool = np.sort(rng.choice(index.num_samples, self.pool_size, replace=False))
+            classes = index.class_of_np[pool]
+            counts = np.bincount(classes, minlength=index.num_classes)
+            eligible = np.flatnonzero(counts[classes] >= 2)
+            if eligible.size:
+                return pool, eligible
+        pool = np.arange(index.num_samples)
+        return pool, np.flatnonzero(index.counts_np[index.class_of_np] >= 2)
+
     def __call__(self, chunk):
         rng = np.random.default_rng([self.seed, int(chunk)])
-        anchors = rng.choice(self.index.eligible_np, size=self.size)
+        pool, eligible = self._pool(rng)
+        anchors = rng.choice(eligible, size=self.size)
         uniform = rng.random(self.size).astype(np.float32)
-        embeddings = tf.constant(self.embed_all())
+        embeddings = tf.constant(self.embed(pool))
+        classes = tf.constant(self.index.class_of_np[pool])
         positives, negatives = [], []
         for start in range(0, self.size, _ANCHOR_BLOCK):
             block = anchors[start : start + _ANCHOR_BLOCK]
             pad = _ANCHOR_BLOCK - block.shape[0]
-            # Fixed block shapes: one trace of `_mine_block` for the whole run.
+            # Fixed block shapes: one trace of `_mine_block` per pool size.
             chosen_p, chosen_n = self._mine_block(
                 embeddings,
+                classes,
                 tf.constant(np.pad(block, (0, pad))),
                 tf.constant(np.pad(uniform[start : start + _ANCHOR_BLOCK], (0, pad))),
             )
             positives.append(chosen_p.numpy()[: block.shape[0]])
             negatives.append(chosen_n.numpy()[: block.shape[0]])
         table = np.stack([anchors, np.concatenate(positives), np.concatenate(negatives)], axis=1)
-        return table.astype(np.int64)
+        return pool[table].astype(np.int64)
 
     @tf.function(reduce_retracing=True)
-    def _mine_block(self, embeddings, block, uniform):
+    def _mine_block(self, embeddings, classes, block, uniform):
         dist = self.distance(tf.gather(embeddings, block), embeddings)
         if self.distance.is_similarity:
             dist = -dist
-        class_of = self.index.class_of
-        same = tf.equal(tf.gather(class_of, block)[:, tf.newaxis], class_of[tf.newaxis, :])
-        is_self = tf.equal(block[:, tf.newaxis], tf.range(self.index.num_samples, dtype=tf.int64))
+        same = tf.equal(tf.gather(classes, block)[:, tf.newaxis], classes[tf.newaxis, :])
+        candidates = tf.range(tf.shape(classes, out_type=tf.int64)[0], dtype=tf.int64)
+        is_self = tf.equal(block[:, tf.newaxis], candidates[tf.newaxis, :])
         positive = tf.logical_and(same, tf.logical_not(is_self))
         negative = tf.logical_not(same)
         inf = tf.constant(np.inf, dist.dtype)
