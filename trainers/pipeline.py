@@ -6,12 +6,8 @@ import tensorflow as tf
 from tfmetric.data import class_balanced_dataset
 
 
-def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
-    """`tfmetric.data.class_balanced_dataset` batches, prefetched.
-
-    Raises:
-        ValueError: naming the flag when P or K do not fit the training split.
-    """
+def check_batch(y, classes_per_batch, samples_per_class):
+    """Raises a ValueError naming the flag when P or K do not fit the training split."""
     classes = len(np.unique(y))
     if classes_per_batch < 2 or classes_per_batch > classes:
         raise ValueError(
@@ -20,5 +16,10 @@ def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
         )
     if samples_per_class < 2:
         raise ValueError(f"`--samples_per_class` must be >= 2; got {samples_per_class}.")
+
+
+def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
+    """`tfmetric.data.class_balanced_dataset` batches, prefetched."""
+    check_batch(y, classes_per_batch, samples_per_class)
     ds = class_balanced_dataset(x, y, classes_per_batch, samples_per_class, seed=seed)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -100,6 +100,10 @@ OWN_OUTPUTS = (
 )  # fmt: skip
 
 
+class InputError(ValueError):
+    """Bad flags or data, found before training: reported in one line."""
+
+
 def run_flags():
     return {name: FLAGS[name].value for name in RUN_FLAGS}
 
@@ -220,14 +224,6 @@ def build_training_model(entry, loss, embedder, optimizer, jit_compile):
     return embedder
 
 
-def retrieval_callback(x, y, distance):
-    try:
-        from tfmetric.callbacks import RetrievalEvaluation
-    except ImportError:
-        return None
-    return RetrievalEvaluation((x, y), distance=distance)
-
-
 def read_history(path):
     """Per-epoch logs from the CSV logger; a re-run epoch keeps its last row."""
     import csv
@@ -258,24 +254,29 @@ def main(argv):
     import tensorflow as tf
 
     from tfmetric import distances as distances_lib
+    from tfmetric.callbacks import RetrievalEvaluation
     from trainers import backbones, evaluation, exporting, outputs, pipeline
     from trainers import losses as losses_lib
 
     # Everything that can fail on bad input is checked before any training.
-    current = run_flags()
-    entry = losses_lib.lookup(FLAGS.loss)
-    data = datasets.load(
-        FLAGS.dataset, FLAGS.image_size, FLAGS.tfrecord_image_key, FLAGS.tfrecord_label_key,
-        FLAGS.tfds_split, FLAGS.tfds_data_dir,
-    )  # fmt: skip
-    train, test = datasets.split(data, FLAGS.protocol, FLAGS.train_fraction, FLAGS.seed)
-    if FLAGS.epochs < 1 or FLAGS.steps_per_epoch < 1:
-        raise ValueError("`--epochs` and `--steps_per_epoch` must be >= 1.")
-    backbones.check(FLAGS.backbone)
-    num_train_classes = len(np.unique(train.y))
-    loss_args = loss_arguments()
-    entry, _ = losses_lib.build(entry.name, loss_args, num_train_classes)
-    resuming = prepare_model_dir(FLAGS.model_dir, current, FLAGS.overwrite)
+    try:
+        current = run_flags()
+        entry = losses_lib.lookup(FLAGS.loss)
+        data = datasets.load(
+            FLAGS.dataset, FLAGS.image_size, FLAGS.tfrecord_image_key, FLAGS.tfrecord_label_key,
+            FLAGS.tfds_split, FLAGS.tfds_data_dir,
+        )  # fmt: skip
+        train, test = datasets.split(data, FLAGS.protocol, FLAGS.train_fraction, FLAGS.seed)
+        if FLAGS.epochs < 1 or FLAGS.steps_per_epoch < 1:
+            raise ValueError("`--epochs` and `--steps_per_epoch` must be >= 1.")
+        backbones.check(FLAGS.backbone)
+        num_train_classes = len(np.unique(train.y))
+        loss_args = loss_arguments()
+        entry, _ = losses_lib.build(entry.name, loss_args, num_train_classes)
+        pipeline.check_batch(train.y, FLAGS.classes_per_batch, FLAGS.samples_per_class)
+        resuming = prepare_model_dir(FLAGS.model_dir, current, FLAGS.overwrite)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision:
@@ -297,7 +298,7 @@ def main(argv):
         optimizer = make_optimizer(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.schedule, total_steps)
         model = build_training_model(entry, loss, embedder, optimizer, FLAGS.jit_compile)
     eval_distance = FLAGS.distance or (
-        backbones_distance(loss) if not entry.is_head else "cosine"
+        loss_distance(loss) if not entry.is_head else "cosine"
     )
 
     model_dir = FLAGS.model_dir
@@ -309,9 +310,8 @@ def main(argv):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
     else:
         logging.warning("TensorBoard is not installed: no scalar logs (`pip install tensorboard`).")
-    evaluation_callback = retrieval_callback(test.x, test.y, eval_distance)
-    if evaluation_callback is not None:
-        callbacks.insert(0, evaluation_callback)
+    # Held-out MAP@R and Precision@1 in the logs (history.csv, TensorBoard) after every epoch.
+    callbacks.insert(0, RetrievalEvaluation((test.x, test.y), distance=eval_distance))
     logging.info(
         "Training %s on %s (%s): %d train / %d test samples%s.",
         entry.cls.__name__, data.name, FLAGS.protocol, len(train), len(test),
@@ -399,7 +399,7 @@ def tensorboard_installed():
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def backbones_distance(loss):
+def loss_distance(loss):
     """The distance a loss trained with (its `distance` attribute), as a name or instance."""
     return getattr(loss, "distance", None) or "euclidean"
 
@@ -421,8 +421,7 @@ def run():
     def _main(argv):
         try:
             main(argv)
-        except ValueError as error:
-            logging.error("%s", error)
+        except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
 
