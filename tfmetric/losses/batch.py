@@ -111,20 +111,69 @@ class InBatchLoss(keras.losses.Loss):
     constructor argument. Labels are validated before Keras casts them to the
     loss dtype, and replaced by first-occurrence ids so that the cast is
     lossless.
+
+    Under a `tf.distribute` strategy with several replicas (and
+    `cross_replica=True`), each replica all-gathers the labels and float32
+    embeddings of every replica and mines over the global batch: its
+    per-sample values are those of its own samples (rows) against the global
+    batch (columns). The all-gather's gradient sums the replicas' gradients and
+    returns each replica its own rows, and the values are scaled so that the
+    sum over replicas of Keras' per-replica loss is the loss of one device
+    running the whole global batch — with R replicas of B/R samples, training
+    matches one device with B samples. Only XLA-supported ops are used, as
+    `TPUStrategy` requires.
     """
 
     fn = None
 
-    def __init__(self, distance="euclidean", name=None, reduction="sum_over_batch_size", dtype=None):
+    def __init__(
+        self,
+        distance="euclidean",
+        name=None,
+        reduction="sum_over_batch_size",
+        dtype=None,
+        cross_replica=True,
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.distance = distances_lib.get(distance)
+        if not isinstance(cross_replica, bool):
+            raise TypeError(f"`cross_replica` must be a bool; got {cross_replica!r}.")
+        self.cross_replica = cross_replica
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        labels, _ = prepare_labels_and_embeddings(y_true, y_pred)
-        return super().__call__(first_occurrence_ids(labels), y_pred, sample_weight)
+        labels, _ = prepare_labels_and_embeddings(_build_time_labels(y_true), y_pred)
+        context = self._replica_context()
+        if context is None:
+            ids = first_occurrence_ids(labels)
+        else:
+            ids = _local_rows(context, first_occurrence_ids(_all_gather(context, labels)), labels)
+        return super().__call__(ids, y_pred, sample_weight)
 
     def call(self, y_true, y_pred):
-        return type(self).fn(ops.cast(y_true, "int32"), y_pred, **self._fn_kwargs())
+        labels = ops.cast(y_true, "int32")
+        context = self._replica_context()
+        if context is None:
+            return type(self).fn(labels, y_pred, **self._fn_kwargs())
+        embeddings = ops.cast(y_pred, "float32")
+        values = type(self).fn(
+            _all_gather(context, labels),
+            _all_gather(context, embeddings),
+            **self._fn_kwargs(),
+        )
+        return _local_rows(context, values, labels, rescale=True)
+
+    def _replica_context(self):
+        """The replica context to gather over, or `None` for per-replica mining."""
+        if not self.cross_replica or keras.backend.backend() != "tensorflow":
+            return None
+        import tensorflow as tf
+
+        if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+            return None
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return None
+        return context
 
     def _fn_kwargs(self):
         raise NotImplementedError
@@ -133,7 +182,70 @@ class InBatchLoss(keras.losses.Loss):
         config = super().get_config()
         config["dtype"] = self._dtype_policy.name
         config["distance"] = distances_lib.serialize(self.distance)
+        config["cross_replica"] = self.cross_replica
         return config
+
+
+def _build_time_labels(y_true):
+    """Integer labels for Keras' symbolic build under a `tf.distribute` strategy.
+
+    `Model.fit` under a strategy builds the compiled loss, in the cross-replica
+    context, on the replica-MEAN of the first batch, which turns integer labels
+    into floats; the value is discarded. Only that call is let through, with
+    the labels cast back; training steps run in the replica context and still
+    reject float labels.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return y_true
+    import tensorflow as tf
+
+    if not (tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context()):
+        return y_true
+    y_true = ops.convert_to_tensor(y_true)
+    if keras.backend.standardize_dtype(y_true.dtype).startswith(("float", "bfloat")):
+        return ops.cast(y_true, "int32")
+    return y_true
+
+
+def _all_gather(context, value):
+    """Concatenates `value` of every replica along axis 0 (differentiable).
+
+    The all-gather sends each value to the device it lives on; a tensor
+    traced without one (`MultiWorkerMirroredStrategy` with one device per
+    worker traces the replica function outside any device scope) is first
+    placed on the worker's device.
+    """
+    import tensorflow as tf
+
+    devices = context.strategy.extended.worker_devices
+    if not value.device and len(devices) == 1:
+        with tf.device(devices[0]):
+            value = tf.identity(value)
+    return context.all_gather(value, axis=0)
+
+
+def _local_rows(context, values, local, rescale=False):
+    """The rows of `values` (global batch) that belong to this replica.
+
+    `local` is any tensor with this replica's batch size as its first
+    dimension. Replicas may hold different batch sizes (a last, partial
+    batch); with `rescale=True` the rows are multiplied by `R * b / G` (R
+    replicas, b local and G global samples) so that Keras' per-replica mean,
+    divided by R for the distribution, sums over replicas to the global mean.
+    """
+    import tensorflow as tf
+
+    size = tf.shape(local)[0]
+    sizes = _all_gather(context, tf.reshape(size, [1]))
+    before = tf.range(context.num_replicas_in_sync) < context.replica_id_in_sync_group
+    offset = tf.reduce_sum(tf.where(before, sizes, 0))
+    rows = tf.slice(values, [offset], [size])
+    if not rescale:
+        return rows
+    factor = tf.cast(context.num_replicas_in_sync * size, rows.dtype) / tf.cast(
+        tf.reduce_sum(sizes), rows.dtype
+    )
+    return rows * factor
 
 
 def pairwise_similarity(distance, embeddings):

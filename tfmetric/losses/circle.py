@@ -87,6 +87,9 @@ class CircleLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"circle_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -109,8 +112,15 @@ class CircleLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="circle_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.margin = batch.check_margin(margin)
         self.gamma = batch.check_margin(gamma, "gamma", allow_zero=False)
 

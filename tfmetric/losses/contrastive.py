@@ -73,6 +73,9 @@ class ContrastiveLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"contrastive_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -94,8 +97,15 @@ class ContrastiveLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="contrastive_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.margin = batch.check_margin(margin)
 
     def _fn_kwargs(self):

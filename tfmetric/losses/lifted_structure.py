@@ -72,6 +72,9 @@ class LiftedStructureLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"lifted_structure_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -93,8 +96,15 @@ class LiftedStructureLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="lifted_structure_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.margin = batch.check_margin(margin)
 
     def _fn_kwargs(self):

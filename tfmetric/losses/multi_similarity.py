@@ -100,6 +100,9 @@ class MultiSimilarityLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"multi_similarity_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -124,8 +127,15 @@ class MultiSimilarityLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="multi_similarity_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.alpha = batch.check_margin(alpha, "alpha", allow_zero=False)
         self.beta = batch.check_margin(beta, "beta", allow_zero=False)
         self.base = _check_real(base, "base")

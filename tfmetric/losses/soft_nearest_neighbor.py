@@ -71,6 +71,9 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"soft_nearest_neighbor_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -92,8 +95,15 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="soft_nearest_neighbor_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
 
     def _fn_kwargs(self):

@@ -110,8 +110,14 @@ def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
 
 
 class _TemperatureLoss(batch.InBatchLoss):
-    def __init__(self, temperature, distance, reduction, name, dtype):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, temperature, distance, reduction, name, dtype, cross_replica):
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
 
     def _fn_kwargs(self):
@@ -138,6 +144,9 @@ class SupervisedContrastiveLoss(_TemperatureLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"supervised_contrastive_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -159,8 +168,9 @@ class SupervisedContrastiveLoss(_TemperatureLoss):
         reduction="sum_over_batch_size",
         name="supervised_contrastive_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(temperature, distance, reduction, name, dtype)
+        super().__init__(temperature, distance, reduction, name, dtype, cross_replica)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -179,6 +189,9 @@ class NTXentLoss(_TemperatureLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"nt_xent_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -200,5 +213,6 @@ class NTXentLoss(_TemperatureLoss):
         reduction="sum_over_batch_size",
         name="nt_xent_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(temperature, distance, reduction, name, dtype)
+        super().__init__(temperature, distance, reduction, name, dtype, cross_replica)

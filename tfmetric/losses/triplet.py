@@ -220,6 +220,9 @@ class TripletLoss(batch.InBatchLoss):
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"triplet_loss"`.
         dtype: Dtype of the returned loss. Defaults to `None` (float32).
+        cross_replica: Under a `tf.distribute` strategy, mine over the global
+            batch gathered from all replicas (`False`: each replica mines its
+            own samples). Defaults to `True`.
 
     Example:
 
@@ -243,8 +246,15 @@ class TripletLoss(batch.InBatchLoss):
         reduction="sum_over_batch_size",
         name="triplet_loss",
         dtype=None,
+        cross_replica=True,
     ):
-        super().__init__(distance=distance, name=name, reduction=reduction, dtype=dtype)
+        super().__init__(
+            distance=distance,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+            cross_replica=cross_replica,
+        )
         self.margin = batch.check_margin(margin)
         self.mining = batch.check_choice(mining, "mining", MINING_MODES)
         self.soft_margin = bool(soft_margin)

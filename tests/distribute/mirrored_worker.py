@@ -1,0 +1,163 @@
+"""Runs the in-batch losses under MirroredStrategy on 4 logical CPUs.
+
+Executed as `python mirrored_worker.py` in a fresh process (logical devices
+must be configured before TensorFlow initialises its devices); prints one JSON
+object keyed by replica count (4: every loss, 2: a subset) with, per loss, the
+loss and the weights after one SGD step under the strategy (`Model.fit`) and on
+one device (plain gradient descent), per-replica mining checks and XLA
+gradients.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+NUM_DEVICES = 4
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration() for _ in range(NUM_DEVICES)],
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfmetric  # noqa: E402
+
+GLOBAL_BATCH, INPUT_DIM, EMBED_DIM, LEARNING_RATE = 16, 6, 4, 0.5
+
+
+def make_losses(cross_replica=True):
+    losses = tfmetric.losses
+    kw = {"cross_replica": cross_replica}
+    return {
+        "triplet_semi_hard": losses.TripletLoss(margin=0.5, **kw),
+        "triplet_hard": losses.TripletLoss(margin=0.5, mining="hard", **kw),
+        "triplet_all": losses.TripletLoss(margin=0.5, mining="all", **kw),
+        "contrastive": losses.ContrastiveLoss(margin=1.0, **kw),
+        "multi_similarity": losses.MultiSimilarityLoss(**kw),
+        "circle": losses.CircleLoss(gamma=16.0, **kw),
+        "supcon": losses.SupervisedContrastiveLoss(temperature=0.5, **kw),
+        "nt_xent": losses.NTXentLoss(temperature=0.5, **kw),
+        "lifted_structure": losses.LiftedStructureLoss(**kw),
+        "npairs": losses.NPairsLoss(**kw),
+        "soft_nearest_neighbor": losses.SoftNearestNeighborLoss(temperature=2.0, **kw),
+    }
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH, INPUT_DIM)).astype("float32")
+    # Classes spread so that each replica's shard alone misses most positive pairs.
+    labels = np.array([0, 1, 2, 3, 0, 1, 4, 5, 2, 3, 4, 5, 6, 7, 6, 7], dtype="int64")
+    kernel = rng.normal(scale=0.5, size=(INPUT_DIM, EMBED_DIM)).astype("float32")
+    return x, labels, kernel
+
+
+def build_model(kernel):
+    model = keras.Sequential(
+        [keras.Input((INPUT_DIM,)), keras.layers.Dense(EMBED_DIM, use_bias=False)]
+    )
+    model.layers[0].kernel.assign(kernel)
+    return model
+
+
+def fit_one_step(loss, x, labels, kernel):
+    # jit_compile=False: Keras' XLA step under MirroredStrategy on logical CPUs
+    # reads variables across devices, which XLA rejects (a TF known issue);
+    # the loss itself compiles, see `xla_gradients`.
+    model = build_model(kernel)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=loss, jit_compile=False)
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(GLOBAL_BATCH)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    return history.history["loss"][0], model.layers[0].kernel.numpy().tolist()
+
+
+def single_device_step(loss, x, labels, kernel):
+    """Plain gradient descent on one device: the reference for the strategy runs."""
+    variable = tf.Variable(kernel)
+    with tf.GradientTape() as tape:
+        value = loss(labels, tf.matmul(x, variable))
+    variable.assign_sub(LEARNING_RATE * tape.gradient(value, variable))
+    return float(value), variable.numpy().tolist()
+
+
+def per_replica_loss(strategy, loss, embeddings, labels):
+    """Sum over replicas of the per-replica Keras loss on the global batch."""
+    dataset = tf.data.Dataset.from_tensor_slices((embeddings, labels)).batch(GLOBAL_BATCH)
+    inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    per_replica = strategy.run(tf.function(lambda a, b: loss(b, a)), args=inputs)
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+
+def xla_gradients(strategy, loss, embeddings, labels):
+    """Global loss and its gradient w.r.t. each replica's embeddings, under XLA."""
+    dataset = tf.data.Dataset.from_tensor_slices((embeddings, labels)).batch(GLOBAL_BATCH)
+    inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+    @tf.function(jit_compile=True)
+    def step(local_embeddings, local_labels):
+        with tf.GradientTape() as tape:
+            tape.watch(local_embeddings)
+            value = loss(local_labels, local_embeddings)
+        return value, tape.gradient(value, local_embeddings)
+
+    values, gradients = strategy.run(step, args=inputs)
+    value = float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None))
+    rows = np.concatenate([g.numpy() for g in strategy.experimental_local_results(gradients)])
+    return value, rows.tolist()
+
+
+def check_strategy(num_replicas, names):
+    x, labels, kernel = data()
+    strategy = tf.distribute.MirroredStrategy(
+        devices=[f"/cpu:{i}" for i in range(num_replicas)],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+    report = {"num_replicas": strategy.num_replicas_in_sync, "losses": {}}
+    for name, loss in make_losses().items():
+        if name not in names:
+            continue
+        entry = {}
+        entry["single_loss"], entry["single_kernel"] = single_device_step(loss, x, labels, kernel)
+        with strategy.scope():
+            entry["strategy_loss"], entry["strategy_kernel"] = fit_one_step(loss, x, labels, kernel)
+        report["losses"][name] = entry
+    # Per-replica mining (cross_replica=False) on a few losses: the strategy's loss
+    # is then the mean of the losses of the replicas' shards.
+    embeddings = x @ kernel
+    shards = np.split(np.arange(GLOBAL_BATCH), num_replicas)
+    report["per_replica"] = {}
+    for name in ("triplet_hard", "multi_similarity", "supcon"):
+        loss = make_losses(cross_replica=False)[name]
+        with strategy.scope():
+            value = per_replica_loss(strategy, loss, embeddings, labels)
+        shard_mean = np.mean([float(loss(labels[s], embeddings[s])) for s in shards])
+        report["per_replica"][name] = [value, float(shard_mean)]
+    report["xla"] = {}
+    for name in ("triplet_semi_hard", "circle"):
+        loss = make_losses()[name]
+        with strategy.scope():
+            value, gradient = xla_gradients(strategy, loss, embeddings, labels)
+        reference = tf.constant(embeddings)
+        with tf.GradientTape() as tape:
+            tape.watch(reference)
+            single = loss(labels, reference)
+        report["xla"][name] = {
+            "strategy": [value, gradient],
+            "single": [float(single), tape.gradient(single, reference).numpy().tolist()],
+        }
+    return report
+
+
+def main():
+    everything = list(make_losses())
+    subset = ["triplet_semi_hard", "multi_similarity", "npairs", "supcon"]
+    report = {4: check_strategy(4, everything), 2: check_strategy(2, subset)}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
