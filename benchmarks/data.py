@@ -4,7 +4,8 @@ Every pipeline reads the same in-memory float32 arrays and yields batches of
 `--batch` samples (pairs and triplets: `--batch` pairs / triplets, so 2x / 3x
 the inputs). Prints a Markdown table of batches per second and the ratio to
 `from_tensor_slices(...).repeat().batch(...)`, best of `--repeats` interleaved
-runs.
+runs; also batches per CPU-second of this process (all its threads), a measure
+of the work per batch that other processes on a shared machine disturb less.
 
     python benchmarks/data.py [--samples 20000 --dim 784 --classes 100 --batch 64]
 """
@@ -28,10 +29,11 @@ def batches_per_second(dataset, batches, warmup=20):
     iterator = iter(dataset)
     for _ in itertools.islice(iterator, warmup):
         pass
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in itertools.islice(iterator, batches):
         pass
-    return batches / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return batches / wall, batches / cpu
 
 
 def main():
@@ -90,11 +92,12 @@ def main():
         ),
     }
     # Best of several interleaved runs: the rate least disturbed by other processes.
-    results = {name: 0.0 for name in pipelines}
+    results = {name: (0.0, 0.0) for name in pipelines}
     for _ in range(args.repeats):
         for name, make in pipelines.items():
-            results[name] = max(results[name], batches_per_second(make(), args.batches))
-    baseline = results["plain `ds.batch()`"]
+            wall, cpu = batches_per_second(make(), args.batches)
+            results[name] = (max(results[name][0], wall), max(results[name][1], cpu))
+    baseline, cpu_baseline = results["plain `ds.batch()`"]
     print(
         f"{args.samples} samples x {args.dim} float32, {args.classes} classes, batch {args.batch}, "
         f"best of {args.repeats} runs of {args.batches} batches after 20 warm-up; "
@@ -102,10 +105,13 @@ def main():
         f"{os.cpu_count()} CPUs ({platform.machine()})."
     )
     print()
-    print("| Pipeline | batches/s | vs plain |")
-    print("|---|---:|---:|")
-    for name, rate in results.items():
-        print(f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x |")
+    print("| Pipeline | batches/s | vs plain | batches per CPU-second | vs plain |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (rate, cpu_rate) in results.items():
+        print(
+            f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x | {cpu_rate:,.0f} | "
+            f"{cpu_rate / cpu_baseline:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

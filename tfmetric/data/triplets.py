@@ -10,7 +10,8 @@ __all__ = ["triplet_dataset"]
 
 MINING_MODES = (None, "hard", "semi-hard")
 _EMBED_BATCH = 256
-_ANCHOR_BLOCK = 512
+# Anchors per mining step: bounds the (anchors, candidates) distance matrix to ~4M entries.
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def triplet_dataset(
@@ -167,15 +168,18 @@ class _OfflineMiner:
         self.pool_size = pool_size
 
     def embed(self, indices):
-        batches = (
-            tf.data.Dataset.from_tensor_slices(indices)
-            .batch(_EMBED_BATCH)
-            .map(self.index.source.gather)
-        )
-        parts = [
-            np.asarray(self.embedder(batch, training=False), dtype="float32") for batch in batches
-        ]
+        parts = []
+        for start in range(0, indices.shape[0], _EMBED_BATCH):
+            chunk = indices[start : start + _EMBED_BATCH]
+            # Fixed batch shapes: one trace of `_embed_batch` for the whole run.
+            padded = np.pad(chunk, (0, _EMBED_BATCH - chunk.shape[0]))
+            parts.append(self._embed_batch(tf.constant(padded)).numpy()[: chunk.shape[0]])
         return np.concatenate(parts, axis=0)
+
+    @tf.function(reduce_retracing=True)
+    def _embed_batch(self, indices):
+        embeddings = self.embedder(self.index.source.gather(indices), training=False)
+        return tf.cast(embeddings, tf.float32)
 
     def _pool(self, rng):
         """Candidate samples and the pool positions that can be anchors (class has >= 2)."""
@@ -198,15 +202,16 @@ class _OfflineMiner:
         embeddings = tf.constant(self.embed(pool))
         classes = tf.constant(self.index.class_of_np[pool])
         positives, negatives = [], []
-        for start in range(0, self.size, _ANCHOR_BLOCK):
-            block = anchors[start : start + _ANCHOR_BLOCK]
-            pad = _ANCHOR_BLOCK - block.shape[0]
+        step = int(min(self.size, max(64, _BLOCK_ELEMENTS // pool.shape[0])))
+        for start in range(0, self.size, step):
+            block = anchors[start : start + step]
+            pad = step - block.shape[0]
             # Fixed block shapes: one trace of `_mine_block` per pool size.
             chosen_p, chosen_n = self._mine_block(
                 embeddings,
                 classes,
                 tf.constant(np.pad(block, (0, pad))),
-                tf.constant(np.pad(uniform[start : start + _ANCHOR_BLOCK], (0, pad))),
+                tf.constant(np.pad(uniform[start : start + step], (0, pad))),
             )
             positives.append(chosen_p.numpy()[: block.shape[0]])
             negatives.append(chosen_n.numpy()[: block.shape[0]])
