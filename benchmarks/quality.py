@@ -101,7 +101,7 @@ HEADS = {
     "ArcFace": ("Deng et al. 2019", {}),
     "CosFace": ("Wang et al. 2018", {}),
     "SubCenterArcFace": ("Deng et al. 2020", {}),
-    "NormalizedSoftmax": ("Zhai and Wu 2019", {}),
+    "NormalizedSoftmax": ("Zhai and Wu 2019", {"temperature": 0.2}),
     "ProxyAnchor": ("Kim et al. 2020", {}),
     "ProxyNCA": ("Movshovitz-Attias et al. 2017", {}),
 }
@@ -147,7 +147,7 @@ def _pair_batches(x, y, epochs, seed):
 
 def _settings(obj):
     config = obj.get_config()
-    skip = {"name", "reduction", "dtype", "trainable", "num_classes"}
+    skip = {"name", "reduction", "dtype", "trainable", "num_classes", "cross_replica"}
     return ", ".join(
         f"{key}={value}" for key, value in config.items() if key not in skip and value is not None
     )
