@@ -274,6 +274,8 @@ def main(argv):
         loss_args = loss_arguments()
         entry, _ = losses_lib.build(entry.name, loss_args, num_train_classes)
         pipeline.check_batch(train.y, FLAGS.classes_per_batch, FLAGS.samples_per_class)
+        total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
+        make_optimizer(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.schedule, total_steps)
         resuming = prepare_model_dir(FLAGS.model_dir, current, FLAGS.overwrite)
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -283,7 +285,6 @@ def main(argv):
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
     strategy = make_strategy(FLAGS.strategy, FLAGS.tpu)
-    total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
     # Training labels are remapped to 0..C-1 (heads need dense class ids).
     _, train_labels = np.unique(train.y, return_inverse=True)
     dataset = pipeline.training_dataset(

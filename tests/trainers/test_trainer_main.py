@@ -154,6 +154,7 @@ def test_bad_names_list_the_valid_ones(run_main, tmp_path):
     assert "'small_cnn'" in message and "'resnet50'" in message
     assert "its arguments are" in run_main("--loss=triplet", "--temperature=0.5")
     assert "--classes_per_batch" in run_main("--classes_per_batch=11")
+    assert "'adam'" in run_main("--optimizer=adamm")
     # Nothing was trained or written for any of them.
     assert not (tmp_path / "run" / "report.json").exists()
 
