@@ -13,19 +13,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import tensorflow as tf  # noqa: E402
-
-NUM_DEVICES = 4
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0],
-    [tf.config.LogicalDeviceConfiguration() for _ in range(NUM_DEVICES)],
-)
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import tfmetric  # noqa: E402
 
+NUM_DEVICES = 4
 GLOBAL_BATCH, INPUT_DIM, EMBED_DIM, LEARNING_RATE = 16, 6, 4, 0.5
 
 
@@ -153,6 +147,10 @@ def check_strategy(num_replicas, names):
 
 
 def main():
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration() for _ in range(NUM_DEVICES)],
+    )
     everything = list(make_losses())
     subset = ["triplet_semi_hard", "multi_similarity", "npairs", "supcon"]
     report = {4: check_strategy(4, everything), 2: check_strategy(2, subset)}
