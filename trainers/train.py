@@ -41,7 +41,9 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum("protocol", "samples", list(datasets.PROTOCOLS),
                   "samples: split each class (closed set); classes: hold out unseen classes (open set).")
-flags.DEFINE_float("train_fraction", 0.7, "Fraction of each class's samples (or of the classes) for training.")
+flags.DEFINE_float("train_fraction", None,
+                   "Fraction of each class's samples (samples; default 0.7) or of the classes "
+                   "(classes; default 0.5, as for CUB-200 and Cars-196) used for training.")
 flags.DEFINE_integer("image_size", 64, "Side images are resized to when their sizes differ (not digits).")
 flags.DEFINE_string("tfrecord_image_key", "image", "tfrecord: feature holding the encoded image.")
 flags.DEFINE_string("tfrecord_label_key", "label", "tfrecord: int64 feature holding the class.")
@@ -61,7 +63,8 @@ flags.DEFINE_float("scale", None, "Head `scale` (ArcFace, CosFace...).")
 flags.DEFINE_string("distance", None, "Loss `distance` (euclidean, cosine, ...); also used to evaluate.")
 flags.DEFINE_multi_string("loss_arg", [], "Any other loss argument as name=value (repeatable).")
 # Optimisation.
-flags.DEFINE_integer("classes_per_batch", 10, "P: classes per batch.")
+flags.DEFINE_integer("classes_per_batch", None,
+                     "P: classes per batch (default: min(10, training classes)).")
 flags.DEFINE_integer("samples_per_class", 8, "K: samples per class in a batch.")
 flags.DEFINE_string("optimizer", "adam", "A Keras optimizer name (adam, adamw, sgd, rmsprop, lion...).")
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
@@ -266,14 +269,16 @@ def main(argv):
             FLAGS.dataset, FLAGS.image_size, FLAGS.tfrecord_image_key, FLAGS.tfrecord_label_key,
             FLAGS.tfds_split, FLAGS.tfds_data_dir,
         )  # fmt: skip
-        train, test = datasets.split(data, FLAGS.protocol, FLAGS.train_fraction, FLAGS.seed)
+        train_fraction = FLAGS.train_fraction or (0.7 if FLAGS.protocol == "samples" else 0.5)
+        train, test = datasets.split(data, FLAGS.protocol, train_fraction, FLAGS.seed)
         if FLAGS.epochs < 1 or FLAGS.steps_per_epoch < 1:
             raise ValueError("`--epochs` and `--steps_per_epoch` must be >= 1.")
         backbones.check(FLAGS.backbone)
         num_train_classes = len(np.unique(train.y))
         loss_args = loss_arguments()
         entry, _ = losses_lib.build(entry.name, loss_args, num_train_classes)
-        pipeline.check_batch(train.y, FLAGS.classes_per_batch, FLAGS.samples_per_class)
+        classes_per_batch = FLAGS.classes_per_batch or min(10, num_train_classes)
+        pipeline.check_batch(train.y, classes_per_batch, FLAGS.samples_per_class)
         total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
         make_optimizer(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.schedule, total_steps)
         resuming = prepare_model_dir(FLAGS.model_dir, current, FLAGS.overwrite)
@@ -288,7 +293,7 @@ def main(argv):
     # Training labels are remapped to 0..C-1 (heads need dense class ids).
     _, train_labels = np.unique(train.y, return_inverse=True)
     dataset = pipeline.training_dataset(
-        train.x, train_labels.astype(np.int32), FLAGS.classes_per_batch, FLAGS.samples_per_class,
+        train.x, train_labels.astype(np.int32), classes_per_batch, FLAGS.samples_per_class,
         FLAGS.seed,
     )  # fmt: skip
     with strategy.scope():
@@ -360,7 +365,9 @@ def main(argv):
         "flags": current,
         "loss": {"name": entry.name, "class": entry.cls.__name__, "config": _config(loss)},
         "distance": distances_lib.serialize(eval_distance),
+        "batch": {"classes_per_batch": classes_per_batch, "samples_per_class": FLAGS.samples_per_class},
         "split": {
+            "train_fraction": train_fraction,
             "train_samples": len(train),
             "train_classes": int(len(np.unique(train.y))),
             "test_samples": len(test),
