@@ -98,18 +98,49 @@ class ClassIndex:
         slot = tf.where(slot >= offset, slot + count, slot)
         return tf.gather(self.order, slot)
 
-    def random_anchors(self, seed, size, eligible_only):
+    def random_anchors(self, seed, shape, eligible_only):
         if eligible_only:
-            pick = self.uniform_int(seed, (size,), self.eligible_np.shape[0])
+            pick = self.uniform_int(seed, shape, self.eligible_np.shape[0])
             return tf.gather(self.eligible, pick)
-        return self.uniform_int(seed, (size,), self.num_samples)
+        return self.uniform_int(seed, shape, self.num_samples)
+
+
+# Batches drawn per call of a sampler's graph function: index draws and gathers are
+# vectorised over the group, which amortises the per-call and per-op overhead.
+GROUP = 8
 
 
 def step_seeds(seed, step, count):
-    """`count` independent stateless seeds for batch number `step`."""
+    """`count` independent stateless seeds for group number `step`."""
     base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
     return tf.unstack(tf.random.experimental.stateless_split(base, count))
 
 
-def finish(dataset):
+def build(draw, emit, source, augment):
+    """Dataset of batches from index draws.
+
+    Args:
+        draw: Graph function `block number -> indices`, a nest of tensors
+            whose first axis holds several batches.
+        emit: Graph function `(indices, augment_fn) -> batch` valid for the
+            indices of one batch and, for in-memory sources without
+            augmentation, for those of several batches at once.
+        source: The `Source`.
+        augment: The augmentation hook or `None`.
+    """
+    dataset = tf.data.Dataset.counter().map(draw)
+    if source.decode is None and augment is None:
+        # Gather whole groups of batches at once, then split them.
+        dataset = dataset.map(
+            lambda indices: emit(indices, lambda batch: batch),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        ).unbatch()
+    else:
+        # Decoding and augmentation work on one batch at a time.
+        dataset = dataset.unbatch().map(
+            lambda indices: emit(indices, lambda batch: apply_augment(augment, batch)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -78,22 +78,21 @@ def class_balanced_dataset(
 
     def draw(step):
         class_seed, key_seed, fill_seed = _sampling.step_seeds(seed, step, 3)
-        class_keys = tf.random.stateless_uniform((index.num_classes,), class_seed)
+        group = _sampling.GROUP
+        class_keys = tf.random.stateless_uniform((group, index.num_classes), class_seed)
         classes = tf.math.top_k(class_keys, p).indices
-        count = tf.expand_dims(tf.gather(index.counts, classes), 1)
+        count = tf.expand_dims(tf.gather(index.counts, classes), -1)
         # Distinct positions: the top-K of random keys over each class's own slots.
-        slots = tf.range(width, dtype=tf.int64)[tf.newaxis]
-        keys = tf.random.stateless_uniform((p, width), key_seed)
+        slots = tf.range(width, dtype=tf.int64)
+        keys = tf.random.stateless_uniform((group, p, width), key_seed)
         keys = tf.where(slots < count, keys, -1.0)
         distinct = tf.cast(tf.math.top_k(keys, k).indices, tf.int64)
-        fill = index.uniform_int(fill_seed, (p, k), count)
-        position = tf.where(slots[:, :k] < count, distinct, fill)
-        start = tf.expand_dims(tf.gather(index.offsets, classes), 1)
-        indices = tf.reshape(tf.gather(index.order, start + position), (p * k,))
-        batch = _sampling.apply_augment(augment, source.gather(indices))
-        return batch, tf.gather(index.labels, indices)
+        fill = index.uniform_int(fill_seed, (group, p, k), count)
+        position = tf.where(slots[:k] < count, distinct, fill)
+        start = tf.expand_dims(tf.gather(index.offsets, classes), -1)
+        return tf.reshape(tf.gather(index.order, start + position), (group, p * k))
 
-    dataset = tf.data.Dataset.counter().map(
-        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    return _sampling.finish(dataset)
+    def emit(indices, augment_fn):
+        return augment_fn(source.gather(indices)), tf.gather(index.labels, indices)
+
+    return _sampling.build(draw, emit, source, augment)

@@ -64,21 +64,21 @@ def pair_dataset(x, y=None, batch_size=32, positive_fraction=0.5, seed=None, aug
 
     def draw(step):
         seeds = _sampling.step_seeds(seed, step, 5)
-        pos_anchor = index.random_anchors(seeds[0], positives, eligible_only=True)
+        group = _sampling.GROUP
+        pos_anchor = index.random_anchors(seeds[0], (group, positives), eligible_only=True)
         pos_partner = index.positive_partner(seeds[1], pos_anchor)
-        neg_anchor = index.random_anchors(seeds[2], negatives, eligible_only=False)
+        neg_anchor = index.random_anchors(seeds[2], (group, negatives), eligible_only=False)
         neg_partner = index.negative_partner(seeds[3], neg_anchor)
-        shuffle = tf.argsort(tf.random.stateless_uniform((batch_size,), seeds[4]))
-        first = tf.gather(tf.concat([pos_anchor, neg_anchor], 0), shuffle)
-        second = tf.gather(tf.concat([pos_partner, neg_partner], 0), shuffle)
-        same = tf.gather(
-            tf.concat([tf.ones((positives,)), tf.zeros((negatives,))], 0), shuffle
-        )
-        x1 = _sampling.apply_augment(augment, source.gather(first))
-        x2 = _sampling.apply_augment(augment, source.gather(second))
-        return (x1, x2), same
+        shuffle = tf.argsort(tf.random.stateless_uniform((group, batch_size), seeds[4]))
+        first = tf.gather(tf.concat([pos_anchor, neg_anchor], 1), shuffle, batch_dims=1)
+        second = tf.gather(tf.concat([pos_partner, neg_partner], 1), shuffle, batch_dims=1)
+        same = tf.concat([tf.ones((group, positives)), tf.zeros((group, negatives))], 1)
+        # A dict: tf.data passes it to the next function as one argument.
+        return {"first": first, "second": second, "same": tf.gather(same, shuffle, batch_dims=1)}
 
-    dataset = tf.data.Dataset.counter().map(
-        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    return _sampling.finish(dataset)
+    def emit(indices, augment_fn):
+        x1 = augment_fn(source.gather(indices["first"]))
+        x2 = augment_fn(source.gather(indices["second"]))
+        return (x1, x2), indices["same"]
+
+    return _sampling.build(draw, emit, source, augment)

@@ -116,26 +116,21 @@ def triplet_dataset(
     augment = _sampling.check_augment(augment)
     source = index.source
 
-    def gather(triplet_indices):
-        batches = tuple(
-            _sampling.apply_augment(augment, source.gather(triplet_indices[:, i]))
-            for i in range(3)
-        )
+    def emit(triplet_indices, augment_fn):
+        batches = tuple(augment_fn(source.gather(triplet_indices[..., i])) for i in range(3))
         return batches, tf.gather(index.labels, triplet_indices)
 
     if mining is None:
 
         def draw(step):
             seeds = _sampling.step_seeds(seed, step, 3)
-            anchor = index.random_anchors(seeds[0], batch_size, eligible_only=True)
+            shape = (_sampling.GROUP, batch_size)
+            anchor = index.random_anchors(seeds[0], shape, eligible_only=True)
             positive = index.positive_partner(seeds[1], anchor)
             negative = index.negative_partner(seeds[2], anchor)
-            return gather(tf.stack([anchor, positive, negative], axis=1))
+            return tf.stack([anchor, positive, negative], axis=-1)
 
-        dataset = tf.data.Dataset.counter().map(
-            draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-        return _sampling.finish(dataset)
+        return _sampling.build(draw, emit, source, augment)
 
     miner = _OfflineMiner(
         index, embedder, distance, mining, seed, batch_size * refresh_every, pool_size
@@ -146,13 +141,7 @@ def triplet_dataset(
         table.set_shape((batch_size * refresh_every, 3))
         return tf.reshape(table, (refresh_every, batch_size, 3))
 
-    dataset = (
-        tf.data.Dataset.counter()
-        .map(mine)
-        .unbatch()
-        .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    )
-    return _sampling.finish(dataset)
+    return _sampling.build(mine, emit, source, augment)
 
 
 class _OfflineMiner:
