@@ -22,9 +22,10 @@ def class_balanced_dataset(
     the remaining slots by drawing from its samples with replacement** (so it
     still appears with exactly K elements).
 
-    Everything runs in `tf.data` graph functions: one set of index draws and
-    one gather per batch, seeded with `(seed, batch number)` so that the
-    stream of batches is the same for the same seed. The batch shape is
+    Everything runs in `tf.data` graph functions: vectorised index draws and
+    one gather for a group of batches at a time, seeded with `(seed, group
+    number)` so that the stream of batches is the same for the same seed
+    (decoding and augmentation then run per batch). The batch shape is
     static (`P * K`), as `jit_compile=True` requires. Sampling draws `P`
     random keys per sample of the largest class per batch.
 

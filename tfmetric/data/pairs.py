@@ -15,7 +15,8 @@ def pair_dataset(x, y=None, batch_size=32, positive_fraction=0.5, seed=None, aug
     least 2 samples and another sample of the same class; a dissimilar pair is
     a uniformly drawn sample and a uniformly drawn sample of another class.
     Draws happen in `tf.data` graph functions seeded with
-    `(seed, batch number)`: the same seed gives the same batches.
+    `(seed, group number)` (a few batches are drawn at once): the same seed
+    gives the same batches.
 
     Args:
         x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
