@@ -239,7 +239,8 @@ def _write(section):
     else:
         end = text.find("\n## ", start + len(HEADING))
         end = len(text) if end < 0 else end + 1
-        text = text[:start] + section + "\n" + ("\n" + text[end:] if end < len(text) else "")
+        rest = "\n" + text[end:] if end < len(text) else ""
+        text = text[:start] + section.rstrip("\n") + "\n" + rest
     temporary = RESULTS + ".tmp"
     with open(temporary, "w") as handle:
         handle.write(text)
