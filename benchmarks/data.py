@@ -56,10 +56,12 @@ def main():
     embedder = keras.Sequential([keras.Input((args.dim,)), keras.layers.Dense(32)])
 
     pipelines = {
-        "plain `ds.batch()`": lambda: tf.data.Dataset.from_tensor_slices((x, y))
-        .repeat()
-        .batch(args.batch, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE),
+        "plain `ds.batch()`": lambda: (
+            tf.data.Dataset.from_tensor_slices((x, y))
+            .repeat()
+            .batch(args.batch, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE)
+        ),
         f"`class_balanced_dataset` (P={p}, K={k})": lambda: tfmetric.data.class_balanced_dataset(
             x, y, p, k, seed=0
         ),

@@ -30,7 +30,9 @@ def test_margin_change_takes_effect_without_recompiling(jit_compile):
     model = _frozen_model(loss, jit_compile)
     optimizer = model.optimizer
     schedule = MiningSchedule(margin={0: 0.1, 1: 2.0})
-    history = model.fit(x, y, batch_size=12, epochs=3, verbose=0, shuffle=False, callbacks=[schedule])
+    history = model.fit(
+        x, y, batch_size=12, epochs=3, verbose=0, shuffle=False, callbacks=[schedule]
+    )
     losses = history.history["loss"]
     small = _expected(model, x, y, margin=0.1, mining="semi-hard")
     large = _expected(model, x, y, margin=2.0, mining="semi-hard")
@@ -44,7 +46,9 @@ def test_mining_change_takes_effect():
     x, y = _data()
     model = _frozen_model(tfmetric.losses.TripletLoss(margin=0.5))
     schedule = MiningSchedule(mining=lambda epoch: "semi-hard" if epoch < 1 else "hard")
-    losses = model.fit(x, y, batch_size=12, epochs=2, verbose=0, callbacks=[schedule]).history["loss"]
+    losses = model.fit(x, y, batch_size=12, epochs=2, verbose=0, callbacks=[schedule]).history[
+        "loss"
+    ]
     semi = _expected(model, x, y, margin=0.5, mining="semi-hard")
     hard = _expected(model, x, y, margin=0.5, mining="hard")
     assert abs(semi - hard) > 1e-3

@@ -18,7 +18,10 @@ def _data(counts=(6, 5, 4, 3, 2), seed=0):
 
 
 def _take(dataset, n):
-    return [(tf.nest.map_structure(np.asarray, xb), np.asarray(yb)) for xb, yb in itertools.islice(dataset, n)]
+    return [
+        (tf.nest.map_structure(np.asarray, xb), np.asarray(yb))
+        for xb, yb in itertools.islice(dataset, n)
+    ]
 
 
 @pytest.mark.parametrize("p, k", [(2, 2), (3, 4), (5, 3)])

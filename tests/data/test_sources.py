@@ -1,6 +1,7 @@
 import itertools
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -134,3 +135,20 @@ def test_tfrecord_errors(tmp_path):
     _write_records(empty, [], [])
     with pytest.raises(ValueError, match="no record"):
         tfrecord_source(empty, _parse)
+
+
+def test_offline_mining_on_decoded_images(tmp_path):
+    source = image_directory(_image_tree(str(tmp_path)), image_size=(3, 3))
+    embedder = keras.Sequential(
+        [keras.Input((3, 3, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    ds = triplet_dataset(
+        source, batch_size=4, seed=0, embedder=embedder, mining="semi-hard", refresh_every=2
+    )
+    for (a, _, n), labels in itertools.islice(ds, 3):
+        labels = labels.numpy()
+        assert a.shape == (4, 3, 3, 3)
+        assert np.all(labels[:, 0] == labels[:, 1]) and np.all(labels[:, 0] != labels[:, 2])
+        for image, label in zip(n.numpy(), labels[:, 2], strict=True):
+            colour = COLOURS[source.class_names[label]]
+            np.testing.assert_allclose(image.mean(axis=(0, 1)), colour, atol=6)

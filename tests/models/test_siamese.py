@@ -107,7 +107,11 @@ def test_pair_contrastive_bad_input(kwargs, match):
 
 def _embedder(dim_in=6, dim_out=3):
     return keras.Sequential(
-        [keras.Input((dim_in,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(dim_out)]
+        [
+            keras.Input((dim_in,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(dim_out),
+        ]
     )
 
 

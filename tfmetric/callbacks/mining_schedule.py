@@ -147,9 +147,7 @@ class MiningSchedule(keras.callbacks.Callback):
             self.model.make_test_function(force=True)
             if self.verbose:
                 print(f"MiningSchedule: epoch {epoch}: margin={margin}, mining={mining}")
-        self.history.append(
-            (epoch, getattr(loss, "margin", None), getattr(loss, "mining", None))
-        )
+        self.history.append((epoch, getattr(loss, "margin", None), getattr(loss, "mining", None)))
 
     def get_config(self):
         def plain(schedule):

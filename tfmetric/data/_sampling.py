@@ -54,8 +54,7 @@ class ClassIndex:
         classes, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"`y` must hold at least 2 classes; got {classes.shape[0]} "
-                f"({classes.tolist()})."
+                f"`y` must hold at least 2 classes; got {classes.shape[0]} ({classes.tolist()})."
             )
         order = np.argsort(class_of, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])

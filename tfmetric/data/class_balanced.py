@@ -69,8 +69,7 @@ def class_balanced_dataset(
     k = _sampling.check_positive_int(samples_per_class, "samples_per_class", 2)
     if p > index.num_classes:
         raise ValueError(
-            f"`classes_per_batch` ({p}) is larger than the number of classes "
-            f"({index.num_classes})."
+            f"`classes_per_batch` ({p}) is larger than the number of classes ({index.num_classes})."
         )
     seed = _sampling.resolve_seed(seed)
     augment = _sampling.check_augment(augment)

@@ -69,13 +69,9 @@ class Source:
 
     def _decoded_spec(self):
         if self._spec is None:
-            element = tf.nest.map_structure(
-                lambda a: tf.TensorSpec(a.shape[1:], a.dtype), self.x
-            )
+            element = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape[1:], a.dtype), self.x)
             outputs = tf.function(self.decode).get_concrete_function(element).structured_outputs
-            self._spec = tf.nest.map_structure(
-                lambda t: tf.TensorSpec(t.shape, t.dtype), outputs
-            )
+            self._spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), outputs)
         return self._spec
 
 

@@ -89,6 +89,7 @@ def paired_distance(distance, x, y):
     if kind is distances_lib.InnerProduct:
         return ops.sum(x * y, axis=1)
     if kind is distances_lib.Cosine:
+
         def unit(v):
             return v * ops.rsqrt(ops.maximum(ops.sum(ops.square(v), axis=1, keepdims=True), 1e-12))
 
