@@ -148,6 +148,9 @@ class ProxyHead(keras.layers.Layer):
                 f"`labels` must lie in [0, {self.num_classes}) (`num_classes`="
                 f"{self.num_classes}); got values in [{values.min()}, {values.max()}]."
             )
+        embedding_values = static_value(embeddings)
+        if embedding_values is not None and not np.all(np.isfinite(embedding_values)):
+            raise ValueError("`embeddings` contains NaN or infinite values.")
         return embeddings, ops.one_hot(labels, self.num_classes, dtype="float32")
 
     def similarities(self, embeddings):

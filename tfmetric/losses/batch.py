@@ -13,9 +13,11 @@ from tfmetric import distances as distances_lib
 
 
 def check_margin(value, name="margin", allow_zero=True):
-    """Validates a non-negative (or positive) float argument."""
+    """Validates a finite, non-negative (or positive) float argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{name}` must be a number; got {value!r}.")
+    if value == float("inf"):
+        raise ValueError(f"`{name}` must be finite; got {value!r}.")
     if value < 0 or (not allow_zero and value == 0) or value != value:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be {bound}; got {value!r}.")
@@ -68,7 +70,25 @@ def prepare_labels_and_embeddings(labels, embeddings):
     embed_dtype = keras.backend.standardize_dtype(embeddings.dtype)
     if not embed_dtype.startswith(("float", "bfloat")):
         raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {embed_dtype}.")
-    return labels, ops.cast(embeddings, "float32")
+    if batch == 0:
+        raise ValueError("`y_pred` is empty (batch size 0); an in-batch loss needs samples.")
+    embeddings = ops.cast(embeddings, "float32")
+    if _is_eager(embeddings) and not bool(ops.all(ops.isfinite(embeddings))):
+        raise ValueError("`y_pred` contains NaN or infinite values.")
+    return labels, embeddings
+
+
+def _is_eager(x):
+    """Whether `x` holds a value (eager call) rather than a traced tensor.
+
+    Values are only checked eagerly: a traced training step cannot raise, and
+    Keras' `TerminateOnNaN` covers it.
+    """
+    if isinstance(x, keras.KerasTensor) or keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.executing_eagerly()
 
 
 def label_masks(labels):
