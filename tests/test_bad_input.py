@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tfmetric
+from tfmetric.export import parity
 from tfmetric.losses.batch import InBatchLoss
 
 RNG = np.random.default_rng(0)
@@ -221,6 +222,16 @@ def test_export_rejects_bad_input_before_writing(tmp_path):
     assert not output.exists() or os.listdir(output) == []
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith((".tmp", "tmp"))]
     assert leftovers == []
+
+
+def test_failed_report_write_leaves_no_file(tmp_path):
+    path = tmp_path / "parity.json"
+    parity.write_report({"ok": 1.0}, path)
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        parity.write_report({"value": object()}, path)
+    assert path.read_text() == before  # the old report survives intact
+    assert sorted(os.listdir(tmp_path)) == ["parity.json"]
 
 
 def _run_trainer(tmp_path, *flags):
