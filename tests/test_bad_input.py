@@ -249,7 +249,6 @@ def _run_trainer(tmp_path, *flags):
 TRAINER_FLAGS = [
     ("--margin=-1", "margin"),
     ("--loss=no_such_loss", "--loss"),
-    ("--epochs=0", "--epochs"),
     pytest.param(
         "--embedding_dim=0",
         "--embedding_dim",
