@@ -54,7 +54,7 @@ def mirrored_report():
 def test_mirrored_strategy_matches_one_device(mirrored_report, replicas):
     report = mirrored_report[replicas]
     assert report["num_replicas"] == int(replicas)
-    assert len(report["losses"]) >= 4
+    assert len(report["losses"]) >= 3
     for name, entry in report["losses"].items():
         assert np.isfinite(entry["strategy_loss"]), name
         np.testing.assert_allclose(
@@ -75,6 +75,22 @@ def test_mirrored_strategy_matches_one_device(mirrored_report, replicas):
         np.testing.assert_allclose(
             entry["strategy"][1], entry["single"][1], atol=1e-5, err_msg=name
         )
+
+
+@pytest.mark.slow
+def test_sum_reduction_under_mirrored_strategy_matches_one_device(mirrored_report):
+    strategy_sum, single_sum = mirrored_report["4"]["sum_reduction"]
+    np.testing.assert_allclose(strategy_sum, single_sum, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_proxy_model_under_mirrored_strategy_matches_one_device(mirrored_report):
+    strategy_loss, strategy_weights = mirrored_report["4"]["proxy_model"]["strategy"]
+    single_loss, single_weights = mirrored_report["4"]["proxy_model"]["single"]
+    np.testing.assert_allclose(strategy_loss, single_loss, rtol=1e-5)
+    assert len(strategy_weights) == len(single_weights) == 2  # embedder kernel, proxies
+    for strategy_weight, single_weight in zip(strategy_weights, single_weights, strict=True):
+        np.testing.assert_allclose(strategy_weight, single_weight, atol=1e-5)
 
 
 def _free_port():

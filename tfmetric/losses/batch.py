@@ -180,7 +180,8 @@ class InBatchLoss(keras.losses.Loss):
             _all_gather(context, embeddings),
             **self._fn_kwargs(),
         )
-        return _local_rows(context, values, labels, rescale=True)
+        mean = self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+        return _local_rows(context, values, labels, rescale=mean)
 
     def _replica_context(self):
         """The replica context to gather over, or `None` for per-replica mining."""
@@ -249,9 +250,10 @@ def _local_rows(context, values, local, rescale=False):
 
     `local` is any tensor with this replica's batch size as its first
     dimension. Replicas may hold different batch sizes (a last, partial
-    batch); with `rescale=True` the rows are multiplied by `R * b / G` (R
-    replicas, b local and G global samples) so that Keras' per-replica mean,
-    divided by R for the distribution, sums over replicas to the global mean.
+    batch); with `rescale=True` (mean reductions) the rows are multiplied by
+    `R * b / G` (R replicas, b local and G global samples) so that Keras'
+    per-replica mean, divided by R for the distribution, sums over replicas to
+    the global mean. Sums need no scaling.
     """
     import tensorflow as tf
 

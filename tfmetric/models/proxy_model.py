@@ -108,7 +108,7 @@ class ProxyModel(keras.Model):
         loss = ops.mean(values)
         for extra in self.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        return _scale_for_replicas(loss)
 
     def get_config(self):
         return {
@@ -125,3 +125,18 @@ class ProxyModel(keras.Model):
         embedder = keras.saving.deserialize_keras_object(config.pop("embedder"))
         head = keras.saving.deserialize_keras_object(config.pop("head"))
         return cls(embedder, head, **config)
+
+
+def _scale_for_replicas(loss):
+    """Divides by the replica count, as Keras does for its compiled losses.
+
+    Under a `tf.distribute` strategy the replicas' gradients are summed, so
+    each replica's mean must be divided by their number for the step to equal
+    one device running the global batch.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
