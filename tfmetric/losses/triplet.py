@@ -32,12 +32,49 @@ def _add_at(matrix, columns, values):
     return ops.scatter_update(matrix, indices, _take(matrix, columns) + values)
 
 
-def _hard_mining(dist, positive, negative, margin, soft_margin):
+def _label_blocks(labels):
+    """Where every sample's positives are, from O(B) work on the labels.
+
+    Sorting the labels (a 1-D sort) makes each class a contiguous block of
+    the sorted order, so the k-th positive of any anchor is found by index
+    arithmetic instead of a pass over a `(B, B)` mask.
+
+    Returns:
+        `(order, position, start, count)`: the sorted order (sorted position
+        -> sample), each sample's position in it, the first position of its
+        label's block and the block's size.
+    """
+    size = ops.shape(labels)[0]
+    order = ops.cast(ops.argsort(labels), "int32")
+    sorted_labels = ops.take(labels, order)
+    index = ops.arange(size, dtype="int32")
+    new_block = ops.concatenate(
+        [ops.ones((1,), "bool"), ops.not_equal(sorted_labels[1:], sorted_labels[:-1])]
+    )
+    block = ops.cumsum(ops.cast(new_block, "int32")) - 1
+    block_start = ops.segment_max(ops.where(new_block, index, 0), block, num_segments=size)
+    block_size = ops.segment_sum(ops.ones((size,), "int32"), block, num_segments=size)
+    position = ops.cast(ops.argsort(order), "int32")
+    own_block = ops.take(block, position)
+    return order, position, ops.take(block_start, own_block), ops.take(block_size, own_block)
+
+
+def _negative_mask(labels):
+    return ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+
+
+def _hard_mining(dist, labels, margin, soft_margin):
     """Hardest positive and hardest negative per anchor (Hermans et al. 2017)."""
     const = ops.stop_gradient(dist)
+    size = ops.shape(labels)[0]
+    _, _, _, count = _label_blocks(labels)
+    negative = _negative_mask(labels)
+    positive = ops.logical_and(
+        ops.logical_not(negative), ops.logical_not(ops.eye(size, dtype="bool"))
+    )
     hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
     hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
-    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
     gap = _take(dist, hardest_positive) - _take(dist, hardest_negative)
@@ -47,15 +84,16 @@ def _hard_mining(dist, positive, negative, margin, soft_margin):
     return _per_anchor(per_anchor, ops.sum(ops.cast(valid, "float32")))
 
 
-def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
+def _loop_mining(dist, labels, margin, soft_margin, semi_hard):
     """Sums triplet terms over every positive pair in O(B²) memory.
 
     One iteration handles the k-th positive of every anchor at once, so the
-    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch). A
-    "semi-hard" iteration is two fused masked row passes over the `(B, B)`
-    matrix (find the next positive, find its semi-hard negative) plus O(B)
-    gathers and scatters; an "all" iteration adds the dense pass over the
-    negatives. No `(B, B, B)` tensor and no sort.
+    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch). The k-th
+    positive comes from `_label_blocks` by O(B) index arithmetic; a
+    "semi-hard" iteration is then one fused masked row pass over the `(B, B)`
+    matrix (the closest negative farther than the positive) plus O(B) gathers
+    and scatters, and an "all" iteration one dense pass over the negatives.
+    No `(B, B, B)` tensor and no `(B, B)` sort.
 
     The loop runs on a stopped gradient and accumulates the loss value and its
     gradient with respect to `dist`; they are recombined as
@@ -69,9 +107,10 @@ def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
     """
     const = ops.stop_gradient(dist)
     size = ops.shape(dist)[0]
-    columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
-    num_positive = ops.sum(ops.cast(positive, "int32"), axis=1)
-    has_negative = ops.any(negative, axis=1)
+    order, position, start, count = _label_blocks(labels)
+    num_positive = count - 1
+    has_negative = ops.less(count, size)
+    negative = _negative_mask(labels)
     farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
     slots = ops.max(num_positive)
 
@@ -81,16 +120,21 @@ def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
         x = x + margin
         return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
 
-    def body(k, previous, value, grad, nonzero):
-        later = ops.greater(columns, ops.expand_dims(previous, 1))
-        current = ops.cast(ops.argmax(ops.logical_and(positive, later), axis=1), "int32")
+    def body(k, value, grad, nonzero):
+        # The k-th positive: the k-th member of the label's block, skipping self.
+        slot = start + k
+        slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
         valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
+        current = ops.take(order, ops.minimum(slot, size - 1))
         d_ap = _take(const, current)
         if semi_hard:
-            farther = ops.logical_and(negative, ops.greater(const, ops.expand_dims(d_ap, 1)))
+            farther = ops.logical_and(
+                _negative_mask(labels), ops.greater(const, ops.expand_dims(d_ap, 1))
+            )
             nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
             found = ops.logical_and(
-                _take(negative, nearest), ops.greater(_take(const, nearest), d_ap)
+                ops.not_equal(ops.take(labels, nearest), labels),
+                ops.greater(_take(const, nearest), d_ap),
             )
             chosen = ops.where(found, nearest, farthest_negative)
             loss, slope = term(d_ap - _take(const, chosen))
@@ -99,21 +143,20 @@ def _loop_mining(dist, positive, negative, margin, soft_margin, semi_hard):
             grad = _add_at(_add_at(grad, current, slope), chosen, -slope)
             value = value + loss
         else:
-            mask = ops.logical_and(negative, ops.expand_dims(valid, 1))
+            mask = ops.logical_and(_negative_mask(labels), ops.expand_dims(valid, 1))
             loss, slope = term(ops.expand_dims(d_ap, 1) - const)
             loss = ops.where(mask, loss, 0.0)
             slope = ops.where(mask, slope, 0.0)
             grad = _add_at(grad - slope, current, ops.sum(slope, axis=1))
             value = value + ops.sum(loss, axis=1)
         nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
-        return k + 1, current, value, grad, nonzero
+        return k + 1, value, grad, nonzero
 
-    _, _, value, grad, nonzero = ops.while_loop(
+    _, value, grad, nonzero = ops.while_loop(
         lambda k, *_: k < slots,
         body,
         (
             ops.convert_to_tensor(0, "int32"),
-            ops.full((size,), -1, "int32"),
             ops.zeros((size,), "float32"),
             ops.zeros_like(const),
             ops.convert_to_tensor(0.0),
@@ -186,20 +229,20 @@ def triplet_loss(
     batch.check_choice(mining, "mining", MINING_MODES)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
+    if keras.backend.standardize_dtype(labels.dtype) not in ("int32", "int64"):
+        labels = ops.cast(labels, "int64")  # a bijection: label equality is kept
     dist = batch.pairwise_dissimilarity(distance, embeddings)
-    positive, negative = batch.label_masks(labels)
     if mining == "hard":
-        return _hard_mining(dist, positive, negative, margin, soft_margin)
+        return _hard_mining(dist, labels, margin, soft_margin)
     value, pairs, nonzero = _loop_mining(
-        dist, positive, negative, margin, soft_margin, semi_hard=mining == "semi-hard"
+        dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard"
     )
     if mining == "semi-hard":
         return _per_anchor(value, pairs)
     if soft_margin:
-        valid_triplets = ops.sum(
-            ops.sum(ops.cast(positive, "float32"), axis=1)
-            * ops.sum(ops.cast(negative, "float32"), axis=1)
-        )
+        _, _, _, count = _label_blocks(labels)
+        size = ops.shape(labels)[0]
+        valid_triplets = ops.sum(ops.cast((count - 1) * (size - count), "float32"))
         return _per_anchor(value, valid_triplets)
     return _per_anchor(value, nonzero)
 

@@ -12,7 +12,7 @@ def _semihard_values(labels, embeddings, margin, distance_metric):
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     dist = _common.distance_matrix(embeddings, distance_metric)
     positive, negative = batch.label_masks(labels)
-    value, _, _ = _loop_mining(dist, positive, negative, margin, False, semi_hard=True)
+    value, _, _ = _loop_mining(dist, labels, margin, False, semi_hard=True)
     # Only in a one-class batch does an anchor lack negatives; Addons then uses
     # the row minimum of the distance matrix as the negative distance.
     has_negative = ops.any(negative, axis=1, keepdims=True)
