@@ -249,14 +249,7 @@ def _run_trainer(tmp_path, *flags):
 TRAINER_FLAGS = [
     ("--margin=-1", "margin"),
     ("--loss=no_such_loss", "--loss"),
-    pytest.param(
-        "--embedding_dim=0",
-        "--embedding_dim",
-        marks=pytest.mark.xfail(
-            reason="trainer validates --embedding_dim after writing flags.json (exit 1)",
-            strict=False,
-        ),
-    ),
+    ("--embedding_dim=0", "--embedding_dim"),
 ]
 
 

@@ -168,7 +168,11 @@ def make_strategy(name, tpu=None):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # The default all-reduce aborted ("collective instance ... shape mismatch")
+        # beside the losses' own all-gather; reducing to one device is exact.
+        return tf.distribute.MirroredStrategy(
+            cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
@@ -273,6 +277,8 @@ def main(argv):
         train, test = datasets.split(data, FLAGS.protocol, train_fraction, FLAGS.seed)
         if FLAGS.epochs < 1 or FLAGS.steps_per_epoch < 1:
             raise ValueError("`--epochs` and `--steps_per_epoch` must be >= 1.")
+        if FLAGS.embedding_dim < 1:
+            raise ValueError(f"`--embedding_dim` must be >= 1; got {FLAGS.embedding_dim}.")
         backbones.check(FLAGS.backbone)
         num_train_classes = len(np.unique(train.y))
         loss_args = loss_arguments()
@@ -302,7 +308,12 @@ def main(argv):
         )
         entry, loss = losses_lib.build(entry.name, loss_args, num_train_classes)
         optimizer = make_optimizer(FLAGS.optimizer, FLAGS.learning_rate, FLAGS.schedule, total_steps)
-        model = build_training_model(entry, loss, embedder, optimizer, FLAGS.jit_compile)
+        # Keras' XLA train step fails under MirroredStrategy over several CPU
+        # devices ("Trying to access resource ... located in device CPU:1").
+        jit_compile = FLAGS.jit_compile and not (
+            strategy.num_replicas_in_sync > 1 and not tf.config.list_physical_devices("GPU")
+        )
+        model = build_training_model(entry, loss, embedder, optimizer, jit_compile)
     eval_distance = FLAGS.distance or (
         loss_distance(loss) if not entry.is_head else "cosine"
     )
