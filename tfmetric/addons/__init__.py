@@ -5,10 +5,7 @@ metric-learning losses live on here with the same names, arguments, defaults,
 values and gradients (TensorFlow Addons 0.23). Migrating is an import change:
 
 ```python
-# Before:
-import tensorflow_addons as tfa
-# After:
-import tfmetric.addons as tfa
+import tfmetric.addons as tfa  # was: import tensorflow_addons as tfa
 
 model.compile(optimizer="adam", loss=tfa.losses.TripletSemiHardLoss(margin=1.0))
 ```
