@@ -52,9 +52,11 @@ class ApproximateIndex(Index):
 
     Example:
 
-    >>> index = tfmetric.index.ApproximateIndex(distance="cosine")  # doctest: +SKIP
-    >>> index.add(np.random.default_rng(0).normal(size=(1000, 16)))  # doctest: +SKIP
-    >>> ids, distances, labels = index.search(np.ones((2, 16)), k=5)  # doctest: +SKIP
+    >>> index = tfmetric.index.ApproximateIndex(distance="cosine")  # needs `pip install tfmetric[ann]`
+    >>> index.add(np.random.default_rng(0).normal(size=(1000, 16)))
+    >>> ids, distances, labels = index.search(np.ones((2, 16)), k=5)
+    >>> ids.shape
+    (2, 5)
 
     Reference:
         Jégou, Douze, Schmid. "Product Quantization for Nearest Neighbor
