@@ -73,6 +73,10 @@ flags.DEFINE_integer("epochs", 10, "Epochs.")
 flags.DEFINE_integer("steps_per_epoch", 50, "Batches per epoch.")
 flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
 flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 on GPU, mixed_bfloat16 elsewhere.")
+flags.DEFINE_enum(
+    "mixed_precision_policy", "auto", ["auto", "mixed_float16", "mixed_bfloat16"],
+    "Policy used by --mixed_precision (auto: the one that suits the device).",
+)  # fmt: skip
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy.")
 flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu (default: the local TPU).")
@@ -90,7 +94,7 @@ RUN_FLAGS = (
     "tfrecord_label_key", "tfds_split", "backbone", "weights", "embedding_dim", "l2_normalize",
     "loss", "margin", "mining", "temperature", "scale", "distance", "loss_arg",
     "classes_per_batch", "samples_per_class", "optimizer", "learning_rate", "schedule", "epochs",
-    "steps_per_epoch", "mixed_precision", "strategy", "seed",
+    "steps_per_epoch", "mixed_precision", "mixed_precision_policy", "strategy", "seed",
 )  # fmt: skip
 FLAGS_FILE = "flags.json"
 BACKUP_DIR = "backup"
@@ -293,7 +297,10 @@ def main(argv):
 
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        policy = FLAGS.mixed_precision_policy
+        if policy == "auto":
+            gpu = tf.config.list_physical_devices("GPU")
+            policy = "mixed_float16" if gpu else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
     strategy = make_strategy(FLAGS.strategy, FLAGS.tpu)
     # Training labels are remapped to 0..C-1 (heads need dense class ids).
