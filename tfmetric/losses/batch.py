@@ -126,9 +126,10 @@ def first_occurrence_ids(labels):
 class InBatchLoss(keras.losses.Loss):
     """Base of the losses computed over all pairs of a labelled batch.
 
-    Subclasses set `fn` (the functional twin, called as
-    `fn(labels, embeddings, **self._fn_kwargs())`) and keep one attribute per
-    constructor argument. Labels are validated before Keras casts them to the
+    Subclasses set `fn` (the functional twin, called as `fn(labels,
+    embeddings, distance=self.distance, **self._loss_arguments())`), keep one
+    attribute per constructor argument and return their own arguments from
+    `_loss_arguments`, which `get_config` also saves. Labels are validated before Keras casts them to the
     loss dtype, and replaced by first-occurrence ids so that the cast is
     lossless.
 
@@ -173,12 +174,13 @@ class InBatchLoss(keras.losses.Loss):
         labels = ops.cast(y_true, "int32")
         context = self._replica_context()
         if context is None:
-            return type(self).fn(labels, y_pred, **self._fn_kwargs())
+            return type(self).fn(labels, y_pred, distance=self.distance, **self._loss_arguments())
         embeddings = ops.cast(y_pred, "float32")
         values = type(self).fn(
             _all_gather(context, labels),
             _all_gather(context, embeddings),
-            **self._fn_kwargs(),
+            distance=self.distance,
+            **self._loss_arguments(),
         )
         mean = self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight")
         return _local_rows(context, values, labels, rescale=mean)
@@ -196,14 +198,16 @@ class InBatchLoss(keras.losses.Loss):
             return None
         return context
 
-    def _fn_kwargs(self):
-        raise NotImplementedError
+    def _loss_arguments(self):
+        """The loss's own arguments (besides `distance`), passed to `fn` and saved in the config."""
+        return {}
 
     def get_config(self):
         config = super().get_config()
         config["dtype"] = self._dtype_policy.name
         config["distance"] = distances_lib.serialize(self.distance)
         config["cross_replica"] = self.cross_replica
+        config.update(self._loss_arguments())
         return config
 
 

@@ -124,10 +124,6 @@ class CircleLoss(batch.InBatchLoss):
         self.margin = batch.check_margin(margin)
         self.gamma = batch.check_margin(gamma, "gamma", allow_zero=False)
 
-    def _fn_kwargs(self):
-        return {"margin": self.margin, "gamma": self.gamma, "distance": self.distance}
+    def _loss_arguments(self):
+        return {"margin": self.margin, "gamma": self.gamma}
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(margin=self.margin, gamma=self.gamma)
-        return config

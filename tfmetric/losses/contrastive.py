@@ -108,10 +108,6 @@ class ContrastiveLoss(batch.InBatchLoss):
         )
         self.margin = batch.check_margin(margin)
 
-    def _fn_kwargs(self):
-        return {"margin": self.margin, "distance": self.distance}
+    def _loss_arguments(self):
+        return {"margin": self.margin}
 
-    def get_config(self):
-        config = super().get_config()
-        config["margin"] = self.margin
-        return config

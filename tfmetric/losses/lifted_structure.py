@@ -107,10 +107,6 @@ class LiftedStructureLoss(batch.InBatchLoss):
         )
         self.margin = batch.check_margin(margin)
 
-    def _fn_kwargs(self):
-        return {"margin": self.margin, "distance": self.distance}
+    def _loss_arguments(self):
+        return {"margin": self.margin}
 
-    def get_config(self):
-        config = super().get_config()
-        config["margin"] = self.margin
-        return config

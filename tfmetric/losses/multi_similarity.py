@@ -141,16 +141,11 @@ class MultiSimilarityLoss(batch.InBatchLoss):
         self.base = _check_real(base, "base")
         self.epsilon = batch.check_margin(epsilon, "epsilon")
 
-    def _fn_kwargs(self):
+    def _loss_arguments(self):
         return {
             "alpha": self.alpha,
             "beta": self.beta,
             "base": self.base,
             "epsilon": self.epsilon,
-            "distance": self.distance,
         }
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(alpha=self.alpha, beta=self.beta, base=self.base, epsilon=self.epsilon)
-        return config

@@ -109,6 +109,3 @@ class NPairsLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-
-    def _fn_kwargs(self):
-        return {"distance": self.distance}

@@ -106,10 +106,6 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
         )
         self.temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
 
-    def _fn_kwargs(self):
-        return {"temperature": self.temperature, "distance": self.distance}
+    def _loss_arguments(self):
+        return {"temperature": self.temperature}
 
-    def get_config(self):
-        config = super().get_config()
-        config["temperature"] = self.temperature
-        return config

@@ -302,15 +302,10 @@ class TripletLoss(batch.InBatchLoss):
         self.mining = batch.check_choice(mining, "mining", MINING_MODES)
         self.soft_margin = bool(soft_margin)
 
-    def _fn_kwargs(self):
+    def _loss_arguments(self):
         return {
             "margin": self.margin,
-            "distance": self.distance,
             "mining": self.mining,
             "soft_margin": self.soft_margin,
         }
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(margin=self.margin, mining=self.mining, soft_margin=self.soft_margin)
-        return config
