@@ -146,3 +146,13 @@ def test_minkowski_memory_is_blockwise(monkeypatch):
         return tape.gradient(total, [a, b])
 
     assert largest_tensor_elements(step, x, y) <= 40 * 30
+
+
+@pytest.mark.parametrize("distance", NAMES + [distances.Minkowski(3.0), distances.Minkowski(2.0)])
+def test_paired_matches_definition_row_by_row(distance):
+    x, y = _data(n=5, m=5)
+    distance = distances.get(distance)
+    expected = np.diag(pairwise(x, y, _ref(distance)))
+    np.testing.assert_allclose(distance.paired(x, y), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="number of rows"):
+        distance.paired(x, y[:3])

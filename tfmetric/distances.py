@@ -99,8 +99,33 @@ class Distance:
                 )
         return self.pairwise(x, y)
 
+    def paired(self, x, y):
+        """Distances between matching rows, `d(x[i], y[i])`, shape `(n,)`.
+
+        Built-in distances compute them from `x - y` row by row (O(n * d), exact
+        for nearly equal rows); others take the diagonal of `pairwise`. A
+        subclass that overrides `pairwise` without `rowwise` gets the diagonal,
+        so the two forms always agree.
+        """
+        x, y = _prepare(x, "x"), _prepare(y, "y")
+        for axis, what in ((1, "embedding size"), (0, "number of rows")):
+            if x.shape[axis] is not None and y.shape[axis] is not None:
+                if x.shape[axis] != y.shape[axis]:
+                    raise ValueError(
+                        f"`x` and `y` must have the same {what}; got {x.shape[axis]} and "
+                        f"{y.shape[axis]}."
+                    )
+        owner = next(cls for cls in type(self).__mro__ if "pairwise" in vars(cls))
+        if "rowwise" in vars(owner):
+            return self.rowwise(x, y)
+        return ops.diagonal(self.pairwise(x, y))
+
     def pairwise(self, x, y):
         raise NotImplementedError
+
+    def rowwise(self, x, y):
+        """Row-wise form of `pairwise` on prepared float32 inputs."""
+        return ops.diagonal(self.pairwise(x, y))
 
     def get_config(self):
         return {}
@@ -140,6 +165,9 @@ class SquaredEuclidean(Distance):
         squared = x_sq + ops.transpose(y_sq) - 2.0 * ops.matmul(x, ops.transpose(y))
         return ops.maximum(squared, 0.0)
 
+    def rowwise(self, x, y):
+        return ops.sum(ops.square(x - y), axis=1)
+
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Euclidean(SquaredEuclidean):
@@ -160,6 +188,9 @@ class Euclidean(SquaredEuclidean):
 
     def pairwise(self, x, y):
         return _safe_sqrt(super().pairwise(x, y))
+
+    def rowwise(self, x, y):
+        return _safe_sqrt(super().rowwise(x, y))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -182,6 +213,10 @@ class Cosine(Distance):
         cos = ops.matmul(_l2_normalize(x), ops.transpose(_l2_normalize(y)))
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
+    def rowwise(self, x, y):
+        cos = ops.sum(_l2_normalize(x) * _l2_normalize(y), axis=1)
+        return ops.clip(1.0 - cos, 0.0, 2.0)
+
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class InnerProduct(Distance):
@@ -202,6 +237,9 @@ class InnerProduct(Distance):
 
     def pairwise(self, x, y):
         return ops.matmul(x, ops.transpose(y))
+
+    def rowwise(self, x, y):
+        return ops.sum(x * y, axis=1)
 
 
 def _feature_blocks(x, block):
@@ -311,6 +349,15 @@ class Minkowski(Distance):
             return Euclidean().pairwise(x, y)
         return _minkowski(x, y, self.p)
 
+    def rowwise(self, x, y):
+        if self.p == 2.0:
+            return Euclidean().rowwise(x, y)
+        total = ops.sum(ops.power(ops.abs(x - y), self.p), axis=1)
+        if self.p == 1.0:
+            return total
+        positive = ops.greater(total, 0.0)
+        return ops.where(positive, ops.power(ops.where(positive, total, 1.0), 1.0 / self.p), 0.0)
+
     def get_config(self):
         return {"p": self.p}
 
@@ -331,6 +378,9 @@ class Manhattan(Distance):
 
     def pairwise(self, x, y):
         return _minkowski(x, y, 1.0)
+
+    def rowwise(self, x, y):
+        return ops.sum(ops.abs(x - y), axis=1)
 
 
 _BY_NAME = {

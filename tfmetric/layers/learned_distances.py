@@ -104,6 +104,11 @@ class LearnedDistance(distances_lib.Distance):
             self.layer.build(tuple(x.shape))
         return self.layer.pairwise(x, y)
 
+    def rowwise(self, x, y):
+        if not self.layer.built:
+            self.layer.build(tuple(x.shape))
+        return self.layer.pair_values(x, y)
+
     def get_config(self):
         return {"layer": keras.saving.serialize_keras_object(self.layer)}
 

@@ -28,21 +28,12 @@ __all__ = [
 ]
 
 
-def _safe_root(total, p):
-    """`total ** (1 / p)` with a zero (not infinite) gradient at 0."""
-    positive = ops.greater(total, 0.0)
-    safe = ops.where(positive, total, 1.0)
-    root = ops.sqrt(safe) if p == 2.0 else ops.power(safe, 1.0 / p)
-    return ops.where(positive, root, 0.0)
-
-
 def paired_distance(distance, x, y):
     """Distance between matching rows, `d(x[i], y[i])`, shape `(B,)`.
 
-    Built-in distances are computed row by row from the difference `x - y`
-    (exact even for nearly equal rows, O(B * D) memory); any other
-    `tfmetric.distances.Distance` falls back to the diagonal of its pairwise
-    matrix. Values are float32 and oriented as the distance defines them: a
+    The row-wise form of the distance (`Distance.paired`): built-in
+    distances are computed from the difference `x - y` (exact even for nearly
+    equal rows, O(B * D) memory). Values are float32 and oriented as the distance defines them: a
     similarity such as `"inner_product"` stays a similarity.
 
     Args:
@@ -60,41 +51,7 @@ def paired_distance(distance, x, y):
     >>> np.asarray(tfmetric.losses.paired_distance("euclidean", x, y)).tolist()
     [5.0, 0.0]
     """
-    distance = distances_lib.get(distance)
-    x = ops.cast(ops.convert_to_tensor(x), "float32")
-    y = ops.cast(ops.convert_to_tensor(y), "float32")
-    for name, value in (("x", x), ("y", y)):
-        if len(value.shape) != 2:
-            raise ValueError(
-                f"`{name}` must be 2-D embeddings (batch, dim); got shape {tuple(value.shape)}."
-            )
-    if x.shape[1] is not None and y.shape[1] is not None and x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"`x` and `y` must have the same embedding size; got {x.shape[1]} and {y.shape[1]}."
-        )
-    kind = type(distance)
-    if kind is distances_lib.SquaredEuclidean:
-        return ops.sum(ops.square(x - y), axis=1)
-    if kind is distances_lib.Euclidean:
-        return _safe_root(ops.sum(ops.square(x - y), axis=1), 2.0)
-    if kind is distances_lib.Manhattan:
-        return ops.sum(ops.abs(x - y), axis=1)
-    if kind is distances_lib.Minkowski:
-        p = distance.p
-        if p == 1.0:
-            return ops.sum(ops.abs(x - y), axis=1)
-        if p == 2.0:
-            return _safe_root(ops.sum(ops.square(x - y), axis=1), 2.0)
-        return _safe_root(ops.sum(ops.power(ops.abs(x - y), p), axis=1), p)
-    if kind is distances_lib.InnerProduct:
-        return ops.sum(x * y, axis=1)
-    if kind is distances_lib.Cosine:
-
-        def unit(v):
-            return v * ops.rsqrt(ops.maximum(ops.sum(ops.square(v), axis=1, keepdims=True), 1e-12))
-
-        return ops.clip(1.0 - ops.sum(unit(x) * unit(y), axis=1), 0.0, 2.0)
-    return ops.diagonal(distance(x, y))
+    return distances_lib.get(distance).paired(x, y)
 
 
 def _check_binary_labels(labels, size):

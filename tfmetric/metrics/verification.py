@@ -15,13 +15,10 @@ Reference:
 """
 
 import numpy as np
-import tensorflow as tf
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from tfmetric import distances as distances_lib
 from tfmetric.metrics._inputs import check_embeddings, check_same_dim
-
-_PAIR_CHUNK = 256
 
 
 def _prepare(same, scores, similarity):
@@ -196,11 +193,7 @@ def pair_distances(x, y, distance="euclidean"):
     check_same_dim(x, y, "x", "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"`x` and `y` must hold as many rows; got {x.shape[0]} and {y.shape[0]}.")
-    out = []
-    for begin in range(0, x.shape[0], _PAIR_CHUNK):
-        block = distance(x[begin : begin + _PAIR_CHUNK], y[begin : begin + _PAIR_CHUNK])
-        out.append(tf.linalg.diag_part(block).numpy())
-    return np.concatenate(out)
+    return np.asarray(distance.paired(x, y))
 
 
 def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
