@@ -68,10 +68,7 @@ def _hard_mining(dist, labels, margin, soft_margin):
     const = ops.stop_gradient(dist)
     size = ops.shape(labels)[0]
     _, _, _, count = _label_blocks(labels)
-    negative = _negative_mask(labels)
-    positive = ops.logical_and(
-        ops.logical_not(negative), ops.logical_not(ops.eye(size, dtype="bool"))
-    )
+    positive, negative = batch.label_masks(labels)
     hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
     hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
     valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
