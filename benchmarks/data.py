@@ -4,8 +4,16 @@ Every pipeline reads the same in-memory float32 arrays and yields batches of
 `--batch` samples (pairs and triplets: `--batch` pairs / triplets, so 2x / 3x
 the inputs). Prints a Markdown table of batches per second and the ratio to
 `from_tensor_slices(...).repeat().batch(...)`, best of `--repeats` interleaved
-runs; also batches per CPU-second of this process (all its threads), a measure
-of the work per batch that other processes on a shared machine disturb less.
+runs, measured two ways:
+
+- in the graph: a `tf.function` loop calls `next` on the iterator, as
+  `keras.Model.fit` does (the pipeline's own throughput);
+- from Python: a `for` loop over the dataset, which adds a Python overhead per
+  batch and per output tensor (a batch of 4 tensors costs more than one of 2).
+
+Each also as batches per CPU-second of this process (all its threads), a
+measure of the work per batch that other processes on a shared machine disturb
+less.
 
     python benchmarks/data.py [--samples 20000 --dim 784 --classes 100 --batch 64]
 """
@@ -25,15 +33,46 @@ import tensorflow as tf  # noqa: E402
 import tfmetric  # noqa: E402
 
 
-def batches_per_second(dataset, batches, warmup=20):
-    iterator = iter(dataset)
-    for _ in itertools.islice(iterator, warmup):
-        pass
+def _rates(consume, batches, warmup):
+    consume(warmup)
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in itertools.islice(iterator, batches):
-        pass
+    consume(batches)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return batches / wall, batches / cpu
+
+
+def in_graph_rates(dataset, batches, warmup=20):
+    """Batches per second (wall, CPU) with `next` called inside a `tf.function` loop."""
+    iterator = iter(dataset)
+
+    @tf.function
+    def consume(count):
+        for _ in tf.range(count):
+            next(iterator)
+        return count
+
+    return _rates(lambda n: consume(tf.constant(n)), batches, warmup)
+
+
+def python_rates(dataset, batches, warmup=20):
+    """Batches per second (wall, CPU) of a Python `for` loop over the dataset."""
+    iterator = iter(dataset)
+
+    def consume(count):
+        for _ in itertools.islice(iterator, count):
+            pass
+
+    return _rates(consume, batches, warmup)
+
+
+def _machine():
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}"
 
 
 def main():
@@ -42,7 +81,7 @@ def main():
     parser.add_argument("--dim", type=int, default=784)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--refresh-every", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs per pipeline")
@@ -69,51 +108,53 @@ def main():
         "`triplet_dataset` (random)": lambda: tfmetric.data.triplet_dataset(
             x, y, args.batch, seed=0
         ),
-        f"`triplet_dataset` (hard mining, refresh every {args.refresh_every})": lambda: (
-            tfmetric.data.triplet_dataset(
-                x,
-                y,
-                args.batch,
-                seed=0,
-                embedder=embedder,
-                mining="hard",
-                refresh_every=args.refresh_every,
-            )
+    }
+    mined = {
+        f"`triplet_dataset` (hard mining in all {args.samples} samples)": dict(mining="hard"),
+        f"`triplet_dataset` (hard mining in a pool of {args.pool_size})": dict(
+            mining="hard", pool_size=args.pool_size
         ),
-        f"`triplet_dataset` (hard mining in a pool of {args.pool_size})": lambda: (
-            tfmetric.data.triplet_dataset(
-                x,
-                y,
-                args.batch,
-                seed=0,
-                embedder=embedder,
-                mining="hard",
-                refresh_every=args.refresh_every,
-                pool_size=args.pool_size,
-            )
+        f"`triplet_dataset` (semi-hard mining in a pool of {args.pool_size})": dict(
+            mining="semi-hard", pool_size=args.pool_size
         ),
     }
+    for name, kwargs in mined.items():
+        pipelines[name] = lambda kwargs=kwargs: tfmetric.data.triplet_dataset(
+            x,
+            y,
+            args.batch,
+            seed=0,
+            embedder=embedder,
+            refresh_every=args.refresh_every,
+            **kwargs,
+        )
     # Best of several interleaved runs: the rate least disturbed by other processes.
-    results = {name: (0.0, 0.0) for name in pipelines}
+    measures = {"in the graph": in_graph_rates, "from Python": python_rates}
+    results = {(m, name): (0.0, 0.0) for m in measures for name in pipelines}
     for _ in range(args.repeats):
         for name, make in pipelines.items():
-            wall, cpu = batches_per_second(make(), args.batches)
-            results[name] = (max(results[name][0], wall), max(results[name][1], cpu))
-    baseline, cpu_baseline = results["plain `ds.batch()`"]
+            for measure, rates in measures.items():
+                wall, cpu = rates(make(), args.batches)
+                best = results[measure, name]
+                results[measure, name] = (max(best[0], wall), max(best[1], cpu))
     print(
         f"{args.samples} samples x {args.dim} float32, {args.classes} classes, batch {args.batch}, "
-        f"best of {args.repeats} runs of {args.batches} batches after 20 warm-up; "
-        f"TensorFlow {tf.__version__}, "
-        f"{os.cpu_count()} CPUs ({platform.machine()})."
+        f"embedder Dense({args.dim} -> 32), refresh every {args.refresh_every} batches; best of "
+        f"{args.repeats} runs of {args.batches} batches after 20 warm-up. Machine: {_machine()}."
     )
-    print()
-    print("| Pipeline | batches/s | vs plain | batches per CPU-second | vs plain |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (rate, cpu_rate) in results.items():
-        print(
-            f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x | {cpu_rate:,.0f} | "
-            f"{cpu_rate / cpu_baseline:.2f}x |"
-        )
+    for measure in measures:
+        baseline, cpu_baseline = results[measure, "plain `ds.batch()`"]
+        print()
+        print(f"Consumed {measure}:")
+        print()
+        print("| Pipeline | batches/s | vs plain | batches per CPU-second | vs plain |")
+        print("|---|---:|---:|---:|---:|")
+        for name in pipelines:
+            rate, cpu_rate = results[measure, name]
+            print(
+                f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x | {cpu_rate:,.0f} | "
+                f"{cpu_rate / cpu_baseline:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

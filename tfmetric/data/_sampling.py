@@ -115,31 +115,26 @@ def step_seeds(seed, step, count):
     return tf.unstack(tf.random.experimental.stateless_split(base, count))
 
 
-def build(draw, emit, source, augment):
+def build(draw, emit, augment, prefetch_draws=False):
     """Dataset of batches from index draws.
 
     Args:
         draw: Graph function `block number -> indices`, a nest of tensors
             whose first axis holds several batches.
-        emit: Graph function `(indices, augment_fn) -> batch` valid for the
-            indices of one batch and, for in-memory sources without
-            augmentation, for those of several batches at once.
-        source: The `Source`.
+        emit: Graph function `(indices, augment_fn) -> batch` for the indices
+            of one batch.
         augment: The augmentation hook or `None`.
+        prefetch_draws: Compute the next block of indices while the batches of
+            the current one are emitted (for expensive draws: offline mining).
     """
     dataset = tf.data.Dataset.counter().map(draw)
-    if source.decode is None and augment is None:
-        # Gather whole groups of batches at once, then split them.
-        dataset = dataset.map(
-            lambda indices: emit(indices, lambda batch: batch),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        ).unbatch()
-    else:
-        # Decoding and augmentation work on one batch at a time.
-        dataset = dataset.unbatch().map(
-            lambda indices: emit(indices, lambda batch: apply_augment(augment, batch)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+    if prefetch_draws:
+        dataset = dataset.prefetch(1)
+    # One gather per batch, in parallel: gathering a whole block and then
+    # splitting it into batches would copy every sample twice.
+    dataset = dataset.unbatch().map(
+        lambda indices: emit(indices, lambda batch: apply_augment(augment, batch)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -95,4 +95,4 @@ def class_balanced_dataset(
     def emit(indices, augment_fn):
         return augment_fn(source.gather(indices)), tf.gather(index.labels, indices)
 
-    return _sampling.build(draw, emit, source, augment)
+    return _sampling.build(draw, emit, augment)

@@ -82,4 +82,4 @@ def pair_dataset(x, y=None, batch_size=32, positive_fraction=0.5, seed=None, aug
         x2 = augment_fn(source.gather(indices["second"]))
         return (x1, x2), indices["same"]
 
-    return _sampling.build(draw, emit, source, augment)
+    return _sampling.build(draw, emit, augment)

@@ -34,26 +34,35 @@ def triplet_dataset(
 
     - `mining=None`: uniform at random, drawn in the `tf.data` graph per batch;
     - `mining="hard"`: with the current `embedder`, the farthest positive and
-      the closest negative of each anchor among all samples;
+      the closest negative of each anchor among the candidates (below);
     - `mining="semi-hard"` (FaceNet): a random positive and the closest
       negative farther than it, `d(a, n) > d(a, p)`; where there is none, the
       farthest negative (TensorFlow Addons' rule, as in
       `tfmetric.losses.triplet_loss`).
 
+    Ties go to the candidate with the lowest sample index.
+
     Offline mining (Hermans et al. call it the expensive alternative to
-    in-batch mining, `tfmetric.losses.TripletLoss`) recomputes the embeddings
-    of every sample and mines the triplets of the next `refresh_every` batches
-    at once, between chunks: this refresh is a Python function (a
-    `tf.py_function` running the embedder eagerly on the current weights),
-    while drawing anchors, gathering, decoding and augmenting stay in the
-    graph. Because of prefetching a refresh may use weights a few steps old.
-    A refresh embeds the candidate samples (all N, or a random pool of
-    `pool_size`) and compares the next `refresh_every * batch_size` anchors
-    with all of them: O(batch_size * N) distances per step with the whole
-    data. For more than a few thousand samples, mine in a random pool (as
-    FaceNet does, "on a subset of the data"; anchors, positives and negatives
-    then all come from the pool, redrawn at each refresh), or mine inside P×K
-    batches with `tfmetric.losses.TripletLoss`.
+    in-batch mining, `tfmetric.losses.TripletLoss`) works in chunks of
+    `refresh_every` batches. Before a chunk, a refresh embeds the candidate
+    samples (all N, or a random pool of `pool_size`, redrawn at each refresh)
+    with the current weights and mines one triplet for each of
+    `min(batch_size * refresh_every, eligible candidates)` distinct anchors
+    drawn among the candidates; positives and negatives are candidates too.
+    When the chunk holds more triplets than there are distinct anchors (a
+    small pool), it goes through the mined triplets again in a new random
+    order. The refresh is a Python function (a `tf.py_function` running the
+    embedder on the current weights, then XLA-compiled blocks of distances);
+    drawing, gathering, decoding and augmenting stay in the graph. The next
+    chunk is mined while the current one is consumed, so its triplets come
+    from weights up to `refresh_every` (plus prefetching) steps old.
+
+    Cost per refresh: embedding the candidates, plus one row of distances to
+    all candidates per distinct anchor, i.e. about `batch_size * candidates`
+    distances per batch. Mining in all of a large data set is therefore
+    expensive (see `benchmarks/data.py`); mine in a random pool (as FaceNet
+    does, "on a subset of the data") or inside P×K batches with
+    `tfmetric.losses.TripletLoss`.
 
     Args:
         x: Inputs: arrays with labels `y`, a finite `tf.data.Dataset` of
@@ -69,7 +78,8 @@ def triplet_dataset(
         distance: Name, config or `tfmetric.distances.Distance` used for
             mining. Defaults to `"euclidean"`.
         pool_size: Number of samples drawn at random at each refresh to mine
-            in; `None` mines in the whole data. Defaults to `None`.
+            in (anchors, positives and negatives); `None` mines in the whole
+            data. Defaults to `None`.
         augment: Optional Keras preprocessing layer/model or function, applied
             to each of the three batches.
 
@@ -130,108 +140,126 @@ def triplet_dataset(
             negative = index.negative_partner(seeds[2], anchor)
             return tf.stack([anchor, positive, negative], axis=-1)
 
-        return _sampling.build(draw, emit, source, augment)
+        return _sampling.build(draw, emit, augment)
 
-    miner = _OfflineMiner(
-        index, embedder, distance, mining, seed, batch_size * refresh_every, pool_size
-    )
+    miner = _OfflineMiner(index, embedder, distance, mining, seed, batch_size, refresh_every, pool_size)
 
     def mine(chunk):
         table = tf.py_function(miner, [chunk], tf.int64)
         table.set_shape((batch_size * refresh_every, 3))
         return tf.reshape(table, (refresh_every, batch_size, 3))
 
-    return _sampling.build(mine, emit, source, augment)
+    return _sampling.build(mine, emit, augment, prefetch_draws=True)
 
 
 class _OfflineMiner:
-    """Mines a table of `(anchor, positive, negative)` indices with the current embedder."""
+    """Mines a table of `(anchor, positive, negative)` sample indices with the current embedder.
 
-    def __init__(self, index, embedder, distance, mining, seed, size, pool_size):
+    Called once per chunk of `refresh_every` batches (see `triplet_dataset`).
+    Distances are computed by XLA-compiled blocks of anchor rows against all
+    candidates, so no tensor is larger than about `_BLOCK_ELEMENTS`.
+    """
+
+    def __init__(self, index, embedder, distance, mining, seed, batch_size, refresh_every, pool_size):
         self.index = index
         self.embedder = embedder
         self.distance = distance
         self.mining = mining
         self.seed = seed
-        self.size = size
+        self.size = batch_size * refresh_every
         self.pool_size = pool_size
+        candidates = index.num_samples if pool_size is None else min(pool_size, index.num_samples)
+        # Rows of anchors per mining call: bounds the (rows, candidates) distances to ~4M entries.
+        self.block = int(max(64, min(_BLOCK_ELEMENTS // candidates, self.size, candidates)))
+        self._embed_batch = tf.function(self._embed_batch_eager, reduce_retracing=True)
+        self._mine_block = tf.function(self._mine_block_eager, jit_compile=True)
+
+    def _embed_batch_eager(self, indices):
+        embeddings = self.embedder(self.index.source.gather(indices), training=False)
+        return tf.cast(embeddings, tf.float32)
 
     def embed(self, indices):
         parts = []
         for start in range(0, indices.shape[0], _EMBED_BATCH):
             chunk = indices[start : start + _EMBED_BATCH]
-            # Fixed batch shapes: one trace of `_embed_batch` for the whole run.
+            # Fixed batch shapes: one trace of the embedder for the whole run.
             padded = np.pad(chunk, (0, _EMBED_BATCH - chunk.shape[0]))
             parts.append(self._embed_batch(tf.constant(padded)).numpy()[: chunk.shape[0]])
         return np.concatenate(parts, axis=0)
 
-    @tf.function(reduce_retracing=True)
-    def _embed_batch(self, indices):
-        embeddings = self.embedder(self.index.source.gather(indices), training=False)
-        return tf.cast(embeddings, tf.float32)
-
     def _pool(self, rng):
-        """Candidate samples and the pool positions that can be anchors (class has >= 2)."""
         index = self.index
-        if self.pool_size is not None and self.pool_size < index.num_samples:
-            pool = np.sort(rng.choice(index.num_samples, self.pool_size, replace=False))
-            classes = index.class_of_np[pool]
-            counts = np.bincount(classes, minlength=index.num_classes)
-            eligible = np.flatnonzero(counts[classes] >= 2)
-            if eligible.size:
-                return pool, eligible
-        pool = np.arange(index.num_samples)
-        return pool, np.flatnonzero(index.counts_np[index.class_of_np] >= 2)
+        if self.pool_size is None or self.pool_size >= index.num_samples:
+            return np.arange(index.num_samples)
+        pool = np.sort(rng.choice(index.num_samples, self.pool_size, replace=False))
+        counts = np.bincount(index.class_of_np[pool], minlength=index.num_classes)
+        if np.any(counts >= 2):
+            return pool
+        return np.arange(index.num_samples)  # No class with 2 members in the pool: use all.
 
     def __call__(self, chunk):
         rng = np.random.default_rng([self.seed, int(chunk)])
-        pool, eligible = self._pool(rng)
-        anchors = rng.choice(eligible, size=self.size)
-        uniform = rng.random(self.size).astype(np.float32)
+        pool = self._pool(rng)
+        classes = self.index.class_of_np[pool]
+        # The pool grouped by class: members of class c are order[offsets[c]:offsets[c] + counts[c]].
+        order = np.argsort(classes, kind="stable")
+        counts = np.bincount(classes, minlength=self.index.num_classes)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.shape[0]) - offsets[classes[order]]
+        eligible = np.flatnonzero(counts[classes] >= 2)
+        # This refresh's anchors: distinct pool members, as many as the chunk needs.
+        rows = rng.permutation(eligible)[: self.size]
         embeddings = tf.constant(self.embed(pool))
-        classes = tf.constant(self.index.class_of_np[pool])
-        positives, negatives = [], []
-        step = int(min(self.size, max(64, _BLOCK_ELEMENTS // pool.shape[0])))
-        for start in range(0, self.size, step):
-            block = anchors[start : start + step]
-            pad = step - block.shape[0]
-            # Fixed block shapes: one trace of `_mine_block` per pool size.
-            chosen_p, chosen_n = self._mine_block(
+        classes_t = tf.constant(classes.astype(np.int64))
+        if self.mining == "hard":
+            positives, negatives = self._mine(embeddings, classes_t, rows, np.zeros_like(rows))
+        else:
+            # A random other member of the anchor's class, then the semi-hard negative.
+            count = counts[classes[rows]]
+            shift = 1 + np.floor(rng.random(rows.shape[0]) * (count - 1)).astype(np.int64)
+            positives = order[offsets[classes[rows]] + (rank[rows] + shift) % count]
+            _, negatives = self._mine(embeddings, classes_t, rows, positives)
+        triplets = np.stack([rows, positives, negatives], axis=1)
+        # Fewer distinct anchors than the chunk's triplets: go through them again, reshuffled.
+        rounds = -(-self.size // rows.shape[0])
+        cycle = np.concatenate([rng.permutation(rows.shape[0]) for _ in range(rounds)])
+        return pool[triplets[cycle[: self.size]]].astype(np.int64)
+
+    def _mine(self, embeddings, classes, rows, positives):
+        chosen_p, chosen_n = [], []
+        for start in range(0, rows.shape[0], self.block):
+            block = rows[start : start + self.block]
+            pad = self.block - block.shape[0]
+            # Fixed block shapes: one compilation per pool size.
+            p, n = self._mine_block(
                 embeddings,
                 classes,
                 tf.constant(np.pad(block, (0, pad))),
-                tf.constant(np.pad(uniform[start : start + step], (0, pad))),
+                tf.constant(np.pad(positives[start : start + self.block], (0, pad))),
             )
-            positives.append(chosen_p.numpy()[: block.shape[0]])
-            negatives.append(chosen_n.numpy()[: block.shape[0]])
-        table = np.stack([anchors, np.concatenate(positives), np.concatenate(negatives)], axis=1)
-        return pool[table].astype(np.int64)
+            chosen_p.append(p.numpy()[: block.shape[0]])
+            chosen_n.append(n.numpy()[: block.shape[0]])
+        return np.concatenate(chosen_p), np.concatenate(chosen_n)
 
-    @tf.function(reduce_retracing=True)
-    def _mine_block(self, embeddings, classes, block, uniform):
-        dist = self.distance(tf.gather(embeddings, block), embeddings)
+    def _mine_block_eager(self, embeddings, classes, rows, positives):
+        """Hard: the farthest positive and closest negative of each row. Semi-hard: the negative."""
+        anchors = tf.gather(embeddings, rows)
+        dist = self.distance(anchors, embeddings)
         if self.distance.is_similarity:
             dist = -dist
-        same = tf.equal(tf.gather(classes, block)[:, tf.newaxis], classes[tf.newaxis, :])
-        candidates = tf.range(tf.shape(classes, out_type=tf.int64)[0], dtype=tf.int64)
-        is_self = tf.equal(block[:, tf.newaxis], candidates[tf.newaxis, :])
-        positive = tf.logical_and(same, tf.logical_not(is_self))
-        negative = tf.logical_not(same)
+        same = tf.equal(tf.gather(classes, rows)[:, tf.newaxis], classes[tf.newaxis, :])
         inf = tf.constant(np.inf, dist.dtype)
         if self.mining == "hard":
+            columns = tf.range(tf.shape(classes, out_type=tf.int64)[0], dtype=tf.int64)
+            positive = tf.logical_and(same, tf.not_equal(rows[:, tf.newaxis], columns[tf.newaxis, :]))
             chosen_p = tf.argmax(tf.where(positive, dist, -inf), axis=1)
-            chosen_n = tf.argmin(tf.where(negative, dist, inf), axis=1)
-            return chosen_p, chosen_n
-        # A random positive: the k-th other member of the anchor's class, k uniform.
-        counts = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)
-        k = tf.floor(uniform * counts)
-        running = tf.cumsum(tf.cast(positive, tf.float32), axis=1)
-        chosen_p = tf.argmax(tf.cast(running > k[:, tf.newaxis], tf.int32), axis=1)
-        d_ap = tf.gather(dist, chosen_p, batch_dims=1)[:, tf.newaxis]
-        farther = tf.logical_and(negative, dist > d_ap)
+            return chosen_p, tf.argmin(tf.where(same, inf, dist), axis=1)
+        d_ap = tf.gather(dist, positives, batch_dims=1)[:, tf.newaxis]
+        farther = tf.logical_and(tf.logical_not(same), dist > d_ap)
         chosen_n = tf.where(
             tf.reduce_any(farther, axis=1),
             tf.argmin(tf.where(farther, dist, inf), axis=1),
-            tf.argmax(tf.where(negative, dist, -inf), axis=1),
+            tf.argmax(tf.where(same, -inf, dist), axis=1),
         )
-        return chosen_p, chosen_n
+        return positives, chosen_n
