@@ -1,4 +1,7 @@
 import itertools
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -252,3 +255,41 @@ def test_offline_mining_in_a_random_pool():
         assert len(used) <= 8  # anchors, positives and negatives all come from one pool
     with pytest.raises(ValueError, match="pool_size"):
         triplet_dataset(x, y, embedder=embedder, mining="hard", pool_size=1)
+
+
+_EXIT_SCRIPT = """
+import keras, numpy as np, tensorflow as tf, tfmetric
+rng = np.random.default_rng(0)
+x = rng.normal(size=(6000, 64)).astype("float32")
+y = rng.integers(0, 50, 6000)
+embedder = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16)])
+ds = tfmetric.data.triplet_dataset(
+    x, y, 32, seed=0, embedder=embedder, mining="semi-hard", refresh_every=2
+)
+iterator = iter(ds)
+
+@tf.function
+def consume(count):
+    for _ in tf.range(count):
+        next(iterator)
+    return count
+
+consume(tf.constant(5))
+print("consumed", flush=True)
+"""
+
+
+def test_process_exits_while_a_refresh_is_pending(tmp_path):
+    # The next chunk is mined in the background; a Python function still running in tf.data
+    # at interpreter exit would hang the process.
+    script = tmp_path / "exit_while_mining.py"  # A file: AutoGraph reads the loop's source.
+    script.write_text(_EXIT_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "consumed" in result.stdout

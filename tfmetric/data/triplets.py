@@ -1,5 +1,9 @@
 """Explicit `(anchor, positive, negative)` triplets, random or mined offline."""
 
+import atexit
+import threading
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,6 +16,34 @@ MINING_MODES = (None, "hard", "semi-hard")
 _EMBED_BATCH = 256
 # Anchors per mining step: bounds the (anchors, candidates) distance matrix to ~4M entries.
 _BLOCK_ELEMENTS = 1 << 22
+
+# A Python function still running inside tf.data when the interpreter shuts down
+# hangs the process (TensorFlow cannot finish the call). At exit, refreshes stop
+# mining and return at once, and the pipelines get a moment to fill their buffers
+# with those cheap tables, after which tf.data calls no more Python.
+_closing = threading.Event()
+_in_flight = [0]
+_in_flight_lock = threading.Lock()
+_EXIT_SETTLE_SECONDS = 0.2
+_EXIT_WAIT_SECONDS = 10.0
+
+
+def _stop_refreshes():
+    _closing.set()
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        with _in_flight_lock:
+            busy = _in_flight[0] > 0
+        now = time.monotonic()
+        if busy:
+            quiet_since = now
+        elif now - quiet_since >= _EXIT_SETTLE_SECONDS:
+            return
+        time.sleep(0.01)
+
+
+atexit.register(_stop_refreshes)
 
 
 def triplet_dataset(
@@ -198,6 +230,17 @@ class _OfflineMiner:
         return np.arange(index.num_samples)  # No class with 2 members in the pool: use all.
 
     def __call__(self, chunk):
+        with _in_flight_lock:
+            _in_flight[0] += 1
+        try:
+            if _closing.is_set():
+                return np.zeros((self.size, 3), np.int64)
+            return self._refresh(chunk)
+        finally:
+            with _in_flight_lock:
+                _in_flight[0] -= 1
+
+    def _refresh(self, chunk):
         rng = np.random.default_rng([self.seed, int(chunk)])
         pool = self._pool(rng)
         classes = self.index.class_of_np[pool]
@@ -229,6 +272,9 @@ class _OfflineMiner:
     def _mine(self, embeddings, classes, rows, positives):
         chosen_p, chosen_n = [], []
         for start in range(0, rows.shape[0], self.block):
+            if _closing.is_set():  # Interpreter exit: the result is never used.
+                zeros = np.zeros(rows.shape[0], np.int64)
+                return zeros, zeros
             block = rows[start : start + self.block]
             pad = self.block - block.shape[0]
             # Fixed block shapes: one compilation per pool size.
