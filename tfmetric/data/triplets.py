@@ -13,7 +13,11 @@ from tfmetric.data import _sampling
 __all__ = ["triplet_dataset"]
 
 MINING_MODES = (None, "hard", "semi-hard")
-_EMBED_BATCH = 256
+# Samples per embedder call when mining: at most this many, and at most _EMBED_BYTES of
+# in-memory inputs (decoded sources such as image files: _DECODED_EMBED_BATCH).
+_EMBED_BATCH = 1024
+_EMBED_BYTES = 64 << 20
+_DECODED_EMBED_BATCH = 128
 # Anchors per mining step: bounds the (anchors, candidates) distance matrix to ~4M entries.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -203,21 +207,33 @@ class _OfflineMiner:
         candidates = index.num_samples if pool_size is None else min(pool_size, index.num_samples)
         # Rows of anchors per mining call: bounds the (rows, candidates) distances to ~4M entries.
         self.block = int(max(64, min(_BLOCK_ELEMENTS // candidates, self.size, candidates)))
-        self._embed_batch = tf.function(self._embed_batch_eager, reduce_retracing=True)
-        self._mine_block = tf.function(self._mine_block_eager, jit_compile=True)
+        self.embed_batch = _embed_batch_size(index.source, candidates)
+        # One call per refresh: embedding and mining run as a single graph.
+        self._mine_pool = tf.function(self._mine_pool_graph, reduce_retracing=True)
+        self._mine_block = tf.function(self._mine_block_graph, jit_compile=True)
 
-    def _embed_batch_eager(self, indices):
-        embeddings = self.embedder(self.index.source.gather(indices), training=False)
-        return tf.cast(embeddings, tf.float32)
-
-    def embed(self, indices):
-        parts = []
-        for start in range(0, indices.shape[0], _EMBED_BATCH):
-            chunk = indices[start : start + _EMBED_BATCH]
-            # Fixed batch shapes: one trace of the embedder for the whole run.
-            padded = np.pad(chunk, (0, _EMBED_BATCH - chunk.shape[0]))
-            parts.append(self._embed_batch(tf.constant(padded)).numpy()[: chunk.shape[0]])
-        return np.concatenate(parts, axis=0)
+    def _mine_pool_graph(self, pool, rows, positives):
+        """Embeds the pool, then mines `rows` (a multiple of `self.block` anchor positions)."""
+        size = self.embed_batch
+        count = tf.shape(pool)[0]
+        chunks = (count + size - 1) // size
+        padded = tf.pad(pool, [[0, chunks * size - count]])
+        parts = tf.TensorArray(tf.float32, size=chunks)
+        for i in tf.range(chunks):
+            # Fixed batch shapes: one trace of the embedder.
+            batch = self.index.source.gather(padded[i * size : (i + 1) * size])
+            parts = parts.write(i, tf.cast(self.embedder(batch, training=False), tf.float32))
+        embeddings = parts.concat()[:count]
+        classes = tf.gather(self.index.class_of, pool)
+        blocks = tf.shape(rows)[0] // self.block
+        chosen_p = tf.TensorArray(tf.int64, size=blocks)
+        chosen_n = tf.TensorArray(tf.int64, size=blocks)
+        for j in tf.range(blocks):
+            window = slice(j * self.block, (j + 1) * self.block)
+            p, n = self._mine_block(embeddings, classes, rows[window], positives[window])
+            chosen_p = chosen_p.write(j, p)
+            chosen_n = chosen_n.write(j, n)
+        return chosen_p.concat(), chosen_n.concat()
 
     def _pool(self, rng):
         index = self.index
@@ -253,42 +269,29 @@ class _OfflineMiner:
         eligible = np.flatnonzero(counts[classes] >= 2)
         # This refresh's anchors: distinct pool members, as many as the chunk needs.
         rows = rng.permutation(eligible)[: self.size]
-        embeddings = tf.constant(self.embed(pool))
-        classes_t = tf.constant(classes.astype(np.int64))
         if self.mining == "hard":
-            positives, negatives = self._mine(embeddings, classes_t, rows, np.zeros_like(rows))
+            positives = np.zeros_like(rows)
         else:
-            # A random other member of the anchor's class, then the semi-hard negative.
+            # A random other member of the anchor's class; the negative is mined for it.
             count = counts[classes[rows]]
             shift = 1 + np.floor(rng.random(rows.shape[0]) * (count - 1)).astype(np.int64)
             positives = order[offsets[classes[rows]] + (rank[rows] + shift) % count]
-            _, negatives = self._mine(embeddings, classes_t, rows, positives)
+        pad = -rows.shape[0] % self.block
+        chosen_p, chosen_n = self._mine_pool(
+            tf.constant(pool, tf.int64),
+            tf.constant(np.pad(rows, (0, pad)), tf.int64),
+            tf.constant(np.pad(positives, (0, pad)), tf.int64),
+        )
+        negatives = chosen_n.numpy()[: rows.shape[0]]
+        if self.mining == "hard":
+            positives = chosen_p.numpy()[: rows.shape[0]]
         triplets = np.stack([rows, positives, negatives], axis=1)
         # Fewer distinct anchors than the chunk's triplets: go through them again, reshuffled.
         rounds = -(-self.size // rows.shape[0])
         cycle = np.concatenate([rng.permutation(rows.shape[0]) for _ in range(rounds)])
         return pool[triplets[cycle[: self.size]]].astype(np.int64)
 
-    def _mine(self, embeddings, classes, rows, positives):
-        chosen_p, chosen_n = [], []
-        for start in range(0, rows.shape[0], self.block):
-            if _closing.is_set():  # Interpreter exit: the result is never used.
-                zeros = np.zeros(rows.shape[0], np.int64)
-                return zeros, zeros
-            block = rows[start : start + self.block]
-            pad = self.block - block.shape[0]
-            # Fixed block shapes: one compilation per pool size.
-            p, n = self._mine_block(
-                embeddings,
-                classes,
-                tf.constant(np.pad(block, (0, pad))),
-                tf.constant(np.pad(positives[start : start + self.block], (0, pad))),
-            )
-            chosen_p.append(p.numpy()[: block.shape[0]])
-            chosen_n.append(n.numpy()[: block.shape[0]])
-        return np.concatenate(chosen_p), np.concatenate(chosen_n)
-
-    def _mine_block_eager(self, embeddings, classes, rows, positives):
+    def _mine_block_graph(self, embeddings, classes, rows, positives):
         """Hard: the farthest positive and closest negative of each row. Semi-hard: the negative."""
         anchors = tf.gather(embeddings, rows)
         dist = self.distance(anchors, embeddings)
@@ -309,3 +312,13 @@ class _OfflineMiner:
             tf.argmax(tf.where(same, -inf, dist), axis=1),
         )
         return positives, chosen_n
+
+
+def _embed_batch_size(source, candidates):
+    """Samples per embedder call: fixed for the whole run (one trace of the embedder)."""
+    if source.decode is not None:
+        return int(min(candidates, _DECODED_EMBED_BATCH))
+    sample_bytes = sum(
+        int(np.prod(a.shape[1:])) * a.dtype.size for a in tf.nest.flatten(source.x)
+    )
+    return int(max(1, min(candidates, _EMBED_BATCH, _EMBED_BYTES // max(sample_bytes, 1))))
