@@ -293,3 +293,43 @@ def test_process_exits_while_a_refresh_is_pending(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "consumed" in result.stdout
+
+
+@pytest.mark.parametrize("mining", ["hard", "semi-hard"])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
+def test_offline_mining_matches_a_brute_force_search(mining, distance):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 90)
+    x = rng.normal(size=(90, 5)).astype("float32")
+    x = np.concatenate([np.arange(90, dtype="float32")[:, None], x], 1)  # column 0: the index
+    embedder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    emb = embedder.predict(x, verbose=0).astype(np.float64)
+    if distance == "euclidean":
+        d = np.sqrt(((emb[:, None] - emb[None]) ** 2).sum(-1))
+    elif distance == "cosine":
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        d = 1.0 - unit @ unit.T
+    else:
+        d = -(emb @ emb.T)  # a similarity: mining uses its negation as a distance
+    ds = triplet_dataset(
+        x, y, 16, seed=3, embedder=embedder, mining=mining, refresh_every=3, distance=distance
+    )
+    for (a, p, n), _ in _take(ds, 6):
+        for ia, ip, i_n in zip(*(t[:, 0].astype(int) for t in (a, p, n)), strict=True):
+            assert y[ia] == y[ip] and ia != ip and y[ia] != y[i_n]
+            positives = (y == y[ia]) & (np.arange(90) != ia)
+            negatives = y != y[ia]
+            if mining == "hard":
+                np.testing.assert_allclose(d[ia, ip], d[ia, positives].max(), atol=1e-5)
+                np.testing.assert_allclose(d[ia, i_n], d[ia, negatives].min(), atol=1e-5)
+            else:
+                # Float32 rounding decides negatives within `tol` of d(a, p) either way.
+                tol, d_an, d_ap = 1e-5, d[ia, i_n], d[ia, ip]
+                loose = negatives & (d[ia] > d_ap - tol)
+                strict = negatives & (d[ia] > d_ap + tol)
+                if strict.any():
+                    assert d[ia, loose].min() - tol <= d_an <= d[ia, strict].min() + tol
+                elif loose.any():
+                    assert d_an >= d[ia, loose].min() - tol or d_an >= d[ia, negatives].max() - tol
+                else:
+                    np.testing.assert_allclose(d_an, d[ia, negatives].max(), atol=tol)

@@ -208,12 +208,18 @@ class _OfflineMiner:
         # Rows of anchors per mining call: bounds the (rows, candidates) distances to ~4M entries.
         self.block = int(max(64, min(_BLOCK_ELEMENTS // candidates, self.size, candidates)))
         self.embed_batch = _embed_batch_size(index.source, candidates)
+        # Most members one class can have among the candidates (the hard-positive search width).
+        self.max_members = int(min(index.max_count, candidates))
         # One call per refresh: embedding and mining run as a single graph.
         self._mine_pool = tf.function(self._mine_pool_graph, reduce_retracing=True)
         self._mine_block = tf.function(self._mine_block_graph, jit_compile=True)
 
-    def _mine_pool_graph(self, pool, rows, positives):
-        """Embeds the pool, then mines `rows` (a multiple of `self.block` anchor positions)."""
+    def _mine_pool_graph(self, pool, grouping, rows, positives):
+        """Embeds the pool, then mines `rows` (a multiple of `self.block` anchor positions).
+
+        `grouping` is `(order, offsets, counts)`: the pool positions grouped by
+        class, in sample order within a class (see `_refresh`).
+        """
         size = self.embed_batch
         count = tf.shape(pool)[0]
         chunks = (count + size - 1) // size
@@ -230,7 +236,9 @@ class _OfflineMiner:
         chosen_n = tf.TensorArray(tf.int64, size=blocks)
         for j in tf.range(blocks):
             window = slice(j * self.block, (j + 1) * self.block)
-            p, n = self._mine_block(embeddings, classes, rows[window], positives[window])
+            p, n = self._mine_block(
+                embeddings, classes, grouping, rows[window], positives[window]
+            )
             chosen_p = chosen_p.write(j, p)
             chosen_n = chosen_n.write(j, n)
         return chosen_p.concat(), chosen_n.concat()
@@ -241,9 +249,10 @@ class _OfflineMiner:
             return np.arange(index.num_samples)
         pool = np.sort(rng.choice(index.num_samples, self.pool_size, replace=False))
         counts = np.bincount(index.class_of_np[pool], minlength=index.num_classes)
-        if np.any(counts >= 2):
+        if np.any(counts >= 2) and np.count_nonzero(counts) >= 2:
             return pool
-        return np.arange(index.num_samples)  # No class with 2 members in the pool: use all.
+        # No positive or no negative in the pool: mine in all samples this time.
+        return np.arange(index.num_samples)
 
     def __call__(self, chunk):
         with _in_flight_lock:
@@ -279,6 +288,7 @@ class _OfflineMiner:
         pad = -rows.shape[0] % self.block
         chosen_p, chosen_n = self._mine_pool(
             tf.constant(pool, tf.int64),
+            tuple(tf.constant(a, tf.int64) for a in (order, offsets, counts)),
             tf.constant(np.pad(rows, (0, pad)), tf.int64),
             tf.constant(np.pad(positives, (0, pad)), tf.int64),
         )
@@ -291,27 +301,47 @@ class _OfflineMiner:
         cycle = np.concatenate([rng.permutation(rows.shape[0]) for _ in range(rounds)])
         return pool[triplets[cycle[: self.size]]].astype(np.int64)
 
-    def _mine_block_graph(self, embeddings, classes, rows, positives):
-        """Hard: the farthest positive and closest negative of each row. Semi-hard: the negative."""
-        anchors = tf.gather(embeddings, rows)
-        dist = self.distance(anchors, embeddings)
+    def _mine_block_graph(self, embeddings, classes, grouping, rows, positives):
+        """The mined positive and negative of each row (pool positions).
+
+        Hard: the farthest other member of the row's class and the closest
+        member of another class. Semi-hard: `positives` as given and the
+        closest negative farther than it, else the farthest negative. Ties go
+        to the lowest pool position (the lowest sample index). Values are found
+        by plain min/max reductions and positions by a second pass of equality
+        (cheaper on CPU than arg-reductions over the whole row).
+        """
+        dist = self.distance(tf.gather(embeddings, rows), embeddings)
         if self.distance.is_similarity:
             dist = -dist
-        same = tf.equal(tf.gather(classes, rows)[:, tf.newaxis], classes[tf.newaxis, :])
         inf = tf.constant(np.inf, dist.dtype)
+        row_class = tf.gather(classes, rows)
+        same = tf.equal(row_class[:, tf.newaxis], classes[tf.newaxis, :])
         if self.mining == "hard":
-            columns = tf.range(tf.shape(classes, out_type=tf.int64)[0], dtype=tf.int64)
-            positive = tf.logical_and(same, tf.not_equal(rows[:, tf.newaxis], columns[tf.newaxis, :]))
-            chosen_p = tf.argmax(tf.where(positive, dist, -inf), axis=1)
-            return chosen_p, tf.argmin(tf.where(same, inf, dist), axis=1)
-        d_ap = tf.gather(dist, positives, batch_dims=1)[:, tf.newaxis]
-        farther = tf.logical_and(tf.logical_not(same), dist > d_ap)
-        chosen_n = tf.where(
-            tf.reduce_any(farther, axis=1),
-            tf.argmin(tf.where(farther, dist, inf), axis=1),
-            tf.argmax(tf.where(same, -inf, dist), axis=1),
-        )
-        return positives, chosen_n
+            order, offsets, counts = grouping
+            # The row's class members, in sample order: `max_members` slots, the unused masked.
+            slots = tf.range(self.max_members, dtype=tf.int64)[tf.newaxis, :]
+            count = tf.gather(counts, row_class)[:, tf.newaxis]
+            start = tf.gather(offsets, row_class)[:, tf.newaxis]
+            members = tf.gather(order, start + tf.minimum(slots, count - 1))
+            valid = tf.logical_and(slots < count, tf.not_equal(members, rows[:, tf.newaxis]))
+            to_members = tf.gather(dist, members, batch_dims=1)
+            pick = tf.argmax(tf.where(valid, to_members, -inf), axis=1)
+            chosen_p = tf.gather(members, pick, batch_dims=1)
+            target = tf.reduce_min(tf.where(same, inf, dist), axis=1, keepdims=True)
+        else:
+            chosen_p = positives
+            d_ap = tf.gather(dist, positives, batch_dims=1)[:, tf.newaxis]
+            farther = tf.logical_and(tf.logical_not(same), dist > d_ap)
+            nearest_farther = tf.reduce_min(tf.where(farther, dist, inf), axis=1, keepdims=True)
+            farthest = tf.reduce_max(tf.where(same, -inf, dist), axis=1, keepdims=True)
+            target = tf.where(nearest_farther < inf, nearest_farther, farthest)
+        # Positions as floats: exact below 2**24 (float32) or 2**53 (float64).
+        position_dtype = tf.float32 if self.index.num_samples < (1 << 24) else tf.float64
+        positions = tf.range(tf.shape(dist)[1], dtype=position_dtype)[tf.newaxis, :]
+        hit = tf.logical_and(tf.logical_not(same), tf.equal(dist, target))
+        chosen_n = tf.reduce_min(tf.where(hit, positions, np.inf), axis=1)
+        return chosen_p, tf.cast(chosen_n, tf.int64)
 
 
 def _embed_batch_size(source, candidates):
