@@ -3,8 +3,9 @@
 Every pipeline reads the same in-memory float32 arrays and yields batches of
 `--batch` samples (pairs and triplets: `--batch` pairs / triplets, so 2x / 3x
 the inputs). Prints a Markdown table of batches per second and the ratio to
-`from_tensor_slices(...).repeat().batch(...)`, best of `--repeats` interleaved
-runs, measured two ways:
+`from_tensor_slices(...).repeat().batch(...)` with the same batch size, and
+with as many samples per batch (2x / 3x for pairs / triplets); medians over
+`--repeats` rounds, each ratio taken within a round. Measured two ways:
 
 - in the graph: a `tf.function` loop calls `next` on the iterator, as
   `keras.Model.fit` does (the pipeline's own throughput);
@@ -75,6 +76,13 @@ def _machine():
     return f"{cpu}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}"
 
 
+def _median_ratio(runs, baseline_runs, column):
+    """Median over rounds of `runs[i][column] / baseline_runs[i][column]`."""
+    return float(
+        np.median([r[column] / b[column] for r, b in zip(runs, baseline_runs, strict=True)])
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=20000)
@@ -84,7 +92,7 @@ def main():
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--refresh-every", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N runs per pipeline")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of runs per pipeline")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -94,24 +102,36 @@ def main():
     p = args.batch // k
     embedder = keras.Sequential([keras.Input((args.dim,)), keras.layers.Dense(32)])
 
-    pipelines = {
-        "plain `ds.batch()`": lambda: (
+    def plain(size):
+        return lambda: (
             tf.data.Dataset.from_tensor_slices((x, y))
             .repeat()
-            .batch(args.batch, drop_remainder=True)
+            .batch(size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE)
+        )
+
+    b = args.batch
+    # name -> (samples per batch, dataset factory)
+    pipelines = {
+        f"plain `ds.batch({b})`": (b, plain(b)),
+        f"plain `ds.batch({2 * b})`": (2 * b, plain(2 * b)),
+        f"plain `ds.batch({3 * b})`": (3 * b, plain(3 * b)),
+        "one constant triplet batch, repeated (the iterator's own cost)": (
+            3 * b,
+            lambda: (
+                tf.data.Dataset.from_tensors(((x[:b],) * 3, y[:b, None].repeat(3, 1)))
+                .repeat()
+                .prefetch(tf.data.AUTOTUNE)
+            ),
         ),
-        "one constant triplet batch, repeated (no sampling: the iterator's own cost)": lambda: (
-            tf.data.Dataset.from_tensors(((x[: args.batch],) * 3, y[: args.batch, None].repeat(3, 1)))
-            .repeat()
-            .prefetch(tf.data.AUTOTUNE)
+        f"`class_balanced_dataset` (P={p}, K={k})": (
+            p * k,
+            lambda: tfmetric.data.class_balanced_dataset(x, y, p, k, seed=0),
         ),
-        f"`class_balanced_dataset` (P={p}, K={k})": lambda: tfmetric.data.class_balanced_dataset(
-            x, y, p, k, seed=0
-        ),
-        "`pair_dataset`": lambda: tfmetric.data.pair_dataset(x, y, args.batch, seed=0),
-        "`triplet_dataset` (random)": lambda: tfmetric.data.triplet_dataset(
-            x, y, args.batch, seed=0
+        "`pair_dataset`": (2 * b, lambda: tfmetric.data.pair_dataset(x, y, b, seed=0)),
+        "`triplet_dataset` (random)": (
+            3 * b,
+            lambda: tfmetric.data.triplet_dataset(x, y, b, seed=0),
         ),
     }
     mined = {
@@ -124,41 +144,47 @@ def main():
         ),
     }
     for name, kwargs in mined.items():
-        pipelines[name] = lambda kwargs=kwargs: tfmetric.data.triplet_dataset(
-            x,
-            y,
-            args.batch,
-            seed=0,
-            embedder=embedder,
-            refresh_every=args.refresh_every,
-            **kwargs,
+        pipelines[name] = (
+            3 * b,
+            lambda kwargs=kwargs: tfmetric.data.triplet_dataset(
+                x, y, b, seed=0, embedder=embedder, refresh_every=args.refresh_every, **kwargs
+            ),
         )
-    # Best of several interleaved runs: the rate least disturbed by other processes.
+    baselines = {size: name for name, (size, _) in pipelines.items() if name.startswith("plain")}
+    # Rounds of back-to-back runs; ratios are taken within a round (both sides see the
+    # same machine state) and the median over rounds is reported.
     measures = {"in the graph": in_graph_rates, "from Python": python_rates}
-    results = {(m, name): (0.0, 0.0) for m in measures for name in pipelines}
+    runs = {(m, name): [] for m in measures for name in pipelines}
     for _ in range(args.repeats):
-        for name, make in pipelines.items():
-            for measure, rates in measures.items():
-                wall, cpu = rates(make(), args.batches)
-                best = results[measure, name]
-                results[measure, name] = (max(best[0], wall), max(best[1], cpu))
+        for measure, rates in measures.items():
+            for name, (_, make) in pipelines.items():
+                runs[measure, name].append(rates(make(), args.batches))
     print(
-        f"{args.samples} samples x {args.dim} float32, {args.classes} classes, batch {args.batch}, "
-        f"embedder Dense({args.dim} -> 32), refresh every {args.refresh_every} batches; best of "
-        f"{args.repeats} runs of {args.batches} batches after 20 warm-up. Machine: {_machine()}."
+        f"{args.samples} samples x {args.dim} float32, {args.classes} classes, batch {b}, "
+        f"embedder Dense({args.dim} -> 32), refresh every {args.refresh_every} batches; "
+        f"{args.repeats} rounds of {args.batches} batches per pipeline after 20 warm-up, "
+        f"medians over rounds. Machine: {_machine()}."
     )
     for measure in measures:
-        baseline, cpu_baseline = results[measure, "plain `ds.batch()`"]
+        plain_runs = runs[measure, baselines[b]]
         print()
         print(f"Consumed {measure}:")
         print()
-        print("| Pipeline | batches/s | vs plain | batches per CPU-second | vs plain |")
-        print("|---|---:|---:|---:|---:|")
-        for name in pipelines:
-            rate, cpu_rate = results[measure, name]
+        print(
+            "| Pipeline | samples per batch | batches/s | vs plain batch of "
+            f"{b} | vs plain batch of as many samples | batches per CPU-second | vs plain batch "
+            f"of {b} |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, (size, _) in pipelines.items():
+            mine = runs[measure, name]
+            same = runs[measure, baselines[size]] if size in baselines else None
+
+            same_ratio = f"{_median_ratio(mine, same, 0):.2f}x" if same else "-"
             print(
-                f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x | {cpu_rate:,.0f} | "
-                f"{cpu_rate / cpu_baseline:.2f}x |"
+                f"| {name} | {size} | {np.median([m[0] for m in mine]):,.0f} | "
+                f"{_median_ratio(mine, plain_runs, 0):.2f}x | {same_ratio} | "
+                f"{np.median([m[1] for m in mine]):,.0f} | {_median_ratio(mine, plain_runs, 1):.2f}x |"
             )
 
 
