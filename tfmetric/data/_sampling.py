@@ -104,8 +104,8 @@ class ClassIndex:
         return self.uniform_int(seed, shape, self.num_samples)
 
 
-# Batches drawn per call of a sampler's graph function: index draws and gathers are
-# vectorised over the group, which amortises the per-call and per-op overhead.
+# Batches drawn per call of a sampler's graph function: the index draws are vectorised
+# over the group, which amortises the per-call and per-op overhead.
 GROUP = 8
 
 
