@@ -24,7 +24,17 @@ Everything is available both as `tfmetric.addons.losses.X` (the
   matrix);
 - `losses.metric_learning.pairwise_distance` and `angular_distance`.
 
-Deliberate differences from Addons:
+Names: every loss and function also resolves under the name Addons
+registered it with, `Addons>TripletSemiHardLoss`, `Addons>triplet_semihard_loss`,
+... — through `keras.losses.get`, `model.compile(loss="Addons>...")` and
+`.keras` files or JSON configs written with Addons (whose classes ignored
+`reduction` and returned the batch mean; such configs load with that mean).
+tfmetric saves them as `tfmetric>addons.<Name>`. Like Addons, the classes
+and functions return `y_pred`'s floating dtype (float16, bfloat16, float64),
+computing in float32 inside.
+
+The differences from Addons that stay, all deliberate (this list is the one
+place they are documented):
 
 1. Where Addons returns NaN — a batch without positive pairs in
    `triplet_semihard_loss` and `lifted_struct_loss`, a one-class batch in
@@ -33,17 +43,19 @@ Deliberate differences from Addons:
 2. Memory is O(B²) forward and backward: Addons' semi-hard and lifted losses
    tile the `(B, B)` distance matrix B times (O(B³)); these never build a
    tensor larger than `(B, B)`.
-3. Computation is in float32 whatever the input dtype (Addons upcasts only
-   float16/bfloat16); functional forms return the input's floating dtype, as
-   Addons does.
+3. Computation is in float32 whatever the input dtype (Addons computed
+   float64 inputs in float64); results are cast back to the input's dtype.
 4. The Keras classes return per-sample values (whose mean is Addons' scalar)
-   with the default `"sum_over_batch_size"` reduction, so `sample_weight`
-   weights samples; everything compiles with `jit_compile=True`.
+   to Keras' reduction, default `"sum_over_batch_size"`, so `sample_weight`
+   weights samples and `reduction` is honoured (Addons forced `"none"` on a
+   scalar). For `NpairsLoss` the per-sample value is one anchor's row
+   cross-entropy: the mean over anchors is Addons' loss, which needs
+   `"sum_over_batch_size"` (or `"mean"`); `"sum"` gives B times it.
+   Everything compiles with `jit_compile=True`.
 5. Bad arguments raise a `ValueError` naming them (unknown `distance_metric`,
    negative `margin`, non-integer class labels).
 
-The classes are registered as `tfmetric>addons.<ClassName>` for `.keras`
-files. For tfmetric's own, more general losses see `tfmetric.losses`.
+For tfmetric's own, more general losses see `tfmetric.losses`.
 """
 
 from tfmetric.addons import losses

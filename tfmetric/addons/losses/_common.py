@@ -10,9 +10,39 @@ DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 _LOSS_OPTIONS = ("reduction", "dtype")
 
 
+# Keras 3 resolves a loss given as a string (`keras.losses.get("...")`,
+# `compile(loss="...")`) only through its table of built-in losses, with no
+# public hook; the Addons names are added to that table so that Addons code
+# naming its losses by string keeps working. `tests/addons/test_names.py`
+# fails if a Keras release moves the table.
+_KERAS_LOSS_TABLE = keras.losses.get.__globals__.get("ALL_OBJECTS_DICT")
+
+
+def addons_name(name):
+    """The name TensorFlow Addons registered `name` under."""
+    return f"Addons>{name}"
+
+
 def registered(name):
-    """Registers under `tfmetric>addons.<name>`, apart from `tfmetric.losses`."""
-    return keras.saving.register_keras_serializable(package="tfmetric", name=f"addons.{name}")
+    """Registers under `tfmetric>addons.<name>`, and resolves Addons' `Addons>name`.
+
+    Objects are saved under `tfmetric>addons.<name>` (apart from
+    `tfmetric.losses`); `Addons>name` is an alias in Keras' custom objects (so
+    `.keras` files and configs written with TensorFlow Addons load) and in
+    Keras' table of loss names (so `keras.losses.get("Addons>name")` and
+    `compile(loss="Addons>name")` work).
+    """
+
+    def register(obj):
+        obj = keras.saving.register_keras_serializable(package="tfmetric", name=f"addons.{name}")(
+            obj
+        )
+        keras.saving.get_custom_objects()[addons_name(name)] = obj
+        if isinstance(_KERAS_LOSS_TABLE, dict):
+            _KERAS_LOSS_TABLE[addons_name(name)] = obj
+        return obj
+
+    return register
 
 
 def check_distance_metric(value):
@@ -67,7 +97,42 @@ def split_loss_options(cls_name, kwargs):
     return kwargs.get("reduction", "sum_over_batch_size"), kwargs.get("dtype")
 
 
-class LabelLoss(keras.losses.Loss):
+class AddonsLoss(keras.losses.Loss):
+    """Base of the drop-in classes: results take `y_pred`'s floating dtype, as in Addons.
+
+    Keras 3 casts `y_pred` to the loss's dtype policy (float32) before `call`;
+    the values are computed and reduced in float32 there, then cast back to
+    the floating dtype `y_pred` had (float16, bfloat16, float64), which is what
+    Addons' Keras 2 losses returned.
+
+    Configs written by TensorFlow Addons (Keras 2 losses, no `dtype` key) load
+    with the reduction Addons applied: Addons' classes ignored `reduction` and
+    returned the batch mean (`addons_mean = True`), and Keras 2's `"auto"` was
+    `"sum_over_batch_size"`.
+    """
+
+    addons_mean = True
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred)
+        return scalar_like(super().__call__(y_true, y_pred, sample_weight), y_pred)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "dtype" not in config:
+            reduction = config.get("reduction", "sum_over_batch_size")
+            if cls.addons_mean or reduction == "auto":
+                config["reduction"] = "sum_over_batch_size"
+        return cls(**config)
+
+    def get_config(self):
+        config = super().get_config()
+        config["dtype"] = self._dtype_policy.name
+        return config
+
+
+class LabelLoss(AddonsLoss):
     """Base of the drop-ins taking integer class labels as `y_true`.
 
     Subclasses implement `per_sample(labels, y_pred)`, returning `(B,)` values
@@ -85,8 +150,3 @@ class LabelLoss(keras.losses.Loss):
 
     def per_sample(self, labels, y_pred):
         raise NotImplementedError
-
-    def get_config(self):
-        config = super().get_config()
-        config["dtype"] = self._dtype_policy.name
-        return config

@@ -1,6 +1,5 @@
 """Contrastive loss on precomputed pair distances (TensorFlow Addons' form)."""
 
-import keras
 from keras import ops
 
 from tfmetric.addons.losses import _common
@@ -58,7 +57,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
 
 
 @_common.registered("ContrastiveLoss")
-class ContrastiveLoss(keras.losses.Loss):
+class ContrastiveLoss(_common.AddonsLoss):
     """Contrastive loss on pair distances; drop-in for `tfa.losses.ContrastiveLoss`.
 
     `y_true` holds binary pair labels (1 = similar) and `y_pred` the pairs'
@@ -83,6 +82,9 @@ class ContrastiveLoss(keras.losses.Loss):
         Invariant Mapping", CVPR 2006.
     """
 
+    # Addons' ContrastiveLoss, alone among its losses, applied its `reduction`.
+    addons_mean = False
+
     def __init__(
         self, margin=1.0, reduction="sum_over_batch_size", name="contrastive_loss", dtype=None
     ):
@@ -94,6 +96,5 @@ class ContrastiveLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config["dtype"] = self._dtype_policy.name
         config["margin"] = self.margin
         return config

@@ -1,6 +1,5 @@
 """N-pair losses on an anchor × positive similarity matrix (TensorFlow Addons' form)."""
 
-import keras
 import tensorflow as tf
 from keras import ops
 
@@ -152,7 +151,7 @@ class NpairsLoss(_common.LabelLoss):
 
 
 @_common.registered("NpairsMultilabelLoss")
-class NpairsMultilabelLoss(keras.losses.Loss):
+class NpairsMultilabelLoss(_common.AddonsLoss):
     """Multi-label N-pair loss; drop-in for `tfa.losses.NpairsMultilabelLoss`.
 
     See `tfmetric.addons.npairs_multilabel_loss`.
@@ -183,8 +182,3 @@ class NpairsMultilabelLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return _multilabel_values(y_true, ops.cast(y_pred, "float32"))
-
-    def get_config(self):
-        config = super().get_config()
-        config["dtype"] = self._dtype_policy.name
-        return config
