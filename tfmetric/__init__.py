@@ -11,6 +11,7 @@ from tfmetric import (
     losses,
     metrics,
     models,
+    store,
 )
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "store",
 ]

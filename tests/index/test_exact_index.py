@@ -153,3 +153,32 @@ def test_constructor_validation():
     with pytest.raises(ValueError, match="Unknown `distance`"):
         ExactIndex("hamming")
     assert len(ExactIndex()) == 0 and ExactIndex().dim is None
+
+
+@pytest.mark.parametrize("cls", ["exact", "approximate"])
+def test_remove_then_search_matches_brute_force_on_the_rest(cls):
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(60, 5)).astype(np.float32)
+    queries = rng.normal(size=(4, 5)).astype(np.float32)
+    if cls == "exact":
+        index = ExactIndex(gallery_chunk_size=16)
+    else:
+        index = tfmetric.index.ApproximateIndex()
+    index.add(gallery, labels=np.arange(60) % 7, ids=np.arange(100, 160))
+    index.search(queries, k=2)
+    removed = np.arange(100, 160, 3)
+    index.remove(removed)
+    kept = ~np.isin(np.arange(100, 160), removed)
+    assert index.size == kept.sum()
+    ids, dist, labels = index.search(queries, k=5)
+    d = _brute_force(gallery[kept], queries, "euclidean")
+    order = np.argsort(d, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, np.arange(100, 160)[kept][order])
+    np.testing.assert_array_equal(labels, (np.arange(60) % 7)[kept][order])
+    with pytest.raises(KeyError, match="not in the index"):
+        index.remove([101, 999])
+    assert index.size == kept.sum()
+    index.remove(np.arange(100, 160)[kept])
+    assert index.size == 0 and index.dim is None
+    index.add(gallery[:2, :3])
+    assert index.dim == 3

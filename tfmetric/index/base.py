@@ -85,6 +85,31 @@ class Index:
             self._labels = labels
         self._changed()
 
+    def remove(self, ids):
+        """Removes the embeddings with the given ids.
+
+        Args:
+            ids: Integer ids of shape `(n,)`, each stored in the index.
+
+        Raises:
+            KeyError: naming the ids that are not in the index (nothing is
+                removed then).
+        """
+        ids = np.asarray(ids)
+        ids = check_labels(ids.reshape(-1), ids.size, "ids", "ids")
+        keep = ~np.isin(self._ids, ids)
+        if int((~keep).sum()) != len(np.unique(ids)):
+            missing = np.setdiff1d(ids, self._ids)
+            raise KeyError(f"`ids` not in the index: {missing[:10].tolist()}.")
+        self._embeddings = self._embeddings[keep]
+        self._ids = self._ids[keep]
+        if self._labels is not None:
+            self._labels = self._labels[keep]
+        if not self.size:
+            self._embeddings = np.zeros((0, 0), np.float32)
+            self._labels = None
+        self._changed()
+
     def search(self, queries, k):
         """Finds the `k` nearest stored embeddings of every query.
 
