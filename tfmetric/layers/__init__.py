@@ -7,10 +7,12 @@ Loss heads (`ArcFace`, `CosFace`, `SubCenterArcFace`, `NormalizedSoftmax`,
 
 Learned distances (`Mahalanobis`, `WeightedL1`) are Siamese heads called on
 two embedding batches and, through `tfmetric.distances.get(layer)`, distances.
+`PairedDistance` is the distance node of `tfmetric.models.SiameseModel`.
 """
 
 from tfmetric.layers.learned_distances import LearnedDistance, Mahalanobis, WeightedL1
 from tfmetric.layers.margin_heads import ArcFace, CosFace, NormalizedSoftmax, SubCenterArcFace
+from tfmetric.layers.paired_distance import PairedDistance
 from tfmetric.layers.proxy_head import ProxyHead
 from tfmetric.layers.proxy_heads import ProxyAnchor, ProxyNCA
 
@@ -20,6 +22,7 @@ __all__ = [
     "LearnedDistance",
     "Mahalanobis",
     "NormalizedSoftmax",
+    "PairedDistance",
     "ProxyAnchor",
     "ProxyHead",
     "ProxyNCA",

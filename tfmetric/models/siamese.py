@@ -4,51 +4,38 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric.losses.pair import paired_distance
+from tfmetric.layers.paired_distance import PairedDistance
+from tfmetric.models import shared_tower
 
 __all__ = ["SiameseModel"]
 
-
-def check_embedder(embedder):
-    if not isinstance(embedder, keras.layers.Layer):
-        raise TypeError(
-            "`embedder` must be a Keras model or layer that maps inputs to embeddings; "
-            f"got {type(embedder).__name__}."
-        )
-    return embedder
+_NAMES = ("x1", "x2")
 
 
-def unpack_inputs(inputs, count, names):
-    if isinstance(inputs, dict):
-        missing = [name for name in names if name not in inputs]
-        if missing:
-            raise ValueError(f"`inputs` dict must have the keys {list(names)}; missing {missing}.")
-        return [inputs[name] for name in names]
-    if not isinstance(inputs, (list, tuple)) or len(inputs) != count:
+def _pair_scores(head, e1, e2):
+    """`head(e1, e2)` as one value per pair, `(B,)`; a clear error for any other shape."""
+    scores = head(e1, e2)
+    shape = tuple(getattr(scores, "shape", ()))
+    if len(shape) == 2 and shape[-1] == 1:
+        return ops.squeeze(scores, axis=-1)
+    if len(shape) != 1:
         raise ValueError(
-            f"`inputs` must be a tuple of {count} batches ({', '.join(names)}); got "
-            f"{type(inputs).__name__}"
-            + (f" of length {len(inputs)}." if isinstance(inputs, (list, tuple)) else ".")
+            f"`head` must return one value per pair, shape (batch,) or (batch, 1); "
+            f"{type(head).__name__} returns shape {shape} for embeddings of shape "
+            f"{tuple(e1.shape)}."
         )
-    return list(inputs)
-
-
-def _squeeze_pair_values(values):
-    if len(values.shape) == 2 and values.shape[-1] == 1:
-        return ops.squeeze(values, axis=-1)
-    if len(values.shape) != 1:
-        raise ValueError(
-            "`head` must return one value per pair, shape (batch,) or (batch, 1); got shape "
-            f"{tuple(values.shape)}."
-        )
-    return values
+    return scores
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class SiameseModel(keras.Model):
     """Siamese network: the same `embedder` (shared weights) on both inputs of a pair.
 
-    Called on `(x1, x2)`, the model embeds both batches with the one tower and
+    A functional model (like keras-hub's task models): two `keras.Input`s
+    `x1` and `x2`, the one `embedder` called on each, then a distance layer
+    (`tfmetric.layers.PairedDistance`) or a `head`. `summary()` and
+    `keras.utils.plot_model` show the shared tower with its two inbound
+    connections. `model.predict([x1, x2])` (or `{"x1": ..., "x2": ...}`)
     returns one value per pair, shape `(B,)`:
 
     - without `head`: the distance `d(embedder(x1), embedder(x2))` (a
@@ -56,13 +43,25 @@ class SiameseModel(keras.Model):
       it with `tfmetric.losses.PairContrastiveLoss` on `((x1, x2), same)` batches from
       `tfmetric.data.pair_dataset`, where **`same` = 1 for similar pairs**.
     - with `head`: `head(embedder(x1), embedder(x2))`, for instance a learned
-      weighted L1 distance followed by a sigmoid (Koch et al. 2015) giving the
-      probability that the pair is similar, trained with
-      `keras.losses.BinaryCrossentropy()` on the same labels. Any Keras layer called
-      on two embedding batches and returning `(B,)` or `(B, 1)` works.
+      weighted L1 distance followed by a sigmoid (Koch et al. 2015,
+      `tfmetric.layers.WeightedL1`) giving the probability that the pair is
+      similar, trained with `keras.losses.BinaryCrossentropy()` on the same
+      labels. Any Keras layer called on two embedding batches and returning
+      `(B,)` or `(B, 1)` works; another shape is an error here.
 
-    `model.embedder` is the shared tower: use it to embed single inputs for
-    retrieval. The model saves to `.keras` and loads without `custom_objects`.
+    The input shape and dtype come from the embedder's own `keras.Input`
+    (a functional or `Sequential` embedder); for a subclassed embedder or a
+    bare layer, give `input_shape` (and `input_dtype`, e.g. `"uint8"` or
+    `"string"` for encoded images).
+
+    Attributes:
+        embedder: The shared tower: embed single inputs with it for retrieval.
+        distance: The `tfmetric.distances.Distance` of the distance layer
+            (used when there is no head).
+        head: The head layer, or `None`.
+
+    The model saves to `.keras` and loads without `custom_objects`, with
+    `safe_mode=True`.
 
     Args:
         embedder: A Keras model or layer mapping a batch of inputs to
@@ -71,6 +70,10 @@ class SiameseModel(keras.Model):
             a head. Defaults to `"euclidean"`.
         head: Optional Keras layer `head(e1, e2) -> (B,)` replacing the
             distance. Defaults to `None`.
+        input_shape: Shape of one input sample, without the batch axis.
+            Defaults to `None`: the embedder's input shape.
+        input_dtype: Dtype of the inputs. Defaults to `None`: the embedder's
+            input dtype, else `"float32"`.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -80,7 +83,7 @@ class SiameseModel(keras.Model):
     >>> model = tfmetric.models.SiameseModel(embedder)
     >>> model.compile(optimizer="adam")
     >>> x1, x2 = np.ones((3, 4)), np.zeros((3, 4))
-    >>> tuple(model.predict((x1, x2), verbose=0).shape)
+    >>> tuple(model.predict([x1, x2], verbose=0).shape)
     (3,)
 
     Reference:
@@ -90,46 +93,52 @@ class SiameseModel(keras.Model):
         Workshop 2015.
     """
 
-    def __init__(self, embedder, distance="euclidean", head=None, **kwargs):
-        super().__init__(**kwargs)
-        self._embedder = check_embedder(embedder)
-        self.distance = distances_lib.get(distance)
+    def __init__(
+        self,
+        embedder,
+        distance="euclidean",
+        head=None,
+        input_shape=None,
+        input_dtype=None,
+        **kwargs,
+    ):
+        # === Layers ===
+        embedder = shared_tower.check_embedder(embedder)
+        distance = distances_lib.get(distance)
         if head is not None and not isinstance(head, keras.layers.Layer):
             raise TypeError(f"`head` must be a Keras layer or None; got {type(head).__name__}.")
+        shape, dtype = shared_tower.input_spec(embedder, input_shape, input_dtype)
+
+        # === Functional model ===
+        inputs = shared_tower.branch_inputs(_NAMES, shape, dtype)
+        e1, e2 = (embedder(x) for x in inputs)
+        if head is None:
+            scores = PairedDistance(distance, name="distance")(e1, e2)
+        else:
+            scores = _pair_scores(head, e1, e2)
+        super().__init__(inputs=inputs, outputs=scores, **kwargs)
+
+        # === Config ===
+        self.embedder = embedder
+        self.distance = distance
         self.head = head
+        self._input_shape_arg = None if input_shape is None else tuple(input_shape)
+        self._input_dtype_arg = input_dtype
 
-    @property
-    def embedder(self):
-        """The shared embedding tower."""
-        return self._embedder
-
-    def build(self, input_shape):
-        shape1, _ = unpack_inputs(input_shape, 2, ("x1", "x2"))
-        if not self._embedder.built:
-            self._embedder.build(shape1)
-        if self.head is not None and not self.head.built:
-            # Heads may build from `build(shape)` or from their first call; a call always works.
-            embedding_shape = self._embedder.compute_output_shape(shape1)
-            probe = ops.zeros((1, *embedding_shape[1:]))
-            self.head(probe, probe)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x1, x2 = unpack_inputs(inputs, 2, ("x1", "x2"))
-        e1 = self._embedder(x1, training=training)
-        e2 = self._embedder(x2, training=training)
-        if self.head is None:
-            return paired_distance(self.distance, e1, e2)
-        return _squeeze_pair_values(self.head(e1, e2))
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        inputs = shared_tower.unpack_inputs(inputs, _NAMES)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
-        config.update(
-            embedder=keras.saving.serialize_keras_object(self._embedder),
-            distance=distances_lib.serialize(self.distance),
-            head=None if self.head is None else keras.saving.serialize_keras_object(self.head),
-        )
-        return config
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "embedder": keras.saving.serialize_keras_object(self.embedder),
+            "distance": distances_lib.serialize(self.distance),
+            "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
+            "input_shape": self._input_shape_arg,
+            "input_dtype": self._input_dtype_arg,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -137,4 +146,6 @@ class SiameseModel(keras.Model):
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
         if config.get("head") is not None:
             config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        if config.get("input_shape") is not None:
+            config["input_shape"] = tuple(config["input_shape"])
         return cls(**config)

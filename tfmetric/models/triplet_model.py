@@ -5,7 +5,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric.losses.pair import paired_distance
-from tfmetric.models.siamese import check_embedder, unpack_inputs
+from tfmetric.models import shared_tower
 
 __all__ = ["TripletModel"]
 
@@ -16,20 +16,38 @@ _NAMES = ("anchor", "positive", "negative")
 class TripletModel(keras.Model):
     """Triplet network: the same `embedder` on anchor, positive and negative.
 
-    Called on `(anchor, positive, negative)` batches (a tuple, or a dict with
-    those keys), the model returns the stacked embeddings of shape
-    `(B, 3, D)`: `output[:, 0]` is `embedder(anchor)`, `output[:, 1]`
-    `embedder(positive)` and `output[:, 2]` `embedder(negative)`. Train it with
-    `tfmetric.losses.TripletMarginLoss` on batches from `tfmetric.data.triplet_dataset`.
+    A functional model (like keras-hub's task models): three `keras.Input`s
+    `anchor`, `positive` and `negative`, the one `embedder` called on each,
+    and the three embeddings stacked. `summary()` and `keras.utils.plot_model`
+    show the shared tower with its three inbound connections. Called on
+    `(anchor, positive, negative)` batches (a list/tuple, or a dict with those
+    keys), the model returns the stacked embeddings of shape `(B, 3, D)`:
+    `output[:, 0]` is `embedder(anchor)`, `output[:, 1]` `embedder(positive)`
+    and `output[:, 2]` `embedder(negative)`. Train it with
+    `tfmetric.losses.TripletMarginLoss` on batches from
+    `tfmetric.data.triplet_dataset`.
 
-    `model.embedder` is the shared tower. The model saves to `.keras` and loads
-    without `custom_objects`.
+    The input shape and dtype come from the embedder's own `keras.Input`;
+    for a subclassed embedder or a bare layer, give `input_shape` (and
+    `input_dtype`).
+
+    Attributes:
+        embedder: The shared tower.
+        distance: The `tfmetric.distances.Distance` of `triplet_distances`
+            (and of the exported embedder).
+
+    The model saves to `.keras` and loads without `custom_objects`, with
+    `safe_mode=True`.
 
     Args:
         embedder: A Keras model or layer mapping a batch of inputs to
             embeddings `(B, D)`.
         distance: Name, config or `tfmetric.distances.Distance` used by
             `triplet_distances`. Defaults to `"euclidean"`.
+        input_shape: Shape of one input sample, without the batch axis.
+            Defaults to `None`: the embedder's input shape.
+        input_dtype: Dtype of the inputs. Defaults to `None`: the embedder's
+            input dtype, else `"float32"`.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -39,7 +57,7 @@ class TripletModel(keras.Model):
     >>> model = tfmetric.models.TripletModel(embedder)
     >>> model.compile(optimizer="adam")
     >>> a = p = n = np.ones((5, 4))
-    >>> tuple(model.predict((a, p, n), verbose=0).shape)
+    >>> tuple(model.predict([a, p, n], verbose=0).shape)
     (5, 3, 2)
 
     Reference:
@@ -47,25 +65,26 @@ class TripletModel(keras.Model):
         SIMBAD 2015; Schroff et al., "FaceNet", CVPR 2015.
     """
 
-    def __init__(self, embedder, distance="euclidean", **kwargs):
-        super().__init__(**kwargs)
-        self._embedder = check_embedder(embedder)
-        self.distance = distances_lib.get(distance)
+    def __init__(self, embedder, distance="euclidean", input_shape=None, input_dtype=None, **kwargs):
+        # === Layers ===
+        embedder = shared_tower.check_embedder(embedder)
+        distance = distances_lib.get(distance)
+        shape, dtype = shared_tower.input_spec(embedder, input_shape, input_dtype)
 
-    @property
-    def embedder(self):
-        """The shared embedding tower."""
-        return self._embedder
+        # === Functional model ===
+        inputs = shared_tower.branch_inputs(_NAMES, shape, dtype)
+        embeddings = ops.stack([embedder(x) for x in inputs], axis=1)
+        super().__init__(inputs=inputs, outputs=embeddings, **kwargs)
 
-    def build(self, input_shape):
-        shape, _, _ = unpack_inputs(input_shape, 3, _NAMES)
-        if not self._embedder.built:
-            self._embedder.build(shape)
-        self.built = True
+        # === Config ===
+        self.embedder = embedder
+        self.distance = distance
+        self._input_shape_arg = None if input_shape is None else tuple(input_shape)
+        self._input_dtype_arg = input_dtype
 
-    def call(self, inputs, training=None):
-        batches = unpack_inputs(inputs, 3, _NAMES)
-        return ops.stack([self._embedder(x, training=training) for x in batches], axis=1)
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        inputs = shared_tower.unpack_inputs(inputs, _NAMES)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def triplet_distances(self, inputs):
         """Returns `(d(a, p), d(a, n))`, each `(B,)`, with this model's distance."""
@@ -79,12 +98,16 @@ class TripletModel(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "embedder": keras.saving.serialize_keras_object(self._embedder),
+            "embedder": keras.saving.serialize_keras_object(self.embedder),
             "distance": distances_lib.serialize(self.distance),
+            "input_shape": self._input_shape_arg,
+            "input_dtype": self._input_dtype_arg,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
+        if config.get("input_shape") is not None:
+            config["input_shape"] = tuple(config["input_shape"])
         return cls(**config)
