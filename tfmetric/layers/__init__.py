@@ -8,8 +8,11 @@ Loss heads (`ArcFace`, `CosFace`, `SubCenterArcFace`, `NormalizedSoftmax`,
 Learned distances (`Mahalanobis`, `WeightedL1`) are Siamese heads called on
 two embedding batches and, through `tfmetric.distances.get(layer)`, distances.
 `PairedDistance` is the distance node of `tfmetric.models.SiameseModel`.
+
+`InBatchLogits` scores a batch of queries against its candidates (two-tower models).
 """
 
+from tfmetric.layers.in_batch_logits import InBatchLogits
 from tfmetric.layers.learned_distances import LearnedDistance, Mahalanobis, WeightedL1
 from tfmetric.layers.margin_heads import ArcFace, CosFace, NormalizedSoftmax, SubCenterArcFace
 from tfmetric.layers.paired_distance import PairedDistance
@@ -17,6 +20,7 @@ from tfmetric.layers.proxy_head import ProxyHead
 from tfmetric.layers.proxy_heads import ProxyAnchor, ProxyNCA
 
 __all__ = [
+    "InBatchLogits",
     "ArcFace",
     "CosFace",
     "LearnedDistance",

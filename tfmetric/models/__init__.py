@@ -3,9 +3,11 @@
 from tfmetric.models.proxy_model import ProxyModel
 from tfmetric.models.siamese import SiameseModel
 from tfmetric.models.triplet_model import TripletModel
+from tfmetric.models.two_tower import TwoTowerModel
 
 __all__ = [
     "ProxyModel",
     "SiameseModel",
     "TripletModel",
+    "TwoTowerModel",
 ]
