@@ -241,13 +241,12 @@ def load_tfds(name, image_size, split="all", data_dir=None):
     return Data(_resize_uint8(images, image_size), y, class_names, f"tfds:{name}")
 
 
-def load(spec, image_size=64, tfrecord_image_key="image", tfrecord_label_key="label", tfds_split="all",
-         tfds_data_dir=None):
-    """Loads a dataset from its spec (see the module docstring).
+def check_spec(spec):
+    """Checks the form of a dataset spec (not its files); returns `(kind, argument)`.
 
     Raises:
-        ValueError: for an unknown kind (listing the valid ones), a missing
-            path, an unreadable file or an empty dataset.
+        ValueError: for an unknown kind (listing the valid ones) or a missing
+            or extra argument.
     """
     if not isinstance(spec, str) or not spec:
         _fail(f"`--dataset` must be one of {list(DATASET_KINDS)} (with `:ARG`); got {spec!r}.")
@@ -257,12 +256,24 @@ def load(spec, image_size=64, tfrecord_image_key="image", tfrecord_label_key="la
             f"Unknown `--dataset` {spec!r}; expected `digits`, `directory:PATH`, "
             f"`tfrecord:GLOB`, `npz:PATH` or `tfds:NAME`."
         )
-    if kind == "digits":
-        if argument:
-            _fail(f"`--dataset=digits` takes no argument; got {spec!r}.")
-        data = load_digits()
-    elif not argument:
+    if kind == "digits" and argument:
+        _fail(f"`--dataset=digits` takes no argument; got {spec!r}.")
+    if kind != "digits" and not argument:
         _fail(f"`--dataset={kind}` needs an argument: `{kind}:...`.")
+    return kind, argument
+
+
+def load(spec, image_size=64, tfrecord_image_key="image", tfrecord_label_key="label", tfds_split="all",
+         tfds_data_dir=None):
+    """Loads a dataset from its spec (see the module docstring).
+
+    Raises:
+        ValueError: for an unknown kind (listing the valid ones), a missing
+            path, an unreadable file or an empty dataset.
+    """
+    kind, argument = check_spec(spec)
+    if kind == "digits":
+        data = load_digits()
     elif kind == "directory":
         data = load_directory(argument, image_size)
     elif kind == "tfrecord":

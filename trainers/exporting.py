@@ -11,9 +11,9 @@ import tempfile
 
 import numpy as np
 
-EXPORT_DIR = "export"
+from tfmetric.export import VARIANTS as TFLITE_VARIANTS
+
 EXPORT_NAME = "embedder"
-TFLITE_VARIANTS = ("fp32", "fp16", "dynamic_int8", "int8")
 MAX_GALLERY = 5000
 MAX_VALIDATION = 1000
 

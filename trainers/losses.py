@@ -103,6 +103,29 @@ def parse_loss_args(pairs):
     return args
 
 
+def check_arguments(name, args):
+    """Checks a loss name and its argument names against the class signature (builds nothing).
+
+    Returns:
+        The registry `Entry`.
+
+    Raises:
+        ValueError: for an unknown name or an argument the class does not
+            take (listing those it takes).
+    """
+    entry = lookup(name)
+    accepted = sorted(
+        p for p in entry.parameters() if p not in ("name", "reduction", "dtype", "num_classes")
+    )
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"`--loss={entry.name}` ({entry.cls.__name__}) takes no argument "
+            f"{', '.join(unknown)}; its arguments are {accepted}."
+        )
+    return entry
+
+
 def build(name, args, num_classes=None):
     """Builds the loss or head `name` with the arguments it accepts.
 
@@ -119,15 +142,7 @@ def build(name, args, num_classes=None):
         ValueError: for an unknown name or an argument the class does not
             take (listing those it takes).
     """
-    entry = lookup(name)
-    parameters = entry.parameters()
-    accepted = sorted(p for p in parameters if p not in ("name", "reduction", "dtype", "num_classes"))
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"`--loss={entry.name}` ({entry.cls.__name__}) takes no argument "
-            f"{', '.join(unknown)}; its arguments are {accepted}."
-        )
+    entry = check_arguments(name, args)
     kwargs = dict(args)
     if entry.is_head:
         kwargs["num_classes"] = int(num_classes)

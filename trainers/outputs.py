@@ -11,12 +11,22 @@ import tempfile
 
 import numpy as np
 
+FLAGS_FILE = "flags.json"
+BACKUP_DIR = "backup"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+LOGS_DIR = "logs"
+EXPORT_DIR = "export"
 REPORT_FILE = "report.json"
 CURVES_FILE = "training_curves.png"
 PROJECTION_FILE = "embeddings_2d.png"
 ROC_FILE = "roc_curve.png"
 NEIGHBORS_FILE = "nearest_neighbors.png"
-PROJECTOR_DIR = os.path.join("logs", "projector")
+PLOT_FILES = (CURVES_FILE, PROJECTION_FILE, ROC_FILE, NEIGHBORS_FILE)
+PROJECTOR_DIR = os.path.join(LOGS_DIR, "projector")
+# What the main job writes in --model_dir; --overwrite removes these and nothing else.
+OWN_OUTPUTS = (FLAGS_FILE, BACKUP_DIR, HISTORY_FILE, MODEL_FILE, LOGS_DIR, EXPORT_DIR, REPORT_FILE,
+               *PLOT_FILES)  # fmt: skip
 _TABLE_ROWS = (
     ("precision_at_1", "Precision@1"),
     ("map_at_r", "MAP@R"),

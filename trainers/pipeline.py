@@ -19,7 +19,16 @@ def check_batch(y, classes_per_batch, samples_per_class):
 
 
 def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
-    """`tfmetric.data.class_balanced_dataset` batches, prefetched."""
+    """`tfmetric.data.class_balanced_dataset` batches of float32 inputs, prefetched.
+
+    The models take float32 (they rescale pixel values inside); casting in the
+    pipeline also lets `tf.distribute` reduce a batch across workers (its
+    collectives have no uint8 kernel).
+    """
     check_batch(y, classes_per_batch, samples_per_class)
     ds = class_balanced_dataset(x, y, classes_per_batch, samples_per_class, seed=seed)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(_as_float32).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_float32(x, y):
+    return tf.cast(x, tf.float32), y

@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from trainers import train
+from trainers import job, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -176,14 +176,14 @@ def test_bad_paths_and_empty_datasets_fail_before_training(run_main, tmp_path):
 def test_model_dir_of_another_run_is_refused_unless_overwrite(tmp_path):
     model_dir = str(tmp_path / "run")
     first = {"dataset": "digits", "epochs": 3}
-    assert train.prepare_model_dir(model_dir, first, overwrite=False) is False
+    assert job.prepare_model_dir(model_dir, first, overwrite=False) is False
     os.makedirs(os.path.join(model_dir, "backup"))
     # The same run resumes from its checkpoint.
-    assert train.prepare_model_dir(model_dir, first, overwrite=False) is True
+    assert job.prepare_model_dir(model_dir, first, overwrite=False) is True
     other = {"dataset": "digits", "epochs": 4}
     with pytest.raises(ValueError, match=r"holds a different run \(--epochs: 3 -> 4\).*--overwrite"):
-        train.prepare_model_dir(model_dir, other, overwrite=False)
-    assert train.prepare_model_dir(model_dir, other, overwrite=True) is False
+        job.prepare_model_dir(model_dir, other, overwrite=False)
+    assert job.prepare_model_dir(model_dir, other, overwrite=True) is False
     assert not os.path.exists(os.path.join(model_dir, "backup"))
     assert json.loads(open(os.path.join(model_dir, "flags.json")).read()) == other
 
@@ -191,6 +191,6 @@ def test_model_dir_of_another_run_is_refused_unless_overwrite(tmp_path):
 def test_model_dir_with_foreign_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a trainer run"):
-        train.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=False)
-    train.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=True)
+        job.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=False)
+    job.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"  # --overwrite removes only trainer files

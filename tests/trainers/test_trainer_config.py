@@ -1,0 +1,162 @@
+"""The main job's run configuration, `run(config)` from Python, and TF_CONFIG checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+import trainers
+from trainers import distribution, outputs, train  # noqa: F401  (defines the flags)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_flags_and_config_share_names_and_defaults():
+    flags.FLAGS(["train"])
+    try:
+        from_flags = trainers.RunConfig.from_flags(flags.FLAGS)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert from_flags == trainers.RunConfig()
+    flags.FLAGS(["train", "--loss_arg=soft_margin=True", "--loss_arg=mining=hard", "--epochs=3"])
+    try:
+        parsed = trainers.RunConfig.from_flags(flags.FLAGS)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert parsed.loss_args == {"soft_margin": True, "mining": "hard"} and parsed.epochs == 3
+
+
+def test_identity_holds_what_defines_a_run():
+    identity = trainers.RunConfig(epochs=3, model_dir="elsewhere", export=False).identity()
+    assert identity["epochs"] == 3 and identity["loss"] == "triplet"
+    for name in ("model_dir", "export", "overwrite", "log_level", "jit_compile"):
+        assert name not in identity
+    json.dumps(identity)
+
+
+@pytest.mark.parametrize(
+    "settings, error, match",
+    [
+        ({"epochs": 0}, ValueError, "`--epochs` must be >= 1; got 0"),
+        ({"samples_per_class": 1}, ValueError, "--samples_per_class"),
+        ({"classes_per_batch": 1}, ValueError, "--classes_per_batch"),
+        ({"learning_rate": 0.0}, ValueError, "--learning_rate"),
+        ({"train_fraction": 1.0}, ValueError, r"--train_fraction` must be in \(0, 1\)"),
+        ({"protocol": "pairs"}, ValueError, r"--protocol` must be one of \['samples', 'classes'\]"),
+        ({"schedule": "linear"}, ValueError, "'cosine'"),
+        ({"dataset": "imagenet"}, ValueError, "directory:PATH"),
+        ({"dataset": "npz"}, ValueError, "needs an argument"),
+        ({"loss": "tripplet"}, ValueError, "'multi_similarity'"),
+        ({"temperature": 0.5}, ValueError, "its arguments are"),
+        ({"loss_args": {"no_such": 1}}, ValueError, "no_such"),
+        ({"optimizer": "adamm"}, ValueError, "'adamw'"),
+        ({"backbone": "resnet"}, ValueError, "'resnet50'"),
+        ({"epochs": 2.5}, TypeError, "`epochs` must be an integer"),
+        ({"l2_normalize": "yes"}, TypeError, "`l2_normalize` must be a boolean"),
+        ({"loss": None}, TypeError, "`loss` must not be None"),
+        ({"cluster_timeout": -1}, ValueError, "--cluster_timeout"),
+    ],
+)
+def test_bad_settings_name_the_setting(settings, error, match):
+    with pytest.raises(error, match=match):
+        trainers.RunConfig(**settings)
+
+
+def test_config_is_frozen_and_converts_numbers():
+    config = trainers.RunConfig(learning_rate=1, margin=0)
+    assert config.learning_rate == 1.0 and isinstance(config.margin, float)
+    with pytest.raises(AttributeError):
+        config.epochs = 3
+
+
+def test_checking_a_config_runs_no_tensorflow_op():
+    # TensorFlow refuses to change its thread pools once it has run an op: a
+    # configuration check (loss, optimizer, backbone, TF_CONFIG) must run none,
+    # so that a multi-worker or TPU strategy can still be created after it.
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                 "task": {"type": "worker", "index": 1}}  # fmt: skip
+    code = (
+        "from trainers import RunConfig\n"
+        "RunConfig(loss='arcface', scale=30.0, optimizer='adamw', backbone='resnet50',"
+        " strategy='multi_worker')\n"
+        "RunConfig(loss='triplet', margin=0.2, mining='hard')\n"
+        "import tensorflow as tf\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
+        "print('no op ran')\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(tf_config))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no op ran" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "tf_config, match",
+    [
+        (None, "needs the `TF_CONFIG` environment variable"),
+        ("{cluster:", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ({"task": {"type": "worker", "index": 0}}, "needs `cluster`"),
+        ({"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}, "task types must be"),
+        ({"cluster": {"worker": ["a:1", "nohost"]}, "task": {"type": "worker", "index": 0}},
+         "'nohost', not a 'host:port'"),
+        ({"cluster": {"worker": ["a:1"]}}, "needs `task`"),
+        ({"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, "`task.type`"),
+        ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}},
+         r"`task.index` 2 is out of range: `cluster.worker` has 2 address\(es\), indices 0..1"),
+        ({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}},
+         "must be an integer"),
+    ],
+)  # fmt: skip
+def test_malformed_tf_config_is_refused(tf_config, match):
+    environ = {} if tf_config is None else {
+        "TF_CONFIG": tf_config if isinstance(tf_config, str) else json.dumps(tf_config)
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        distribution.cluster_spec(environ)
+
+
+def test_cluster_roles():
+    both = {"chief": ["c:1"], "worker": ["w:1", "w:2"]}
+    env = {"TF_CONFIG": json.dumps({"cluster": both, "task": {"type": "worker", "index": 0}})}
+    spec = distribution.cluster_spec(env)
+    assert not spec.is_chief and spec.num_workers == 3 and spec.address == "w:1"
+    assert sorted(spec.peers()) == ["c:1", "w:2"]
+    workers = {"worker": ["w:1", "w:2"]}
+    env = {"TF_CONFIG": json.dumps({"cluster": workers, "task": {"type": "worker", "index": 0}})}
+    assert distribution.cluster_spec(env).is_chief
+
+
+def test_multi_worker_without_tf_config_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        trainers.RunConfig(strategy="multi_worker", model_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def python_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("py") / "run"
+    config = trainers.RunConfig(
+        backbone="mlp", embedding_dim=8, classes_per_batch=4, samples_per_class=4, epochs=2,
+        steps_per_epoch=3, export=False, model_dir=str(model_dir),
+    )  # fmt: skip
+    assert not flags.FLAGS.is_parsed()  # no absl flags involved
+    return trainers.run(config), model_dir
+
+
+@pytest.mark.slow
+def test_run_from_python_without_absl(python_run):
+    report, model_dir = python_run
+    assert report["optimizer_steps"] == 2 * 3
+    assert report["flags"]["backbone"] == "mlp"
+    written = json.loads((model_dir / outputs.REPORT_FILE).read_text())
+    assert written["held_out"] == report["held_out"]
+    for name in (outputs.FLAGS_FILE, outputs.MODEL_FILE, outputs.HISTORY_FILE, *outputs.PLOT_FILES):
+        assert (model_dir / name).exists(), name
+    assert set(os.listdir(model_dir)) <= set(outputs.OWN_OUTPUTS)
+    assert 0.0 <= report["held_out"]["model"]["map_at_r"] <= 1.0

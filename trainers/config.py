@@ -1,0 +1,260 @@
+"""The main job's run configuration: every setting of a run, checked before any work.
+
+`RunConfig` holds what `python -m trainers.train` reads from its flags (one
+field per flag, same names and defaults); `trainers.run(config)` runs it. From
+Python, without absl::
+
+    from trainers import RunConfig, run
+
+    report = run(RunConfig(model_dir="runs/py", epochs=3, export=False))
+
+Building a `RunConfig` checks everything that needs no data and no TensorFlow
+op (names, ranges, choices, the loss's argument names, the optimizer name,
+`TF_CONFIG` for `strategy="multi_worker"`), so that a bad setting fails at once
+with a `ValueError` naming the setting, before a strategy, a model or a file
+exists. Checks that need the data (batch shape against the classes, the
+dataset's files) happen in `run`, still before anything is trained or
+written.
+"""
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+
+from trainers import datasets
+
+SCHEDULES = ("constant", "cosine", "exponential")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION_POLICIES = ("auto", "mixed_float16", "mixed_bfloat16")
+PROJECTIONS = ("pca", "tsne")
+LOG_LEVELS = ("quiet", "info", "debug")
+
+
+def _setting(default, run=True):
+    """A field; `run=False` marks settings that do not change what is trained."""
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default),
+                                 metadata={"run": run})  # fmt: skip
+    return dataclasses.field(default=default, metadata={"run": run})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a main-job run (the flags of `python -m trainers.train`).
+
+    Attributes mirror the flags; `python -m trainers.train --helpfull` describes
+    each one. `loss_args` maps extra loss argument names to values (the flag
+    `--loss_arg=name=value`, repeatable).
+
+    Raises:
+        ValueError: naming the setting, for any value out of range, an unknown
+            name (listing the valid ones) or a malformed `TF_CONFIG`.
+        TypeError: for a value of the wrong type.
+    """
+
+    # Data.
+    dataset: str = _setting("digits")
+    protocol: str = _setting("samples")
+    train_fraction: float | None = _setting(None)
+    image_size: int = _setting(64)
+    tfrecord_image_key: str = _setting("image")
+    tfrecord_label_key: str = _setting("label")
+    tfds_split: str = _setting("all")
+    tfds_data_dir: str | None = _setting(None, run=False)
+    # Model.
+    backbone: str = _setting("small_cnn")
+    weights: str | None = _setting(None)
+    embedding_dim: int = _setting(64)
+    l2_normalize: bool = _setting(True)
+    # Loss.
+    loss: str = _setting("triplet")
+    margin: float | None = _setting(None)
+    mining: str | None = _setting(None)
+    temperature: float | None = _setting(None)
+    scale: float | None = _setting(None)
+    distance: str | None = _setting(None)
+    loss_args: dict = _setting({})
+    # Optimisation.
+    classes_per_batch: int | None = _setting(None)
+    samples_per_class: int = _setting(8)
+    optimizer: str = _setting("adam")
+    learning_rate: float = _setting(1e-3)
+    schedule: str = _setting("cosine")
+    epochs: int = _setting(10)
+    steps_per_epoch: int = _setting(50)
+    jit_compile: bool = _setting(True, run=False)
+    mixed_precision: bool = _setting(False)
+    mixed_precision_policy: str = _setting("auto")
+    strategy: str = _setting("default")
+    tpu: str | None = _setting(None, run=False)
+    cluster_timeout: float = _setting(600.0, run=False)
+    seed: int = _setting(0)
+    # Outputs.
+    model_dir: str = _setting("runs/main", run=False)
+    projection: str = _setting("pca", run=False)
+    overwrite: bool = _setting(False, run=False)
+    export: bool = _setting(True, run=False)
+    log_level: str = _setting("quiet", run=False)
+
+    def __post_init__(self):
+        _check_types(self)
+        _check_values(self)
+
+    @classmethod
+    def from_flags(cls, flag_values):
+        """Builds the configuration from parsed absl flags (`flags.FLAGS`)."""
+        from trainers import losses
+
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name == "loss_args":
+                values["loss_args"] = losses.parse_loss_args(flag_values["loss_arg"].value)
+            else:
+                values[field.name] = flag_values[field.name].value
+        return cls(**values)
+
+    def identity(self):
+        """The settings that define what is trained (stored in `flags.json`)."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("run", True)
+        }
+
+    @property
+    def resolved_train_fraction(self):
+        """`train_fraction`, or the protocol's default (0.7 of samples, 0.5 of classes)."""
+        if self.train_fraction is not None:
+            return self.train_fraction
+        return 0.7 if self.protocol == "samples" else 0.5
+
+    @property
+    def total_steps(self):
+        return self.epochs * self.steps_per_epoch
+
+    def loss_arguments(self):
+        """The loss or head arguments the run sets: the named settings and `loss_args`."""
+        args = {
+            name: getattr(self, name)
+            for name in ("margin", "mining", "temperature", "scale", "distance")
+            if getattr(self, name) is not None
+        }
+        args.update(self.loss_args)
+        return args
+
+
+def defaults():
+    """`{field: default}` of `RunConfig` (the flags' defaults)."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(RunConfig)
+    }
+
+
+def _plain(value):
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def _base_type(annotation):
+    """`(type, optional)` of a field annotation such as `float | None`."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return (args[0] if args else annotation), bool(args)
+
+
+def _check_types(config):
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        _, optional = _base_type(field.type)
+        if value is None:
+            if not optional:
+                raise TypeError(f"`{field.name}` must not be None.")
+            continue
+        if field.name == "loss_args":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise TypeError(f"`loss_args` must be a dict of argument names; got {value!r}.")
+            object.__setattr__(config, "loss_args", dict(value))
+            continue
+        kind, _ = _base_type(field.type)
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                object.__setattr__(config, field.name, float(value))
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise TypeError(
+                f"`{field.name}` must be {_TYPES[kind]}{' or None' if optional else ''}; "
+                f"got {value!r}."
+            )
+
+
+def _choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"`--{name}` must be one of {list(choices)}; got {value!r}.")
+
+
+def _at_least(config, name, low):
+    value = getattr(config, name)
+    if value is not None and value < low:
+        raise ValueError(f"`--{name}` must be >= {low}; got {value}.")
+
+
+def _check_values(config):
+    from trainers import backbones, distribution, losses
+
+    _choice(config, "protocol", datasets.PROTOCOLS)
+    _choice(config, "schedule", SCHEDULES)
+    _choice(config, "strategy", STRATEGIES)
+    _choice(config, "mixed_precision_policy", MIXED_PRECISION_POLICIES)
+    _choice(config, "projection", PROJECTIONS)
+    _choice(config, "log_level", LOG_LEVELS)
+    datasets.check_spec(config.dataset)
+    if config.train_fraction is not None and not 0.0 < config.train_fraction < 1.0:
+        raise ValueError(f"`--train_fraction` must be in (0, 1); got {config.train_fraction}.")
+    for name, low in (("epochs", 1), ("steps_per_epoch", 1), ("embedding_dim", 1),
+                      ("image_size", 1), ("samples_per_class", 2), ("classes_per_batch", 2)):
+        _at_least(config, name, low)  # fmt: skip
+    if not (config.cluster_timeout > 0 and math.isfinite(config.cluster_timeout)):
+        raise ValueError(f"`--cluster_timeout` must be > 0 seconds; got {config.cluster_timeout}.")
+    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+        raise ValueError(f"`--learning_rate` must be > 0; got {config.learning_rate}.")
+    for name in ("margin", "temperature", "scale"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"`--{name}` must be finite; got {value}.")
+    backbones.check(config.backbone)
+    losses.check_arguments(config.loss, config.loss_arguments())
+    check_optimizer(config.optimizer)
+    if config.strategy == "multi_worker":
+        distribution.cluster_spec()  # raises on a missing or malformed TF_CONFIG
+
+
+def optimizer_classes():
+    """`{lower-case name: class}` of the Keras optimizers."""
+    import keras
+
+    return {
+        name.lower(): cls
+        for name, cls in vars(keras.optimizers).items()
+        if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)
+        and cls is not keras.optimizers.Optimizer
+    }  # fmt: skip
+
+
+def check_optimizer(name):
+    """Raises a ValueError listing the valid names for an unknown optimizer (builds nothing)."""
+    classes = optimizer_classes()
+    if str(name).lower().replace("_", "") not in {k.replace("_", "") for k in classes}:
+        raise ValueError(f"Unknown `--optimizer` {name!r}; expected one of {sorted(classes)}.")
