@@ -7,6 +7,10 @@ gathers a whole batch at once, so it needs random access to the data. A
 and an optional graph function `decode` that turns one gathered element into
 the model input (reading and resizing an image, parsing a record). What is
 kept in memory is only `x`; decoding happens per batch, after sampling.
+
+Labels may be integers or strings (identities such as `"George_W_Bush"`):
+string labels are numbered in sorted order and the names kept in
+`Source.class_names`, so that `class_names[label]` maps an integer label back.
 """
 
 import os
@@ -14,9 +18,60 @@ import os
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Source", "as_source", "image_directory", "tfrecord_source"]
+__all__ = [
+    "Source",
+    "as_source",
+    "encode_labels",
+    "image_directory",
+    "read_images",
+    "tfrecord_source",
+]
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def encode_labels(labels):
+    """Maps string labels to integer ids; returns `(ids, names)`, `names[id]` the label.
+
+    Integer labels (or whole floats) are returned as int64 with `names=None`.
+    Strings (or bytes, decoded as UTF-8) are numbered in sorted order.
+
+    Args:
+        labels: Labels of shape `(n,)` (or `(n, 1)`).
+
+    Returns:
+        `(ids, names)`: int64 ids of shape `(n,)` and a list of the label
+        names, or `None` for integer labels.
+
+    Raises:
+        ValueError: for labels that are neither integers nor strings.
+
+    Example:
+
+    >>> ids, names = tfmetric.data.encode_labels(["bob", "ada", "bob"])
+    >>> ids.tolist(), names
+    ([1, 0, 1], ['ada', 'bob'])
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"`y` must be 1-D class labels; got shape {labels.shape}.")
+    if labels.dtype.kind in "USO" and labels.size:
+        texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in labels.tolist()]
+        if not all(isinstance(v, str) for v in texts):
+            raise ValueError(
+                "`y` must hold integer class labels or strings; got a mix of "
+                f"{sorted({type(v).__name__ for v in texts})}."
+            )
+        names, ids = np.unique(np.array(texts, dtype=str), return_inverse=True)
+        return ids.astype(np.int64), names.tolist()
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
+            raise ValueError(
+                f"`y` must hold integer class labels or strings; got dtype {labels.dtype}."
+            )
+    return labels.astype(np.int64), None
 
 
 class Source:
@@ -25,24 +80,26 @@ class Source:
     Args:
         x: A numpy array / tensor, or a nest (tuple, dict) of them, whose first
             axis indexes the samples.
-        labels: Integer class labels, one per sample.
+        labels: Class labels, one per sample: integers, or strings (mapped to
+            integers in sorted order, the names kept in `class_names`).
         decode: Optional graph function applied to one gathered element of `x`
             (e.g. a file path) to produce the model input. Defaults to `None`.
-        class_names: Optional names of the classes, indexed by label.
+        class_names: Optional names of the classes, indexed by label (set
+            from string labels).
     """
 
     def __init__(self, x, labels, decode=None, class_names=None):
         flat = tf.nest.flatten(x)
         if not flat:
             raise ValueError("`x` must hold at least one array.")
-        labels = np.asarray(labels)
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 1:
-            raise ValueError(f"`y` must be 1-D class labels; got shape {labels.shape}.")
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
-                raise ValueError(f"`y` must hold integer class labels; got dtype {labels.dtype}.")
+        labels, names = encode_labels(labels)
+        if names is not None:
+            if class_names is not None:
+                raise ValueError(
+                    "`class_names` must be None when the labels are strings (they name the "
+                    "classes)."
+                )
+            class_names = names
         lengths = {int(tf.shape(a)[0]) for a in flat}
         if len(lengths) != 1 or lengths.pop() != labels.shape[0]:
             raise ValueError(
@@ -82,7 +139,7 @@ def as_source(x, y=None):
         x: A `Source` (then `y` must be `None`); a `tf.data.Dataset` of finite
             `(x, y)` elements, read once into memory (then `y` must be
             `None`); or arrays (a nest of arrays) with labels `y`.
-        y: Integer labels when `x` holds arrays.
+        y: Labels (integers or strings) when `x` holds arrays.
 
     Returns:
         A `Source`.
@@ -108,7 +165,7 @@ def as_source(x, y=None):
         features, labels = x.batch(np.iinfo(np.int32).max).get_single_element()
         return Source(tf.nest.map_structure(np.asarray, features), np.asarray(labels))
     if y is None:
-        raise ValueError("`y` (integer class labels) is required when `x` holds arrays.")
+        raise ValueError("`y` (class labels) is required when `x` holds arrays.")
     if isinstance(x, list):
         x = np.asarray(x)  # a list is one array of samples, not a nest of inputs
     return Source(tf.nest.map_structure(np.asarray, x), y)
@@ -231,7 +288,8 @@ def tfrecord_source(filenames, parse_fn):
     Args:
         filenames: A path or a list of paths of TFRecord files.
         parse_fn: Graph function `serialized -> (x, label)` (e.g. with
-            `tf.io.parse_single_example`), `label` an integer scalar.
+            `tf.io.parse_single_example`), `label` an integer or string
+            scalar.
 
     Returns:
         A `Source`.
@@ -259,3 +317,42 @@ def tfrecord_source(filenames, parse_fn):
         .numpy()
     )
     return Source(serialized, labels, decode=lambda s: parse_fn(s)[0])
+
+
+def read_images(paths, image_size=(64, 64), channels=3):
+    """Reads, decodes and resizes image files into one array.
+
+    The same decoding as `image_directory` (JPEG or PNG, bilinear resize,
+    float32 values in `[0, 255]`), in a parallel `tf.data` pass.
+
+    Args:
+        paths: Image file paths.
+        image_size: `(height, width)`. Defaults to `(64, 64)`.
+        channels: 1 (grayscale) or 3 (RGB). Defaults to `3`.
+
+    Returns:
+        A float32 numpy array `(len(paths), height, width, channels)`.
+
+    Raises:
+        ValueError: for missing or corrupt files (listing them), bad
+            `image_size` or `channels`.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
+    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
+    image_size = (int(image_size[0]), int(image_size[1]))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"{len(missing)} image file(s) not found: {missing[:10]}.")
+    if not paths:
+        return np.zeros((0, *image_size, channels), np.float32)
+    _check_images(paths, channels)
+    decode = _decode_image_fn(image_size, channels)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(np.asarray(paths))
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(256)
+    )
+    return np.concatenate([batch.numpy() for batch in dataset])
