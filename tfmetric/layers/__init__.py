@@ -9,9 +9,11 @@ Learned distances (`Mahalanobis`, `WeightedL1`) are Siamese heads called on
 two embedding batches and, through `tfmetric.distances.get(layer)`, distances.
 `PairedDistance` is the distance node of `tfmetric.models.SiameseModel`.
 
-`InBatchLogits` scores a batch of queries against its candidates (two-tower models).
+`CrossBatchMemory` is the ring buffer of past embeddings of
+`tfmetric.models.CrossBatchMemoryModel`. `InBatchLogits` scores a batch of queries against its candidates (two-tower models).
 """
 
+from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.layers.in_batch_logits import InBatchLogits
 from tfmetric.layers.learned_distances import LearnedDistance, Mahalanobis, WeightedL1
 from tfmetric.layers.margin_heads import ArcFace, CosFace, NormalizedSoftmax, SubCenterArcFace
@@ -20,6 +22,7 @@ from tfmetric.layers.proxy_head import ProxyHead
 from tfmetric.layers.proxy_heads import ProxyAnchor, ProxyNCA
 
 __all__ = [
+    "CrossBatchMemory",
     "InBatchLogits",
     "ArcFace",
     "CosFace",

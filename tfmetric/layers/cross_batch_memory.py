@@ -1,0 +1,113 @@
+"""A ring buffer of past embeddings and labels, kept in (checkpointed) variables."""
+
+import numbers
+
+import keras
+from keras import ops
+
+__all__ = ["CrossBatchMemory"]
+
+
+def _check_size(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="tfmetric")
+class CrossBatchMemory(keras.layers.Layer):
+    """First-in first-out memory of the last `memory_size` embeddings and their labels.
+
+    The state is three non-trainable weights, saved with the model (`.keras`
+    files and `tf.train.Checkpoint`): `embeddings` `(memory_size, dim)`
+    float32, `labels` `(memory_size,)` int64 and `count`, the number of
+    samples ever enqueued. `enqueue` writes a batch at the slots
+    `(count + arange(B)) % memory_size`, overwriting the oldest entries (a
+    ring: slot `s` holds the newest sample whose stream position is `s`
+    modulo `memory_size`). Under a `tf.distribute` strategy the weights are
+    mirrored and written from the first replica's value: every replica must
+    enqueue the same (global) batch.
+
+    Args:
+        memory_size: Number of embeddings kept (`M`).
+        dim: Embedding dimension.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> memory = tfmetric.layers.CrossBatchMemory(memory_size=3, dim=1)
+    >>> memory.enqueue(np.array([1, 2]), np.array([[1.0], [2.0]]))
+    >>> memory.enqueue(np.array([3, 4]), np.array([[3.0], [4.0]]))
+    >>> np.asarray(memory.labels).tolist(), bool(memory.is_full())
+    ([4, 2, 3], True)
+
+    Reference:
+        Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
+    """
+
+    def __init__(self, memory_size, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.memory_size = _check_size(memory_size, "memory_size")
+        self.dim = _check_size(dim, "dim")
+        self.embeddings = self.add_weight(
+            shape=(self.memory_size, self.dim),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="embeddings",
+        )
+        self.labels = self.add_weight(
+            shape=(self.memory_size,),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="labels",
+        )
+        self.count = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="count",
+        )
+        self.built = True
+
+    def check_batch_size(self, batch_size):
+        """Raises if a (known) batch of `batch_size` samples cannot fit in the memory."""
+        if batch_size is not None and batch_size > self.memory_size:
+            raise ValueError(
+                f"`memory_size` ({self.memory_size}) must be at least the (global) batch size "
+                f"({batch_size}): each step enqueues the whole batch."
+            )
+
+    def is_full(self):
+        """Whether every slot holds an enqueued sample."""
+        return ops.greater_equal(self.count, self.memory_size)
+
+    def enqueue(self, labels, embeddings):
+        """Writes a batch into the memory, replacing the oldest entries."""
+        embeddings = ops.cast(ops.stop_gradient(ops.convert_to_tensor(embeddings)), "float32")
+        labels = ops.cast(ops.reshape(ops.convert_to_tensor(labels), (-1,)), "int64")
+        if len(embeddings.shape) != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(
+                f"`embeddings` must have shape (batch, {self.dim}); got {tuple(embeddings.shape)}."
+            )
+        self.check_batch_size(embeddings.shape[0])
+        size = ops.shape(embeddings)[0]
+        slots = ops.mod(self.count + ops.arange(size, dtype="int64"), self.memory_size)
+        slots = ops.expand_dims(slots, 1)
+        self.embeddings.assign(ops.scatter_update(self.embeddings, slots, embeddings))
+        self.labels.assign(ops.scatter_update(self.labels, slots, labels))
+        self.count.assign(self.count + ops.cast(size, "int64"))
+
+    def call(self, inputs=None):
+        """Returns the memory `(labels, embeddings)`."""
+        return ops.convert_to_tensor(self.labels), ops.convert_to_tensor(self.embeddings)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(memory_size=self.memory_size, dim=self.dim)
+        return config
