@@ -7,9 +7,10 @@ Usage:
 
 Writes DIR/NAME/<next version>/ atomically (SavedModel with the signatures
 serving_default, embed_images for image models, retrieve and retrieve_images
-with a gallery; warm-up requests; metadata; TFLite files; parity.json), refreshes
-DIR/models.config and prints the parity table. Exits with status 1 and writes
-nothing on bad input. All the work is done by tfmetric.export.export_for_serving.
+with a gallery, verify and verify_images for Siamese models; warm-up requests;
+metadata; TFLite files; parity.json), refreshes DIR/models.config and prints the
+parity table. Exits with status 1 and writes nothing on bad input. All the work
+is done by tfmetric.export.export_for_serving.
 """
 
 import os
@@ -76,6 +77,19 @@ flags.DEFINE_enum(
     "[-1, 1], raw -> unchanged, imagenet -> [0, 1] then ImageNet mean/std. "
     "Defaults to unit.",
 )
+flags.DEFINE_enum(
+    "verify",
+    "auto",
+    ["auto", "yes", "no"],
+    "Add the `verify` signatures (two inputs -> score and is_match at a threshold "
+    "calibrated on the --validation pairs): auto = for Siamese models only.",
+)
+flags.DEFINE_float(
+    "verify_threshold",
+    None,
+    "Decision threshold of `verify` (adds the `verify` signatures unless --verify=no). "
+    "Defaults to the one calibrated on the validation pairs.",
+)
 flags.DEFINE_list(
     "tflite",
     [],
@@ -96,8 +110,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "validation",
     None,
-    ".npz with `inputs` and optional integer `labels` for "
-    "the parity report. Defaults to the gallery inputs and labels, then the "
+    ".npz with `inputs` and optional integer `labels` (and optional "
+    "verification pairs `x1`, `x2`, `same`) for the parity report and the `verify` "
+    "threshold. Defaults to the gallery inputs and labels, then the "
     "representative set, then random inputs.",
 )
 flags.DEFINE_string(
@@ -116,9 +131,23 @@ flags.DEFINE_boolean(
     False,
     "Fail, writing no version, if a parity target is "
     "missed (SavedModel max|diff| <= 1e-5, fp16 MAP@R within 0.005, int8 within "
-    "0.02).",
+    "0.02; verify decisions agreeing on >= 99.5% of pairs, 98% for int8).",
 )
 flags.mark_flags_as_required(["model", "output"])
+
+
+def _image_spec(export):
+    """`None` (from the model) or the spec the image flags give, completed by the model input."""
+    given = (FLAGS.image_height, FLAGS.image_width, FLAGS.image_channels, FLAGS.image_scaling)
+    if all(value is None for value in given):
+        return None
+    _, input_shape, _ = export.resolve_embedder(FLAGS.model)
+    spec = export.ImageSpec.for_input_shape(input_shape, *given)
+    if spec is None:
+        raise ValueError(
+            f"The image flags were given, but the model input {input_shape} is not an image."
+        )
+    return spec
 
 
 def main(argv):
@@ -127,25 +156,31 @@ def main(argv):
     from tfmetric import export
 
     try:
+        verify = {"auto": None, "yes": True, "no": False}[FLAGS.verify]
+        if FLAGS.verify_threshold is not None:
+            if FLAGS.verify == "no":
+                raise ValueError("--verify_threshold was given with --verify=no.")
+            verify = export.VerifyOptions(threshold=FLAGS.verify_threshold)
         result = export.export_for_serving(
             FLAGS.model,
             FLAGS.output,
             name=FLAGS.name,
-            gallery=FLAGS.gallery,
             distance=FLAGS.distance,
-            top_k=FLAGS.top_k,
             l2_normalize=FLAGS.l2_normalize,
-            image_height=FLAGS.image_height,
-            image_width=FLAGS.image_width,
-            image_channels=FLAGS.image_channels,
-            image_scaling=FLAGS.image_scaling,
-            tflite_variants=FLAGS.tflite,
-            tflite_retrieval=FLAGS.tflite_retrieval,
-            representative=FLAGS.representative,
+            image_spec=_image_spec(export),
+            gallery=FLAGS.gallery,
+            top_k=FLAGS.top_k,
             validation=FLAGS.validation,
+            verify=verify,
+            tflite=export.TFLiteOptions(
+                FLAGS.tflite,
+                retrieval=FLAGS.tflite_retrieval,
+                representative=FLAGS.representative,
+            ),
+            parity=export.ParityOptions(
+                latency_runs=FLAGS.latency_runs, require=FLAGS.require_parity
+            ),
             serving_base_path=FLAGS.serving_base_path,
-            latency_runs=FLAGS.latency_runs,
-            require_parity=FLAGS.require_parity,
         )
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"export: error: {error}", file=sys.stderr)

@@ -217,7 +217,7 @@ def test_export_rejects_bad_input_before_writing(tmp_path):
     export = tfmetric.export.export_for_serving
     _raises(lambda: export(embedder, output, top_k=0), "top_k")
     _raises(lambda: export(embedder, output, distance="nope"), "distance")
-    _raises(lambda: export(embedder, output, tflite_variants=("int3",)), "tflite")
+    _raises(lambda: export(embedder, output, tflite=("int3",)), "tflite")
     _raises(lambda: export("does-not-exist.keras", output), "model", FileNotFoundError)
     assert not output.exists() or os.listdir(output) == []
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith((".tmp", "tmp"))]

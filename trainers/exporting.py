@@ -6,9 +6,6 @@ a gallery of training samples), TFLite variants and the parity report on
 held-out samples, and `MODEL_DIR/export/models.config`.
 """
 
-import os
-import tempfile
-
 import numpy as np
 
 from tfmetric.export import VARIANTS as TFLITE_VARIANTS
@@ -47,35 +44,25 @@ def export(model_path, directory, train, test, distance, seed=0, tflite_variants
     rng = np.random.default_rng(seed)
     gallery_rows = np.sort(rng.permutation(len(train))[:MAX_GALLERY])
     test_rows = np.sort(rng.permutation(len(test))[:MAX_VALIDATION])
-    image = {}
+    image_spec = None
     if test.is_image:
         height, width, channels = test.x.shape[1:]
-        image = {
-            "image_height": height,
-            "image_width": width,
-            "image_channels": channels,
-            "image_scaling": "raw",
-        }
-    with tempfile.TemporaryDirectory() as tmp:
-        validation = os.path.join(tmp, "validation.npz")
-        np.savez(
-            validation,
-            inputs=test.x[test_rows].astype(np.float32),
-            labels=test.y[test_rows].astype(np.int64),
-        )
-        result = export_lib.export_for_serving(
-            model_path,
-            directory,
-            name=EXPORT_NAME,
-            gallery={
-                "inputs": train.x[gallery_rows].astype(np.float32),
-                "labels": train.y[gallery_rows].astype(np.int64),
-            },
-            distance=distance,
-            tflite_variants=tflite_variants,
-            validation=validation,
-            **image,
-        )
+        image_spec = export_lib.ImageSpec(height, width, channels, scaling="raw")
+    result = export_lib.export_for_serving(
+        model_path,
+        directory,
+        name=EXPORT_NAME,
+        distance=distance,
+        image_spec=image_spec,
+        gallery={
+            "inputs": train.x[gallery_rows].astype(np.float32),
+            "labels": train.y[gallery_rows].astype(np.int64),
+        },
+        validation=export_lib.ValidationData(
+            test.x[test_rows].astype(np.float32), test.y[test_rows].astype(np.int64)
+        ),
+        tflite=tflite_variants,
+    )
     summary = {
         "exporter": "tfmetric.export.export_for_serving",
         "version": result.version,

@@ -61,3 +61,41 @@ def image_model():
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=tfmetric.losses.TripletLoss())
     model.fit(x.astype("float32"), y, batch_size=32, epochs=3, verbose=0)
     return model, x.astype("float32"), y
+
+
+def blob_pairs(x, y, per_sample, seed):
+    """Matching and non-matching index pairs of labelled samples (numpy only)."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for i in range(len(y)):
+        same = np.flatnonzero((y == y[i]) & (np.arange(len(y)) != i))
+        other = np.flatnonzero(y != y[i])
+        first += [i] * (2 * per_sample)
+        second += list(rng.choice(same, per_sample, replace=False))
+        second += list(rng.choice(other, per_sample, replace=False))
+    first, second = np.asarray(first), np.asarray(second)
+    return x[first], x[second], (y[first] == y[second]).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def siamese_model():
+    """Koch's Siamese network (WeightedL1 head, binary cross-entropy) on vector blobs."""
+    keras.utils.set_random_seed(0)
+    x, y = blobs(32, 12, seed=0)
+    embedder = keras.Sequential(
+        [keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)],
+        name="pair_embedder",
+    )
+    model = tfmetric.models.SiameseModel(embedder, head=tfmetric.layers.WeightedL1())
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
+    x1, x2, same = blob_pairs(x, y, per_sample=4, seed=0)
+    model.fit((x1, x2), same, batch_size=64, epochs=10, verbose=0)
+    x_val, y_val = blobs(16, 12, seed=1)
+    return model, x_val, y_val
+
+
+@pytest.fixture(scope="session")
+def image_validation():
+    """Held-out images of `image_blobs` (float32) and their labels."""
+    x, y = image_blobs(6, 16, seed=2)
+    return x.astype("float32"), y

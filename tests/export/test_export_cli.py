@@ -118,7 +118,7 @@ def test_sigkill_mid_export_leaves_no_version(files, vector_model):
 
     # Re-running publishes version 1 and removes the dead export's directory.
     result = tfmetric.export.export_for_serving(
-        vector_model[0], out_dir, name="products", latency_runs=0
+        vector_model[0], out_dir, name="products", parity=tfmetric.export.ParityOptions(0)
     )
     assert result.version == 1
     assert os.listdir(base) == ["1"]

@@ -11,7 +11,7 @@ import tfmetric
 
 
 def _export(model, out, **kwargs):
-    kwargs.setdefault("latency_runs", 0)
+    kwargs.setdefault("parity", tfmetric.export.ParityOptions(latency_runs=0))
     return tfmetric.export.export_for_serving(model, out, **kwargs)
 
 
@@ -137,13 +137,13 @@ def test_bad_input_writes_nothing(vector_model, tmp_path):
     with pytest.raises(ValueError, match="`gallery` inputs have shape"):
         _export(model, out, gallery={"inputs": np.zeros((3, 5), "float32")})
     with pytest.raises(ValueError, match="`tflite` variants"):
-        _export(model, out, tflite_variants="fp32,int4")
+        _export(model, out, tflite="fp32,int4")
     with pytest.raises(ValueError, match="`name`"):
         _export(model, out, name="../escape")
     with pytest.raises(ValueError, match="not an image"):
-        _export(model, out, image_height=32)
+        _export(model, out, image_spec=tfmetric.export.ImageSpec(32, 32))
     with pytest.raises(ValueError, match="`int8` TFLite variant needs a `representative`"):
-        _export(model, out, tflite_variants=["int8"], validation=None)
+        _export(model, out, tflite=["int8"], validation=None)
     assert _snapshot(out) == before
 
     cluttered = tmp_path / "cluttered"

@@ -67,7 +67,7 @@ def exported(image_model, tmp_path_factory):
         gallery={"inputs": x, "ids": gallery_ids, "labels": y},
         distance="cosine",
         top_k=TOP_K,
-        latency_runs=0,
+        parity=tfmetric.export.ParityOptions(latency_runs=0),
     )
     return result, model, x, y, gallery_ids, root
 

@@ -22,8 +22,8 @@ def exported(vector_model, tmp_path_factory):
         gallery={"inputs": x, "labels": y},
         distance="cosine",
         top_k=5,
-        tflite_variants=",".join(VARIANTS),
-        latency_runs=2,
+        tflite=",".join(VARIANTS),
+        parity=tfmetric.export.ParityOptions(latency_runs=2),
     )
     return result, model, x, y
 

@@ -9,6 +9,11 @@ CPU latency of a batch of 1 and of 32.
 Targets (from the export's acceptance criteria): the SavedModel within `1e-5`
 max |Δ|; float TFLite variants (`fp32`, `fp16`) within 0.005 MAP@R of Keras
 (0.5 percentage points); integer variants (`dynamic_int8`, `int8`) within 0.02.
+
+With a `verify` signature, the report also compares each runtime's `verify`
+on the validation pairs: the largest score difference, and the share of pairs
+whose `is_match` decision equals Keras' (targets: at least 99.5% for the
+SavedModel, `fp32` and `fp16`; at least 98% for `dynamic_int8` and `int8`).
 """
 
 import json
@@ -18,7 +23,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["TARGETS", "format_report", "parity_report"]
+__all__ = ["TARGETS", "ParityOptions", "format_report", "parity_report"]
 
 TARGETS = {
     "saved_model": {"max_abs_diff": 1e-5},
@@ -26,6 +31,54 @@ TARGETS = {
     "fp16": {"map_at_r_drop": 0.005},
     "dynamic_int8": {"map_at_r_drop": 0.02},
     "int8": {"map_at_r_drop": 0.02},
+}
+
+
+class ParityOptions:
+    """How the parity report of an export is made.
+
+    Args:
+        latency_runs: Timed calls per batch size; `0` skips timing. Defaults
+            to `10`.
+        require: Abort the export (writing no version) if a target is
+            missed. Defaults to `False`.
+
+    Example:
+
+    >>> tfmetric.export.ParityOptions(latency_runs=0, require=True)
+    ParityOptions(latency_runs=0, require=True)
+    """
+
+    def __init__(self, latency_runs=10, require=False):
+        if (
+            isinstance(latency_runs, bool)
+            or not isinstance(latency_runs, (int, np.integer))
+            or latency_runs < 0
+        ):
+            raise ValueError(f"`latency_runs` must be an integer >= 0; got {latency_runs!r}.")
+        self.latency_runs = int(latency_runs)
+        self.require = bool(require)
+
+    @classmethod
+    def from_argument(cls, parity):
+        if parity is None:
+            return cls()
+        if isinstance(parity, cls):
+            return parity
+        raise TypeError(
+            f"`parity` must be None or a tfmetric.export.ParityOptions; got {parity!r}."
+        )
+
+    def __repr__(self):
+        return f"ParityOptions(latency_runs={self.latency_runs!r}, require={self.require!r})"
+
+
+VERIFY_TARGETS = {
+    "saved_model": {"agreement": 0.995},
+    "fp32": {"agreement": 0.995},
+    "fp16": {"agreement": 0.995},
+    "dynamic_int8": {"agreement": 0.98},
+    "int8": {"agreement": 0.98},
 }
 
 
@@ -166,6 +219,65 @@ def _passed(target, entry):
     return all(checks) if checks else None
 
 
+def add_verify_parity(report, verify, runtimes, x1, x2, same, batch_size=32):
+    """Adds the `verify` section to a parity report (and folds it into `passed`).
+
+    Args:
+        report: A report from `parity_report`.
+        verify: The export's `VerifyPlan` (Keras scores and decisions).
+        runtimes: Dict of runtime name to a callable `(x1, x2) -> (score,
+            is_match)` (numpy arrays).
+        x1, x2: The validation pairs' inputs.
+        same: Booleans `(pairs,)`: whether each pair matches.
+
+    Returns:
+        The report, with `report["verify"]` = `{"pairs", "threshold",
+        "targets", "keras": {"accuracy"}, "runtimes": {name: {"max_abs_diff",
+        "agreement", "accuracy", "passed"}}}`.
+    """
+    expected = verify.score_numpy(x1, x2)
+    decisions = verify.decide(expected)
+    entries = {}
+    for name, fn in runtimes.items():
+        parts = [
+            fn(x1[i : i + batch_size], x2[i : i + batch_size])
+            for i in range(0, len(x1), batch_size)
+        ]
+        scores = np.concatenate([np.asarray(p[0], "float32").reshape(-1) for p in parts])
+        matches = np.concatenate([np.asarray(p[1]).reshape(-1) for p in parts]).astype(bool)
+        entry = {
+            "max_abs_diff": float(np.max(np.abs(scores - expected))),
+            "agreement": float(np.mean(matches == decisions)),
+            "accuracy": float(np.mean(matches == same)),
+        }
+        target = VERIFY_TARGETS.get(name)
+        entry["passed"] = None if target is None else entry["agreement"] >= target["agreement"]
+        entries[name] = entry
+    report["verify"] = {
+        "pairs": int(len(same)),
+        "threshold": verify.threshold,
+        "targets": {name: VERIFY_TARGETS[name] for name in entries if name in VERIFY_TARGETS},
+        "keras": {"accuracy": float(np.mean(decisions == same))},
+        "runtimes": entries,
+    }
+    verdicts = [e["passed"] for e in entries.values() if e["passed"] is not None]
+    if verdicts:
+        previous = report["passed"]
+        report["passed"] = all(verdicts) and previous is not False
+    return report
+
+
+def _distance_label(distance):
+    """A short name of a serialized distance: `"cosine"`, `"Minkowski"`, `"LearnedDistance(WeightedL1)"`."""
+    if not isinstance(distance, dict):
+        return str(distance)
+    name = distance.get("class_name", "?")
+    layer = (distance.get("config") or {}).get("layer")
+    if isinstance(layer, dict):
+        name += f"({layer.get('class_name', '?')})"
+    return name
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -178,7 +290,8 @@ def format_report(report):
     )
     keras = report["keras"]
     lines = [
-        f"Parity vs Keras on {report['samples']} samples (distance: {report['distance']})",
+        f"Parity vs Keras on {report['samples']} samples "
+        f"(distance: {_distance_label(report['distance'])})",
         header,
         f"{'keras':<14}{'-':>10}{'-':>10}{_fmt(keras['precision_at_1'], '.4f'):>8}"
         f"{_fmt(keras['map_at_r'], '.4f'):>8}{'-':>9}{'-':>10}"
@@ -194,6 +307,19 @@ def format_report(report):
             f"{_fmt(e['latency_ms_batch_1'], '.2f'):>8}{_fmt(e['latency_ms_batch_32'], '.2f'):>8}"
             f"  {verdict[e['passed']]}"
         )
+    section = report.get("verify")
+    if section:
+        lines += [
+            "",
+            f"verify on {section['pairs']} validation pairs (threshold "
+            f"{section['threshold']:.6g}; Keras accuracy {section['keras']['accuracy']:.4f})",
+            f"{'runtime':<14}{'max|Δ|':>10}{'agree':>8}{'accuracy':>10}  target",
+        ]
+        for name, e in section["runtimes"].items():
+            lines.append(
+                f"{name:<14}{_fmt(e['max_abs_diff'], '.2e'):>10}{e['agreement']:>8.4f}"
+                f"{e['accuracy']:>10.4f}  {verdict[e['passed']]}"
+            )
     return "\n".join(lines)
 
 

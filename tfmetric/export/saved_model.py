@@ -1,8 +1,8 @@
-"""SavedModel of an embedder, with image decoding and exact retrieval in the graph.
+"""SavedModel of an export plan, with image decoding, exact retrieval and verification in the graph.
 
-The SavedModel holds the embedder only (no loss, head or optimizer) and plain
-TensorFlow ops, so `tf.saved_model.load` and TF Serving use it without tfmetric.
-Signatures:
+The SavedModel holds the embedder (and, for a Siamese model, its head) but no
+loss or optimizer, and plain TensorFlow ops, so `tf.saved_model.load` and TF
+Serving use it without tfmetric. Signatures (those the plan lists):
 
 - `serving_default`: `inputs` (float, `(batch, ...)`) → `embeddings` `(batch, dim)`;
 - `embed_images` (image models): `images` (a `(batch,)` string tensor of encoded
@@ -10,7 +10,10 @@ Signatures:
 - `retrieve` (with a gallery): `inputs` → `ids`, `distances`, `indices` (row
   numbers in the gallery) and `labels` (when the gallery has labels) of the
   `top_k` nearest gallery items, nearest first (exact search);
-- `retrieve_images` (image models with a gallery): the same from encoded images.
+- `retrieve_images` (image models with a gallery): the same from encoded images;
+- `verify` (Siamese models, or on request): `x1`, `x2` → `score` `(batch,)`
+  and `is_match` (bool) at the calibrated threshold;
+- `verify_images` (image models): the same from `images1`, `images2`.
 """
 
 import json
@@ -23,26 +26,32 @@ import tensorflow as tf
 
 from tfmetric import distances as distances_lib
 
-__all__ = ["METADATA_FILENAME", "exact_search", "save_embedder"]
+__all__ = ["METADATA_FILENAME", "exact_search", "save_embedder", "write_saved_model"]
 
 METADATA_FILENAME = "tfmetric_export.json"
 
 
-class _EmbedderModule(tf.Module):
-    """The tracked state of the export: the embedder and the gallery."""
+class _ExportModule(tf.Module):
+    """The tracked state of the export: the embedder, the gallery, the verification model."""
 
-    def __init__(self, embedder, gallery, metadata_path, l2_normalize):
+    def __init__(self, plan, metadata_path):
         super().__init__(name="tfmetric_export")
-        self.embedder = embedder
+        self.embedder = plan.embedder
+        gallery = plan.gallery
         if gallery is not None:
             embeddings = gallery.embeddings
-            if l2_normalize:
+            if plan.l2_normalize:
                 norms = np.sqrt(np.maximum(np.sum(embeddings**2, axis=1, keepdims=True), 1e-12))
                 embeddings = embeddings / norms
             self.gallery_embeddings = tf.Variable(embeddings, trainable=False)
             self.gallery_ids = tf.Variable(gallery.ids, trainable=False)
             if gallery.labels is not None:
                 self.gallery_labels = tf.Variable(gallery.labels, trainable=False)
+        layer = getattr(plan.distance, "layer", None)
+        if isinstance(layer, keras.layers.Layer):
+            self.distance_layer = layer  # A learned distance: its weights are saved.
+        if plan.verify is not None and plan.verify.siamese is not None:
+            self.siamese = plan.verify.siamese
         self.metadata = tf.saved_model.Asset(metadata_path)
 
 
@@ -77,19 +86,20 @@ def _decoder(image_spec):
     return decode_batch
 
 
-def _build_signatures(module, input_shape, input_dtype, image_spec, distance, top_k, l2_normalize):
-    """Returns the `{name: concrete function}` signatures of the export."""
-    embedder = module.embedder
+def _build_signatures(module, plan):
+    """Returns the `{name: concrete function}` of every signature the plan lists."""
+    input_dtype = tf.as_dtype(plan.input_dtype)
+    decode = None if plan.image_spec is None else _decoder(plan.image_spec)
+
+    def from_images(images):
+        return tf.cast(decode(images), input_dtype)
 
     def embed(inputs):
-        embeddings = tf.cast(embedder(inputs, training=False), tf.float32)
-        if l2_normalize:
-            embeddings = tf.math.l2_normalize(embeddings, axis=1, epsilon=1e-12)
-        return embeddings
+        return {"embeddings": plan.embed(inputs)}
 
-    def retrieve_from(embeddings):
+    def retrieve(inputs):
         gallery = tf.convert_to_tensor(module.gallery_embeddings)
-        values, indices = exact_search(embeddings, gallery, distance, top_k)
+        values, indices = exact_search(plan.embed(inputs), gallery, plan.distance, plan.top_k)
         outputs = {
             "ids": tf.gather(module.gallery_ids, indices),
             "distances": values,
@@ -99,70 +109,89 @@ def _build_signatures(module, input_shape, input_dtype, image_spec, distance, to
             outputs["labels"] = tf.gather(module.gallery_labels, indices)
         return outputs
 
-    inputs_spec = tf.TensorSpec((None, *input_shape), input_dtype, name="inputs")
-    images_spec = tf.TensorSpec((None,), tf.string, name="images")
-    signatures = {}
+    def verify(x1, x2):
+        score = plan.verify.score(x1, x2)
+        return {"score": score, "is_match": plan.verify.decide(score)}
 
-    @tf.function(input_signature=[inputs_spec])
-    def serving_default(inputs):
-        return {"embeddings": embed(inputs)}
+    inputs_spec = tf.TensorSpec((None, *plan.input_shape), input_dtype)
+    images_spec = tf.TensorSpec((None,), tf.string)
+    functions = {}
+    for signature in plan.signatures:
+        names = signature.input_names()
+        spec = images_spec if signature.images else inputs_spec
+        task = {"embed": embed, "retrieve": retrieve, "verify": verify}[signature.task]
+        specs = [tf.TensorSpec(spec.shape, spec.dtype, name=n) for n in names]
+        if len(names) == 1:
 
-    signatures["serving_default"] = serving_default
-    if image_spec is not None:
-        decode = _decoder(image_spec)
+            def single(x, task=task, images=signature.images):
+                return task(from_images(x) if images else x)
 
-        @tf.function(input_signature=[images_spec])
-        def embed_images(images):
-            return {"embeddings": embed(tf.cast(decode(images), input_dtype))}
+            fn = tf.function(single, input_signature=specs)
+        else:
 
-        signatures["embed_images"] = embed_images
-    if hasattr(module, "gallery_embeddings"):
+            def pair(x1, x2, task=task, images=signature.images):
+                if images:
+                    x1, x2 = from_images(x1), from_images(x2)
+                return task(x1, x2)
 
-        @tf.function(input_signature=[inputs_spec])
-        def retrieve(inputs):
-            return retrieve_from(embed(inputs))
+            fn = tf.function(pair, input_signature=specs)
+        functions[signature.name] = fn.get_concrete_function()
+    return functions
 
-        signatures["retrieve"] = retrieve
-        if image_spec is not None:
 
-            @tf.function(input_signature=[images_spec])
-            def retrieve_images(images):
-                return retrieve_from(embed(tf.cast(decode(images), input_dtype)))
+def write_saved_model(plan, path):
+    """Writes the SavedModel of an `ExportPlan` to `path` (with its metadata).
 
-            signatures["retrieve_images"] = retrieve_images
-    return {name: fn.get_concrete_function() for name, fn in signatures.items()}
+    Returns:
+        The metadata written as `assets/tfmetric_export.json`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "Exporting a SavedModel needs the TensorFlow Keras backend; set KERAS_BACKEND="
+            f"tensorflow (current backend: {keras.backend.backend()})."
+        )
+    metadata = plan.metadata()
+    with tempfile.TemporaryDirectory() as scratch:
+        metadata_path = os.path.join(scratch, METADATA_FILENAME)
+        with open(metadata_path, "w") as f:
+            json.dump(metadata, f, indent=2, sort_keys=True)
+        module = _ExportModule(plan, metadata_path)
+        signatures = _build_signatures(module, plan)
+        tf.saved_model.save(module, os.fspath(path), signatures=signatures)
+    return metadata
 
 
 def save_embedder(
     path,
     embedder,
-    input_shape,
+    input_shape=None,
     image_spec=None,
     gallery=None,
     distance="cosine",
     top_k=10,
     l2_normalize=False,
-    metadata=None,
 ):
     """Writes a SavedModel of `embedder` to `path` and returns its signature names.
 
     Lower-level than `tfmetric.export.export_for_serving` (no versioning, no
-    warm-up, not atomic): use it to place a SavedModel yourself.
+    warm-up, no TFLite, no parity, not atomic): use it to place a SavedModel
+    yourself.
 
     Args:
         path: Directory to write (created; must not hold a SavedModel).
         embedder: Keras model mapping one float input to `(batch, dim)`.
-        input_shape: The input shape without the batch (`None` = free).
-        image_spec: A `tfmetric.export.ImageSpec` to add `embed_images`, or `None`.
-        gallery: A `tfmetric.export.Gallery` to add `retrieve`, or `None`.
+        input_shape: The input shape without the batch; must be the
+            embedder's (its default).
+        image_spec: A `tfmetric.export.ImageSpec` to add `embed_images`, or
+            `None`.
+        gallery: A `tfmetric.export.Gallery` (or dict, or `.npz` path) to add
+            `retrieve`, or `None`.
         distance: Distance of `retrieve` (name, config or instance). Defaults
             to `"cosine"`.
         top_k: Number of gallery items `retrieve` returns (capped at the
             gallery size). Defaults to `10`.
         l2_normalize: Whether the signatures L2-normalise the embeddings (the
             gallery embeddings are then normalised too). Defaults to `False`.
-        metadata: JSON-serialisable dict stored as
-            `assets/tfmetric_export.json`. Defaults to `{}`.
 
     Returns:
         The list of signature names.
@@ -172,26 +201,23 @@ def save_embedder(
     >>> import keras, os, tempfile
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     >>> path = os.path.join(tempfile.mkdtemp(), "embedder")
-    >>> tfmetric.export.save_embedder(path, model, (3,))
+    >>> tfmetric.export.save_embedder(path, model)
     ['serving_default']
     """
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "Exporting a SavedModel needs the TensorFlow Keras backend; set KERAS_BACKEND="
-            f"tensorflow (current backend: {keras.backend.backend()})."
-        )
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"`top_k` must be a positive integer; got {top_k!r}.")
-    distance = distances_lib.get(distance)
-    input_dtype = tf.as_dtype(keras.backend.standardize_dtype(embedder.inputs[0].dtype))
-    with tempfile.TemporaryDirectory() as scratch:
-        metadata_path = os.path.join(scratch, METADATA_FILENAME)
-        with open(metadata_path, "w") as f:
-            json.dump(metadata or {}, f, indent=2, sort_keys=True)
-        module = _EmbedderModule(embedder, gallery, metadata_path, l2_normalize)
-        k = min(int(top_k), len(gallery)) if gallery is not None else int(top_k)
-        signatures = _build_signatures(
-            module, input_shape, input_dtype, image_spec, distance, k, l2_normalize
-        )
-        tf.saved_model.save(module, os.fspath(path), signatures=signatures)
-    return list(signatures)
+    from tfmetric.export.plan import plan_export
+
+    if input_shape is not None:
+        shape = tuple(embedder.inputs[0].shape[1:])
+        if tuple(input_shape) != shape:
+            raise ValueError(f"`input_shape` {tuple(input_shape)} is not the embedder's {shape}.")
+    plan = plan_export(
+        embedder,
+        image_spec=False if image_spec is None else image_spec,
+        gallery=gallery,
+        distance=distances_lib.get(distance),
+        top_k=top_k,
+        l2_normalize=l2_normalize,
+        verify=False,
+    )
+    write_saved_model(plan, path)
+    return plan.signature_names

@@ -8,7 +8,7 @@ OUTPUT/
       saved_model.pb  variables/  fingerprint.pb
       assets/tfmetric_export.json     # metadata
       assets.extra/tf_serving_warmup_requests
-      tflite/embedder_fp32.tflite ... # optional, with retrieve_<variant>.tflite
+      tflite/embedder_fp32.tflite ... # optional, with retrieve_ and verify_<variant>.tflite
       parity.json                     # parity report
     2/ ...
 ```
@@ -20,18 +20,17 @@ that TF Serving would load. Temporary directories left by killed exports are
 removed by the next export.
 """
 
-import datetime
 import os
 import re
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmetric import distances as distances_lib
-from tfmetric.export import parity, saved_model, spec, tflite, warmup
+from tfmetric.export import parity as parity_lib
+from tfmetric.export import saved_model, tflite, warmup
+from tfmetric.export.plan import plan_export
 
 __all__ = ["ExportResult", "export_for_serving", "next_version"]
 
@@ -197,125 +196,68 @@ def write_models_config(output_dir, serving_base_path="/models"):
     return path
 
 
-def _probe_l2_normalized(embedder, sample, l2_normalize):
-    if l2_normalize:
-        return True
-    norms = np.linalg.norm(np.asarray(embedder(sample, training=False), "float32"), axis=1)
-    return bool(np.allclose(norms, 1.0, atol=1e-3))
-
-
-def _metadata(
-    name,
-    embedder,
-    input_shape,
-    dim,
-    distance,
-    image_spec,
-    gallery,
-    top_k,
-    l2_normalize,
-    output_l2_normalized,
-    signatures,
-    tflite_variants,
-):
-    import tfmetric
-
-    return {
-        "format": "tfmetric.export/1",
-        "name": name,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source_model": embedder.name,
-        "embedding_dim": dim,
-        "distance": distances_lib.serialize(distance),
-        "distance_is_similarity": distance.is_similarity,
-        "normalization": {
-            "l2_normalize_in_export": bool(l2_normalize),
-            "output_l2_normalized": output_l2_normalized,
-        },
-        "input": {
-            "name": "inputs",
-            "shape": [None, *input_shape],
-            "dtype": keras.backend.standardize_dtype(embedder.inputs[0].dtype),
-        },
-        "image_spec": None if image_spec is None else image_spec.to_json(),
-        "gallery": None
-        if gallery is None
-        else {
-            "size": len(gallery),
-            "top_k": min(top_k, len(gallery)),
-            "ids_dtype": "string" if gallery.ids.dtype.kind == "U" else "int64",
-            "has_labels": gallery.labels is not None,
-        },
-        "signatures": signatures,
-        "tflite": list(tflite_variants),
-        "versions": {
-            "tfmetric": tfmetric.__version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
-    }
-
-
 def export_for_serving(
     model,
     output_dir,
+    *,
     name=None,
-    gallery=None,
     distance=None,
-    top_k=10,
     l2_normalize=False,
-    image_height=None,
-    image_width=None,
-    image_channels=None,
-    image_scaling=None,
-    tflite_variants=(),
-    tflite_retrieval=True,
-    representative=None,
+    image_spec=None,
+    gallery=None,
+    top_k=10,
     validation=None,
+    verify=None,
+    tflite=None,
+    parity=None,
     serving_base_path="/models",
-    latency_runs=10,
-    require_parity=False,
 ):
-    """Exports an embedder as the next version of a TF Serving model, atomically.
+    """Exports a model as the next version of a TF Serving model, atomically.
 
-    Writes `output_dir/name/<version>/` (the SavedModel of `tfmetric.export.
-    save_embedder` with warm-up requests and metadata), optional TFLite files
-    and a parity report inside it, then refreshes `output_dir/models.config`.
-    All input is checked before anything is written.
+    Resolves everything into one `tfmetric.export.ExportPlan` first
+    (`plan_export`: all input is checked before anything is written), then
+    writes `output_dir/name/<version>/` (the SavedModel with warm-up requests
+    and metadata), the TFLite files and a parity report inside it, and
+    refreshes `output_dir/models.config`.
 
     Args:
         model: A `keras.Model` or the path of a `.keras` file; a model with an
-            `embedder` attribute is exported through it.
+            `embedder` attribute (tfmetric's `SiameseModel`, `TripletModel`,
+            `ProxyModel`) is exported through it.
         output_dir: The models directory (absent, empty or holding TF Serving
             model bases).
         name: The served model name. Defaults to the `.keras` file stem, or the
             model name.
+        distance: Distance of `retrieve`, of the parity metrics and of
+            `verify` for embedders. Defaults to the distance the model was
+            trained with (`tfmetric.export.trained_distance`: a Siamese
+            model's learned head or distance, the compiled loss's distance,
+            the model's `distance`), else `"cosine"`.
+        l2_normalize: L2-normalise the exported embeddings. Defaults to `False`.
+        image_spec: The `tfmetric.export.ImageSpec` of the `*_images`
+            signatures; `None` derives it from an image model's input shape
+            (scaling `"unit"`); `False` leaves them out.
         gallery: `None`, an `.npz` path, a dict or a `tfmetric.export.Gallery`
             with `embeddings` (or `inputs`) and optional `ids` and integer
             `labels`; adds the `retrieve` signatures.
-        distance: Distance of retrieval and of the parity metrics. Defaults to
-            the model's `distance` attribute if any, else `"cosine"`.
         top_k: Gallery items returned by `retrieve`. Defaults to `10`.
-        l2_normalize: L2-normalise the exported embeddings. Defaults to `False`.
-        image_height, image_width, image_channels, image_scaling: The
-            `tfmetric.export.ImageSpec` of `embed_images`; each defaults to the
-            model input shape (scaling to `"unit"`).
-        tflite_variants: TFLite variants among `"fp32"`, `"fp16"`,
-            `"dynamic_int8"`, `"int8"` (a list or a comma-separated string).
-            Defaults to none.
-        tflite_retrieval: With a gallery, also write `retrieve_<variant>.tflite`
-            with the baked-in exact search. Defaults to `True`.
-        representative: Calibration inputs of `"int8"` (an array, or an `.npz`
-            with `inputs`). Defaults to the validation or gallery inputs.
-        validation: Parity inputs (array, or `.npz` with `inputs` and optional
-            integer `labels`). Defaults to the gallery inputs and labels, then
-            the representative set, then 64 uniform random inputs.
+        validation: Held-out data, in memory: a `tfmetric.export.ValidationData`,
+            a tuple `(inputs, labels)`, an array of inputs, a dict, or an
+            `.npz` path (`inputs`, optional `labels`; optional pairs `x1`,
+            `x2`, `same`). It gives the parity report its inputs, the `int8`
+            calibration (by default) and the `verify` threshold. Defaults to
+            the gallery inputs and labels, then the representative set, then
+            64 uniform random inputs.
+        verify: Add the `verify` signatures: `None` (for Siamese models
+            only), `True`, `False`, or a `tfmetric.export.VerifyOptions`
+            (given threshold, calibration metric).
+        tflite: TFLite files: a `tfmetric.export.TFLiteOptions`, or variant
+            names among `"fp32"`, `"fp16"`, `"dynamic_int8"`, `"int8"` (a list
+            or a comma-separated string). Defaults to none.
+        parity: A `tfmetric.export.ParityOptions` (latency runs, whether a
+            missed target aborts the export). Defaults to `ParityOptions()`.
         serving_base_path: Where TF Serving sees `output_dir`, for
             `models.config`. Defaults to `"/models"`.
-        latency_runs: Timed calls per batch size in the parity report; `0`
-            skips timing. Defaults to `10`.
-        require_parity: Abort (writing no version) if a parity target is
-            missed. Defaults to `False`.
 
     Returns:
         An `ExportResult`.
@@ -324,7 +266,8 @@ def export_for_serving(
         FileNotFoundError: for a missing model, gallery or data file.
         ValueError: for a model that is not an embedding model, a gallery of
             the wrong dimension, an output that is not a TF Serving base, bad
-            arguments, or (with `require_parity`) a missed parity target.
+            arguments, or (with `ParityOptions(require=True)`) a missed parity
+            target.
         RuntimeError: if a TFLite conversion fails (no version is written).
 
     Example:
@@ -332,115 +275,50 @@ def export_for_serving(
     >>> import keras, tempfile
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="tiny")
     >>> out = tempfile.mkdtemp()
-    >>> tfmetric.export.export_for_serving(model, out, latency_runs=0).version
+    >>> quiet = tfmetric.export.ParityOptions(latency_runs=0)
+    >>> tfmetric.export.export_for_serving(model, out, parity=quiet).version
     1
-    >>> tfmetric.export.export_for_serving(model, out, latency_runs=0).version
+    >>> tfmetric.export.export_for_serving(model, out, parity=quiet).version
     2
     """
     output_dir = os.fspath(output_dir)
-    source_name = None
-    if not isinstance(model, keras.Model):
-        source_name = os.path.splitext(os.path.basename(os.fspath(model)))[0]
-        model = spec.load_keras_file(model)
-    embedder, input_shape, dim = spec.resolve_embedder(model)
-    name = name or source_name or embedder.name
-    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+    plan = plan_export(
+        model,
+        name=name,
+        distance=distance,
+        l2_normalize=l2_normalize,
+        image_spec=image_spec,
+        gallery=gallery,
+        top_k=top_k,
+        validation=validation,
+        verify=verify,
+        tflite=tflite,
+        parity=parity,
+    )
+    if not isinstance(plan.name, str) or not _NAME_PATTERN.match(plan.name):
         raise ValueError(
             f"`name` must be letters, digits, '_', '-' or '.', starting with a letter or "
-            f"digit; got {name!r}."
+            f"digit; got {plan.name!r}."
         )
-    _check_output(output_dir, name)
-    if distance is None:
-        distance = getattr(model, "distance", None)
-    distance = distances_lib.get(distance or "cosine")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"`top_k` must be a positive integer; got {top_k!r}.")
-    image_spec = spec.ImageSpec.for_input_shape(
-        input_shape, image_height, image_width, image_channels, image_scaling
-    )
-    gallery = spec.load_gallery(gallery, embedder, input_shape, dim)
-    variants = tflite.check_variants(tflite_variants)
-    representative = spec.load_inputs(representative, input_shape, "representative")
-    validation_inputs, validation_labels = _validation_set(validation, input_shape, gallery)
-    if representative is None:
-        representative = validation_inputs
-    if representative is None and gallery is not None and gallery.inputs is not None:
-        representative = np.asarray(gallery.inputs, "float32")
-    if "int8" in variants and representative is None:
-        raise ValueError("The `int8` TFLite variant needs a `representative` set of inputs.")
-    if validation_inputs is None:
-        validation_inputs = representative
-    if validation_inputs is None:
-        if any(d is None for d in input_shape):
-            raise ValueError(
-                f"The model input shape {input_shape} has free dimensions; give `validation` "
-                "inputs for the parity report."
-            )
-        validation_inputs = np.random.default_rng(0).uniform(0, 1, (64, *input_shape))
-        validation_inputs = validation_inputs.astype("float32")
-    sample = validation_inputs[:1]
+    _check_output(output_dir, plan.name)
 
-    signatures = ["serving_default"]
-    if image_spec is not None:
-        signatures.append("embed_images")
-    if gallery is not None:
-        signatures.append("retrieve")
-        if image_spec is not None:
-            signatures.append("retrieve_images")
-    metadata = _metadata(
-        name,
-        embedder,
-        input_shape,
-        dim,
-        distance,
-        image_spec,
-        gallery,
-        int(top_k),
-        l2_normalize,
-        _probe_l2_normalized(embedder, sample, l2_normalize),
-        signatures,
-        variants,
-    )
-
-    base_dir = os.path.join(output_dir, name)
+    base_dir = os.path.join(output_dir, plan.name)
     os.makedirs(base_dir, exist_ok=True)
     _remove_stale_temporaries(base_dir)
     tmp_dir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=base_dir)
     try:
-        written = saved_model.save_embedder(
-            tmp_dir,
-            embedder,
-            input_shape,
-            image_spec,
-            gallery,
-            distance,
-            int(top_k),
-            l2_normalize,
-            metadata,
-        )
-        if written != signatures:
-            raise RuntimeError(f"Signatures {written} differ from the metadata's {signatures}.")
+        metadata = saved_model.write_saved_model(plan, tmp_dir)
+        sample = plan.validation.inputs[:1]
         warmup.write_warmup_requests(
-            tmp_dir, name, warmup.warmup_inputs(signatures, sample, image_spec)
+            tmp_dir, plan.name, warmup.warmup_inputs(plan.signatures, sample, plan.image_spec)
         )
-        tflite_files = _write_tflite(
-            tmp_dir, variants, gallery is not None and tflite_retrieval, representative
-        )
-        report = _parity(
-            embedder,
-            l2_normalize,
-            tmp_dir,
-            tflite_files,
-            validation_inputs,
-            validation_labels,
-            distance,
-            latency_runs,
-        )
-        parity.write_report(report, os.path.join(tmp_dir, "parity.json"))
-        if require_parity and report["passed"] is False:
+        tflite_files = _write_tflite(tmp_dir, plan)
+        report = _parity(plan, tmp_dir, tflite_files)
+        parity_lib.write_report(report, os.path.join(tmp_dir, "parity.json"))
+        if plan.parity.require and report["passed"] is False:
             raise ValueError(
-                "The export missed a parity target (`require_parity=True`); no version was "
-                "written.\n" + parity.format_report(report)
+                "The export missed a parity target (`ParityOptions(require=True)`); no version "
+                "was written.\n" + parity_lib.format_report(report)
             )
         version, path = _publish(tmp_dir, base_dir)
     except BaseException:
@@ -450,62 +328,35 @@ def export_for_serving(
     tflite_files = {
         key: os.path.join(path, "tflite", os.path.basename(p)) for key, p in tflite_files.items()
     }
-    return ExportResult(version, path, signatures, tflite_files, report, metadata)
+    return ExportResult(version, path, plan.signature_names, tflite_files, report, metadata)
 
 
-def _validation_set(validation, input_shape, gallery):
-    if validation is None:
-        if gallery is not None and gallery.inputs is not None:
-            return np.asarray(gallery.inputs, "float32"), gallery.labels
-        return None, None
-    labels = None
-    if isinstance(validation, (str, os.PathLike)):
-        data = spec._load_npz(validation, "validation")
-        labels = data.get("labels")
-    inputs = spec.load_inputs(validation, input_shape, "validation")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(inputs),) or labels.dtype.kind not in "iu":
-            raise ValueError(
-                f"`validation` `labels` must be integers of shape ({len(inputs)},); got "
-                f"{labels.dtype} {labels.shape}."
-            )
-    return inputs, labels
-
-
-def _write_tflite(tmp_dir, variants, with_retrieval, representative):
+def _write_tflite(tmp_dir, plan):
     files = {}
-    if not variants:
+    if not plan.tflite:
         return files
     directory = os.path.join(tmp_dir, "tflite")
     os.makedirs(directory)
-    jobs = [("embedder", "serving_default")]
-    if with_retrieval:
-        jobs.append(("retrieve", "retrieve"))
-    for variant in variants:
-        for prefix, signature in jobs:
-            try:
-                content = tflite.convert_tflite(tmp_dir, variant, signature, representative)
-            except Exception as error:
-                raise RuntimeError(
-                    f"TFLite conversion of `{signature}` to the {variant!r} variant failed: {error}"
-                ) from error
-            path = os.path.join(directory, f"{prefix}_{variant}.tflite")
-            with open(path, "wb") as f:
-                f.write(content)
-            files[f"{prefix}_{variant}"] = path
+    for target in plan.tflite:
+        try:
+            content = tflite.convert_tflite(
+                tmp_dir, target.variant, target.signature, plan.representative_for(target.signature)
+            )
+        except Exception as error:
+            raise RuntimeError(
+                f"TFLite conversion of `{target.signature}` to the {target.variant!r} variant "
+                f"failed: {error}"
+            ) from error
+        path = os.path.join(directory, target.filename)
+        with open(path, "wb") as f:
+            f.write(content)
+        files[target.key] = path
     return files
 
 
-def _parity(
-    embedder, l2_normalize, saved_model_dir, tflite_files, inputs, labels, distance, latency_runs
-):
+def _parity(plan, saved_model_dir, tflite_files):
     def reference(x):
-        embeddings = np.asarray(embedder(x, training=False), "float32")
-        if l2_normalize:
-            norms = np.sqrt(np.maximum(np.sum(np.square(embeddings), axis=1, keepdims=True), 1e-12))
-            embeddings = embeddings / norms
-        return embeddings
+        return np.asarray(plan.embed(x), "float32")
 
     loaded = tf.saved_model.load(saved_model_dir)
     serving = loaded.signatures["serving_default"]
@@ -515,11 +366,41 @@ def _parity(
 
     files = [os.path.join(saved_model_dir, n) for n in ("saved_model.pb", "variables")]
     runtimes = {"saved_model": (saved, files)}
-    for key, path in tflite_files.items():
-        if key.startswith("embedder_"):
-            runner = tflite.LiteRTRunner(path)
-            runtimes[key[len("embedder_") :]] = (
+    verify_runtimes = {}
+    if plan.verify is not None:
+        verify_signature = loaded.signatures["verify"]
+
+        def saved_verify(x1, x2):
+            out = verify_signature(x1=tf.constant(x1), x2=tf.constant(x2))
+            return out["score"].numpy(), out["is_match"].numpy()
+
+        verify_runtimes["saved_model"] = saved_verify
+    for target in plan.tflite:
+        path = tflite_files[target.key]
+        runner = tflite.LiteRTRunner(path)
+        if target.prefix == "embedder":
+            runtimes[target.variant] = (
                 lambda x, runner=runner: runner(inputs=x)["embeddings"],
                 path,
             )
-    return parity.parity_report(reference, runtimes, inputs, labels, distance, latency_runs)
+        elif target.prefix == "verify":
+
+            def run_verify(x1, x2, runner=runner):
+                out = runner(x1=x1, x2=x2)
+                return out["score"], out["is_match"]
+
+            verify_runtimes[target.variant] = run_verify
+    validation = plan.validation
+    report = parity_lib.parity_report(
+        reference,
+        runtimes,
+        validation.inputs,
+        validation.labels,
+        plan.distance,
+        plan.parity.latency_runs,
+    )
+    if plan.verify is not None:
+        pairs = validation.verification_pairs()
+        if pairs is not None:
+            report = parity_lib.add_verify_parity(report, plan.verify, verify_runtimes, *pairs)
+    return report

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["VARIANTS", "LiteRTRunner", "convert_tflite"]
+__all__ = ["VARIANTS", "LiteRTRunner", "TFLiteOptions", "convert_tflite"]
 
 VARIANTS = ("fp32", "fp16", "dynamic_int8", "int8")
 
@@ -41,6 +41,52 @@ def check_variants(variants):
     return variants
 
 
+class TFLiteOptions:
+    """Which TFLite files an export writes.
+
+    Args:
+        variants: Variants among `"fp32"`, `"fp16"`, `"dynamic_int8"`,
+            `"int8"` (a list or a comma-separated string). Defaults to none.
+        retrieval: With a gallery, also write `retrieve_<variant>.tflite`
+            (the baked-in exact search). Defaults to `True`.
+        verify: With a `verify` signature, also write
+            `verify_<variant>.tflite`. Defaults to `True`.
+        representative: Calibration inputs of `"int8"` `(n, ...)`. Defaults
+            to the validation inputs, then the gallery inputs.
+
+    Example:
+
+    >>> tfmetric.export.TFLiteOptions("fp32,int8").variants
+    ('fp32', 'int8')
+    """
+
+    def __init__(self, variants=(), retrieval=True, verify=True, representative=None):
+        self.variants = check_variants(variants)
+        self.retrieval = bool(retrieval)
+        self.verify = bool(verify)
+        self.representative = representative
+
+    @classmethod
+    def from_argument(cls, tflite):
+        """Options from the `tflite` argument: options, variant names, or `None`."""
+        if tflite is None:
+            return cls()
+        if isinstance(tflite, cls):
+            return tflite
+        if isinstance(tflite, (str, list, tuple)):
+            return cls(tflite)
+        raise TypeError(
+            "`tflite` must be None, variant names or a tfmetric.export.TFLiteOptions; got "
+            f"{tflite!r}."
+        )
+
+    def __repr__(self):
+        return (
+            f"TFLiteOptions(variants={self.variants!r}, retrieval={self.retrieval!r}, "
+            f"verify={self.verify!r})"
+        )
+
+
 def convert_tflite(saved_model_dir, variant, signature="serving_default", representative=None):
     """Converts one signature of a SavedModel to a TFLite flatbuffer.
 
@@ -49,7 +95,8 @@ def convert_tflite(saved_model_dir, variant, signature="serving_default", repres
         variant: One of `"fp32"`, `"fp16"`, `"dynamic_int8"`, `"int8"`.
         signature: The signature to convert. Defaults to `"serving_default"`.
         representative: For `"int8"`: float32 model inputs `(n, ...)` used to
-            calibrate activation ranges (100 to 500 samples are typical).
+            calibrate activation ranges (100 to 500 samples are typical), or
+            a dict of them by input name for a signature with several inputs.
 
     Returns:
         The TFLite model (bytes), whose single signature is named
@@ -78,11 +125,17 @@ def convert_tflite(saved_model_dir, variant, signature="serving_default", repres
     if variant == "int8":
         if representative is None or len(representative) == 0:
             raise ValueError("The `int8` variant needs a `representative` set of model inputs.")
-        samples = np.asarray(representative, "float32")
+        function = loaded.signatures[signature]
+        names = sorted(function.structured_input_signature[1])
+        if isinstance(representative, dict):
+            samples = {k: np.asarray(v, "float32") for k, v in representative.items()}
+        else:
+            samples = {name: np.asarray(representative, "float32") for name in names}
+        count = min(len(v) for v in samples.values())
 
         def dataset():
-            for i in range(len(samples)):
-                yield [samples[i : i + 1]]
+            for i in range(count):
+                yield {name: samples[name][i : i + 1] for name in names}
 
         converter.representative_dataset = dataset
         if signature == "serving_default":

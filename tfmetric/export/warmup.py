@@ -70,10 +70,10 @@ def predict_log_record(model_name, signature_name, inputs):
 
 
 def warmup_inputs(signatures, sample, image_spec):
-    """One small request per signature: `{signature: {input name: array}}`.
+    """One small request per signature: `{signature name: {input name: array}}`.
 
     Args:
-        signatures: The signature names of the export.
+        signatures: The `Signature`s of the export plan.
         sample: One model input `(1, ...)` as float32.
         image_spec: The `ImageSpec` of the image signatures, or `None`.
     """
@@ -82,11 +82,9 @@ def warmup_inputs(signatures, sample, image_spec):
     if image_spec is not None:
         pixels = np.full((image_spec.height, image_spec.width, image_spec.channels), 128, "uint8")
         image = np.array([tf.io.encode_png(pixels).numpy()], dtype=object)
-    for name in signatures:
-        if name in ("embed_images", "retrieve_images"):
-            requests[name] = {"images": image}
-        else:
-            requests[name] = {"inputs": sample}
+    for signature in signatures:
+        value = image if signature.images else sample
+        requests[signature.name] = {name: value for name in signature.input_names()}
     return requests
 
 

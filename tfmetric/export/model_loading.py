@@ -1,0 +1,164 @@
+"""The model to export: loading a `.keras` file, its embedder, the distance it was trained with.
+
+Everything here validates before anything is written, so that a model that is
+not an embedder fails with a clear error and leaves the output untouched.
+"""
+
+import json
+import os
+import zipfile
+
+import keras
+
+from tfmetric import distances as distances_lib
+
+__all__ = ["load_keras_file", "resolve_embedder", "saved_loss", "trained_distance"]
+
+
+def load_keras_file(path):
+    """Loads a `.keras` file (uncompiled), with tfmetric's classes registered."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`model` must be a keras.Model or a path to a .keras file; got {path!r}.")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`model` file {path!r} does not exist.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"`model` must be a `.keras` file; got {path!r}.")
+    # Importing tfmetric registers its serializable classes for the loader.
+    import tfmetric  # noqa: F401
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def saved_loss(path):
+    """The loss of a `.keras` file's compile config (what `trained_distance` reads), or `None`.
+
+    `load_keras_file` does not compile the model, so the loss is read here.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        loss = (config.get("compile_config") or {}).get("loss")
+        if not isinstance(loss, dict):
+            return None
+        return keras.saving.deserialize_keras_object(loss)
+    except Exception:  # An unregistered or built-in loss: it has no distance to report.
+        return None
+
+
+def resolve_embedder(model):
+    """Returns the Keras model that maps one float input to `(batch, dim)` embeddings.
+
+    A model with an `embedder` attribute (the tfmetric training models) is
+    exported through that attribute, so the loss, head and optimizer stay out of
+    the export.
+
+    Args:
+        model: A `keras.Model`, or the path of a `.keras` file.
+
+    Returns:
+        `(embedder, input_shape, embedding_dim)`: the model, its input shape
+        without the batch dimension (a tuple, `None` for free dimensions) and
+        the embedding size.
+
+    Raises:
+        FileNotFoundError: if `model` is a path that does not exist.
+        ValueError: if the model is not an embedding model (several inputs or
+            outputs, or an output that is not 2-D).
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> _, shape, dim = tfmetric.export.resolve_embedder(model)
+    >>> shape, dim
+    ((3,), 2)
+    """
+    if not isinstance(model, keras.Model):
+        model = load_keras_file(model)
+    embedder = getattr(model, "embedder", None)
+    if isinstance(embedder, keras.Model):
+        model = embedder
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"`model` {model.name!r} is not an embedding model: its input shape is unknown. "
+            "Export a functional or Sequential model (or a model with an `embedder`)."
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"`model` {model.name!r} is not an embedding model: it takes {len(inputs)} "
+            "inputs; an embedder maps one input to (batch, dim) embeddings."
+        )
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    if len(outputs) != 1:
+        raise ValueError(
+            f"`model` {model.name!r} is not an embedding model: it has {len(outputs)} "
+            "outputs; an embedder has one output of shape (batch, dim)."
+        )
+    dtype = keras.backend.standardize_dtype(inputs[0].dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(
+            f"`model` {model.name!r} is not an embedding model: its input dtype is {dtype}; "
+            "an embedder takes float inputs."
+        )
+    output_shape = tuple(outputs[0].shape)
+    if len(output_shape) != 2 or output_shape[1] is None:
+        raise ValueError(
+            f"`model` {model.name!r} is not an embedding model: its output shape is "
+            f"{output_shape}; an embedder outputs (batch, dim) embeddings."
+        )
+    return model, tuple(inputs[0].shape[1:]), int(output_shape[1])
+
+
+def is_siamese(model):
+    """Whether `model` is a `tfmetric.models.SiameseModel` (pairs in, one score per pair out)."""
+    from tfmetric.models import SiameseModel
+
+    return isinstance(model, SiameseModel)
+
+
+def trained_distance(model, loss=None):
+    """The distance the embeddings of `model` were trained with, and where it came from.
+
+    In order: a Siamese model's learned head (`tfmetric.layers.WeightedL1`,
+    `Mahalanobis`: the head's distance view, with its trained weights); a
+    Siamese model's `distance` (it computes the pair values the loss sees); the
+    `distance` of the compiled loss (`TripletMarginLoss(distance="cosine")`
+    trains a `TripletModel`'s embeddings with the cosine distance whatever the
+    model's own `distance`); the model's `distance` attribute; else cosine.
+
+    Args:
+        model: The `keras.Model` given to the export.
+        loss: The training loss, when `model` is not compiled with it (for a
+            `.keras` file, `saved_loss(path)`). Defaults to `model.loss`.
+
+    Returns:
+        `(distance, source)`: a `tfmetric.distances.Distance` and one of
+        `"head"`, `"model"`, `"loss"`, `"default"`.
+
+    Example:
+
+    >>> import keras
+    >>> embedder = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model = tfmetric.models.TripletModel(embedder)  # distance="euclidean"
+    >>> model.compile(loss=tfmetric.losses.TripletMarginLoss(distance="cosine"))
+    >>> tfmetric.export.trained_distance(model)
+    (Cosine(), 'loss')
+    """
+    if is_siamese(model):
+        head = getattr(model, "head", None)
+        if head is not None and callable(getattr(head, "as_distance", None)):
+            return head.as_distance(), "head"
+        return distances_lib.get(model.distance), "model"
+    if loss is None and getattr(model, "compiled", False):
+        loss = getattr(model, "loss", None)
+    loss_distance = getattr(loss, "distance", None)
+    if loss_distance is not None:
+        try:
+            return distances_lib.get(loss_distance), "loss"
+        except ValueError:
+            pass
+    if getattr(model, "distance", None) is not None:
+        return distances_lib.get(model.distance), "model"
+    return distances_lib.get("cosine"), "default"
