@@ -30,7 +30,7 @@ class ValidationData:
     >>> data = tfmetric.export.ValidationData(x, labels=[0, 0, 1, 1, 2, 2])
     >>> x1, x2, same = data.verification_pairs()
     >>> x1.shape, int(same.sum()) == len(same) - int(same.sum())
-    ((24, 3), True)
+    ((12, 3), True)
     """
 
     def __init__(self, inputs, labels=None, pairs=None):
