@@ -87,6 +87,7 @@ def image_siamese(image_model, image_validation, tmp_path_factory):
     return result, model, x_val, y_val, x, root
 
 
+@pytest.mark.slow
 def test_verify_in_a_process_without_tfmetric(image_siamese):
     result, model, x, y, gallery_inputs, root = image_siamese
     embedder, head = model.embedder, model.head
