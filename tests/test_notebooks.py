@@ -1,17 +1,23 @@
-"""Executes every notebook in colab/ with a real Jupyter kernel; any error fails.
+"""Executes every notebook in colab/ with a real Jupyter kernel, install cell included.
 
-The kernel is this test's own Python (a kernel spec written to a temporary
-JUPYTER_PATH), so a fresh machine needs no `ipykernel install` and the
-notebooks see the same installed tfmetric as the tests.
+Every notebook's first code cell installs tfmetric as a Colab user does,
+`%pip install -q "tfmetric[extras]"`. Each notebook runs in a fresh virtual
+environment without tfmetric (`user_install.user_venv`: this interpreter's
+packages, tfmetric excluded) whose kernel spec is written to a temporary
+JUPYTER_PATH; pip is pointed at the sdist and wheel built from this checkout
+(`PIP_FIND_LINKS`, no index), so the install cell installs the wheel, and a
+notebook that cannot install (unknown extra, missing dependency, file missing
+from the package) fails.
 """
 
+import configparser
 import glob
 import json
 import os
 import re
-import sys
 
 import pytest
+import user_install
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "colab", "*.ipynb")))
@@ -30,28 +36,43 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 
+INSTALL_CELL = re.compile(r'^# [^\n]*\n%pip install -q "tfmetric(\[([a-z,-]+)\])?"$')
+
+
+def _extras():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO, "setup.cfg"))
+    return set(config["options.extras_require"])
+
+
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
-    """A `python3` kernel spec running `sys.executable`, first on JUPYTER_PATH."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec_dir = root / "kernels" / "python3"
+def dist(tmp_path_factory):
+    return user_install.dist_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def kernel_venv(dist, tmp_path):
+    """A fresh venv without tfmetric, as the `python3` kernel, first on JUPYTER_PATH."""
+    venv = tmp_path / "venv"
+    python = user_install.user_venv(venv)
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (tests)",
         "language": "python",
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root), saved["JUPYTER_PATH"]]))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, saved["PYTHONPATH"]]))
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    env = user_install.pip_env(dist)
+    env["JUPYTER_PATH"] = os.pathsep.join(
+        filter(None, [str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH")])
+    )
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    yield os.path.realpath(venv)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_there_are_notebooks():
@@ -66,15 +87,22 @@ def test_notebook_is_clean_and_opens_in_colab(path):
     first = notebook.cells[0]
     assert first.cell_type == "markdown" and "colab.research.google.com" in first.source
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert "except ImportError" in code[0].source and "pip" in code[0].source
+    install = INSTALL_CELL.match(code[0].source)
+    assert install, f"first code cell must be a comment and a `%pip install` of tfmetric; got {code[0].source!r}"
+    extras = set(filter(None, (install[2] or "").split(",")))
+    assert extras <= _extras(), f"unknown extras {sorted(extras - _extras())}"
+    assert any("import tfmetric" in cell.source for cell in code[1:])
     for cell in code:
         assert cell.outputs == [] and cell.execution_count is None, "outputs must be cleared in git"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_without_error(path, kernel_env, tmp_path):
+def test_notebook_runs_without_error(path, kernel_venv, tmp_path):
     notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(
+        nbformat.v4.new_code_cell("import tfmetric\nprint('TFMETRIC_FILE', tfmetric.__file__)")
+    )
     client = nbclient.NotebookClient(
         notebook,
         timeout=600,
@@ -82,8 +110,13 @@ def test_notebook_runs_without_error(path, kernel_env, tmp_path):
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError on the first failing cell
-    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    install_text = "".join(out.get("text", "") for out in code[0].outputs)
+    assert "ERROR" not in install_text, install_text
+    outputs = [out for cell in code for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
+    used = re.search(r"TFMETRIC_FILE (\S+)", "".join(out.get("text", "") for out in code[-1].outputs))
+    assert os.path.realpath(used[1]).startswith(kernel_venv + os.sep), "tfmetric not from the wheel"
     name = os.path.basename(path)
     if name in WITH_PLOTS:
         images = [out for out in outputs if "image/png" in out.get("data", {})]

@@ -1,0 +1,80 @@
+"""tfmetric installed as a user installs it: from the wheel, in a virtual environment of its own.
+
+`.ci/run` builds the sdist and the wheel (`python -m build`) and names their
+folder in `TFMETRIC_DIST`; without it, `dist_dir` builds them once per test
+session. `user_venv` creates a virtual environment that sees every package
+installed beside this interpreter (TensorFlow, Keras, Jupyter, ...) except
+tfmetric itself, so that only a real install — `pip install "tfmetric[...]"`
+resolved against the built wheel — makes `import tfmetric` work there, and it
+then imports the wheel's files, never the checkout.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BUILT = {}
+
+
+def dist_dir(tmp_path_factory):
+    """The folder holding the sdist and the wheel of this checkout."""
+    given = os.environ.get("TFMETRIC_DIST")
+    if given:
+        return os.path.abspath(given)
+    if "dist" not in _BUILT:
+        out = tmp_path_factory.mktemp("dist")
+        subprocess.run(
+            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), REPO],
+            check=True,
+            capture_output=True,
+        )
+        _BUILT["dist"] = str(out)
+    return _BUILT["dist"]
+
+
+def wheel_path(dist):
+    (wheel,) = glob.glob(os.path.join(dist, "tfmetric-*.whl"))
+    return wheel
+
+
+def user_venv(path):
+    """A virtual environment at `path` with this interpreter's packages, minus tfmetric.
+
+    Returns its Python executable. Each installed distribution is linked into
+    the environment's site-packages, apart from tfmetric's own entries (its
+    package, metadata and editable-install hooks), so pip sees TensorFlow and
+    the rest as installed and installs tfmetric itself into the environment.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = os.path.join(str(path), "bin", "python")
+    target = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    sources = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    for source in sorted(sources):
+        for name in os.listdir(source):
+            link = os.path.join(target, name)
+            if "tfmetric" in name.lower() or os.path.lexists(link):
+                continue
+            os.symlink(os.path.join(source, name), link)
+    return python
+
+
+def pip_env(dist):
+    """Environment variables making `pip install "tfmetric[...]"` use the built wheel, offline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL")}
+    env.update(
+        {
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": dist,
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+    )
+    return env
