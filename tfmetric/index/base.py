@@ -7,17 +7,63 @@ import tempfile
 import numpy as np
 
 from tfmetric import distances as distances_lib
+from tfmetric.index.lookups import Lookups
 from tfmetric.metrics._inputs import check_embeddings, check_labels, check_positive_int
 
 _FORMAT = "tfmetric.index/1"
 
 
-class Index:
-    """Base of the indexes: holds embeddings, labels and ids; subclasses search.
+def _check_ids(ids, size, name="ids"):
+    """Integer (int64) or string ids of shape `(size,)`."""
+    ids = np.asarray(ids)
+    if ids.ndim == 2 and ids.shape[1] == 1:
+        ids = ids[:, 0]
+    if ids.ndim != 1 or ids.shape[0] != size:
+        raise ValueError(f"`{name}` must have shape ({size},); got {ids.shape}.")
+    if ids.dtype.kind == "U":
+        return ids
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        if size == 0:
+            return ids.astype(np.int64)
+        raise TypeError(f"`{name}` must hold integers or strings; got dtype {ids.dtype}.")
+    return ids.astype(np.int64, copy=False)
 
-    Subclasses implement `_search(queries, k)` returning `(positions,
-    distances)`, positions into the stored embeddings (`-1` for a missing
-    neighbour), and keep their constructor arguments in `get_config()`.
+
+def _check_payloads(payloads, size):
+    """A list of `size` JSON-serialisable payloads (`None` where absent)."""
+    if isinstance(payloads, (str, bytes, dict)) or not hasattr(payloads, "__len__"):
+        raise TypeError(f"`payloads` must be a sequence of {size} values; got {type(payloads)}.")
+    payloads = list(payloads)
+    if len(payloads) != size:
+        raise ValueError(
+            f"`payloads` has {len(payloads)} values but `embeddings` has {size}; they must match."
+        )
+    for i, payload in enumerate(payloads):
+        try:
+            json.dumps(payload)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`payloads[{i}]` must be JSON-serialisable (str, number, list, dict, None); got "
+                f"{type(payload).__name__}. Store a path or URL rather than the data itself."
+            ) from None
+    return payloads
+
+
+def _umask_mode(mode):
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+class Index:
+    """Base of the indexes: holds embeddings, labels, ids and payloads; subclasses search.
+
+    Ids are integers or strings (one kind per index), labels integers, and
+    payloads any JSON-serialisable values (a path, a URL, a dict of
+    metadata). Subclasses implement `_search(queries, k)` returning
+    `(positions, distances)`, positions into the stored embeddings (`-1` for a
+    missing neighbour), and keep their constructor arguments in
+    `get_config()`.
     """
 
     def __init__(self, distance="euclidean"):
@@ -25,6 +71,7 @@ class Index:
         self._embeddings = np.zeros((0, 0), np.float32)
         self._labels = None
         self._ids = np.zeros((0,), np.int64)
+        self._payloads = None
         self._changed()
 
     @property
@@ -40,21 +87,30 @@ class Index:
         """Embedding size, or `None` while the index is empty."""
         return int(self._embeddings.shape[1]) if self.size else None
 
-    def add(self, embeddings, labels=None, ids=None):
-        """Adds embeddings, with optional integer labels and ids.
+    def add(self, embeddings, labels=None, ids=None, payloads=None):
+        """Adds embeddings, with optional integer labels, ids and payloads.
+
+        Adding is incremental: earlier entries are kept.
 
         Args:
             embeddings: Float array of shape `(n, d)`; `d` must match the
                 embeddings already stored.
             labels: Integer labels of shape `(n,)`. Either every `add` gives
                 labels or none does. Defaults to `None`.
-            ids: Integer ids of shape `(n,)`, unique in the index. Defaults to
-                consecutive integers starting at the current size.
+            ids: Integer or string ids of shape `(n,)`, unique in the index
+                and of the kind already stored. Defaults to consecutive
+                integers starting at the current size (integer ids only).
+            payloads: `n` JSON-serialisable values kept with the embeddings
+                and returned by `lookup` (e.g. file paths or metadata dicts).
+                Defaults to `None` (entries without payload).
 
         Raises:
             ValueError: for a wrong shape, a dimension mismatch, NaN/Inf
-                values, mismatched lengths, duplicate ids, or labels given to
-                an unlabelled index (or missing from a labelled one).
+                values, mismatched lengths, duplicate ids, ids of the other
+                kind, or labels given to an unlabelled index (or missing from
+                a labelled one).
+            TypeError: for ids that are neither integers nor strings, or
+                payloads that are not JSON-serialisable.
         """
         embeddings = check_embeddings(embeddings, "embeddings")
         n = embeddings.shape[0]
@@ -69,11 +125,20 @@ class Index:
             have = "holds labels" if self._labels is not None else "holds no labels"
             raise ValueError(f"The index {have}: pass `labels` to every `add` or to none.")
         if ids is None:
+            if self.size and self._ids.dtype.kind == "U":
+                raise ValueError("The index holds string ids: pass `ids` to `add`.")
             ids = np.arange(self.size, self.size + n, dtype=np.int64)
         else:
-            ids = check_labels(ids, n, "ids", "embeddings")
+            ids = _check_ids(ids, n)
+            if self.size and (ids.dtype.kind == "U") != (self._ids.dtype.kind == "U"):
+                kind = "string" if self._ids.dtype.kind == "U" else "integer"
+                raise ValueError(f"The index holds {kind} ids; `ids` must be {kind}s too.")
         if len(np.unique(ids)) != n or np.isin(ids, self._ids).any():
             raise ValueError("`ids` must be unique, and not already in the index.")
+        payloads = None if payloads is None else _check_payloads(payloads, n)
+        stored = [None] * self.size if self._payloads is None else self._payloads
+        if payloads is not None or self._payloads is not None:
+            self._payloads = stored + (payloads if payloads is not None else [None] * n)
         if self.size:
             self._embeddings = np.concatenate([self._embeddings, embeddings])
             self._ids = np.concatenate([self._ids, ids])
@@ -89,14 +154,15 @@ class Index:
         """Removes the embeddings with the given ids.
 
         Args:
-            ids: Integer ids of shape `(n,)`, each stored in the index.
+            ids: Integer or string ids of shape `(n,)`, each stored in the
+                index.
 
         Raises:
             KeyError: naming the ids that are not in the index (nothing is
                 removed then).
         """
         ids = np.asarray(ids)
-        ids = check_labels(ids.reshape(-1), ids.size, "ids", "ids")
+        ids = _check_ids(ids.reshape(-1), ids.size)
         keep = ~np.isin(self._ids, ids)
         if int((~keep).sum()) != len(np.unique(ids)):
             missing = np.setdiff1d(ids, self._ids)
@@ -105,9 +171,12 @@ class Index:
         self._ids = self._ids[keep]
         if self._labels is not None:
             self._labels = self._labels[keep]
+        if self._payloads is not None:
+            self._payloads = [p for p, kept in zip(self._payloads, keep, strict=True) if kept]
         if not self.size:
             self._embeddings = np.zeros((0, 0), np.float32)
             self._labels = None
+            self._payloads = None
         self._changed()
 
     def search(self, queries, k):
@@ -118,15 +187,65 @@ class Index:
             k: Number of neighbours, `1 <= k <= size`.
 
         Returns:
-            `(ids, distances, labels)`: int64 `(q, k)` ids, float32 `(q, k)`
-            distances (similarities for a similarity, then sorted
-            decreasing) and int64 `(q, k)` labels, or `None` for an
-            unlabelled index. Closest first.
+            `(ids, distances, labels)`: `(q, k)` ids (int64, or strings for
+            an index with string ids), float32 `(q, k)` distances
+            (similarities for a similarity, then sorted decreasing) and int64
+            `(q, k)` labels, or `None` for an unlabelled index. Closest
+            first. A missing neighbour (approximate search) has id `-1` (`""`
+            for string ids) and label `-1`.
 
         Raises:
             ValueError: on an empty index, `k` outside `[1, size]`, a
                 dimension mismatch or NaN/Inf queries.
         """
+        positions, distances = self._search_positions(queries, k)
+        return self._ids_at(positions), distances, self._labels_at(positions)
+
+    def lookup(self, queries, k=5):
+        """Finds the `k` nearest neighbours of every query, with their ids, labels and payloads.
+
+        Args:
+            queries: Float array of shape `(q, d)`, or one query of shape `(d,)`
+                (then the result holds one row).
+            k: Number of neighbours, `1 <= k <= size`. Defaults to `5`.
+
+        Returns:
+            A `tfmetric.index.Lookups`: `ids`, `distances`, `labels` (or
+            `None`) of shape `(q, k)`, closest first, and `payloads` (a
+            `q × k` list of lists, or `None` when no payload was stored).
+            `print(result)` shows it as a table; `result[i]` is query `i`'s
+            row.
+
+        Example:
+
+        >>> index = tfmetric.index.ExactIndex()
+        >>> index.add([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]], labels=[7, 8, 9],
+        ...           ids=["a", "b", "c"], payloads=["a.png", "b.png", {"url": "c"}])
+        >>> print(index.lookup([0.9, 0.0], k=2))
+        query  rank  id  label  distance  payload
+        0      1     b   8      0.1000    b.png
+        0      2     a   7      0.9000    a.png
+
+        Raises:
+            ValueError: as `search`.
+        """
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        positions, distances = self._search_positions(queries, k)
+        payloads = None
+        if self._payloads is not None:
+            payloads = [
+                [self._payloads[p] if p >= 0 else None for p in row] for row in positions
+            ]
+        return Lookups(
+            ids=self._ids_at(positions),
+            distances=distances,
+            labels=self._labels_at(positions),
+            payloads=payloads,
+        )
+
+    def _search_positions(self, queries, k):
         if not self.size:
             raise ValueError("The index is empty: `add` embeddings before `search`.")
         queries = check_embeddings(queries, "queries")
@@ -138,12 +257,18 @@ class Index:
         k = check_positive_int(k, "k")
         if k > self.size:
             raise ValueError(f"`k` must be <= the index size {self.size}; got {k}.")
-        positions, distances = self._search(queries, k)
+        return self._search(queries, k)
+
+    def _ids_at(self, positions):
         found = positions >= 0
-        safe = np.where(found, positions, 0)
-        ids = np.where(found, self._ids[safe], -1)
-        labels = None if self._labels is None else np.where(found, self._labels[safe], -1)
-        return ids, distances, labels
+        missing = "" if self._ids.dtype.kind == "U" else -1
+        return np.where(found, self._ids[np.where(found, positions, 0)], missing)
+
+    def _labels_at(self, positions):
+        if self._labels is None:
+            return None
+        found = positions >= 0
+        return np.where(found, self._labels[np.where(found, positions, 0)], -1)
 
     def _search(self, queries, k):
         raise NotImplementedError
@@ -171,17 +296,21 @@ class Index:
             "class_name": type(self).__name__,
             "config": self.get_config(),
             "has_labels": self._labels is not None,
+            "has_payloads": self._payloads is not None,
         }
         arrays = {
             "header": np.array(json.dumps(header)),
             "embeddings": self._embeddings,
             "ids": self._ids,
             "labels": self._labels if self._labels is not None else np.zeros(0, np.int64),
+            "payloads": np.array([json.dumps(p) for p in self._payloads or []], dtype=str),
         }
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-index-", suffix=".npz")
         try:
             with os.fdopen(handle, "wb") as file:
                 np.savez(file, **arrays)
+            # mkstemp creates the file 0600; give it the mode a plain open() would.
+            os.chmod(temporary, _umask_mode(0o666))
             os.replace(temporary, path)
         except BaseException:
             if os.path.exists(temporary):
@@ -206,10 +335,14 @@ class Index:
                 )
             index = cls.from_config(header["config"])
             if data["embeddings"].shape[0]:
+                payloads = None
+                if header.get("has_payloads"):
+                    payloads = [json.loads(p) for p in data["payloads"].tolist()]
                 index.add(
                     data["embeddings"],
                     labels=data["labels"] if header["has_labels"] else None,
                     ids=data["ids"],
+                    payloads=payloads,
                 )
         return index
 
