@@ -4,6 +4,12 @@ Each loss is a public function (the computation) and a thin
 `keras.losses.Loss` subclass that stores its arguments.
 """
 
+from tfmetric.losses.anchor_triplet import (
+    AnchorTripletLoss,
+    PNLoss,
+    anchor_triplet_loss,
+    pn_loss,
+)
 from tfmetric.losses.circle import CircleLoss, circle_loss
 from tfmetric.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfmetric.losses.in_batch_softmax import InBatchSoftmaxLoss, clip_loss, in_batch_softmax_loss
@@ -33,6 +39,10 @@ __all__ = [
     "InBatchSoftmaxLoss",
     "clip_loss",
     "in_batch_softmax_loss",
+    "AnchorTripletLoss",
+    "PNLoss",
+    "anchor_triplet_loss",
+    "pn_loss",
     "CircleLoss",
     "LiftedStructureLoss",
     "MultiSimilarityLoss",
