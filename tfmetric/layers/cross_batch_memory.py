@@ -8,7 +8,7 @@ from keras import ops
 __all__ = ["CrossBatchMemory"]
 
 
-def _check_size(value, name):
+def check_size(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
     return int(value)
@@ -47,8 +47,8 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def __init__(self, memory_size, dim, **kwargs):
         super().__init__(**kwargs)
-        self.memory_size = _check_size(memory_size, "memory_size")
-        self.dim = _check_size(dim, "dim")
+        self.memory_size = check_size(memory_size, "memory_size")
+        self.dim = check_size(dim, "dim")
         self.embeddings = self.add_weight(
             shape=(self.memory_size, self.dim),
             initializer="zeros",

@@ -14,6 +14,7 @@ from tfmetric.losses.circle import CircleLoss, circle_loss
 from tfmetric.losses.contrastive import ContrastiveLoss, contrastive_loss
 from tfmetric.losses.in_batch_softmax import InBatchSoftmaxLoss, clip_loss, in_batch_softmax_loss
 from tfmetric.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loss
+from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 from tfmetric.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from tfmetric.losses.npairs import NPairsLoss, npairs_loss
 from tfmetric.losses.pair import (
@@ -36,6 +37,7 @@ from tfmetric.losses.supervised_contrastive import (
 from tfmetric.losses.triplet import TripletLoss, triplet_loss
 
 __all__ = [
+    "momentum_contrast_loss",
     "InBatchSoftmaxLoss",
     "clip_loss",
     "in_batch_softmax_loss",
