@@ -57,6 +57,8 @@ def test_helpfull_documents_the_flags():
         "image_height",
         "image_scaling",
         "require_parity",
+        "verify",
+        "verify_threshold",
     ):
         assert f"--{flag}" in out or f"--[no]{flag}" in out, flag
 

@@ -306,4 +306,10 @@ def test_verify_on_request_and_bad_input(vector_model, tmp_path):
         tfmetric.export.plan_export(model, tflite=3)
     with pytest.raises(ValueError, match="`metric`"):
         tfmetric.export.VerifyOptions(metric="recall")
+    images = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten()])
+    with pytest.raises(ValueError, match="`image_spec` height is 16 but the model input has 8"):
+        tfmetric.export.plan_export(images, image_spec=tfmetric.export.ImageSpec(16, 8))
+    with pytest.raises(TypeError, match="`image_spec` must be"):
+        tfmetric.export.plan_export(images, image_spec=(8, 8, 3))
+    assert tfmetric.export.plan_export(images, image_spec=False).image_spec is None
     assert not os.listdir(tmp_path)
