@@ -1,0 +1,126 @@
+"""The similar-items command: build a store from a catalogue, query it, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainers import index as cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _model(path, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(4)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
+    keras.Model(inputs, outputs).save(path)
+    return keras.saving.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalogue")
+    model_path = str(root / "model.keras")
+    model = _model(model_path)
+    store_path = str(root / "digits.db")
+    count = cli.build(model_path, "digits", store_path)
+    return model, model_path, store_path, count
+
+
+def _digits():
+    from trainers.datasets import load_digits
+
+    return load_digits()
+
+
+def test_build_then_query_by_item_matches_brute_force(built):
+    model, model_path, store_path, count = built
+    data = _digits()
+    assert count == len(data)
+    embeddings = np.asarray(model(data.x.astype("float32")))
+    results = cli.query(model_path, store_path, item="5", k=4)["item"]
+    d = np.sqrt(((embeddings - embeddings[5]) ** 2).sum(1))
+    d[5] = np.inf
+    expected = np.argsort(d, kind="stable")[:4]
+    assert [m.id for m in results] == expected.tolist()
+    np.testing.assert_allclose([m.distance for m in results], d[expected], rtol=1e-4, atol=1e-5)
+    assert results[0].metadata == {"class": int(data.y[expected[0]])}
+    filtered = cli.query(model_path, store_path, item="5", k=3, where=["class=7"])["item"]
+    sevens = np.where(data.y == 7)[0]
+    assert [m.id for m in filtered] == sevens[np.argsort(d[sevens], kind="stable")[:3]].tolist()
+
+
+def test_query_by_image(built, tmp_path):
+    model, model_path, store_path, _ = built
+    data = _digits()
+    image = str(tmp_path / "query.png")
+    tf.io.write_file(image, tf.io.encode_png(data.x[10]))
+    (match,) = cli.query(model_path, store_path, image=image, k=1)["image"]
+    assert match.id == 10 and match.distance < 1e-4
+
+
+def test_directory_catalogue_with_extra_metadata(tmp_path):
+    model_path = str(tmp_path / "model.keras")
+    _model(model_path)
+    data = _digits()
+    for i in range(6):
+        folder = tmp_path / "shop" / f"shelf{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(data.x[i]))
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "shelf1/3.png", "price": 9.5}) + "\n")
+    store = str(tmp_path / "shop.db")
+    assert cli.build(model_path, f"directory:{tmp_path / 'shop'}", store,
+                     metadata_path=str(extra)) == 6
+    (match,) = cli.query(model_path, store, image=str(tmp_path / "shop/shelf1/3.png"), k=1)["image"]
+    assert match.id == "shelf1/3.png"
+    assert match.metadata == {"path": "shelf1/3.png", "folder": "shelf1", "price": 9.5}
+    results = cli.query(model_path, store, item="shelf1/3.png", k=5, where=["folder=shelf0"])
+    assert sorted(m.id for m in results["item"]) == ["shelf0/0.png", "shelf0/2.png", "shelf0/4.png"]
+
+
+@pytest.mark.slow
+def test_command_line(built):
+    _, model_path, store_path, _ = built
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "trainers.index", *args], capture_output=True,
+                              text=True, cwd=REPO, env=env, timeout=300)
+
+    done = run("query", f"--model={model_path}", f"--store={store_path}", "--item=5", "--k=2",
+               "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads(done.stdout)["item"]) == 2
+    done = run("query", f"--model={model_path}", f"--store={store_path}", "--item=nope")
+    assert done.returncode == 1 and "`--item` 'nope': no such item" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_input_is_explained(built, tmp_path):
+    _, model_path, store_path, _ = built
+    other = str(tmp_path / "other.keras")
+    _model(other, seed=1)
+    with pytest.raises(ValueError, match="model version"):
+        cli.build(other, "digits", store_path)
+    with pytest.raises(cli.InputError, match="`--catalogue` must be"):
+        cli.build(model_path, "books", store_path)
+    assert cli.main(["index", "frobnicate"]) == 2
+    with pytest.raises(cli.InputError, match="`--model`"):
+        cli.build(str(tmp_path / "missing.keras"), "digits", store_path)
+    with pytest.raises(cli.InputError, match="Give `--item`"):
+        cli.query(model_path, store_path)
+    with pytest.raises(cli.InputError, match="`--where` must be field=value"):
+        cli.query(model_path, store_path, item="1", where=["class"])
+    with pytest.raises(cli.InputError, match="no such folder"):
+        cli.build(model_path, f"directory:{tmp_path / 'nope'}", str(tmp_path / "x.db"))
+    text = tmp_path / "not_a_store.db"
+    text.write_text("plain text, not a database " * 20)
+    with pytest.raises(ValueError, match="not a tfmetric store"):
+        cli.query(model_path, str(text), item="1")
