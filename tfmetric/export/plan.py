@@ -8,6 +8,7 @@ parity report and the metadata writer all read the same plan.
 """
 
 import datetime
+import os
 from typing import NamedTuple
 
 import keras
@@ -121,8 +122,48 @@ class ExportPlan:
         parity: The `ParityOptions`.
     """
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    def __init__(
+        self,
+        *,
+        name,
+        model,
+        embedder,
+        input_shape,
+        input_dtype,
+        embedding_dim,
+        distance,
+        distance_source,
+        l2_normalize,
+        output_l2_normalized,
+        image_spec,
+        gallery,
+        top_k,
+        verify,
+        signatures,
+        tflite,
+        representative,
+        validation,
+        parity,
+    ):
+        self.name = name
+        self.model = model
+        self.embedder = embedder
+        self.input_shape = input_shape
+        self.input_dtype = input_dtype
+        self.embedding_dim = embedding_dim
+        self.distance = distance
+        self.distance_source = distance_source
+        self.l2_normalize = l2_normalize
+        self.output_l2_normalized = output_l2_normalized
+        self.image_spec = image_spec
+        self.gallery = gallery
+        self.top_k = top_k
+        self.verify = verify
+        self.signatures = signatures
+        self.tflite = tflite
+        self.representative = representative
+        self.validation = validation
+        self.parity = parity
 
     @property
     def signature_names(self):
@@ -130,10 +171,7 @@ class ExportPlan:
 
     def embed(self, inputs):
         """The exported embeddings of `inputs` (Keras, float32, normalised if planned)."""
-        embeddings = tf.cast(self.embedder(inputs, training=False), tf.float32)
-        if self.l2_normalize:
-            embeddings = tf.math.l2_normalize(embeddings, axis=1, epsilon=1e-12)
-        return embeddings
+        return _embed(self.embedder, self.l2_normalize, inputs)
 
     def representative_for(self, signature):
         """The int8 calibration data of a signature (a dict by input name for `verify`)."""
@@ -189,6 +227,13 @@ class ExportPlan:
         }
 
 
+def _embed(embedder, l2_normalize, inputs):
+    embeddings = tf.cast(embedder(inputs, training=False), tf.float32)
+    if l2_normalize:
+        embeddings = tf.math.l2_normalize(embeddings, axis=1, epsilon=1e-12)
+    return embeddings
+
+
 def _image_spec(argument, input_shape):
     if argument is False:
         return None
@@ -239,8 +284,6 @@ def plan_export(
     >>> plan.signature_names, plan.metadata()["distance"]
     (['serving_default', 'retrieve'], 'cosine')
     """
-    import os
-
     source_name = None
     loss = None
     if not isinstance(model, keras.Model):
@@ -282,7 +325,19 @@ def plan_export(
         random_inputs = np.random.default_rng(0).uniform(0, 1, (64, *input_shape))
         validation = ValidationData(random_inputs.astype("float32"))
 
-    plan = ExportPlan(
+    l2_normalize = bool(l2_normalize)
+
+    def embed(inputs):
+        return _embed(embedder, l2_normalize, inputs)
+
+    norms = np.linalg.norm(np.asarray(embed(validation.inputs[:1])), axis=1)
+    verify_plan = None
+    if verify_options is not None:
+        verify_plan = verification.plan_verify(
+            verify_options, model, siamese, embed, distance, validation.verification_pairs()
+        )
+    signatures = _signatures(image_spec, gallery, verify_plan)
+    return ExportPlan(
         name=name,
         model=model,
         embedder=embedder,
@@ -291,27 +346,15 @@ def plan_export(
         embedding_dim=dim,
         distance=distance,
         distance_source=distance_source,
-        l2_normalize=bool(l2_normalize),
+        l2_normalize=l2_normalize,
+        output_l2_normalized=bool(l2_normalize or np.allclose(norms, 1.0, atol=1e-3)),
         image_spec=image_spec,
         gallery=gallery,
         top_k=min(top_k, len(gallery)) if gallery is not None else top_k,
+        verify=verify_plan,
+        signatures=signatures,
+        tflite=_tflite_targets(tflite, signatures),
         representative=representative,
         validation=validation,
         parity=parity,
-        verify=None,
     )
-    sample = validation.inputs[:1]
-    norms = np.linalg.norm(np.asarray(plan.embed(sample)), axis=1)
-    plan.output_l2_normalized = bool(plan.l2_normalize or np.allclose(norms, 1.0, atol=1e-3))
-    if verify_options is not None:
-        plan.verify = verification.plan_verify(
-            verify_options,
-            model,
-            siamese,
-            plan.embed,
-            distance,
-            validation.verification_pairs(),
-        )
-    plan.signatures = _signatures(image_spec, gallery, plan.verify)
-    plan.tflite = _tflite_targets(tflite, plan.signatures)
-    return plan
