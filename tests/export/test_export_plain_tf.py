@@ -9,8 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from tensorflow.core.framework import tensor_pb2
 
 import tfmetric
 
@@ -166,78 +164,6 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert f"outputs['{key}']" in blocks["retrieve"]
 
 
-def _prediction_log_class():
-    """`tensorflow.serving.PredictionLog` (the fields warm-up uses), from the .proto field numbers."""
-    pool = descriptor_pool.DescriptorPool()
-    pending = [tensor_pb2.DESCRIPTOR]
-    seen = set()
-    while pending:  # TensorProto and its dependencies, dependencies first.
-        file = pending[-1]
-        missing = [d for d in file.dependencies if d.name not in seen]
-        if missing:
-            pending.extend(missing)
-            continue
-        pending.pop()
-        if file.name not in seen:
-            proto = descriptor_pb2.FileDescriptorProto()
-            file.CopyToProto(proto)
-            pool.Add(proto)
-            seen.add(file.name)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="warmup_test.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["tensorflow/core/framework/tensor.proto"],
-    )
-    string, message = (
-        descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-        (descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE),
-    )
-    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-
-    def add(msg, name, number, kind, label=optional, type_name=None):
-        field = msg.field.add(name=name, number=number, type=kind, label=label)
-        if type_name:
-            field.type_name = type_name
-
-    spec = fdp.message_type.add(name="ModelSpec")
-    add(spec, "name", 1, string)
-    add(spec, "signature_name", 3, string)
-    request = fdp.message_type.add(name="PredictRequest")
-    entry = request.nested_type.add(name="InputsEntry")
-    entry.options.map_entry = True
-    add(entry, "key", 1, string)
-    add(entry, "value", 2, message, type_name=".tensorflow.TensorProto")
-    add(request, "model_spec", 1, message, type_name=".tensorflow.serving.ModelSpec")
-    add(request, "inputs", 2, message, repeated, ".tensorflow.serving.PredictRequest.InputsEntry")
-    log = fdp.message_type.add(name="PredictLog")
-    add(log, "request", 1, message, type_name=".tensorflow.serving.PredictRequest")
-    prediction_log = fdp.message_type.add(name="PredictionLog")
-    add(prediction_log, "predict_log", 6, message, type_name=".tensorflow.serving.PredictLog")
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.PredictionLog")
-    )
-
-
-def test_warmup_records_parse_and_run(exported):
+def test_warmup_records_parse_and_run(exported, replay_warmup):
     result = exported[0]
-    path = os.path.join(result.path, "assets.extra", "tf_serving_warmup_requests")
-    prediction_log = _prediction_log_class()
-    model = tf.saved_model.load(result.path)
-    signatures = []
-    for record in tf.data.TFRecordDataset(path):
-        log = prediction_log.FromString(record.numpy())
-        request = log.predict_log.request
-        assert request.model_spec.name == "shop"
-        signatures.append(request.model_spec.signature_name)
-        inputs = {
-            key: tf.make_ndarray(tensor_pb2.TensorProto.FromString(value.SerializeToString()))
-            for key, value in request.inputs.items()
-        }
-        outputs = model.signatures[request.model_spec.signature_name](
-            **{k: tf.constant(v) for k, v in inputs.items()}
-        )
-        assert all(np.all(np.isfinite(v.numpy())) for v in outputs.values() if v.dtype.is_floating)
-    assert sorted(signatures) == sorted(result.signatures)
+    assert sorted(replay_warmup(result.path, "shop")) == sorted(result.signatures)

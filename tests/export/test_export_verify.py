@@ -137,8 +137,9 @@ def test_verify_in_a_process_without_tfmetric(image_siamese):
     assert metadata["distance_source"] == "head"
 
 
-def test_threshold_is_calibrated_on_the_validation_pairs(image_siamese):
+def test_threshold_is_calibrated_on_the_validation_pairs(image_siamese, replay_warmup):
     result, model, x, y, _, _ = image_siamese
+    assert sorted(replay_warmup(result.path, "pairs")) == sorted(result.signatures)
     calibration = result.metadata["verify"]["calibration"]
     # The validation pairs: every sample with two others of its label and two of others.
     first, second, same = tfmetric.export.label_pairs(y)
