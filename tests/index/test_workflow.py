@@ -71,6 +71,17 @@ def test_string_ids_are_incremental_removable_and_checked():
         index_lib.ExactIndex().add([[1.0]], ids=[1.5])
 
 
+def test_stored_arrays_are_exposed_read_only():
+    index = _catalogue()
+    assert index.ids.tolist() == ["cat-1", "dog-1", "owl-1"]
+    assert index.labels.tolist() == [7, 8, 9]
+    assert index.embeddings.shape == (3, 2)
+    assert index.payloads == ["cat.png", {"path": "dog.png", "size": 3}, None]
+    with pytest.raises(ValueError):
+        index.embeddings[0, 0] = 1.0
+    assert index_lib.ExactIndex().labels is None
+
+
 def test_payloads_must_be_json_and_fill_with_none():
     index = index_lib.ExactIndex()
     index.add([[0.0]], labels=[0])

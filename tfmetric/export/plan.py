@@ -215,6 +215,9 @@ class ExportPlan:
                 "ids_dtype": "string" if gallery.ids.dtype.kind == "U" else "int64",
                 "has_labels": gallery.labels is not None,
             },
+            "match": None
+            if gallery is None or gallery.match_threshold is None
+            else {"threshold": gallery.match_threshold, "unknown_label": gallery.unknown_label},
             "verify": None if self.verify is None else self.verify.to_json(),
             "signatures": self.signature_names,
             "tflite": list(dict.fromkeys(t.variant for t in self.tflite)),

@@ -9,7 +9,9 @@ Serving use it without tfmetric. Signatures (those the plan lists):
   JPEG/PNG/GIF/BMP) → `embeddings`, decoding, resizing and scaling in the graph;
 - `retrieve` (with a gallery): `inputs` → `ids`, `distances`, `indices` (row
   numbers in the gallery) and `labels` (when the gallery has labels) of the
-  `top_k` nearest gallery items, nearest first (exact search);
+  `top_k` nearest gallery items, nearest first (exact search); with a
+  gallery `match_threshold`, also `match` (the nearest item's label, or the
+  unknown label beyond the threshold) and `matched` (bool), per query;
 - `retrieve_images` (image models with a gallery): the same from encoded images;
 - `verify` (Siamese models, or on request): `x1`, `x2` → `score` `(batch,)`
   and `is_match` (bool) at the calibrated threshold;
@@ -107,6 +109,13 @@ def _build_signatures(module, plan):
         }
         if hasattr(module, "gallery_labels"):
             outputs["labels"] = tf.gather(module.gallery_labels, indices)
+        threshold = plan.gallery.match_threshold
+        if threshold is not None:
+            nearest = values[:, 0]
+            close = nearest >= threshold if plan.distance.is_similarity else nearest <= threshold
+            unknown = tf.constant(plan.gallery.unknown_label, outputs["labels"].dtype)
+            outputs["match"] = tf.where(close, outputs["labels"][:, 0], unknown)
+            outputs["matched"] = close
         return outputs
 
     def verify(x1, x2):

@@ -49,6 +49,12 @@ def _check_payloads(payloads, size):
     return payloads
 
 
+def _read_only(array):
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _umask_mode(mode):
     umask = os.umask(0)
     os.umask(umask)
@@ -81,6 +87,26 @@ class Index:
 
     def __len__(self):
         return self.size
+
+    @property
+    def embeddings(self):
+        """The stored float32 embeddings `(size, dim)`, in insertion order (read-only)."""
+        return _read_only(self._embeddings)
+
+    @property
+    def ids(self):
+        """The stored ids `(size,)`, int64 or strings (read-only)."""
+        return _read_only(self._ids)
+
+    @property
+    def labels(self):
+        """The stored int64 labels `(size,)` (read-only), or `None` for an unlabelled index."""
+        return None if self._labels is None else _read_only(self._labels)
+
+    @property
+    def payloads(self):
+        """A list of the stored payloads (`None` where absent), or `None` when none was given."""
+        return None if self._payloads is None else list(self._payloads)
 
     @property
     def dim(self):

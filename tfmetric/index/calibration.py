@@ -161,7 +161,7 @@ def _choose(curve, metric, target):
 
 
 def _nearest(index, queries):
-    if index._labels is None:
+    if index.labels is None:
         raise ValueError("The index holds no labels: `add` embeddings with `labels` to calibrate.")
     result = index.lookup(queries, k=1)
     return result.labels[:, 0], result.distances[:, 0]
