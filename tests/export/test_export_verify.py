@@ -314,3 +314,20 @@ def test_verify_on_request_and_bad_input(vector_model, tmp_path):
         tfmetric.export.plan_export(images, image_spec=(8, 8, 3))
     assert tfmetric.export.plan_export(images, image_spec=False).image_spec is None
     assert not os.listdir(tmp_path)
+
+
+def test_siamese_model_of_a_bare_layer_embedder(tmp_path):
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(3, name="tower")
+    model = tfmetric.models.SiameseModel(layer, input_shape=(5,), distance="manhattan")
+    x = np.random.default_rng(0).normal(size=(12, 5)).astype("float32")
+    result = tfmetric.export.export_for_serving(
+        model, tmp_path, name="bare", validation=(x, np.arange(12) % 3), parity=QUIET
+    )
+    loaded = tf.saved_model.load(result.path)
+    kernel, bias = (np.asarray(w) for w in layer.weights)
+    embeddings = loaded.signatures["serving_default"](inputs=tf.constant(x))["embeddings"]
+    np.testing.assert_allclose(embeddings.numpy(), x @ kernel + bias, atol=1e-5)
+    out = loaded.signatures["verify"](x1=tf.constant(x), x2=tf.constant(x[::-1].copy()))
+    e = x @ kernel + bias
+    np.testing.assert_allclose(out["score"].numpy(), np.abs(e - e[::-1]).sum(1), atol=1e-5)

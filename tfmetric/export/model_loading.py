@@ -77,8 +77,8 @@ def resolve_embedder(model):
     if not isinstance(model, keras.Model):
         model = load_keras_file(model)
     embedder = getattr(model, "embedder", None)
-    if isinstance(embedder, keras.Model):
-        model = embedder
+    if isinstance(embedder, keras.layers.Layer):
+        model = embedder if _has_inputs(embedder) else _on_model_input(embedder, model)
     inputs = getattr(model, "inputs", None)
     if not inputs:
         raise ValueError(
@@ -109,6 +109,23 @@ def resolve_embedder(model):
             f"{output_shape}; an embedder outputs (batch, dim) embeddings."
         )
     return model, tuple(inputs[0].shape[1:]), int(output_shape[1])
+
+
+def _has_inputs(layer):
+    try:
+        return bool(layer.inputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _on_model_input(embedder, model):
+    """A functional model of an embedder without its own `keras.Input` (a bare layer, a
+    subclassed model), on the input of the twin model that holds it."""
+    if not _has_inputs(model):
+        return embedder
+    spec = model.inputs[0]
+    inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype, name="inputs")
+    return keras.Model(inputs, embedder(inputs), name=embedder.name)
 
 
 def is_siamese(model):
