@@ -180,6 +180,13 @@ def run(config):
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"`config` must be a trainers.RunConfig; got {type(config).__name__}.")
+    from trainers import console
+
+    with console.quiet_output(config.log_level, expected=(InputError,)):
+        return _start(config)
+
+
+def _start(config):
     started = time.time()
     # The strategy first: nothing before it runs a TensorFlow op.
     from trainers import distribution
@@ -213,7 +220,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
 
     from tfmetric import distances as distances_lib
     from tfmetric.callbacks import RetrievalEvaluation
-    from trainers import backbones, datasets, evaluation, exporting, pipeline
+    from trainers import backbones, console, datasets, evaluation, exporting, pipeline
     from trainers import losses as losses_lib
 
     # Everything that can fail on the data or a loss value is checked before training.
@@ -268,24 +275,30 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         callbacks.append(
             keras.callbacks.TensorBoard(os.path.join(out_dir, outputs.LOGS_DIR), write_graph=False)
         )
+    callbacks.append(console.training_progress(config.total_steps, enabled=is_chief))
     train_started = time.time()
     model.fit(
         dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-        callbacks=callbacks, shuffle=False, verbose=2,
+        callbacks=callbacks, shuffle=False, verbose=0,
     )  # fmt: skip
     train_seconds = time.time() - train_started
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
+    progress = console.Progress("evaluate", 6, enabled=is_chief)
     model_path = os.path.join(out_dir, outputs.MODEL_FILE)
     with outputs.atomic_path(model_path) as tmp:
         embedder.save(tmp)
     test_embeddings = embed(embedder, test.x)
+    progress.update()
     numbers, roc = evaluation.evaluate(test_embeddings, test.y, eval_distance, seed=config.seed)
+    progress.update(map_at_r=numbers["map_at_r"])
     raw = test.x.reshape(len(test), -1).astype(np.float32)
     baseline, baseline_roc = evaluation.evaluate(raw, test.y, "euclidean", seed=config.seed)
+    progress.update()
 
     history = read_history(os.path.join(out_dir, outputs.HISTORY_FILE))
     outputs.plot_training_curves(history, os.path.join(out_dir, outputs.CURVES_FILE))
+    progress.update()
     outputs.plot_projection(
         test_embeddings, test.y, data.class_names, os.path.join(out_dir, outputs.PROJECTION_FILE),
         config.projection, config.seed,
@@ -300,9 +313,11 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             test.x, test.y, data.class_names, neighbors,
             os.path.join(out_dir, outputs.NEIGHBORS_FILE), seed=config.seed,
         )  # fmt: skip
+    progress.update()
     outputs.write_projector(
         out_dir, test_embeddings, test.y, data.class_names, test.x if data.is_image else None
     )
+    progress.close()
 
     report = {
         "dataset": data.name,
@@ -337,10 +352,12 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         report["cluster"] = {"workers": cluster.num_workers, "task": cluster.task_type,
                              "index": cluster.task_index}  # fmt: skip
     if config.export and is_chief:
+        progress = console.Progress("export", 1)
         report["export"] = exporting.export(
             model_path, os.path.join(out_dir, outputs.EXPORT_DIR), train, test, eval_distance,
             config.seed,
         )  # fmt: skip
+        progress.close()
     report["total_seconds"] = round(time.time() - started, 1)
     outputs.write_json(os.path.join(out_dir, outputs.REPORT_FILE), report)
     if is_chief:

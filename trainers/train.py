@@ -111,13 +111,18 @@ flags.DEFINE_enum("log_level", _D["log_level"], list(LOG_LEVELS),
 def main(argv):
     """Builds the run configuration from the flags and runs it."""
     del argv
+    from trainers import console
+
+    # Before anything imports TensorFlow: its native log level is read at import.
+    console.prepare_environment(FLAGS.log_level)
     from trainers import job
 
-    try:
-        config = RunConfig.from_flags(FLAGS)
-    except (ValueError, TypeError) as error:
-        raise job.InputError(str(error)) from None
-    return job.run(config)
+    with console.quiet_output(FLAGS.log_level, expected=(job.InputError,)):
+        try:
+            config = RunConfig.from_flags(FLAGS)
+        except (ValueError, TypeError) as error:
+            raise job.InputError(str(error)) from None
+        return job.run(config)
 
 
 def run():

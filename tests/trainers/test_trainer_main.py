@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,8 +24,21 @@ TINY = [
 ]
 
 
-def _run(args, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+# What a default (quiet) run may print: its progress bars, tables and last line.
+ALLOWED_LINES = re.compile(
+    r"^(train|evaluate|export) +\[[#.]+\] \d+/\d+ - |"
+    r"^Parity vs Keras|^runtime |^keras |^saved_model |^(fp32|fp16|dynamic_int8|int8) |"
+    r"^Held-out evaluation|^metric |^-+$|^(Precision@1|MAP@R|R-precision|Verification ROC AUC"
+    r"|Verification EER) |^Outputs in "
+)
+
+
+def _run(args, timeout=900, quiet_env=True):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    if quiet_env:
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    else:
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
         [sys.executable, "-m", "trainers.train", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
@@ -44,9 +58,16 @@ def test_end_to_end_tiny_run_writes_every_output(tmp_path):
     import tensorflow as tf
 
     model_dir = tmp_path / "run"
-    result = _run(["--epochs=2", "--steps_per_epoch=3", *TINY, f"--model_dir={model_dir}"])
+    # TensorFlow's own log level left at its default: the job itself keeps the output quiet.
+    result = _run(["--epochs=2", "--steps_per_epoch=3", *TINY, f"--model_dir={model_dir}"],
+                  quiet_env=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAP@R" in result.stdout and "raw input" in result.stdout
+    assert result.stderr == ""
+    noise = [line for line in result.stdout.splitlines() if not ALLOWED_LINES.match(line)]
+    assert noise == []
+    phases = [line.split()[0] for line in result.stdout.splitlines() if "[" in line and "]" in line]
+    assert phases == ["train", "evaluate", "export"]  # one progress line per phase
 
     report = json.loads((model_dir / "report.json").read_text())
     for side in ("model", "raw_input_baseline"):
@@ -124,7 +145,8 @@ def test_killed_run_resumes_to_the_same_step_count(tmp_path):
 
     resumed = _run([*args, f"--model_dir={model_dir}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Epoch 1/5" not in resumed.stdout  # restarted after the last checkpoint
+    # Restarted after the last checkpoint, not from the first epoch.
+    assert re.search(r"resumed_at_epoch: [2-5]\b", resumed.stdout), resumed.stdout
     report = json.loads((model_dir / "report.json").read_text())
     assert report["resumed"] is True
     assert report["optimizer_steps"] == whole["optimizer_steps"] == 5 * 20
