@@ -29,6 +29,10 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION_POLICIES = ("auto", "mixed_float16", "mixed_bfloat16")
 PROJECTIONS = ("pca", "tsne")
 LOG_LEVELS = ("quiet", "info", "debug")
+KINDS = ("embedding", "proxy", "siamese", "triplet")
+SIAMESE_HEADS = ("distance", "weighted_l1")
+# Offline mining modes of triplet networks (no `--mining`: random triplets).
+TRIPLET_MINING = ("easy", "semi-hard", "hard")
 
 
 def _setting(default, run=True):
@@ -67,8 +71,10 @@ class RunConfig:
     weights: str | None = _setting(None)
     embedding_dim: int = _setting(64)
     l2_normalize: bool = _setting(True)
+    model_kind: str | None = _setting(None)
+    siamese_head: str = _setting("distance")
     # Loss.
-    loss: str = _setting("triplet")
+    loss: str | None = _setting(None)
     margin: float | None = _setting(None)
     mining: str | None = _setting(None)
     temperature: float | None = _setting(None)
@@ -78,6 +84,11 @@ class RunConfig:
     # Optimisation.
     classes_per_batch: int | None = _setting(None)
     samples_per_class: int = _setting(8)
+    batch_size: int | None = _setting(None)
+    positive_fraction: float = _setting(0.5)
+    refresh_every: int = _setting(100)
+    mining_pool: int | None = _setting(None)
+    curriculum: str | None = _setting(None)
     optimizer: str = _setting("adam")
     learning_rate: float = _setting(1e-3)
     schedule: str = _setting("cosine")
@@ -95,6 +106,7 @@ class RunConfig:
     projection: str = _setting("pca", run=False)
     overwrite: bool = _setting(False, run=False)
     export: bool = _setting(True, run=False)
+    tflite_variants: str = _setting("fp32,fp16,dynamic_int8,int8", run=False)
     log_level: str = _setting("quiet", run=False)
 
     def __post_init__(self):
@@ -133,15 +145,47 @@ class RunConfig:
     def total_steps(self):
         return self.epochs * self.steps_per_epoch
 
+    @property
+    def kind(self):
+        """The model kind: `model_kind`, or `proxy` for a head loss, else `embedding`."""
+        from trainers import kinds
+
+        return kinds.resolve_kind(self.model_kind, self.loss)
+
+    def loss_entry(self):
+        """The registry entry of the loss (or head) this run trains with."""
+        from trainers import kinds
+
+        return kinds.loss_entry(self.kind, self.loss, self.siamese_head)
+
     def loss_arguments(self):
         """The loss or head arguments the run sets: the named settings and `loss_args`."""
+        from trainers import kinds
+
         args = {
             name: getattr(self, name)
             for name in ("margin", "mining", "temperature", "scale", "distance")
             if getattr(self, name) is not None
         }
         args.update(self.loss_args)
-        return args
+        return kinds.loss_arguments(self.kind, args)
+
+    def curriculum_schedule(self):
+        """`{first epoch: mining mode}` of `curriculum`, or `None`."""
+        from trainers import kinds
+
+        return kinds.parse_curriculum(self.curriculum, self.kind)
+
+    def tflite_variant_list(self):
+        """`tflite_variants` as a tuple (empty: SavedModel only)."""
+        return tuple(v.strip() for v in self.tflite_variants.split(",") if v.strip())
+
+    @property
+    def global_batch_size(self):
+        """Pairs or triplets per batch (siamese, triplet); `None` for P×K batches."""
+        if self.kind not in ("siamese", "triplet"):
+            return None
+        return self.batch_size or (self.classes_per_batch or 10) * self.samples_per_class
 
 
 def defaults():
@@ -234,8 +278,38 @@ def _check_values(config):
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"`--{name}` must be finite; got {value}.")
+    _choice(config, "siamese_head", SIAMESE_HEADS)
+    if config.model_kind is not None:
+        _choice(config, "model_kind", KINDS)
+    for name, low in (("batch_size", 2), ("refresh_every", 1), ("mining_pool", 2)):
+        _at_least(config, name, low)
+    if not 0.0 < config.positive_fraction < 1.0:
+        raise ValueError(
+            f"`--positive_fraction` must be in (0, 1); got {config.positive_fraction}."
+        )
+    kind = config.kind
+    if config.batch_size is not None and kind not in ("siamese", "triplet"):
+        raise ValueError(
+            f"`--batch_size` sets pairs or triplets per batch (--model_kind=siamese or triplet); "
+            f"--model_kind={kind} trains on --classes_per_batch x --samples_per_class batches."
+        )
+    if config.siamese_head != "distance" and kind != "siamese":
+        raise ValueError(f"`--siamese_head` is for --model_kind=siamese; got --model_kind={kind}.")
+    if kind == "triplet" and config.mining is not None and config.mining not in TRIPLET_MINING:
+        raise ValueError(
+            f"`--mining` of --model_kind=triplet is the offline mining mode, one of "
+            f"{list(TRIPLET_MINING)} (none: random triplets); got {config.mining!r}."
+        )
+    if config.curriculum is not None and config.mining is not None:
+        raise ValueError("Give `--mining` or `--curriculum`, not both (the curriculum sets it).")
+    config.curriculum_schedule()
+    from tfmetric.export import VARIANTS
+
+    unknown = sorted(set(config.tflite_variant_list()) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"`--tflite_variants` {unknown} are not among {list(VARIANTS)}.")
     backbones.check(config.backbone)
-    losses.check_arguments(config.loss, config.loss_arguments())
+    losses.check_arguments(config.loss_entry(), config.loss_arguments())
     check_optimizer(config.optimizer)
     if config.strategy == "multi_worker":
         distribution.cluster_spec()  # raises on a missing or malformed TF_CONFIG

@@ -103,3 +103,95 @@ def evaluate(embeddings, labels, distance="euclidean", max_pairs=200_000, seed=0
     numbers["verification_pairs"] = int(len(same))
     fpr, tpr, _ = sk_metrics.roc_curve(same, -dissimilarity)
     return numbers, (fpr, tpr)
+
+
+PAIR_KEYS = ("pair_roc_auc", "pair_eer", "tar_at_far_1e-3", "pair_accuracy")
+FEW_SHOT_KEYS = ("5_way_1_shot", "5_way_5_shot")
+HELD_OUT_PAIRS = 10_000
+FEW_SHOT_EPISODES = 1000
+
+
+def sample_pairs(labels, count=HELD_OUT_PAIRS, seed=0):
+    """`count` seeded pairs `(i, j)`, `i != j`, half of the same class and half of different ones.
+
+    Positives are drawn among the classes with at least two samples, each
+    class as often as its share of those samples; negatives are two uniform
+    samples of different classes.
+
+    Returns:
+        `(i, j, same)` arrays, `same` boolean.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    members = {c: np.flatnonzero(labels == c) for c in classes[counts >= 2]}
+    if not members or len(classes) < 2:
+        raise ValueError("Pair verification needs 2 classes and a class with 2 samples.")
+    positives = count // 2
+    eligible = np.concatenate(list(members.values()))
+    anchors = rng.choice(eligible, positives)
+    partners = np.empty(positives, np.int64)
+    for k, a in enumerate(anchors):
+        pool = members[labels[a]]
+        partner = pool[rng.integers(len(pool) - 1)]
+        partners[k] = partner if partner != a else pool[-1]
+    negatives = count - positives
+    first = rng.integers(len(labels), size=negatives)
+    second = rng.integers(len(labels), size=negatives)
+    clash = labels[first] == labels[second]
+    while np.any(clash):
+        second[clash] = rng.integers(len(labels), size=int(clash.sum()))
+        clash = labels[first] == labels[second]
+    i = np.concatenate([anchors, first])
+    j = np.concatenate([partners, second])
+    same = np.concatenate([np.ones(positives, bool), np.zeros(negatives, bool)])
+    return i, j, same
+
+
+def pair_verification(scores, same, calibration_scores, calibration_same, similarity):
+    """Verification of held-out pairs, with a threshold calibrated on other pairs.
+
+    Args:
+        scores: One score per held-out pair (a distance, or a similarity).
+        same: Whether each held-out pair shares a class.
+        calibration_scores, calibration_same: The same for calibration pairs
+            (from the training split): they choose the threshold.
+        similarity: `True` when larger scores mean "same".
+
+    Returns:
+        `pair_roc_auc`, `pair_eer`, `tar_at_far_1e-3`, `threshold` (best
+        accuracy on the calibration pairs) and `pair_accuracy` (on the
+        held-out pairs, at that threshold).
+    """
+    scores = np.asarray(scores, np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("The held-out pair scores hold NaN or Inf: training diverged.")
+    threshold, _ = metrics.best_threshold(calibration_same, calibration_scores, similarity=similarity)
+    decided = scores >= threshold if similarity else scores <= threshold
+    return {
+        "pair_roc_auc": metrics.roc_auc(same, scores, similarity=similarity),
+        "pair_eer": metrics.equal_error_rate(same, scores, similarity=similarity),
+        "tar_at_far_1e-3": metrics.tar_at_far(same, scores, 1e-3, similarity=similarity),
+        "threshold": float(threshold),
+        "pair_accuracy": float(np.mean(decided == np.asarray(same, bool))),
+        "pairs": int(len(scores)),
+    }
+
+
+def few_shot(embeddings, labels, distance="euclidean", episodes=FEW_SHOT_EPISODES, seed=0):
+    """5-way 1-shot and 5-shot accuracy (`tfmetric.metrics.n_way_k_shot_accuracy`).
+
+    With fewer than 5 classes holding `k + 1` samples, that entry is `None`.
+    """
+    labels = np.asarray(labels)
+    out = {}
+    for k, key in zip((1, 5), FEW_SHOT_KEYS, strict=True):
+        try:
+            accuracy, _ = metrics.n_way_k_shot_accuracy(
+                embeddings, labels, n_way=5, k_shot=k, episodes=episodes, seed=seed,
+                distance=distance,
+            )  # fmt: skip
+        except ValueError:
+            accuracy = None
+        out[key] = accuracy
+    return out

@@ -84,16 +84,31 @@ def make_optimizer(name, learning_rate, schedule, total_steps):
     return keras.optimizers.get({"class_name": name, "config": {"learning_rate": rate}})
 
 
-def build_training_model(entry, loss, embedder, optimizer, jit_compile):
-    """Compiles the model that trains: the embedder with a loss, or a ProxyModel with a head."""
-    if entry.is_head:
-        from tfmetric.models import ProxyModel
+def build_training_model(kind, entry, loss, embedder, optimizer, jit_compile, distance=None,
+                         siamese_head="distance"):  # fmt: skip
+    """Compiles the model that trains, by kind.
 
-        model = ProxyModel(embedder, loss)
+    `embedding`: the embedder with the in-batch loss; `proxy`: a `ProxyModel`
+    with the head; `siamese`: a `SiameseModel` (distance, or a `WeightedL1`
+    head) with its pair loss; `triplet`: a `TripletModel` with
+    `TripletMarginLoss`.
+    """
+    from tfmetric import layers, models
+
+    if kind == "proxy":
+        model = models.ProxyModel(embedder, loss)
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
         return model
-    embedder.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
-    return embedder
+    if kind == "siamese":
+        head = layers.WeightedL1(name="weighted_l1") if siamese_head == "weighted_l1" else None
+        model = models.SiameseModel(embedder, distance=distance or "euclidean", head=head,
+                                    name="siamese")  # fmt: skip
+    elif kind == "triplet":
+        model = models.TripletModel(embedder, distance=distance or "euclidean", name="triplet")
+    else:
+        model = embedder
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
+    return model
 
 
 def read_history(path):
@@ -214,15 +229,42 @@ def _set_mixed_precision(policy):
     keras.mixed_precision.set_global_policy(policy)
 
 
+def _training_distance(config, kind, loss):
+    """The distance the model trains with (and is evaluated with, unless it has a learned head)."""
+    if kind == "proxy":
+        return config.distance or "cosine"
+    if kind == "siamese":
+        return config.distance or "euclidean"
+    return config.distance or loss_distance(loss)
+
+
+def _scores_of_pairs(model, x, i, j, batch_size=512):
+    """The Siamese model's own score of each pair `(x[i], x[j])` (distance or head), by direct calls."""
+    x = np.asarray(x, np.float32)
+    parts = [
+        np.asarray(model([x[i[s : s + batch_size]], x[j[s : s + batch_size]]], training=False))
+        for s in range(0, len(i), batch_size)
+    ]
+    return np.concatenate(parts).reshape(-1)
+
+
+def _calibration_rows(n, seed, limit=5000):
+    rows = np.arange(n)
+    if n > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return rows
+
+
 def _run(config, strategy, cluster, out_dir, is_chief, started):
     import keras
     import tensorflow as tf
 
     from tfmetric import distances as distances_lib
-    from tfmetric.callbacks import RetrievalEvaluation
+    from tfmetric import metrics
     from trainers import backbones, console, datasets, evaluation, exporting, pipeline
     from trainers import losses as losses_lib
 
+    kind = config.kind
     # Everything that can fail on the data or a loss value is checked before training.
     try:
         data = datasets.load(
@@ -234,10 +276,16 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         )
         num_train_classes = len(np.unique(train.y))
         classes_per_batch = config.classes_per_batch or min(10, num_train_classes)
-        pipeline.check_batch(train.y, classes_per_batch, config.samples_per_class)
+        if kind in ("embedding", "proxy"):
+            pipeline.check_batch(train.y, classes_per_batch, config.samples_per_class)
+        # Training labels are remapped to 0..C-1 (heads need dense class ids).
+        _, train_labels = np.unique(train.y, return_inverse=True)
+        train_labels = train_labels.astype(np.int32)
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            entry, loss = losses_lib.build(config.loss, config.loss_arguments(), num_train_classes)
+            entry, loss = losses_lib.build(
+                config.loss_entry(), config.loss_arguments(), num_train_classes
+            )
             embedder = backbones.build_embedder(
                 train.x.shape[1:], config.backbone, config.embedding_dim, config.l2_normalize,
                 config.weights,
@@ -250,27 +298,33 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             jit_compile = config.jit_compile and not (
                 strategy.num_replicas_in_sync > 1 and not tf.config.list_physical_devices("GPU")
             )
-            model = build_training_model(entry, loss, embedder, optimizer, jit_compile)
+            distance = _training_distance(config, kind, loss)
+            model = build_training_model(
+                kind, entry, loss, embedder, optimizer, jit_compile, distance, config.siamese_head
+            )
+        schedule = _curriculum(config)
+        dataset = pipeline.training_data(
+            kind, train.x, train_labels, config, classes_per_batch, embedder=embedder,
+            distance=distance, schedule=schedule,
+        )  # fmt: skip
         current = config.identity()
         resuming = prepare_model_dir(out_dir, current, config.overwrite or not is_chief)
     except ValueError as error:
         raise InputError(str(error)) from None
 
-    # Training labels are remapped to 0..C-1 (heads need dense class ids).
-    _, train_labels = np.unique(train.y, return_inverse=True)
-    dataset = pipeline.training_dataset(
-        train.x, train_labels.astype(np.int32), classes_per_batch, config.samples_per_class,
-        config.seed,
-    )  # fmt: skip
-    eval_distance = config.distance or (loss_distance(loss) if not entry.is_head else "cosine")
+    head = getattr(model, "head", None) if kind == "siamese" else None
+    # A learned head is the distance of the trained model (its weights as they are now).
+    eval_distance = distances_lib.get(head) if head is not None else distance
 
     callbacks = [
-        RetrievalEvaluation((test.x, test.y), distance=eval_distance),
+        HeldOutRetrieval(embedder, test.x, test.y, eval_distance),
         keras.callbacks.CSVLogger(os.path.join(out_dir, outputs.HISTORY_FILE), append=True),
         keras.callbacks.BackupAndRestore(
             os.path.join(out_dir, outputs.BACKUP_DIR), double_checkpoint=True
         ),
     ]
+    if schedule is not None:
+        callbacks.append(schedule)
     if tensorboard_installed():
         callbacks.append(
             keras.callbacks.TensorBoard(os.path.join(out_dir, outputs.LOGS_DIR), write_graph=False)
@@ -284,16 +338,49 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     train_seconds = time.time() - train_started
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
-    progress = console.Progress("evaluate", 6, enabled=is_chief)
+    progress = console.Progress("evaluate", 8, enabled=is_chief)
     model_path = os.path.join(out_dir, outputs.MODEL_FILE)
     with outputs.atomic_path(model_path) as tmp:
         embedder.save(tmp)
+    pair_model_path = None
+    if kind == "siamese":
+        pair_model_path = os.path.join(out_dir, outputs.PAIR_MODEL_FILE)
+        with outputs.atomic_path(pair_model_path) as tmp:
+            model.save(tmp)
     test_embeddings = embed(embedder, test.x)
     progress.update()
     numbers, roc = evaluation.evaluate(test_embeddings, test.y, eval_distance, seed=config.seed)
     progress.update(map_at_r=numbers["map_at_r"])
     raw = test.x.reshape(len(test), -1).astype(np.float32)
     baseline, baseline_roc = evaluation.evaluate(raw, test.y, "euclidean", seed=config.seed)
+    progress.update()
+
+    # Pair verification: held-out pairs, threshold calibrated on training pairs.
+    i, j, same = evaluation.sample_pairs(test.y, seed=config.seed)
+    rows = _calibration_rows(len(train), config.seed)
+    ci, cj, csame = evaluation.sample_pairs(train.y[rows], seed=config.seed + 1)
+    ci, cj = rows[ci], rows[cj]
+    if kind == "siamese":
+        scores = _scores_of_pairs(model, test.x, i, j)
+        calibration = _scores_of_pairs(model, train.x, ci, cj)
+        similarity = head is not None or model.distance.is_similarity
+    else:
+        eval_view = distances_lib.get(eval_distance)
+        train_embeddings = embed(embedder, train.x[rows])
+        position = {r: k for k, r in enumerate(rows)}
+        ck, cl = [position[r] for r in ci], [position[r] for r in cj]
+        scores = metrics.pair_distances(test_embeddings[i], test_embeddings[j], eval_view)
+        calibration = metrics.pair_distances(train_embeddings[ck], train_embeddings[cl], eval_view)
+        similarity = eval_view.is_similarity
+    numbers.update(evaluation.pair_verification(scores, same, calibration, csame, similarity))
+    train_raw = train.x.reshape(len(train), -1).astype(np.float32)
+    baseline.update(evaluation.pair_verification(
+        metrics.pair_distances(raw[i], raw[j]), same,
+        metrics.pair_distances(train_raw[ci], train_raw[cj]), csame, False,
+    ))  # fmt: skip
+    progress.update(pair_roc_auc=numbers["pair_roc_auc"])
+    numbers.update(evaluation.few_shot(test_embeddings, test.y, eval_distance, seed=config.seed))
+    baseline.update(evaluation.few_shot(raw, test.y, "euclidean", seed=config.seed))
     progress.update()
 
     history = read_history(os.path.join(out_dir, outputs.HISTORY_FILE))
@@ -322,14 +409,11 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     report = {
         "dataset": data.name,
         "protocol": config.protocol,
+        "model_kind": kind,
         "flags": current,
         "loss": {"name": entry.name, "class": entry.cls.__name__, "config": _config(loss)},
-        "distance": distances_lib.serialize(eval_distance),
-        "batch": {
-            "classes_per_batch": classes_per_batch,
-            "samples_per_class": config.samples_per_class,
-            "replicas": int(strategy.num_replicas_in_sync),
-        },
+        "distance": _config_of_distance(eval_distance),
+        "batch": _batch_report(config, kind, classes_per_batch, strategy),
         "split": {
             "train_fraction": config.resolved_train_fraction,
             "train_samples": len(train),
@@ -348,14 +432,19 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         "projector": outputs.PROJECTOR_DIR,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    if pair_model_path is not None:
+        report["pair_model"] = pair_model_path
+    if schedule is not None:
+        report["curriculum"] = {str(k): v for k, v in config.curriculum_schedule().items()}
     if cluster is not None:
         report["cluster"] = {"workers": cluster.num_workers, "task": cluster.task_type,
                              "index": cluster.task_index}  # fmt: skip
     if config.export and is_chief:
         progress = console.Progress("export", 1)
+        # A Siamese network is exported whole (its distance or learned head with it).
         report["export"] = exporting.export(
-            model_path, os.path.join(out_dir, outputs.EXPORT_DIR), train, test, eval_distance,
-            config.seed,
+            pair_model_path or model_path, os.path.join(out_dir, outputs.EXPORT_DIR), train, test,
+            None if kind == "siamese" else distance, config.seed, config.tflite_variant_list(),
         )  # fmt: skip
         progress.close()
     report["total_seconds"] = round(time.time() - started, 1)
@@ -366,3 +455,62 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         print(outputs.format_table(report))
         print(f"Outputs in {out_dir} ({report['total_seconds']} s).")
     return report
+
+
+def _config_of_distance(distance):
+    from tfmetric import distances as distances_lib
+
+    try:
+        return distances_lib.serialize(distance)
+    except (TypeError, ValueError):
+        return str(distance)
+
+
+def _batch_report(config, kind, classes_per_batch, strategy):
+    replicas = int(strategy.num_replicas_in_sync)
+    if kind in ("siamese", "triplet"):
+        unit = "pairs" if kind == "siamese" else "triplets"
+        return {unit: config.global_batch_size, "replicas": replicas}
+    return {"classes_per_batch": classes_per_batch, "samples_per_class": config.samples_per_class,
+            "replicas": replicas}  # fmt: skip
+
+
+def _curriculum(config):
+    """The `MiningSchedule` of `--curriculum` (in-batch loss or offline triplet mining), or None."""
+    schedule = config.curriculum_schedule()
+    if schedule is None:
+        return None
+    from tfmetric.callbacks import MiningSchedule
+
+    return MiningSchedule(mining=schedule)
+
+
+def _held_out_retrieval_class():
+    import keras
+
+    from tfmetric import metrics
+
+    class HeldOutRetrieval(keras.callbacks.Callback):
+        """`val_map_at_r` and `val_precision_at_1` of the held-out split after each epoch.
+
+        Embeds with the shared embedder by direct calls, so it works for every
+        model kind and under any strategy.
+        """
+
+        def __init__(self, embedder, x, y, distance):
+            super().__init__()
+            self.embedder, self.x, self.y, self.distance = embedder, x, y, distance
+
+        def on_epoch_end(self, epoch, logs=None):
+            scores = metrics.evaluate_retrieval(
+                embed(self.embedder, self.x), self.y, distance=self.distance,
+                metrics=("map_at_r", "precision_at_1"),
+            )  # fmt: skip
+            if logs is not None:
+                logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+
+    return HeldOutRetrieval
+
+
+def HeldOutRetrieval(embedder, x, y, distance):  # noqa: N802 (a callback factory)
+    return _held_out_retrieval_class()(embedder, x, y, distance)

@@ -104,7 +104,7 @@ def parse_loss_args(pairs):
 
 
 def check_arguments(name, args):
-    """Checks a loss name and its argument names against the class signature (builds nothing).
+    """Checks a loss (name or `Entry`) and its argument names against its signature (builds nothing).
 
     Returns:
         The registry `Entry`.
@@ -113,7 +113,7 @@ def check_arguments(name, args):
         ValueError: for an unknown name or an argument the class does not
             take (listing those it takes).
     """
-    entry = lookup(name)
+    entry = name if isinstance(name, Entry) else lookup(name)
     accepted = sorted(
         p for p in entry.parameters() if p not in ("name", "reduction", "dtype", "num_classes")
     )
@@ -130,7 +130,7 @@ def build(name, args, num_classes=None):
     """Builds the loss or head `name` with the arguments it accepts.
 
     Args:
-        name: A registry name (see `registry()`).
+        name: A registry name (see `registry()`) or an `Entry`.
         args: `{argument: value}` the user set (e.g. from `--margin`); every one
             must be an argument of the chosen class.
         num_classes: Number of training classes, passed to heads.
@@ -144,6 +144,8 @@ def build(name, args, num_classes=None):
     """
     entry = check_arguments(name, args)
     kwargs = dict(args)
+    if entry.cls is keras.losses.BinaryCrossentropy:
+        kwargs.setdefault("name", "binary_crossentropy")
     if entry.is_head:
         kwargs["num_classes"] = int(num_classes)
     try:

@@ -15,6 +15,7 @@ FLAGS_FILE = "flags.json"
 BACKUP_DIR = "backup"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
+PAIR_MODEL_FILE = "pair_model.keras"
 LOGS_DIR = "logs"
 EXPORT_DIR = "export"
 REPORT_FILE = "report.json"
@@ -25,14 +26,20 @@ NEIGHBORS_FILE = "nearest_neighbors.png"
 PLOT_FILES = (CURVES_FILE, PROJECTION_FILE, ROC_FILE, NEIGHBORS_FILE)
 PROJECTOR_DIR = os.path.join(LOGS_DIR, "projector")
 # What the main job writes in --model_dir; --overwrite removes these and nothing else.
-OWN_OUTPUTS = (FLAGS_FILE, BACKUP_DIR, HISTORY_FILE, MODEL_FILE, LOGS_DIR, EXPORT_DIR, REPORT_FILE,
-               *PLOT_FILES)  # fmt: skip
+OWN_OUTPUTS = (FLAGS_FILE, BACKUP_DIR, HISTORY_FILE, MODEL_FILE, PAIR_MODEL_FILE, LOGS_DIR,
+               EXPORT_DIR, REPORT_FILE, *PLOT_FILES)  # fmt: skip
 _TABLE_ROWS = (
     ("precision_at_1", "Precision@1"),
     ("map_at_r", "MAP@R"),
     ("r_precision", "R-precision"),
     ("roc_auc", "Verification ROC AUC"),
     ("eer", "Verification EER"),
+    ("pair_roc_auc", "Pair ROC AUC"),
+    ("pair_eer", "Pair EER"),
+    ("tar_at_far_1e-3", "TAR@FAR=1e-3"),
+    ("pair_accuracy", "Pair accuracy"),
+    ("5_way_1_shot", "5-way 1-shot"),
+    ("5_way_5_shot", "5-way 5-shot"),
 )
 
 
@@ -68,15 +75,25 @@ def format_table(report):
     """The held-out numbers as a text table: model vs raw-input baseline."""
     model, baseline = report["held_out"]["model"], report["held_out"]["raw_input_baseline"]
     split = report["split"]
+    kind = f", --model_kind={report['model_kind']}" if "model_kind" in report else ""
     lines = [
-        f"Held-out evaluation: {report['dataset']} (--protocol={report['protocol']}), "
+        f"Held-out evaluation: {report['dataset']} (--protocol={report['protocol']}{kind}), "
         f"{split['test_samples']} test samples of {split['test_classes']} classes",
         f"{'metric':<22} {'model':>9} {'raw input':>10}",
         "-" * 43,
     ]
     for key, label in _TABLE_ROWS:
-        lines.append(f"{label:<22} {model[key]:>9.4f} {baseline[key]:>10.4f}")
+        if key in model or key in baseline:
+            lines.append(f"{label:<22} {_cell(model.get(key)):>9} {_cell(baseline.get(key)):>10}")
+    if "threshold" in model:
+        lines.append(f"Pair threshold (calibrated on training pairs): {model['threshold']:.4g} "
+                     f"(model), {baseline['threshold']:.4g} (raw input); "
+                     f"{model['pairs']} held-out pairs")  # fmt: skip
     return "\n".join(lines)
+
+
+def _cell(value):
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _savefig(figure, path):
@@ -171,36 +188,54 @@ def plot_roc(curves, path):
     plt.close(figure)
 
 
-def _show(axis, image):
+def _tile(image, size, border, color):
+    """An image as an RGB uint8 tile of `size` pixels with a coloured border."""
+    from PIL import Image
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
-        axis.imshow(image[..., 0], cmap="gray_r" if image.shape[0] <= 16 else "gray", vmin=0, vmax=255)
-    else:
-        axis.imshow(image.astype(np.uint8))
-    axis.set_xticks([])
-    axis.set_yticks([])
+        image = np.repeat(image, 3, axis=-1)
+    inner = size - 2 * border
+    resized = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).resize(
+        (inner, inner), Image.NEAREST
+    )
+    tile = np.empty((size, size, 3), np.uint8)
+    tile[...] = color
+    tile[border:-border, border:-border] = np.asarray(resized)
+    return tile
 
 
 def plot_neighbors(images, labels, class_names, neighbors, path, queries=8, seed=0):
-    """A grid of query images (first column) and their top-5 neighbours; red = wrong class."""
+    """A grid of query images (first column) and their top-5 neighbours; red = wrong class.
+
+    One image of tiles (a border per tile: grey for the query, green for a
+    neighbour of its class, red otherwise) drawn in a single axes.
+    """
     plt = _pyplot()
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(labels), min(queries, len(labels)), replace=False))
     k = min(5, neighbors.shape[1])
-    figure, axes = plt.subplots(len(rows), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(rows)), squeeze=False)
+    size, border, gap = 64, 4, 8
+    grey, green, red = (128, 128, 128), (0, 160, 0), (220, 0, 0)
+    canvas = np.full((len(rows) * (size + gap), (k + 1) * size + gap, 3), 255, np.uint8)
+    figure, axis = plt.subplots(figsize=(1.3 * (k + 1), 1.4 * len(rows)))
     for r, q in enumerate(rows):
-        _show(axes[r, 0], images[q])
-        axes[r, 0].set_title(f"query: {class_names[labels[q]]}", fontsize=7)
+        top = r * (size + gap) + gap
+        canvas[top : top + size, :size] = _tile(images[q], size, border, grey)
+        axis.text(size / 2, top - 1, f"query: {class_names[labels[q]]}", ha="center",
+                  va="bottom", fontsize=6)  # fmt: skip
         for c in range(k):
             n = neighbors[q, c]
-            axis = axes[r, c + 1]
-            _show(axis, images[n])
             correct = labels[n] == labels[q]
-            axis.set_title(class_names[labels[n]], fontsize=7, color="green" if correct else "red")
-            for spine in axis.spines.values():
-                spine.set_edgecolor("green" if correct else "red")
-                spine.set_linewidth(2)
-    figure.suptitle("Held-out nearest neighbours (query, then top-5)", fontsize=9)
+            left = (c + 1) * size + gap
+            canvas[top : top + size, left : left + size] = _tile(
+                images[n], size, border, green if correct else red
+            )
+            axis.text(left + size / 2, top - 1, class_names[labels[n]], ha="center", va="bottom",
+                      fontsize=6, color="green" if correct else "red")  # fmt: skip
+    axis.imshow(canvas, interpolation="nearest")
+    axis.set_axis_off()
+    axis.set_title("Held-out nearest neighbours (query, then top-5)", fontsize=9)
     _savefig(figure, path)
     plt.close(figure)
 

@@ -32,3 +32,35 @@ def training_dataset(x, y, classes_per_batch, samples_per_class, seed=0):
 
 def _as_float32(x, y):
     return tf.cast(x, tf.float32), y
+
+
+def _cast_inputs(inputs, labels):
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), inputs), labels
+
+
+def training_data(kind, x, y, config, classes_per_batch, embedder=None, distance="euclidean",
+                  schedule=None):  # fmt: skip
+    """The training batches of a model kind (inputs float32), prefetched.
+
+    `embedding` / `proxy`: P×K class-balanced batches. `siamese`:
+    `tfmetric.data.pair_dataset` pairs labelled 1 = same class. `triplet`:
+    `tfmetric.data.triplet_dataset` triplets, random or mined offline with
+    `embedder` (`config.mining`, or the `schedule` of a curriculum).
+    """
+    from tfmetric import data
+
+    if kind in ("embedding", "proxy"):
+        return training_dataset(x, y, classes_per_batch, config.samples_per_class, config.seed)
+    if kind == "siamese":
+        ds = data.pair_dataset(
+            x, y, batch_size=config.global_batch_size,
+            positive_fraction=config.positive_fraction, seed=config.seed,
+        )  # fmt: skip
+    else:
+        mining = schedule if schedule is not None else config.mining
+        ds = data.triplet_dataset(
+            x, y, batch_size=config.global_batch_size, seed=config.seed,
+            embedder=embedder if mining is not None else None, mining=mining,
+            refresh_every=config.refresh_every, distance=distance, pool_size=config.mining_pool,
+        )  # fmt: skip
+    return ds.map(_cast_inputs).prefetch(tf.data.AUTOTUNE)

@@ -30,10 +30,12 @@ from absl import app, flags
 
 from trainers import datasets
 from trainers.config import (
+    KINDS,
     LOG_LEVELS,
     MIXED_PRECISION_POLICIES,
     PROJECTIONS,
     SCHEDULES,
+    SIAMESE_HEADS,
     STRATEGIES,
     RunConfig,
     defaults,
@@ -65,10 +67,22 @@ flags.DEFINE_string("backbone", _D["backbone"],
 flags.DEFINE_string("weights", _D["weights"], "Backbone weights for keras.applications: imagenet or a file.")
 flags.DEFINE_integer("embedding_dim", _D["embedding_dim"], "Embedding size.")
 flags.DEFINE_boolean("l2_normalize", _D["l2_normalize"], "End the embedder with L2 normalisation.")
+flags.DEFINE_enum("model_kind", _D["model_kind"], list(KINDS),
+                  "embedding: in-batch loss on PxK batches; proxy: a proxy head (ArcFace...); "
+                  "siamese: SiameseModel on labelled pairs; triplet: TripletModel on explicit "
+                  "triplets. Default: proxy for a head --loss, else embedding.")
+flags.DEFINE_enum("siamese_head", _D["siamese_head"], list(SIAMESE_HEADS),
+                  "siamese: distance (+ pair contrastive loss) or weighted_l1 (Koch et al.'s "
+                  "learned head + binary cross-entropy).")
 # Loss.
-flags.DEFINE_string("loss", _D["loss"], "A tfmetric loss or head by name (an unknown name lists them).")
+flags.DEFINE_string("loss", _D["loss"],
+                    "A tfmetric loss or head by name (an unknown name lists them). Default: "
+                    "triplet (embedding), arc_face (proxy), the twin network's own loss "
+                    "(siamese: pair_contrastive or binary_crossentropy; triplet: triplet_margin).")
 flags.DEFINE_float("margin", _D["margin"], "Loss/head `margin` (default: the class's).")
-flags.DEFINE_string("mining", _D["mining"], "Loss `mining`, e.g. semi-hard | hard | all.")
+flags.DEFINE_string("mining", _D["mining"],
+                    "Loss `mining` (semi-hard | hard | all); for --model_kind=triplet the offline "
+                    "mining of the triplets (easy | semi-hard | hard; none: random triplets).")
 flags.DEFINE_float("temperature", _D["temperature"], "Loss/head `temperature`.")
 flags.DEFINE_float("scale", _D["scale"], "Head `scale` (ArcFace, CosFace...).")
 flags.DEFINE_string("distance", _D["distance"],
@@ -78,6 +92,19 @@ flags.DEFINE_multi_string("loss_arg", [], "Any other loss argument as name=value
 flags.DEFINE_integer("classes_per_batch", _D["classes_per_batch"],
                      "P: classes per batch (default: min(10, training classes)).")
 flags.DEFINE_integer("samples_per_class", _D["samples_per_class"], "K: samples per class in a batch.")
+flags.DEFINE_integer("batch_size", _D["batch_size"],
+                     "siamese / triplet: pairs or triplets per batch (global, across replicas; "
+                     "default: classes_per_batch x samples_per_class).")
+flags.DEFINE_float("positive_fraction", _D["positive_fraction"],
+                   "siamese: fraction of same-class pairs in a batch.")
+flags.DEFINE_integer("refresh_every", _D["refresh_every"],
+                     "triplet with --mining/--curriculum: batches between offline-mining refreshes.")
+flags.DEFINE_integer("mining_pool", _D["mining_pool"],
+                     "triplet with --mining/--curriculum: samples drawn at each refresh to mine in "
+                     "(default: all training samples).")
+flags.DEFINE_string("curriculum", _D["curriculum"],
+                    "Mining mode by epoch, e.g. 0:easy,3:semi-hard,6:hard (triplet: offline "
+                    "mining; embedding: the loss's in-batch mining).")
 flags.DEFINE_string("optimizer", _D["optimizer"],
                     "A Keras optimizer name (adam, adamw, sgd, rmsprop, lion...).")
 flags.DEFINE_float("learning_rate", _D["learning_rate"], "Peak learning rate.")
@@ -103,6 +130,8 @@ flags.DEFINE_enum("projection", _D["projection"], list(PROJECTIONS),
 flags.DEFINE_boolean("overwrite", _D["overwrite"],
                      "Replace the outputs of a different run in --model_dir.")
 flags.DEFINE_boolean("export", _D["export"], "Export (SavedModel + TFLite + parity); --noexport skips it.")
+flags.DEFINE_string("tflite_variants", _D["tflite_variants"],
+                    "TFLite variants exported beside the SavedModel (comma-separated; empty: none).")
 flags.DEFINE_enum("log_level", _D["log_level"], list(LOG_LEVELS),
                   "quiet: progress bars and the final tables; info: also TensorFlow's and absl's "
                   "logs; debug: everything.")

@@ -79,6 +79,9 @@ def test_checking_a_config_runs_no_tensorflow_op():
     tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                  "task": {"type": "worker", "index": 1}}  # fmt: skip
     code = (
+        "import sys\n"
+        "import trainers.train\n"
+        "assert 'tensorflow' not in sys.modules, 'defining the flags imported TensorFlow'\n"
         "from trainers import RunConfig\n"
         "RunConfig(loss='arcface', scale=30.0, optimizer='adamw', backbone='resnet50',"
         " strategy='multi_worker')\n"

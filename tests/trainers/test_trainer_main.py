@@ -29,7 +29,8 @@ ALLOWED_LINES = re.compile(
     r"^(train|evaluate|export) +\[[#.]+\] \d+/\d+ - |"
     r"^Parity vs Keras|^runtime |^keras |^saved_model |^(fp32|fp16|dynamic_int8|int8) |"
     r"^Held-out evaluation|^metric |^-+$|^(Precision@1|MAP@R|R-precision|Verification ROC AUC"
-    r"|Verification EER) |^Outputs in "
+    r"|Verification EER|Pair ROC AUC|Pair EER|TAR@FAR=1e-3|Pair accuracy|5-way 1-shot|5-way 5-shot"
+    r"|Pair threshold) |^Outputs in "
 )
 
 
@@ -77,7 +78,7 @@ def test_end_to_end_tiny_run_writes_every_output(tmp_path):
     assert report["optimizer_steps"] == 2 * 3
     assert report["split"] == {"train_fraction": 0.7, "train_samples": 1258, "train_classes": 10, "test_samples": 539,
                                "test_classes": 10}  # fmt: skip
-    assert report["loss"]["class"] == "TripletLoss"
+    assert report["loss"]["class"] == "TripletLoss" and report["model_kind"] == "embedding"
     assert json.loads((model_dir / "flags.json").read_text())["epochs"] == 2
 
     for name in ("training_curves.png", "embeddings_2d.png", "roc_curve.png",
