@@ -31,7 +31,7 @@ def test_flags_and_config_share_names_and_defaults():
 
 def test_identity_holds_what_defines_a_run():
     identity = trainers.RunConfig(epochs=3, model_dir="elsewhere", export=False).identity()
-    assert identity["epochs"] == 3 and identity["loss"] == "triplet"
+    assert identity["epochs"] == 3 and identity["loss"] is None and identity["model_kind"] is None
     for name in ("model_dir", "export", "overwrite", "log_level", "jit_compile"):
         assert name not in identity
     json.dumps(identity)
@@ -56,7 +56,22 @@ def test_identity_holds_what_defines_a_run():
         ({"backbone": "resnet"}, ValueError, "'resnet50'"),
         ({"epochs": 2.5}, TypeError, "`epochs` must be an integer"),
         ({"l2_normalize": "yes"}, TypeError, "`l2_normalize` must be a boolean"),
-        ({"loss": None}, TypeError, "`loss` must not be None"),
+        ({"optimizer": None}, TypeError, "`optimizer` must not be None"),
+        ({"model_kind": "twin"}, ValueError, r"'embedding', 'proxy', 'siamese', 'triplet'"),
+        ({"model_kind": "proxy", "loss": "triplet"}, ValueError, "needs a head"),
+        ({"loss": "arcface", "model_kind": "embedding"}, ValueError, "use --model_kind=proxy"),
+        ({"model_kind": "siamese", "loss": "triplet"}, ValueError, "pair_contrastive"),
+        ({"model_kind": "triplet", "mining": "all"}, ValueError, "'easy', 'semi-hard', 'hard'"),
+        ({"model_kind": "siamese", "curriculum": "0:hard"}, ValueError, "does not do"),
+        ({"model_kind": "triplet", "curriculum": "2:hard"}, ValueError, "start at epoch 0"),
+        ({"model_kind": "triplet", "curriculum": "0-hard"}, ValueError, "must look like"),
+        ({"curriculum": "0:easy"}, ValueError, r"\['easy'\] are not among"),
+        ({"batch_size": 32}, ValueError, "--classes_per_batch x --samples_per_class"),
+        ({"siamese_head": "weighted_l1"}, ValueError, "for --model_kind=siamese"),
+        ({"model_kind": "siamese", "positive_fraction": 1.0}, ValueError, "--positive_fraction"),
+        ({"model_kind": "siamese", "siamese_head": "weighted_l1", "margin": 1.0}, ValueError,
+         "takes no argument margin"),
+        ({"tflite_variants": "fp32,int4"}, ValueError, r"\['int4'\] are not among"),
         ({"cluster_timeout": -1}, ValueError, "--cluster_timeout"),
     ],
 )
