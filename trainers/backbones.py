@@ -14,6 +14,17 @@ import numpy as np
 SMALL_CNN = "small_cnn"
 MLP = "mlp"
 
+# BatchNormalization momentum of every backbone built here. Keras' default,
+# 0.99, averages the batch statistics over ~100 steps and starts from mean 0 /
+# variance 1: after a 50-step epoch the moving statistics still hold ~60% of
+# their initial values (and stacked layers compound the error), so the model
+# evaluated in inference mode lags far behind the one that trains (held-out
+# MAP@R 0.67 in inference mode against 0.97 with batch statistics after one
+# epoch of the default run). A time constant of ~5 steps suits runs of a few
+# hundred steps; applications built with their own momentum (ResNet,
+# EfficientNet, ...) get the same.
+BN_MOMENTUM = 0.8
+
 # How each keras.applications family expects its inputs (see the family's
 # `preprocess_input`); families not listed normalise inside the model and take
 # pixel values in [0, 255].
@@ -87,15 +98,33 @@ def _application_inputs(x, channels, mode):
     return x
 
 
+def set_batch_norm_momentum(model, momentum=BN_MOMENTUM):
+    """Sets the momentum of every `BatchNormalization` layer in `model` (nested models too).
+
+    Returns:
+        The number of layers changed.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"`momentum` must be in [0, 1); got {momentum!r}.")
+    count = 0
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        else:
+            count += set_batch_norm_momentum(layer, momentum)
+    return count
+
+
 def small_cnn(x, width=64):
     """A small convolutional trunk sized for 8x8 to 64x64 images."""
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     for i, filters in enumerate((width, 2 * width)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}a")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}a")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}a")(x)
         x = keras.layers.ReLU(name=f"relu{i}a")(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}b")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}b")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}b")(x)
         x = keras.layers.ReLU(name=f"relu{i}b")(x)
         if min(x.shape[1], x.shape[2]) >= 4:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
@@ -167,6 +196,7 @@ def build_embedder(
             trunk = constructor(**kwargs)
         except ValueError as error:
             raise ValueError(f"`--backbone={backbone}` with `--weights={weights}`: {error}") from None
+        set_batch_norm_momentum(trunk)
         x = trunk(x)
     else:
         raise ValueError(f"Unknown `--backbone` {backbone!r}; expected one of {names()}.")

@@ -27,6 +27,44 @@ def test_keras_application_backbone_on_small_grayscale_images():
     model = backbones.build_embedder((8, 8, 1), backbone="MobileNetV3Small", embedding_dim=8)
     assert model.input_shape == (None, 8, 8, 1)
     assert model(np.zeros((1, 8, 8, 1), "float32")).shape == (1, 8)
+    batch_norms = _batch_norms(model)
+    assert batch_norms and {layer.momentum for layer in batch_norms} == {backbones.BN_MOMENTUM}
+
+
+def _batch_norms(model):
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(_batch_norms(layer))
+    return found
+
+
+def test_moving_statistics_catch_up_with_the_batch_within_a_short_run(tmp_path):
+    # After 50 training-mode calls on one batch, the moving statistics are
+    # within 0.8**50 of the batch's: inference mode gives the training mode's
+    # embeddings. With Keras' default momentum (0.99) 60% of the initial
+    # statistics (mean 0, variance 1) would remain, compounded over the layers.
+    import keras
+
+    model = backbones.build_embedder((8, 8, 1), embedding_dim=8, l2_normalize=False)
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)).astype("float32")
+    for _ in range(50):
+        train_mode = np.asarray(model(x, training=True))
+    inference = np.asarray(model(x, training=False))
+    assert np.abs(inference - train_mode).max() < 0.05 * np.abs(train_mode).max()
+    for layer in _batch_norms(model):
+        mean = np.asarray(layer.moving_mean)
+        assert np.abs(mean).max() > 0  # updated
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert {layer.momentum for layer in _batch_norms(loaded)} == {backbones.BN_MOMENTUM}
+    with pytest.raises(ValueError, match="momentum"):
+        backbones.set_batch_norm_momentum(model, 1.0)
 
 
 def test_caffe_preprocessing_maps_rgb_pixels_to_bgr_minus_mean():

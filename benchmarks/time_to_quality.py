@@ -1,0 +1,188 @@
+"""Time to quality of the trainer's main job (`python -m trainers.train` defaults).
+
+Each configuration runs `trainers.run(RunConfig(...))` in a fresh process (so
+its compile time and CPU time are its own) and records, per epoch, the
+held-out MAP@R the `RetrievalEvaluation` callback reports (inference mode, the
+numbers users see in their curves) and the seconds since training started.
+The table gives the time at which held-out MAP@R first reaches the target,
+the training time, the whole run (export included when on), the process's
+wall and CPU seconds and the machine's load average.
+
+    python benchmarks/time_to_quality.py                  # defaults, export on
+    python benchmarks/time_to_quality.py --compare        # also BN momentum 0.99 (Keras default)
+    python benchmarks/time_to_quality.py --epochs 10 --no-export --write
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HEADING = "## Time to quality (trainer main job)"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CHILD = r"""
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import trainers
+from trainers import job
+from trainers import backbones
+
+args = json.loads(sys.argv[1])
+if args["momentum"] is not None:
+    backbones.BN_MOMENTUM = args["momentum"]
+    _build = backbones.build_embedder
+
+    def build_embedder(*a, **k):
+        model = _build(*a, **k)
+        backbones.set_batch_norm_momentum(model, args["momentum"])
+        return model
+
+    backbones.build_embedder = build_embedder
+
+times = []
+
+
+class _Timed(keras.callbacks.CSVLogger):
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        times.append(time.time() - self._start)
+        super().on_epoch_end(epoch, logs)
+
+
+keras.callbacks.CSVLogger = _Timed
+started = time.time()
+config = trainers.RunConfig(**args["config"])
+report = trainers.run(config)
+history = job.read_history(os.path.join(config.model_dir, "history.csv"))
+print("RESULT" + json.dumps({
+    "map_at_r": history.get("val_map_at_r", []),
+    "epoch_end_s": times,
+    "train_s": report["train_seconds"],
+    "total_s": report["total_seconds"],
+    "final_map_at_r": report["held_out"]["model"]["map_at_r"],
+    "run_s": time.time() - started,
+}))
+"""
+
+
+def _loadavg():
+    return os.getloadavg()[0]
+
+
+def measure(config, momentum):
+    """Runs one configuration in a child process; returns its numbers."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = _loadavg()
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps({"config": config, "momentum": momentum})],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(line[-1][len("RESULT") :])
+    out["process_wall_s"] = wall
+    out["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out["load"] = (load_before, _loadavg())
+    return out
+
+
+def first_reaching(values, times, target):
+    for epoch, (value, seconds) in enumerate(zip(values, times), start=1):
+        if value >= target:
+            return epoch, seconds
+    return None, None
+
+
+def table(rows, target):
+    lines = [
+        f"| setting | epochs × steps | held-out MAP@R per epoch (inference mode) | epoch reaching "
+        f"{target} | s to reach it | train s | run s (incl. export) | process wall s | "
+        f"process CPU s | load avg (start/end) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, epochs, r in rows:
+        epoch, seconds = first_reaching(r["map_at_r"], r["epoch_end_s"], target)
+        curve = " ".join(f"{v:.3f}" for v in r["map_at_r"])
+        lines.append(
+            f"| {name} | {epochs} | {curve} | {epoch or 'never'} | "
+            f"{'-' if seconds is None else f'{seconds:.1f}'} | {r['train_s']:.1f} | "
+            f"{r['total_s']:.1f} | {r['process_wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run with BatchNormalization momentum 0.99 (Keras' default)")
+    parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    sys.path.insert(0, ROOT)
+    from trainers.config import defaults
+
+    rows = []
+    settings = [("defaults (BN momentum 0.9)", None)]
+    if args.compare:
+        settings.append(("BN momentum 0.99 (Keras default, before)", 0.99))
+    for name, momentum in settings:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = {"model_dir": os.path.join(tmp, "run"), "export": not args.no_export}
+            if args.epochs:
+                config["epochs"] = args.epochs
+            if args.steps_per_epoch:
+                config["steps_per_epoch"] = args.steps_per_epoch
+            epochs = config.get("epochs", defaults()["epochs"])
+            steps = config.get("steps_per_epoch", defaults()["steps_per_epoch"])
+            result = measure(config, momentum)
+            rows.append((name + ("" if config["export"] else ", no export"), f"{epochs} × {steps}", result))
+            print(f"{name}: {json.dumps(result)}", flush=True)
+    cpu = platform.processor() or platform.machine()
+    header = (
+        f"`python benchmarks/time_to_quality.py {' '.join(sys.argv[1:])}`: the trainer's default "
+        f"run (digits, small CNN, semi-hard triplet loss, batches of 10 classes × 8) in a fresh process. "
+        f"Machine: {cpu}, {os.cpu_count()} cores, shared with other sessions (load average "
+        f"shown; wall times are pessimistic, CPU seconds less so)."
+    )
+    text = header + "\n\n" + table(rows, args.target) + "\n"
+    print(text)
+    if args.write:
+        _write(text)
+
+
+def _write(text):
+    with open(RESULTS) as f:
+        content = f.read()
+    section = f"{HEADING}\n\n{text}"
+    if HEADING in content:
+        start = content.index(HEADING)
+        end = content.find("\n## ", start + len(HEADING))
+        content = content[:start] + section + ("" if end < 0 else content[end:])
+    else:
+        content = content.rstrip("\n") + "\n\n" + section
+    with open(RESULTS, "w") as f:
+        f.write(content)
+
+
+if __name__ == "__main__":
+    main()
