@@ -102,7 +102,7 @@ def measure(config, momentum):
 
 
 def first_reaching(values, times, target):
-    for epoch, (value, seconds) in enumerate(zip(values, times), start=1):
+    for epoch, (value, seconds) in enumerate(zip(values, times, strict=True), start=1):
         if value >= target:
             return epoch, seconds
     return None, None
@@ -142,7 +142,9 @@ def main():
     from trainers.config import defaults
 
     rows = []
-    settings = [("defaults (BN momentum 0.9)", None)]
+    from trainers.backbones import BN_MOMENTUM
+
+    settings = [(f"defaults (BN momentum {BN_MOMENTUM})", None)]
     if args.compare:
         settings.append(("BN momentum 0.99 (Keras default, before)", 0.99))
     for name, momentum in settings:
