@@ -167,3 +167,16 @@ def test_classes_return_the_dtype_of_y_pred(name, dtype):
     np.testing.assert_allclose(float(value), reference, rtol=1e-2 if dtype != "float64" else 1e-6)
     per_sample = getattr(addons, name).from_config({**config, "dtype": "float32", "reduction": None})
     assert per_sample(y_true, cast).dtype == cast.dtype
+
+
+@pytest.mark.parametrize("name", CLASS_NAMES + FUNCTION_NAMES)
+def test_keras_serialize_deserialize_and_addons_strings(name):
+    obj = getattr(addons, name)
+    instance = obj() if isinstance(obj, type) else obj
+    restored = keras.losses.deserialize(keras.losses.serialize(instance))
+    if isinstance(obj, type):
+        assert type(restored) is obj and restored.get_config() == instance.get_config()
+    else:
+        assert restored is obj
+    # A bare name resolves to the class or function, as for Keras' own losses.
+    assert keras.losses.deserialize(f"Addons>{name}") is obj
