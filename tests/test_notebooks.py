@@ -22,13 +22,20 @@ import user_install
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "colab", "*.ipynb")))
 # Notebooks whose point is to show plots: they must produce images.
-WITH_PLOTS = {"triplet_quickstart.ipynb": 3, "arcface.ipynb": 3, "siamese_one_shot.ipynb": 1}
+WITH_PLOTS = {
+    "triplet_quickstart.ipynb": 3,
+    "arcface.ipynb": 3,
+    "siamese_one_shot.ipynb": 1,
+    "similar_items.ipynb": 1,
+    "face_verification.ipynb": 1,
+}
 # Numbers a notebook prints that must reach a target (issue targets).
 TARGETS = {
     "siamese_one_shot.ipynb": [
         (r"ROC AUC \(contrastive, euclidean distance\): ([0-9.]+)", 0.98),
         (r"ROC AUC \(TripletModel embedder\): ([0-9.]+)", 0.95),
     ],
+    "face_verification.ipynb": [(r"Accuracy: ([0-9.]+) ±", 0.95), (r"ROC AUC: ([0-9.]+)", 0.98)],
 }
 
 nbformat = pytest.importorskip("nbformat")
