@@ -69,8 +69,9 @@ class ItemStore:
     `distance`) and, per item, its id, embedding, JSON metadata and model
     version, with an integer `key` (never reused) that ids the item in the
     index. Subclasses implement `_read_header`, `_write_header`, `_load`,
-    `_keys_of`, `_commit`, `_delete`, `_fetch` and `close`; `_commit` and
-    `_delete` apply every write of one call atomically.
+    `_keys_of`, `_commit`, `_delete`, `_fetch` (with or without the
+    embeddings) and `close`; `_commit` and `_delete` apply every write of one
+    call atomically.
 
     Args:
         model_version: The version of the model whose embeddings the store
@@ -297,7 +298,7 @@ class ItemStore:
             keys, distances = keys[found], distances[found]
             if exclude is not None:
                 distances, keys = distances[keys != exclude], keys[keys != exclude]
-            items = self._fetch(keys.tolist())
+            items = self._fetch(keys.tolist(), embeddings=False)
             matches = [
                 Match(item.id, float(d), item.metadata)
                 for item, d in zip(items, distances, strict=True)

@@ -194,17 +194,18 @@ class RedisStore(ItemStore):
 
         self._transact((encoded, keys), stage)
 
-    def _fetch(self, keys):
+    def _fetch(self, keys, embeddings=True):
         items = []
+        field = "embedding" if embeddings else "model_version"
         for begin in range(0, len(keys), _BATCH):
             pipe = self._client.pipeline(transaction=False)
             for key in keys[begin : begin + _BATCH]:
-                pipe.hmget(self._key("item", key), "id", "embedding", "metadata", "model_version")
+                pipe.hmget(self._key("item", key), "id", field, "metadata", "model_version")
             for item_id, blob, text, version in self._call(pipe.execute):
                 items.append(
                     Item(
                         decode_id(item_id),
-                        np.frombuffer(blob, np.float32).copy(),
+                        np.frombuffer(blob, np.float32).copy() if embeddings else None,
                         json.loads(text),
                         version.decode(),
                     )

@@ -162,19 +162,20 @@ class SQLiteStore(ItemStore):
         with self._transaction() as cursor:
             cursor.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
 
-    def _fetch(self, keys):
+    def _fetch(self, keys, embeddings=True):
         rows = {}
+        column = "embedding" if embeddings else "NULL"
         for begin in range(0, len(keys), _CHUNK):
             part = keys[begin : begin + _CHUNK]
             marks = ",".join("?" * len(part))
             for row in self._connection.execute(
-                "SELECT key, item_id, embedding, metadata, model_version FROM items "
+                f"SELECT key, item_id, {column}, metadata, model_version FROM items "
                 f"WHERE key IN ({marks})",
                 part,
             ):
                 rows[row[0]] = Item(
                     decode_id(row[1]),
-                    np.frombuffer(row[2], np.float32).copy(),
+                    None if row[2] is None else np.frombuffer(row[2], np.float32).copy(),
                     json.loads(row[3]),
                     row[4],
                 )
