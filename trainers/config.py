@@ -60,6 +60,7 @@ class RunConfig:
     # Data.
     dataset: str = _setting("digits")
     protocol: str = _setting("samples")
+    pairs_file: str | None = _setting(None)
     train_fraction: float | None = _setting(None)
     image_size: int = _setting(64)
     tfrecord_image_key: str = _setting("image")
@@ -264,7 +265,15 @@ def _check_values(config):
     _choice(config, "mixed_precision_policy", MIXED_PRECISION_POLICIES)
     _choice(config, "projection", PROJECTIONS)
     _choice(config, "log_level", LOG_LEVELS)
-    datasets.check_spec(config.dataset)
+    kind, _ = datasets.check_spec(config.dataset)
+    if (config.protocol == "reid") != (kind == "reid"):
+        raise ValueError("`--protocol=reid` goes with `--dataset=reid:ROOT` (a Market-1501 root), "
+                         f"and only with it; got {config.protocol!r} and {config.dataset!r}.")
+    if config.protocol == "pairs" and (kind != "directory" or not config.pairs_file):
+        raise ValueError("`--protocol=pairs` needs `--dataset=directory:PATH` (one folder per "
+                         "identity) and `--pairs_file` (LFW's pairs.txt format).")
+    if config.pairs_file and config.protocol != "pairs":
+        raise ValueError("`--pairs_file` is read by `--protocol=pairs` only.")
     if config.train_fraction is not None and not 0.0 < config.train_fraction < 1.0:
         raise ValueError(f"`--train_fraction` must be in (0, 1); got {config.train_fraction}.")
     for name, low in (("epochs", 1), ("steps_per_epoch", 1), ("embedding_dim", 1),

@@ -27,6 +27,8 @@ Protocols:
 - `classes`: the first `train_fraction` of the classes (sorted by label) train,
   the others are held out; the test classes are never seen in training
   (open-set retrieval, as for CUB-200, Cars-196 and Stanford Online Products).
+- `pairs` and `reid`: LFW's pair verification and Market-1501's
+  re-identification, split by `trainers.protocols`.
 """
 
 import dataclasses
@@ -35,8 +37,8 @@ import os
 
 import numpy as np
 
-DATASET_KINDS = ("digits", "directory", "tfrecord", "npz", "tfds")
-PROTOCOLS = ("samples", "classes")
+DATASET_KINDS = ("digits", "directory", "tfrecord", "npz", "tfds", "reid")
+PROTOCOLS = ("samples", "classes", "pairs", "reid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _NPZ_INPUT_KEYS = ("x", "images", "embeddings", "features")
 _NPZ_LABEL_KEYS = ("y", "labels")
@@ -233,7 +235,9 @@ def load_tfds(name, image_size, split="all", data_dir=None):
     images, labels = [], []
     for example in ds.as_numpy_iterator():
         images.append(example[image_key])
-        labels.append(int(example[label_key]))
+        label = example[label_key]
+        # String identities (LFW's `label` is text) are numbered by `_relabel`.
+        labels.append(label.decode() if isinstance(label, bytes) else int(label))
     if not images:
         _fail(f"`--dataset=tfds:{name}` split {split!r} is empty.")
     names = getattr(features[label_key], "names", None)
@@ -254,7 +258,7 @@ def check_spec(spec):
     if kind not in DATASET_KINDS:
         _fail(
             f"Unknown `--dataset` {spec!r}; expected `digits`, `directory:PATH`, "
-            f"`tfrecord:GLOB`, `npz:PATH` or `tfds:NAME`."
+            f"`tfrecord:GLOB`, `npz:PATH`, `tfds:NAME` or `reid:ROOT`."
         )
     if kind == "digits" and argument:
         _fail(f"`--dataset=digits` takes no argument; got {spec!r}.")
@@ -280,6 +284,8 @@ def load(spec, image_size=64, tfrecord_image_key="image", tfrecord_label_key="la
         data = load_tfrecord(argument, image_size, tfrecord_image_key, tfrecord_label_key)
     elif kind == "npz":
         data = load_npz(argument)
+    elif kind == "reid":
+        _fail(f"`--dataset={spec}` is read by `--protocol=reid` (trainers.protocols).")
     else:
         data = load_tfds(argument, image_size, tfds_split, tfds_data_dir)
     if len(class_names := data.class_names) < 2:
@@ -307,6 +313,8 @@ def split(data, protocol="samples", train_fraction=0.7, seed=0):
     """
     if protocol not in PROTOCOLS:
         _fail(f"`--protocol` must be one of {list(PROTOCOLS)}; got {protocol!r}.")
+    if protocol in ("pairs", "reid"):
+        _fail(f"`--protocol={protocol}` splits with trainers.protocols.load_and_split.")
     if not 0.0 < train_fraction < 1.0:
         _fail(f"`--train_fraction` must be in (0, 1); got {train_fraction}.")
     rng = np.random.default_rng(seed)

@@ -8,6 +8,7 @@ directory is prepared, and only then does training start.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -261,19 +262,13 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
 
     from tfmetric import distances as distances_lib
     from tfmetric import metrics
-    from trainers import backbones, console, datasets, evaluation, exporting, pipeline
+    from trainers import backbones, console, evaluation, exporting, pipeline, protocols
     from trainers import losses as losses_lib
 
     kind = config.kind
     # Everything that can fail on the data or a loss value is checked before training.
     try:
-        data = datasets.load(
-            config.dataset, config.image_size, config.tfrecord_image_key,
-            config.tfrecord_label_key, config.tfds_split, config.tfds_data_dir,
-        )  # fmt: skip
-        train, test = datasets.split(
-            data, config.protocol, config.resolved_train_fraction, config.seed
-        )
+        data, train, test, evaluate_protocol = protocols.load_and_split(config)
         num_train_classes = len(np.unique(train.y))
         classes_per_batch = config.classes_per_batch or min(10, num_train_classes)
         if kind in ("embedding", "proxy"):
@@ -436,6 +431,11 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         report["pair_model"] = pair_model_path
     if schedule is not None:
         report["curriculum"] = {str(k): v for k, v in config.curriculum_schedule().items()}
+    report["class_names"] = list(data.class_names)
+    if evaluate_protocol is not None:
+        report[config.protocol] = evaluate_protocol(
+            lambda x: embed(embedder, x), test_embeddings, eval_distance
+        )
     if cluster is not None:
         report["cluster"] = {"workers": cluster.num_workers, "task": cluster.task_type,
                              "index": cluster.task_index}  # fmt: skip
@@ -453,6 +453,8 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         if "parity_table" in report.get("export", {}):
             print(report["export"]["parity_table"])
         print(outputs.format_table(report))
+        if evaluate_protocol is not None:
+            print(f"{config.protocol} protocol:", json.dumps(report[config.protocol]))
         print(f"Outputs in {out_dir} ({report['total_seconds']} s).")
     return report
 

@@ -49,7 +49,10 @@ flags.DEFINE_string(
     "dataset", _D["dataset"], "digits | directory:PATH | tfrecord:GLOB | npz:PATH | tfds:NAME."
 )
 flags.DEFINE_enum("protocol", _D["protocol"], list(datasets.PROTOCOLS),
-                  "samples: split each class (closed set); classes: hold out unseen classes (open set).")
+                  "samples: split each class (closed set); classes: hold out unseen classes (open set); "
+                  "pairs: LFW pair verification (--pairs_file); reid: Market-1501 (--dataset=reid:ROOT).")
+flags.DEFINE_string("pairs_file", _D["pairs_file"],
+                    "pairs: LFW-style pairs file (identities named there are held out).")
 flags.DEFINE_float("train_fraction", _D["train_fraction"],
                    "Fraction of each class's samples (samples; default 0.7) or of the classes "
                    "(classes; default 0.5, as for CUB-200 and Cars-196) used for training.")
