@@ -1,4 +1,4 @@
-"""Cross-batch memory under MirroredStrategy: the global batch is enqueued once per step."""
+"""Cross-batch memory under MirroredStrategy (the global batch is enqueued once per step); MoCo's refusal."""
 
 import json
 import os
@@ -33,3 +33,5 @@ def test_mirrored_training_matches_one_device_and_enqueues_the_global_batch_once
     # The memory is full after 2 steps and joins the loss; the strategy follows one device.
     np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=1e-5)
     np.testing.assert_allclose(mirrored["kernel"], single["kernel"], atol=1e-5)
+    # MoCo's momentum update and queue are per model, not mirrored: a clear refusal.
+    assert "one replica" in (report["moco_error"] or "")

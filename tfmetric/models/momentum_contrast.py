@@ -11,6 +11,19 @@ from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 __all__ = ["MomentumContrastModel"]
 
 
+def _check_one_replica():
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise ValueError(
+            "`MomentumContrastModel` trains on one replica; its momentum update and queue are "
+            "not mirrored across replicas (use it outside a multi-replica `tf.distribute` "
+            "strategy)."
+        )
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
 class MomentumContrastModel(keras.Model):
     """MoCo (v2 loss): a query encoder, its momentum copy and a queue of past keys.
@@ -106,6 +119,7 @@ class MomentumContrastModel(keras.Model):
         return x[size:], ids, size
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        _check_one_replica()
         keys_input, ids, size = self._split(x, y)
         self.queue.check_batch_size(None if x.shape[0] is None else x.shape[0] // 2)
         queries = y_pred[:size]
