@@ -90,6 +90,7 @@ class RunConfig:
     refresh_every: int = _setting(100)
     mining_pool: int | None = _setting(None)
     curriculum: str | None = _setting(None)
+    views: int = _setting(0)
     optimizer: str = _setting("adam")
     learning_rate: float = _setting(1e-3)
     schedule: str = _setting("cosine")
@@ -319,6 +320,16 @@ def _check_values(config):
         raise ValueError(f"`--tflite_variants` {unknown} are not among {list(VARIANTS)}.")
     backbones.check(config.backbone)
     losses.check_arguments(config.loss_entry(), config.loss_arguments())
+    if config.views == 1 or config.views < 0:
+        raise ValueError(
+            f"`--views` must be 0 (labelled batches) or >= 2 (views of each sample); got "
+            f"{config.views}."
+        )
+    if config.views and kind != "embedding":
+        raise ValueError(
+            f"`--views` trains an in-batch loss on augmented views without class labels "
+            f"(--model_kind=embedding); got --model_kind={kind}."
+        )
     check_optimizer(config.optimizer)
     if config.strategy == "multi_worker":
         distribution.cluster_spec()  # raises on a missing or malformed TF_CONFIG

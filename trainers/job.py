@@ -271,7 +271,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         data, train, test, evaluate_protocol = protocols.load_and_split(config)
         num_train_classes = len(np.unique(train.y))
         classes_per_batch = config.classes_per_batch or min(10, num_train_classes)
-        if kind in ("embedding", "proxy"):
+        if kind in ("embedding", "proxy") and not config.views:
             pipeline.check_batch(train.y, classes_per_batch, config.samples_per_class)
         # Training labels are remapped to 0..C-1 (heads need dense class ids).
         _, train_labels = np.unique(train.y, return_inverse=True)
@@ -473,8 +473,11 @@ def _batch_report(config, kind, classes_per_batch, strategy):
     if kind in ("siamese", "triplet"):
         unit = "pairs" if kind == "siamese" else "triplets"
         return {unit: config.global_batch_size, "replicas": replicas}
-    return {"classes_per_batch": classes_per_batch, "samples_per_class": config.samples_per_class,
-            "replicas": replicas}  # fmt: skip
+    report = {"classes_per_batch": classes_per_batch, "samples_per_class": config.samples_per_class,
+              "replicas": replicas}  # fmt: skip
+    if config.views:
+        report["views"] = config.views
+    return report
 
 
 def _curriculum(config):

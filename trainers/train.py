@@ -108,6 +108,10 @@ flags.DEFINE_integer("mining_pool", _D["mining_pool"],
 flags.DEFINE_string("curriculum", _D["curriculum"],
                     "Mining mode by epoch, e.g. 0:easy,3:semi-hard,6:hard (triplet: offline "
                     "mining; embedding: the loss's in-batch mining).")
+flags.DEFINE_integer("views", _D["views"],
+                     "embedding: >= 2 trains on batches of V augmented views of P*K/V samples "
+                     "labelled by sample, no class labels (e.g. --loss=ntxent --views=2); "
+                     "0: labelled P x K batches.")
 flags.DEFINE_string("optimizer", _D["optimizer"],
                     "A Keras optimizer name (adam, adamw, sgd, rmsprop, lion...).")
 flags.DEFINE_float("learning_rate", _D["learning_rate"], "Peak learning rate.")
