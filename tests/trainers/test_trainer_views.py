@@ -12,8 +12,10 @@ def test_views_setting_is_checked():
     assert trainers.RunConfig(loss="ntxent", views=2).identity()["views"] == 2
     with pytest.raises(ValueError, match="--views"):
         trainers.RunConfig(loss="ntxent", views=1)
-    with pytest.raises(ValueError, match="--views.*head"):
+    with pytest.raises(ValueError, match="--views.*model_kind=proxy"):
         trainers.RunConfig(loss="arc_face", views=2)
+    with pytest.raises(ValueError, match="--views.*model_kind=siamese"):
+        trainers.RunConfig(model_kind="siamese", views=2)
     with pytest.raises(ValueError, match="--views=4"):
         pipeline.views_batch_size(2, 2, 4, num_samples=100)
     assert pipeline.views_batch_size(4, 4, 2, num_samples=100) == 8
