@@ -2,7 +2,8 @@
 
 A backend (`SQLiteStore`, `RedisStore`) persists the items; the search runs on
 an in-memory `tfmetric.index` index (exact by default) that the store builds
-once when it opens and then keeps in step with every write, item by item.
+once when it opens and then keeps in step with every write (`LiveIndex`:
+recent writes are searched beside the index and merged into it in batches).
 """
 
 import json
@@ -13,6 +14,7 @@ import numpy as np
 from tfmetric import distances as distances_lib
 from tfmetric.index import ExactIndex, Index
 from tfmetric.metrics._inputs import check_embeddings, check_positive_int
+from tfmetric.store.live_index import LiveIndex
 
 FORMAT = "tfmetric.store/1"
 
@@ -112,10 +114,10 @@ class ItemStore:
                 f"The store's distance is {distance!r}; `index` uses {index.distance!r}."
             )
         self._header = header
-        self._index = index if index is not None else ExactIndex(distance)
+        self._index = LiveIndex(index if index is not None else ExactIndex(distance))
         keys, embeddings = self._load()
         if len(keys):
-            self._index.add(embeddings, ids=keys)
+            self._index.load(keys, embeddings)
 
     @property
     def dim(self):
@@ -131,7 +133,7 @@ class ItemStore:
         return self._index.distance
 
     def __len__(self):
-        return self._index.size
+        return len(self._index)
 
     def __enter__(self):
         return self
@@ -210,10 +212,7 @@ class ItemStore:
         keys = self._commit(encoded, embeddings, texts, existing, header)
         if header is not None:
             self._header = header
-        replaced = [key for key, old in zip(keys, existing, strict=True) if old is not None]
-        if replaced:
-            self._index.remove(replaced)
-        self._index.add(embeddings, ids=np.asarray(keys, np.int64))
+        self._index.put(keys, embeddings)
 
     def delete(self, ids):
         """Deletes items.
@@ -229,7 +228,7 @@ class ItemStore:
         if missing:
             raise KeyError(f"Unknown item ids: {missing[:10]}.")
         self._delete(encoded, keys)
-        self._index.remove(sorted(set(keys)))
+        self._index.remove(set(keys))
 
     def get(self, item_id):
         """The stored `Item` with this id.
@@ -288,14 +287,11 @@ class ItemStore:
         k = check_positive_int(k, "k")
         if where is not None and not isinstance(where, dict):
             raise TypeError(f"`where` must be a dict of metadata fields; got {where!r}.")
-        size = self._index.size
+        size = len(self._index)
         wanted = k + (exclude is not None)
         depth = min(size, wanted if where is None else max(4 * wanted, 64))
         while depth:
-            keys, distances, _ = self._index.search(query[None], depth)
-            keys, distances = keys[0], distances[0]
-            found = keys >= 0
-            keys, distances = keys[found], distances[found]
+            keys, distances = self._index.search(query, depth)
             if exclude is not None:
                 distances, keys = distances[keys != exclude], keys[keys != exclude]
             items = self._fetch(keys.tolist(), embeddings=False)
