@@ -168,3 +168,14 @@ def test_bad_protocol_and_fraction():
         datasets.split(data, "pairs")
     with pytest.raises(ValueError, match="--train_fraction"):
         datasets.split(data, "samples", 1.0)
+
+
+def test_tfds_loader_with_string_labels():
+    # LFW's `label` is text (a person's name): names are numbered, not cast with int().
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = datasets.load("tfds:lfw", image_size=16)
+    assert data.x.shape == (12, 16, 16, 3)
+    assert all(isinstance(name, str) for name in data.class_names)
+    assert sorted(data.class_names) == data.class_names
+    assert data.y.min() >= 0 and data.y.max() == len(data.class_names) - 1
