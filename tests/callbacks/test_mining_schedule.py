@@ -1,3 +1,5 @@
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -117,3 +119,150 @@ def test_config_round_trip():
     assert clone.value_at(4) == (0.4, "semi-hard")
     with pytest.raises(ValueError, match="function"):
         MiningSchedule(margin=lambda epoch: 0.1).get_config()
+
+
+def _np_triplet_reference(x_emb, y, margin, mode):
+    """Per-anchor hard/easy triplet terms (float64), averaged over anchors with both."""
+    d = np.sqrt(((x_emb[:, None] - x_emb[None]) ** 2).sum(-1))
+    terms = []
+    for a in range(len(y)):
+        pos = (y == y[a]) & (np.arange(len(y)) != a)
+        neg = y != y[a]
+        if not pos.any() or not neg.any():
+            continue
+        if mode == "hard":
+            terms.append(max(d[a, pos].max() - d[a, neg].min() + margin, 0.0))
+        else:
+            terms.append(max(d[a, pos].min() - d[a, neg].max() + margin, 0.0))
+    return float(np.mean(terms))
+
+
+class CountingTripletLoss(tfmetric.losses.TripletLoss):
+    """Counts the traces of its `call` (a Python side effect runs once per trace)."""
+
+    traces = 0
+
+    def call(self, y_true, y_pred):
+        CountingTripletLoss.traces += 1
+        return super().call(y_true, y_pred)
+
+
+def test_curriculum_drives_online_mining_and_margin_without_retracing():
+    x, y = _data()
+    CountingTripletLoss.traces = 0
+    loss = CountingTripletLoss(margin=0.1, mining="easy")
+    model = _frozen_model(loss, jit_compile=True)
+    schedule = MiningSchedule(
+        margin={0: 0.1, 2: 0.5}, mining={0: "easy", 1: "hard", 2: "easy", 3: "semi-hard"}
+    )
+    traces_after = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: traces_after.append(CountingTripletLoss.traces)
+    )
+    losses = model.fit(
+        x, y, batch_size=12, epochs=4, verbose=0, shuffle=False, callbacks=[schedule, probe]
+    ).history["loss"]
+    emb = np.asarray(model(x), np.float64)
+    expected = [
+        _np_triplet_reference(emb, y, 0.1, "easy"),
+        _np_triplet_reference(emb, y, 0.1, "hard"),
+        _np_triplet_reference(emb, y, 0.5, "easy"),
+        _expected(model, x, y, margin=0.5, mining="semi-hard"),
+    ]
+    assert len({round(v, 4) for v in expected}) == 4  # every step changes the loss
+    np.testing.assert_allclose(losses, expected, rtol=1e-5, atol=1e-6)
+    # Traced in the first epoch only: later steps read the variables.
+    assert traces_after[0] >= 1 and traces_after == [traces_after[0]] * 4
+    assert schedule.history[-1] == (3, 0.5, "semi-hard")
+    assert loss.get_config()["mining"] == "semi-hard" and loss.get_config()["margin"] == 0.5
+
+
+def test_curriculum_drives_offline_mining():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 6)
+    x = np.stack([np.arange(24), rng.normal(size=24)], 1).astype("float32")  # column 0: index
+    embedder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    emb = embedder.predict(x, verbose=0).astype(np.float64)
+    d = np.sqrt(((emb[:, None] - emb[None]) ** 2).sum(-1))
+    schedule = MiningSchedule(mining={0: "easy", 1: "hard"})
+    ds = tfmetric.data.triplet_dataset(
+        x, y, 8, seed=0, embedder=embedder, mining=schedule, refresh_every=1
+    )
+
+    def check(mode):
+        for (a, p, n), _ in itertools.islice(ds, 3):
+            for ia, ip, i_n in zip(
+                *(t[:, 0].astype(int) for t in (a.numpy(), p.numpy(), n.numpy())), strict=True
+            ):
+                pos = (y == y[ia]) & (np.arange(24) != ia)
+                neg = y != y[ia]
+                want_p = d[ia, pos].min() if mode == "easy" else d[ia, pos].max()
+                want_n = d[ia, neg].max() if mode == "easy" else d[ia, neg].min()
+                np.testing.assert_allclose([d[ia, ip], d[ia, i_n]], [want_p, want_n], atol=1e-5)
+
+    check("easy")
+    schedule.assign(1)  # what `fit` does at the start of epoch 1
+    check("hard")
+    schedule.assign(0)
+    check("easy")
+
+
+def test_one_schedule_for_offline_mining_and_a_margin_loss():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(4), 5)
+    x = (rng.normal(size=(20, 3)) + y[:, None]).astype("float32")
+    embedder = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    schedule = MiningSchedule(margin={0: 0.1, 1: 0.4}, mining={0: "easy", 1: "semi-hard"})
+    data = tfmetric.data.triplet_dataset(
+        x, y, 8, seed=0, embedder=embedder, mining=schedule, refresh_every=2
+    )
+    model = tfmetric.models.TripletModel(embedder)
+    loss = tfmetric.losses.TripletMarginLoss(margin=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, jit_compile=True)
+    history = model.fit(data, steps_per_epoch=3, epochs=2, verbose=0, callbacks=[schedule])
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert schedule.history == [(0, 0.1, "easy"), (1, 0.4, "semi-hard")]
+    assert float(schedule.margin_variable.numpy()) == pytest.approx(0.4)
+    assert schedule.MODES[int(schedule.mining_variable.numpy())] == "semi-hard"
+
+
+def test_offline_schedule_bad_input():
+    x, y = _data()
+    embedder = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="offline mining"):
+        tfmetric.data.triplet_dataset(
+            x, y, embedder=embedder, mining=MiningSchedule(mining={0: "easy", 2: "all"})
+        )
+    with pytest.raises(ValueError, match="without a `mining` schedule"):
+        tfmetric.data.pair_dataset(x, y, embedder=embedder, mining=MiningSchedule(margin={0: 1.0}))
+    with pytest.raises(ValueError, match="mining"):
+        MiningSchedule(mining={0: "hardest"})
+
+
+@pytest.mark.parametrize("mode", tfmetric.losses.triplet.MINING_MODES)
+def test_scheduled_mode_has_the_values_and_gradients_of_the_fixed_mode(mode):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 4)
+    embeddings = tf.Variable(rng.normal(size=(12, 3)).astype("float32"))
+    code = tf.constant(tfmetric.losses.triplet.MINING_MODES.index(mode))
+
+    @tf.function(jit_compile=True)
+    def both():
+        with tf.GradientTape(persistent=True) as tape:
+            fixed = tfmetric.losses.triplet_loss(labels, embeddings, margin=2.0, mining=mode)
+            scheduled = tfmetric.losses.triplet_loss(
+                labels, embeddings, margin=tf.constant(2.0), mining=code
+            )
+        return (
+            fixed,
+            scheduled,
+            tape.gradient(fixed, embeddings),
+            tape.gradient(scheduled, embeddings),
+        )
+
+    fixed, scheduled, fixed_grad, scheduled_grad = both()
+    np.testing.assert_allclose(scheduled.numpy(), fixed.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scheduled_grad.numpy(), fixed_grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(fixed_grad.numpy()).sum() > 0

@@ -140,7 +140,7 @@ def test_bad_input_names_the_argument(labels, embeddings, message):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"margin": -1.0}, "`margin`"), ({"mining": "easy"}, "`mining`"), ({"distance": "l7"}, "`distance`")],
+    [({"margin": -1.0}, "`margin`"), ({"mining": "hardest"}, "`mining`"), ({"distance": "l7"}, "`distance`")],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

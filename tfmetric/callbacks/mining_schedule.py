@@ -1,8 +1,9 @@
-"""Curriculum for metric losses: change the margin and the mining mode over epochs."""
+"""Curriculum for metric learning: the margin and the mining mode over epochs, as variables."""
 
 import numbers
 
 import keras
+import tensorflow as tf
 
 from tfmetric.losses import batch, triplet
 
@@ -43,53 +44,70 @@ def _value_at(schedule, epoch):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class MiningSchedule(keras.callbacks.Callback):
-    """Curriculum: sets the `margin` and/or `mining` of a compiled loss at each epoch.
+    """Curriculum: sets the margin and the mining mode at each epoch, online and offline.
 
-    Easy triplets first, hard ones later (seed 002; FaceNet warns that the
-    hardest negatives early in training can collapse the model): e.g. start
-    with `mining="semi-hard"` and a small margin, then switch to
-    `mining="hard"` and a larger margin. Works with any loss object that has
-    `margin` / `mining` attributes read when the training step is traced
-    (`tfmetric.losses.TripletLoss`, `TripletMarginLoss`,
-    `PairContrastiveLoss`, `ContrastiveLoss`, ...).
+    Easy triplets first, hard ones later (FaceNet warns that the hardest
+    negatives early in training can collapse the model): e.g.
+    `mining={0: "easy", 2: "semi-hard", 5: "hard"}` and
+    `margin={0: 0.1, 5: 0.3}`. One schedule drives both mining paths:
 
-    Those attributes are Python values baked into the traced (and, with
-    `jit_compile=True`, XLA-compiled) training step, so a new value only takes
-    effect in a new trace: when a value changes at the start of an epoch, the
-    callback rebuilds the model's train and test functions
-    (`make_train_function(force=True)`), without recompiling the model or
-    touching the optimizer state. Each change costs one retrace/XLA compile.
+    - **online**: the compiled loss (`loss`, default `model.loss`). Losses
+      with a `use_variables` method (`tfmetric.losses.TripletLoss`,
+      `TripletMarginLoss`, `PairContrastiveLoss`) read the margin and the mode
+      from this schedule's variables at every step, so changing them neither
+      retraces nor recompiles the training step (`jit_compile=True`
+      included). Other losses with `margin` / `mining` attributes get the new
+      Python value and a rebuilt train function (one retrace per change);
+    - **offline**: samplers built with `mining=schedule`
+      (`tfmetric.data.triplet_dataset`, `tfmetric.data.pair_dataset`) read the
+      mode variable in their `tf.data` graph at each refresh.
+
+    The variables hold the value for the current epoch: `margin_variable`
+    (float32) and `mining_variable` (int32, an index into `MODES`). They are
+    set at construction to epoch 0's values and at the start of every epoch.
 
     A schedule is a dict `{first_epoch: value}` (step-wise: the value of the
     largest key `<= epoch`; it must contain epoch 0) or a function
-    `epoch -> value` (epochs count from 0).
+    `epoch -> value` (epochs count from 0). Mining modes are `"easy"`
+    (closest positive, farthest negative), `"semi-hard"`, `"hard"` and, for
+    online losses only, `"all"`.
 
     Args:
         margin: Schedule of the margin (non-negative floats), or `None` to
             leave it alone. Defaults to `None`.
-        mining: Schedule of the mining mode (e.g. `"semi-hard"`, `"hard"`),
-            or `None`. Defaults to `None`.
-        loss: The loss object to modify. Defaults to `None`: the model's
-            compiled loss (`model.loss`).
+        mining: Schedule of the mining mode, or `None`. Defaults to `None`.
+        loss: The loss object to drive. Defaults to `None`: the model's
+            compiled loss (`model.loss`). With a `mining` schedule, a loss
+            without a `mining` attribute is allowed when a sampler reads the
+            schedule.
         verbose: Print the changes. Defaults to `0`.
 
     Attributes:
         history: List of `(epoch, margin, mining)` applied at each epoch start.
+        margin_variable: The margin of the current epoch, or `None`.
+        mining_variable: The index in `MODES` of the current mining mode, or
+            `None`.
 
     Example:
 
     >>> schedule = tfmetric.callbacks.MiningSchedule(
-    ...     margin={0: 0.1, 5: 0.5}, mining={0: "semi-hard", 10: "hard"})
+    ...     margin={0: 0.1, 5: 0.5}, mining={0: "easy", 3: "semi-hard", 10: "hard"})
     >>> schedule.value_at(7)
     (0.5, 'semi-hard')
+    >>> schedule.MODES[int(schedule.mining_variable.numpy())]
+    'easy'
 
     Reference:
         Schroff et al., "FaceNet", CVPR 2015 (semi-hard negatives to avoid
         collapse); Bengio et al., "Curriculum Learning", ICML 2009.
     """
 
+    MODES = ("easy", "semi-hard", "hard", "all")
+
     def __init__(self, margin=None, mining=None, loss=None, verbose=0):
         super().__init__()
+        # (modes, user) pairs: samplers that support only some of the modes.
+        self._requirements = []
         if margin is None and mining is None:
             raise ValueError("Give a `margin` and/or a `mining` schedule.")
         self.margin = _check_schedule(margin, "margin")
@@ -99,11 +117,36 @@ class MiningSchedule(keras.callbacks.Callback):
                 batch.check_margin(value)
         if isinstance(self.mining, dict):
             for value in self.mining.values():
-                if not isinstance(value, str):
-                    raise ValueError(f"`mining` values must be strings; got {value!r}.")
+                self._check_mode(value)
         self.loss = loss
         self.verbose = int(verbose)
         self.history = []
+        self._bound_loss = None
+        margin0, mining0 = self.value_at(0)
+        self.margin_variable = None
+        self.mining_variable = None
+        if self.margin is not None:
+            self.margin_variable = tf.Variable(
+                batch.check_margin(margin0), dtype=tf.float32, trainable=False, name="margin"
+            )
+        if self.mining is not None:
+            self.mining_variable = tf.Variable(
+                self._code(mining0), dtype=tf.int32, trainable=False, name="mining"
+            )
+
+    def _check_mode(self, value):
+        if not isinstance(value, str) or value not in self.MODES:
+            raise ValueError(f"`mining` values must be one of {list(self.MODES)}; got {value!r}.")
+        for modes, user in self._requirements:
+            if value not in modes:
+                raise ValueError(
+                    f"`mining` schedule sets {value!r}, which {user} does not support "
+                    f"(modes {list(modes)})."
+                )
+        return value
+
+    def _code(self, mode):
+        return self.MODES.index(self._check_mode(mode))
 
     def value_at(self, epoch):
         """Returns `(margin, mining)` for `epoch` (`None` for an unscheduled one)."""
@@ -111,43 +154,87 @@ class MiningSchedule(keras.callbacks.Callback):
         mining = None if self.mining is None else _value_at(self.mining, epoch)
         return margin, mining
 
+    def scheduled_mining_modes(self):
+        """The mining modes of a dict schedule (a function's are checked each epoch)."""
+        if self.mining is None:
+            return ()
+        if callable(self.mining):
+            return tuple(dict.fromkeys([_value_at(self.mining, 0)]))
+        return tuple(dict.fromkeys(self.mining.values()))
+
+    def require_modes(self, modes, user):
+        """Declares that `user` (e.g. "offline mining") reads the mode and supports only `modes`.
+
+        Raises:
+            ValueError: when the schedule sets a mode outside `modes` (now for
+                a dict schedule, at that epoch for a function).
+        """
+        self._requirements.append((tuple(modes), user))
+        for mode in self.scheduled_mining_modes():
+            self._check_mode(mode)
+
+    def assign(self, epoch):
+        """Sets the variables to the values of `epoch`; returns `(margin, mining)`."""
+        margin, mining = self.value_at(epoch)
+        if margin is not None:
+            margin = batch.check_margin(margin)
+            self.margin_variable.assign(margin)
+        if mining is not None:
+            self.mining_variable.assign(self._code(mining))
+        return margin, mining
+
     def _target(self):
         loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
         if loss is None:
             raise ValueError("`MiningSchedule` needs a compiled model (or the `loss` argument).")
         for attribute, schedule in (("margin", self.margin), ("mining", self.mining)):
-            if schedule is not None and not hasattr(loss, attribute):
-                raise ValueError(
-                    f"`MiningSchedule` schedules `{attribute}` but the loss "
-                    f"{type(loss).__name__} has no `{attribute}` attribute."
-                )
+            if schedule is None or hasattr(loss, attribute):
+                continue
+            if attribute == "mining" and self._requirements:
+                continue  # the mode drives a sampler only
+            raise ValueError(
+                f"`MiningSchedule` schedules `{attribute}` but the loss "
+                f"{type(loss).__name__} has no `{attribute}` attribute."
+            )
         return loss
 
+    def _drives(self, loss, attribute):
+        schedule = self.margin if attribute == "margin" else self.mining
+        return schedule is not None and hasattr(loss, attribute)
+
     def on_train_begin(self, logs=None):
-        self._target()
+        loss = self._target()
+        if callable(getattr(loss, "use_variables", None)) and self._bound_loss is not loss:
+            loss.use_variables(
+                margin=self.margin_variable if self._drives(loss, "margin") else None,
+                mining=self.mining_variable if self._drives(loss, "mining") else None,
+                modes=self.MODES,
+            )
+            self._bound_loss = loss
+            # The next trace reads the variables; later changes need no retrace.
+            self.model.make_train_function(force=True)
+            self.model.make_test_function(force=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         loss = self._target()
-        margin, mining = self.value_at(epoch)
+        margin, mining = self.assign(epoch)
         changed = False
-        if margin is not None:
-            margin = batch.check_margin(margin)
-            if loss.margin != margin:
-                loss.margin = margin
-                changed = True
-        if mining is not None:
+        if margin is not None and hasattr(loss, "margin") and loss.margin != margin:
+            loss.margin = margin
+            changed = True
+        if mining is not None and hasattr(loss, "mining"):
             if isinstance(loss, triplet.TripletLoss):
                 batch.check_choice(mining, "mining", triplet.MINING_MODES)
             if loss.mining != mining:
                 loss.mining = mining
                 changed = True
-        if changed:
+        if changed and self._bound_loss is not loss:
             # Python attributes are read when tracing: force a new trace.
             self.model.make_train_function(force=True)
             self.model.make_test_function(force=True)
-            if self.verbose:
-                print(f"MiningSchedule: epoch {epoch}: margin={margin}, mining={mining}")
-        self.history.append((epoch, getattr(loss, "margin", None), getattr(loss, "mining", None)))
+        if changed and self.verbose:
+            print(f"MiningSchedule: epoch {epoch}: margin={margin}, mining={mining}")
+        self.history.append((epoch, getattr(loss, "margin", margin), getattr(loss, "mining", mining)))
 
     def get_config(self):
         def plain(schedule):

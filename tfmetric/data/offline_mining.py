@@ -28,7 +28,8 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 def _is_schedule(mining):
-    return hasattr(mining, "mining_variable") and hasattr(mining, "MODES")
+    """A `tfmetric.callbacks.MiningSchedule` (duck-typed: data does not import callbacks)."""
+    return hasattr(mining, "mining_variable") and hasattr(mining, "require_modes")
 
 
 def check_mining(mining, embedder, index, pool_size, refresh_every):
@@ -42,18 +43,12 @@ def check_mining(mining, embedder, index, pool_size, refresh_every):
         TypeError: an `embedder` that cannot be called.
     """
     if _is_schedule(mining):
-        scheduled = mining.scheduled_mining_modes()
-        if not scheduled:
+        if mining.mining_variable is None:
             raise ValueError(
                 "`mining` is a MiningSchedule without a `mining` schedule; give it one "
                 f"(modes {list(OFFLINE_MINING_MODES)})."
             )
-        bad = sorted(set(scheduled) - set(OFFLINE_MINING_MODES))
-        if bad:
-            raise ValueError(
-                f"`mining` schedule uses {bad}; offline mining supports "
-                f"{list(OFFLINE_MINING_MODES)}."
-            )
+        mining.require_modes(OFFLINE_MINING_MODES, "offline mining")
     elif mining not in OFFLINE_MINING_MODES:
         raise ValueError(
             f"`mining` must be None, one of {list(OFFLINE_MINING_MODES)} or a "

@@ -174,13 +174,13 @@ class InBatchLoss(keras.losses.Loss):
         labels = ops.cast(y_true, "int32")
         context = self._replica_context()
         if context is None:
-            return type(self).fn(labels, y_pred, distance=self.distance, **self._loss_arguments())
+            return type(self).fn(labels, y_pred, distance=self.distance, **self._call_arguments())
         embeddings = ops.cast(y_pred, "float32")
         values = type(self).fn(
             _all_gather(context, labels),
             _all_gather(context, embeddings),
             distance=self.distance,
-            **self._loss_arguments(),
+            **self._call_arguments(),
         )
         mean = self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight")
         return _local_rows(context, values, labels, rescale=mean)
@@ -197,6 +197,10 @@ class InBatchLoss(keras.losses.Loss):
         if context is None or context.num_replicas_in_sync == 1:
             return None
         return context
+
+    def _call_arguments(self):
+        """The arguments passed to `fn` at call time (scheduled values may replace some)."""
+        return self._loss_arguments()
 
     def _loss_arguments(self):
         """The loss's own arguments (besides `distance`), passed to `fn` and saved in the config."""

@@ -18,6 +18,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric.losses import batch
+from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = [
     "PairContrastiveLoss",
@@ -119,7 +120,7 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
         Invariant Mapping", CVPR 2006.
     """
-    margin = batch.check_margin(margin)
+    margin = margin_value(margin)
     distances = _as_pair_values(distances)
     labels = _check_binary_labels(labels, distances.shape[0])
     pull = ops.square(distances)
@@ -175,7 +176,7 @@ def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=Fa
         descriptors with triplets and shallow convolutional neural networks",
         BMVC 2016.
     """
-    margin = batch.check_margin(margin)
+    margin = margin_value(margin)
     distance = distances_lib.get(distance)
     anchor, positive, negative = _split_triplets(embeddings)
     d_ap = paired_distance(distance, anchor, positive)
@@ -188,7 +189,7 @@ def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=Fa
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class PairContrastiveLoss(keras.losses.Loss):
+class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
     """Contrastive loss of labelled pairs; **label 1 = similar, 0 = dissimilar**.
 
     See `tfmetric.losses.pair_contrastive_loss`. `y_true` holds the pair labels
@@ -226,7 +227,7 @@ class PairContrastiveLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, sample_weight)
 
     def call(self, y_true, y_pred):
-        return pair_contrastive_loss(y_true, y_pred, margin=self.margin)
+        return pair_contrastive_loss(y_true, y_pred, margin=self.current_margin())
 
     def get_config(self):
         config = super().get_config()
@@ -235,7 +236,7 @@ class PairContrastiveLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class TripletMarginLoss(keras.losses.Loss):
+class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
     """Triplet margin loss on explicit `(anchor, positive, negative)` triplets.
 
     See `tfmetric.losses.triplet_margin_loss`. `y_pred` holds the stacked
@@ -288,7 +289,7 @@ class TripletMarginLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return triplet_margin_loss(
-            y_pred, margin=self.margin, distance=self.distance, squared=self.squared
+            y_pred, margin=self.current_margin(), distance=self.distance, squared=self.squared
         )
 
     def get_config(self):

@@ -1,12 +1,13 @@
-"""Triplet loss with online mining: all, batch-hard and semi-hard triplets."""
+"""Triplet loss with online mining: all, batch-hard, semi-hard and easy triplets."""
 
 import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric.losses import batch
+from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
-MINING_MODES = ("all", "hard", "semi-hard")
+MINING_MODES = ("all", "hard", "semi-hard", "easy")
 
 
 def _per_anchor(total, denominator):
@@ -63,14 +64,22 @@ def _negative_mask(labels):
     return ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
 
 
-def _hard_mining(dist, labels, margin, soft_margin):
-    """Hardest positive and hardest negative per anchor (Hermans et al. 2017)."""
+def _hard_mining(dist, labels, margin, soft_margin, easy=False):
+    """Hardest positive and hardest negative per anchor (Hermans et al. 2017).
+
+    With `easy=True`, the easiest ones instead: the closest positive and the
+    farthest negative.
+    """
     const = ops.stop_gradient(dist)
     size = ops.shape(labels)[0]
     _, _, _, count = _label_blocks(labels)
     positive, negative = batch.label_masks(labels)
-    hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
-    hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
+    if easy:
+        hardest_positive = ops.argmin(ops.where(positive, const, float("inf")), axis=1)
+        hardest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
+    else:
+        hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
+        hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
     valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
@@ -190,6 +199,9 @@ def triplet_loss(
     - `"all"`: every valid triplet `(a, p, n)`; the mean over the triplets with
       a non-zero term (with `soft_margin`, over all valid triplets), as in
       "batch all" of Hermans et al. 2017.
+    - `"easy"`: for every anchor its closest positive and farthest negative
+      (the start of an easy-to-hard curriculum); the mean over anchors that
+      have both.
 
     A batch without any positive pair or any negative gives 0 with a zero
     gradient. Memory is O(B²) forward and backward; "semi-hard" and "all" run
@@ -201,7 +213,10 @@ def triplet_loss(
         margin: Non-negative margin. Defaults to `1.0`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
-        mining: `"semi-hard"`, `"hard"` or `"all"`. Defaults to `"semi-hard"`.
+        mining: `"semi-hard"`, `"hard"`, `"all"` or `"easy"`, or a scalar
+            integer tensor indexing `tfmetric.losses.triplet.MINING_MODES`
+            (chosen at run time, e.g. by a curriculum). Defaults to
+            `"semi-hard"`.
         soft_margin: Use the soft-plus form instead of the hinge. Defaults to
             `False`.
 
@@ -222,15 +237,61 @@ def triplet_loss(
         Clustering", CVPR 2015; Hermans et al., "In Defense of the Triplet
         Loss for Person Re-Identification", 2017.
     """
-    margin = batch.check_margin(margin)
-    batch.check_choice(mining, "mining", MINING_MODES)
+    margin = margin_value(margin)
+    if isinstance(mining, str):
+        batch.check_choice(mining, "mining", MINING_MODES)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     if keras.backend.standardize_dtype(labels.dtype) not in ("int32", "int64"):
         labels = ops.cast(labels, "int64")  # a bijection: label equality is kept
     dist = batch.pairwise_dissimilarity(distance, embeddings)
-    if mining == "hard":
-        return _hard_mining(dist, labels, margin, soft_margin)
+    if isinstance(mining, str):
+        return _mine(mining, dist, labels, margin, soft_margin)
+    code = ops.cast(ops.convert_to_tensor(mining), "int32")
+    return _scheduled_mining(code, dist, labels, ops.cast(margin, "float32"), soft_margin)
+
+
+def _scheduled_mining(code, dist, labels, margin, soft_margin):
+    """Per-anchor values for the mode `MINING_MODES[code]`, chosen at run time.
+
+    Each branch returns its values and their gradient with respect to the
+    distances (row `a` of that gradient is the gradient of anchor `a`'s value)
+    computed on stopped distances, and the gradient reaches `dist` through
+    `values + sum(rows * (dist - stop_gradient(dist)))`: same values and
+    gradients, and nothing to differentiate through the conditional (the
+    gradient of a TensorFlow conditional around loops does not compile with
+    XLA).
+    """
+    if keras.backend.backend() != "tensorflow":
+        branches = [
+            lambda d, y, m, mode=mode: _mine(mode, d, y, m, soft_margin) for mode in MINING_MODES
+        ]
+        return ops.switch(code, branches, dist, labels, margin)
+    import tensorflow as tf
+
+    const = ops.stop_gradient(dist)
+
+    def branch(mode):
+        def run(matrix, y, m):
+            # A tensor of the branch's own graph (operands arrive as outer captures).
+            matrix = tf.identity(matrix)
+            with tf.GradientTape() as tape:
+                tape.watch(matrix)
+                values = _mine(mode, matrix, y, m, soft_margin)
+                total = ops.sum(values)
+            rows = tape.gradient(total, matrix, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return values, rows
+
+        return run
+
+    values, rows = ops.switch(code, [branch(mode) for mode in MINING_MODES], const, labels, margin)
+    values, rows = ops.stop_gradient(values), ops.stop_gradient(rows)
+    return values + ops.sum(rows * (dist - const), axis=1)
+
+
+def _mine(mining, dist, labels, margin, soft_margin):
+    if mining in ("hard", "easy"):
+        return _hard_mining(dist, labels, margin, soft_margin, easy=mining == "easy")
     value, pairs, nonzero = _loop_mining(
         dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard"
     )
@@ -245,7 +306,7 @@ def triplet_loss(
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class TripletLoss(batch.InBatchLoss):
+class TripletLoss(ScheduledArguments, batch.InBatchLoss):
     """Triplet loss with online mining on batches of (integer labels, embeddings).
 
     See `tfmetric.losses.triplet_loss` for the mining modes and normalisation.
@@ -254,7 +315,8 @@ class TripletLoss(batch.InBatchLoss):
         margin: Non-negative margin. Defaults to `1.0`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
-        mining: `"semi-hard"`, `"hard"` or `"all"`. Defaults to `"semi-hard"`.
+        mining: `"semi-hard"`, `"hard"`, `"all"` or `"easy"`. Defaults to
+            `"semi-hard"`.
         soft_margin: Soft-plus instead of the hinge. Defaults to `False`.
         reduction: Keras reduction of the per-anchor values. Defaults to
             `"sum_over_batch_size"`.
@@ -306,3 +368,13 @@ class TripletLoss(batch.InBatchLoss):
             "soft_margin": self.soft_margin,
         }
 
+    def _call_arguments(self):
+        arguments = dict(self._loss_arguments(), margin=self.current_margin())
+        if self._mining_variable is not None:
+            # The schedule's mode index, mapped to this loss's MINING_MODES.
+            table = ops.convert_to_tensor(
+                [MINING_MODES.index(m) if m in MINING_MODES else -1 for m in self._mining_modes],
+                "int32",
+            )
+            arguments["mining"] = ops.take(table, ops.convert_to_tensor(self._mining_variable))
+        return arguments

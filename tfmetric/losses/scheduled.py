@@ -1,0 +1,52 @@
+"""Loss arguments read from variables, so a curriculum changes them without retracing."""
+
+import numbers
+
+from keras import ops
+
+from tfmetric.losses import batch
+
+__all__ = ["ScheduledArguments", "margin_value"]
+
+
+def margin_value(margin):
+    """A validated float margin, or a scheduled margin tensor/variable passed through as float32."""
+    if isinstance(margin, numbers.Number):
+        return batch.check_margin(margin)
+    return ops.cast(ops.convert_to_tensor(margin), "float32")
+
+
+class ScheduledArguments:
+    """Mixin for losses whose `margin` (and `mining`) a `MiningSchedule` drives.
+
+    After `use_variables(...)`, `call` reads the current values from the
+    variables, so the traced (and XLA-compiled) training step follows them
+    without a retrace. The Python attributes stay what `get_config` saves.
+    """
+
+    _margin_variable = None
+    _mining_variable = None
+    _mining_modes = None
+
+    def use_variables(self, margin=None, mining=None, modes=None):
+        """Reads `margin` and/or the mining mode from variables at every call.
+
+        Args:
+            margin: A float variable holding the margin, or `None`.
+            mining: An integer variable holding an index into `modes`, or
+                `None`.
+            modes: The mode names `mining` indexes.
+        """
+        if mining is not None and not hasattr(self, "mining"):
+            raise ValueError(f"{type(self).__name__} has no `mining` to schedule.")
+        if mining is not None and modes is None:
+            raise ValueError("`modes` must name the modes that `mining` indexes.")
+        self._margin_variable = margin
+        self._mining_variable = mining
+        self._mining_modes = None if modes is None else tuple(modes)
+
+    def current_margin(self):
+        """The margin to use now: the scheduled variable's value, else `self.margin`."""
+        if self._margin_variable is None:
+            return self.margin
+        return ops.cast(ops.convert_to_tensor(self._margin_variable), "float32")
