@@ -183,3 +183,34 @@ def test_bad_input_is_named():
         model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(TypeError, match="embedder"):
         tfmetric.models.CrossBatchMemoryModel(keras.layers.Dense(3), memory_size=4)
+
+
+def _in_batch_losses():
+    from tfmetric.losses.batch import InBatchLoss
+
+    for name in tfmetric.losses.__all__:
+        cls = getattr(tfmetric.losses, name)
+        if isinstance(cls, type) and issubclass(cls, InBatchLoss) and cls is not InBatchLoss:
+            yield cls
+
+
+def test_every_in_batch_loss_sees_the_memory_with_finite_values_and_gradients():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    memory_labels = np.arange(8) % 4
+    memory_embeddings = RNG.normal(size=(8, DIM)).astype("float32")
+    classes = list(_in_batch_losses())
+    assert len(classes) >= 10
+    for cls in classes:
+        embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
+        model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=8)
+        model.compile(optimizer="sgd", loss=cls())
+        embeddings = tf.Variable(RNG.normal(size=(6, DIM)).astype("float32"))
+        batch_only = np.asarray(model.memory_values(labels, embeddings))
+        model.memory.enqueue(memory_labels, memory_embeddings)
+        with tf.GradientTape() as tape:
+            values = model.memory_values(labels, embeddings)
+            total = tf.reduce_sum(values)
+        gradient = tape.gradient(total, embeddings)
+        assert values.shape == (6,), cls.__name__
+        assert np.all(np.isfinite(values)) and np.all(np.isfinite(gradient)), cls.__name__
+        assert not np.allclose(values, batch_only), cls.__name__  # the memory changed the loss
