@@ -1,5 +1,6 @@
 """`python -m export`: flags, a full run, bad input, and a SIGKILL mid-export."""
 
+import json
 import os
 import signal
 import subprocess
@@ -124,3 +125,25 @@ def test_sigkill_mid_export_leaves_no_version(files, vector_model):
     )
     assert result.version == 1
     assert os.listdir(base) == ["1"]
+
+
+@pytest.mark.slow
+def test_siamese_model_gets_verify_with_the_given_threshold(siamese_model, tmp_path):
+    model, x, y = siamese_model
+    model.save(tmp_path / "pairs.keras")
+    np.savez(tmp_path / "validation.npz", inputs=x, labels=y)
+    code, out, err = _finish(
+        _cli(
+            f"--model={tmp_path / 'pairs.keras'}",
+            f"--output={tmp_path / 'models'}",
+            f"--validation={tmp_path / 'validation.npz'}",
+            "--verify_threshold=0.25",
+            "--latency_runs=0",
+        )
+    )
+    assert code == 0, err
+    assert "Signatures: serving_default, verify" in out
+    assert "verify on" in out  # the verify parity table
+    with open(tmp_path / "models" / "pairs" / "1" / "assets" / "tfmetric_export.json") as f:
+        verify = json.load(f)["verify"]
+    assert verify["threshold"] == 0.25 and verify["calibration"]["source"] == "given"
