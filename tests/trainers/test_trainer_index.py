@@ -124,3 +124,19 @@ def test_bad_input_is_explained(built, tmp_path):
     text.write_text("plain text, not a database " * 20)
     with pytest.raises(ValueError, match="not a tfmetric store"):
         cli.query(model_path, str(text), item="1")
+
+
+def test_redis_store_from_the_command(built, tmp_path):
+    from redis_server import RedisServer
+
+    model, model_path, sqlite_path, count = built
+    server = RedisServer(tmp_path)
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        assert cli.build(model_path, "digits", url, namespace="shop") == count
+        on_redis = cli.query(model_path, url, item="5", k=4, namespace="shop")["item"]
+        on_sqlite = cli.query(model_path, sqlite_path, item="5", k=4)["item"]
+        assert [m.id for m in on_redis] == [m.id for m in on_sqlite]
+        assert [m.metadata for m in on_redis] == [m.metadata for m in on_sqlite]
+    finally:
+        server.stop()
