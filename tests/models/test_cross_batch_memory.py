@@ -159,6 +159,10 @@ def test_save_and_restore_keep_the_memory(tmp_path):
             getattr(loaded.memory, name).numpy(), getattr(model.memory, name).numpy()
         )
     assert loaded.memory_size == 5
+    # The compiled loss comes back and training continues from the restored memory.
+    assert isinstance(loaded.loss, tfmetric.losses.ContrastiveLoss) and loaded.loss.margin == 1.0
+    loaded.fit(RNG.normal(size=(4, 4)).astype("float32"), np.arange(4) % 2, verbose=0)
+    assert int(loaded.memory.count.numpy()) == 11
     checkpoint = tf.train.Checkpoint(model=model)
     saved = checkpoint.save(os.path.join(tmp_path, "ckpt"))
     restored = _model(memory_size=5)

@@ -130,6 +130,17 @@ class CrossBatchMemoryModel(keras.Model):
             self._reduce = _Precomputed(reduction=loss.reduction, name=loss.name)
             self._values = _loss_function(loss)
 
+    def get_compile_config(self):
+        # `compile` passes the user's loss on, so Keras' own compile config holds it.
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            # Create the optimizer variables, so that saved optimizer state loads into them.
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if not training or self._values is None:
             return super().compute_loss(
