@@ -20,6 +20,7 @@ import warnings
 QUIET, INFO, DEBUG = "quiet", "info", "debug"
 LEVELS = (QUIET, INFO, DEBUG)
 _TAIL_LINES = 40
+_visible_stderr = []  # the real standard error's descriptors while quiet_output hides fd 2
 _PHASE_WIDTH = 9
 _BAR_WIDTH = 30
 
@@ -60,6 +61,7 @@ def quiet_output(level, expected=()):
         saved = os.dup(2)
         hidden = tempfile.TemporaryFile(mode="w+b")
         os.dup2(hidden.fileno(), 2)
+        _visible_stderr.append(saved)
         failed = False
         try:
             yield
@@ -68,6 +70,7 @@ def quiet_output(level, expected=()):
             raise
         finally:
             sys.stderr.flush()
+            _visible_stderr.remove(saved)
             os.dup2(saved, 2)
             os.close(saved)
             if failed:
@@ -77,6 +80,11 @@ def quiet_output(level, expected=()):
                     tail = "\n".join(lines)
                     sys.stderr.write(f"Hidden log lines (last {len(lines)}):\n{tail}\n")
             hidden.close()
+
+
+def visible_stderr():
+    """A descriptor of the standard error the user sees (fd 2 may be hidden by quiet_output)."""
+    return _visible_stderr[0] if _visible_stderr else 2
 
 
 class Progress:

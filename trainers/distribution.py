@@ -13,8 +13,6 @@ See docs/distributed.md.
 import dataclasses
 import json
 import os
-import socket
-import threading
 
 TF_CONFIG = "TF_CONFIG"
 TASK_TYPES = ("chief", "worker")
@@ -113,18 +111,40 @@ def cluster_spec(environ=None):
     return ClusterSpec(dict(cluster), task_type, task_index)
 
 
-def reachable(address, timeout=1.0):
-    """Whether a TCP connection to `host:port` succeeds."""
+# Run in a separate process: TensorFlow may hold the interpreter while it waits for the
+# cluster, so no thread or signal handler of the waiting process can time it out.
+_WATCHDOG = r"""
+import os, select, signal, socket, sys
+parent, timeout, me, peers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if ready:
+    sys.exit(0)
+def reachable(address):
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
             return True
     except OSError:
         return False
+missing = [a for a in peers if not reachable(a)] or peers
+sys.stderr.write(
+    f"error: worker {me} could not reach the cluster within {timeout:g} s "
+    f"(--cluster_timeout): no answer from {', '.join(missing)}. Start every worker with the "
+    "same flags, and check the addresses in TF_CONFIG and the firewall.\n")
+sys.stderr.flush()
+os.kill(parent, signal.SIGKILL)
+"""
 
 
-def _multi_worker_strategy(cluster, timeout):
-    """Creates the strategy, which waits for every worker; a timeout names the missing ones."""
+def _multi_worker_strategy(cluster, timeout, stderr_fd=None):
+    """Creates the strategy, which waits for every worker.
+
+    A watchdog process ends this process when the cluster does not form within
+    `timeout` seconds, after writing which addresses did not answer.
+    """
+    import subprocess
+    import sys
+
     import tensorflow as tf
 
     class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -146,37 +166,31 @@ def _multi_worker_strategy(cluster, timeout):
 
             return tf.nest.map_structure(one, value)
 
-    result = {}
-
-    def create():
-        try:
-            result["strategy"] = MultiWorkerStrategy()
-        except Exception as error:  # reported in the caller's thread
-            result["error"] = error
-
-    thread = threading.Thread(target=create, name="multi-worker-start", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        missing = [a for a in cluster.peers() if not reachable(a)] or cluster.peers()
-        raise TimeoutError(
-            f"Worker {cluster.task_type}:{cluster.task_index} ({cluster.address}) could not reach "
-            f"the cluster within {timeout:g} s: no answer from {', '.join(missing)}. Start every "
-            f"worker with the same flags, and check the addresses in `{TF_CONFIG}` and the "
-            "firewall."
-        )
-    if "error" in result:
-        raise result["error"]
-    return result["strategy"]
+    me = f"{cluster.task_type}:{cluster.task_index} ({cluster.address})"
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), me, *cluster.peers()],
+        stdin=subprocess.PIPE, stderr=stderr_fd,
+    )  # fmt: skip
+    try:
+        strategy = MultiWorkerStrategy()
+    finally:
+        watchdog.stdin.write(b"ready\n")
+        watchdog.stdin.close()
+        watchdog.wait()
+    return strategy
 
 
-def make_strategy(name, tpu=None, cluster_timeout=DEFAULT_CLUSTER_TIMEOUT):
+def make_strategy(name, tpu=None, cluster_timeout=DEFAULT_CLUSTER_TIMEOUT, stderr_fd=None):
     """Creates the strategy: the first thing that runs TensorFlow in the main job.
 
     Args:
         name: `"default"`, `"mirrored"`, `"multi_worker"` or `"tpu"`.
         tpu: TPU address for `"tpu"` (default: the local TPU).
-        cluster_timeout: Seconds a multi-worker run waits for the other workers.
+        cluster_timeout: Seconds a multi-worker run waits for the other workers;
+            past it the process is ended, after a message naming the addresses
+            that did not answer (written to `stderr_fd`, default: standard
+            error).
+        stderr_fd: Where that message goes.
 
     Returns:
         `(strategy, cluster)`: the strategy, and the `ClusterSpec` of a
@@ -195,7 +209,7 @@ def make_strategy(name, tpu=None, cluster_timeout=DEFAULT_CLUSTER_TIMEOUT):
         return strategy, None
     if name == "multi_worker":
         cluster = cluster_spec()
-        return _multi_worker_strategy(cluster, cluster_timeout), cluster
+        return _multi_worker_strategy(cluster, cluster_timeout, stderr_fd), cluster
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)

@@ -148,32 +148,49 @@ def sample_pairs(labels, count=HELD_OUT_PAIRS, seed=0):
     return i, j, same
 
 
-def pair_verification(scores, same, calibration_scores, calibration_same, similarity):
-    """Verification of held-out pairs, with a threshold calibrated on other pairs.
+def pair_verification(scores, same, similarity, folds=2, seed=0):
+    """Verification of held-out pairs: ROC AUC, EER, TAR@FAR=1e-3 and a calibrated threshold.
+
+    The accuracy of the "same / not same" decision is cross-validated as in the
+    LFW protocol: the pairs are split into `folds` seeded folds (each with its
+    share of same and different pairs); each fold is
+    decided at the threshold of best accuracy on the other folds. `threshold`
+    is the one calibrated on all the pairs (what a deployment would use).
 
     Args:
         scores: One score per held-out pair (a distance, or a similarity).
-        same: Whether each held-out pair shares a class.
-        calibration_scores, calibration_same: The same for calibration pairs
-            (from the training split): they choose the threshold.
+        same: Whether each pair shares a class.
         similarity: `True` when larger scores mean "same".
+        folds: Folds of the accuracy's cross-validation.
+        seed: Seed of the fold split.
 
     Returns:
-        `pair_roc_auc`, `pair_eer`, `tar_at_far_1e-3`, `threshold` (best
-        accuracy on the calibration pairs) and `pair_accuracy` (on the
-        held-out pairs, at that threshold).
+        `pair_roc_auc`, `pair_eer`, `tar_at_far_1e-3`, `threshold`,
+        `pair_accuracy` (cross-validated) and `pairs`.
     """
     scores = np.asarray(scores, np.float64)
+    same = np.asarray(same, bool)
     if not np.all(np.isfinite(scores)):
         raise ValueError("The held-out pair scores hold NaN or Inf: training diverged.")
-    threshold, _ = metrics.best_threshold(calibration_same, calibration_scores, similarity=similarity)
-    decided = scores >= threshold if similarity else scores <= threshold
+    # Folds stratified by "same", so that every fold's complement holds both kinds of pairs.
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(scores), np.int64)
+    for kind in (same, ~same):
+        fold[kind] = rng.permutation(int(kind.sum())) % folds
+    correct = 0
+    for k in range(folds):
+        rest = fold != k
+        threshold, _ = metrics.best_threshold(same[rest], scores[rest], similarity=similarity)
+        held = ~rest
+        decided = scores[held] >= threshold if similarity else scores[held] <= threshold
+        correct += int(np.sum(decided == same[held]))
+    threshold, _ = metrics.best_threshold(same, scores, similarity=similarity)
     return {
         "pair_roc_auc": metrics.roc_auc(same, scores, similarity=similarity),
         "pair_eer": metrics.equal_error_rate(same, scores, similarity=similarity),
         "tar_at_far_1e-3": metrics.tar_at_far(same, scores, 1e-3, similarity=similarity),
         "threshold": float(threshold),
-        "pair_accuracy": float(np.mean(decided == np.asarray(same, bool))),
+        "pair_accuracy": correct / len(scores),
         "pairs": int(len(scores)),
     }
 

@@ -24,6 +24,10 @@ class InputError(ValueError):
     """Bad settings or data, found before training: reported in one line."""
 
 
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost contact with a worker: every worker must be restarted."""
+
+
 def prepare_model_dir(model_dir, current, overwrite):
     """Creates `model_dir`; refuses one that holds another run unless `overwrite`.
 
@@ -174,6 +178,11 @@ def _output_directory(config, cluster):
         return
     directory = tempfile.mkdtemp(prefix=f"tfmetric-{cluster.task_type}{cluster.task_index}-")
     try:
+        # Resume where the chief's checkpoint says (every worker restores the same epoch):
+        # the run directory must be readable by every worker (shared storage).
+        chief_backup = os.path.join(config.model_dir, outputs.BACKUP_DIR)
+        if os.path.isdir(chief_backup):
+            shutil.copytree(chief_backup, os.path.join(directory, outputs.BACKUP_DIR))
         yield directory, False
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -191,27 +200,25 @@ def run(config):
     Raises:
         InputError: (a `ValueError`) for bad settings or data, before
             anything is trained or written.
-        TimeoutError: a multi-worker run whose peers do not answer within
-            `config.cluster_timeout` seconds (naming their addresses).
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"`config` must be a trainers.RunConfig; got {type(config).__name__}.")
     from trainers import console
 
-    with console.quiet_output(config.log_level, expected=(InputError,)):
+    with console.quiet_output(config.log_level, expected=(InputError, WorkerLost)):
         return _start(config)
 
 
 def _start(config):
     started = time.time()
     # The strategy first: nothing before it runs a TensorFlow op.
-    from trainers import distribution
+    from trainers import console, distribution
 
     try:
         if config.mixed_precision:
             _set_mixed_precision(config.mixed_precision_policy)
         strategy, cluster = distribution.make_strategy(
-            config.strategy, config.tpu, config.cluster_timeout
+            config.strategy, config.tpu, config.cluster_timeout, console.visible_stderr()
         )
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -247,13 +254,6 @@ def _scores_of_pairs(model, x, i, j, batch_size=512):
         for s in range(0, len(i), batch_size)
     ]
     return np.concatenate(parts).reshape(-1)
-
-
-def _calibration_rows(n, seed, limit=5000):
-    rows = np.arange(n)
-    if n > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    return rows
 
 
 def _run(config, strategy, cluster, out_dir, is_chief, started):
@@ -303,7 +303,10 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             distance=distance, schedule=schedule,
         )  # fmt: skip
         current = config.identity()
-        resuming = prepare_model_dir(out_dir, current, config.overwrite or not is_chief)
+        if is_chief:
+            resuming = prepare_model_dir(out_dir, current, config.overwrite)
+        else:
+            resuming = os.path.isdir(os.path.join(out_dir, outputs.BACKUP_DIR))
     except ValueError as error:
         raise InputError(str(error)) from None
 
@@ -326,12 +329,27 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         )
     callbacks.append(console.training_progress(config.total_steps, enabled=is_chief))
     train_started = time.time()
-    model.fit(
-        dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-        callbacks=callbacks, shuffle=False, verbose=0,
-    )  # fmt: skip
+    try:
+        model.fit(
+            dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            callbacks=callbacks, shuffle=False, verbose=0,
+        )  # fmt: skip
+    except (tf.errors.UnavailableError, tf.errors.FailedPreconditionError, tf.errors.AbortedError,
+            tf.errors.CancelledError, tf.errors.DeadlineExceededError) as error:  # fmt: skip
+        if cluster is None:
+            raise
+        raise WorkerLost(
+            f"Worker {cluster.task_type}:{cluster.task_index} lost contact with the cluster "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Restart every worker "
+            "with the same flags: training resumes from the last epoch's checkpoint in "
+            f"{os.path.join(config.model_dir, outputs.BACKUP_DIR)}."
+        ) from None
     train_seconds = time.time() - train_started
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if not is_chief:
+        # The chief evaluates, writes and exports; the others are done (their directory goes).
+        return {"task": cluster.task_type, "index": cluster.task_index, "resumed": resuming,
+                "optimizer_steps": optimizer_steps, "train_seconds": round(train_seconds, 1)}  # fmt: skip
 
     progress = console.Progress("evaluate", 8, enabled=is_chief)
     model_path = os.path.join(out_dir, outputs.MODEL_FILE)
@@ -350,29 +368,18 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     baseline, baseline_roc = evaluation.evaluate(raw, test.y, "euclidean", seed=config.seed)
     progress.update()
 
-    # Pair verification: held-out pairs, threshold calibrated on training pairs.
+    # Pair verification on held-out pairs (the threshold's accuracy cross-validated on them).
     i, j, same = evaluation.sample_pairs(test.y, seed=config.seed)
-    rows = _calibration_rows(len(train), config.seed)
-    ci, cj, csame = evaluation.sample_pairs(train.y[rows], seed=config.seed + 1)
-    ci, cj = rows[ci], rows[cj]
     if kind == "siamese":
         scores = _scores_of_pairs(model, test.x, i, j)
-        calibration = _scores_of_pairs(model, train.x, ci, cj)
         similarity = head is not None or model.distance.is_similarity
     else:
         eval_view = distances_lib.get(eval_distance)
-        train_embeddings = embed(embedder, train.x[rows])
-        position = {r: k for k, r in enumerate(rows)}
-        ck, cl = [position[r] for r in ci], [position[r] for r in cj]
         scores = metrics.pair_distances(test_embeddings[i], test_embeddings[j], eval_view)
-        calibration = metrics.pair_distances(train_embeddings[ck], train_embeddings[cl], eval_view)
         similarity = eval_view.is_similarity
-    numbers.update(evaluation.pair_verification(scores, same, calibration, csame, similarity))
-    train_raw = train.x.reshape(len(train), -1).astype(np.float32)
-    baseline.update(evaluation.pair_verification(
-        metrics.pair_distances(raw[i], raw[j]), same,
-        metrics.pair_distances(train_raw[ci], train_raw[cj]), csame, False,
-    ))  # fmt: skip
+    numbers.update(evaluation.pair_verification(scores, same, similarity, seed=config.seed))
+    raw_scores = metrics.pair_distances(raw[i], raw[j])
+    baseline.update(evaluation.pair_verification(raw_scores, same, False, seed=config.seed))
     progress.update(pair_roc_auc=numbers["pair_roc_auc"])
     numbers.update(evaluation.few_shot(test_embeddings, test.y, eval_distance, seed=config.seed))
     baseline.update(evaluation.few_shot(raw, test.y, "euclidean", seed=config.seed))

@@ -24,6 +24,7 @@ baseline; write everything to `--model_dir`:
   TFLite, parity report).
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -153,7 +154,7 @@ def main(argv):
     console.prepare_environment(FLAGS.log_level)
     from trainers import job
 
-    with console.quiet_output(FLAGS.log_level, expected=(job.InputError,)):
+    with console.quiet_output(FLAGS.log_level, expected=(job.InputError, job.WorkerLost)):
         try:
             config = RunConfig.from_flags(FLAGS)
         except (ValueError, TypeError) as error:
@@ -171,6 +172,12 @@ def run():
         except job.InputError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except job.WorkerLost as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # TensorFlow's collective threads may still wait on the lost peer: do not join them.
+            os._exit(3)
 
     app.run(_main)
 

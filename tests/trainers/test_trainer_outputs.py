@@ -101,3 +101,41 @@ def test_report_table_and_atomic_json(tmp_path):
     outputs.write_json(tmp_path / "r.json", report)
     assert json.loads((tmp_path / "r.json").read_text()) == report
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_sample_pairs_half_same_never_self():
+    labels = np.repeat(np.arange(5), 7)
+    i, j, same = evaluation.sample_pairs(labels, count=1000, seed=3)
+    assert len(i) == 1000 and same.sum() == 500
+    assert np.all(i != j)
+    np.testing.assert_array_equal(labels[i] == labels[j], same)
+    again = evaluation.sample_pairs(labels, count=1000, seed=3)
+    np.testing.assert_array_equal(again[0], i)
+
+
+def test_pair_verification_hand_computed():
+    # Distances: same pairs 0.1, 0.2; different pairs 0.3, 0.05. AUC = P(d_same < d_diff):
+    # (0.1 < 0.3) + (0.2 < 0.3) of 4 comparisons = 0.5. Thresholds: "same" when d <= 0.2 gets
+    # 3 of 4 right (only the 0.05 pair wrong); 0.05 gets 1, 0.1 gets 2, 0.3 (all "same") 2.
+    numbers = evaluation.pair_verification([0.1, 0.2, 0.3, 0.05], [1, 1, 0, 0], False)
+    assert numbers["pair_roc_auc"] == pytest.approx(0.5)
+    assert numbers["threshold"] == pytest.approx(0.2)
+    assert numbers["pairs"] == 4
+    separable = evaluation.pair_verification(np.r_[np.zeros(50), np.ones(50)],
+                                             np.r_[np.ones(50), np.zeros(50)], False)  # fmt: skip
+    assert separable["pair_roc_auc"] == 1.0 and separable["pair_eer"] == 0.0
+    assert separable["tar_at_far_1e-3"] == 1.0 and separable["pair_accuracy"] == 1.0
+    # Similarities: larger = same.
+    flipped = evaluation.pair_verification(np.r_[np.ones(50), np.zeros(50)],
+                                           np.r_[np.ones(50), np.zeros(50)], True)  # fmt: skip
+    assert flipped["pair_roc_auc"] == 1.0 and flipped["pair_accuracy"] == 1.0
+
+
+def test_few_shot_on_separated_clusters(clusters):
+    embeddings, labels, _ = clusters  # 4 classes: too few for 5-way episodes
+    assert evaluation.few_shot(embeddings, labels, episodes=10) == {"5_way_1_shot": None,
+                                                                   "5_way_5_shot": None}  # fmt: skip
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(6), 8)
+    x = np.eye(6)[y] * 5 + rng.normal(size=(48, 6)) * 0.05
+    assert evaluation.few_shot(x, y, episodes=20) == {"5_way_1_shot": 1.0, "5_way_5_shot": 1.0}
