@@ -176,7 +176,15 @@ def _output_directory(config, cluster):
     if cluster is None or cluster.is_chief:
         yield config.model_dir, True
         return
-    directory = tempfile.mkdtemp(prefix=f"tfmetric-{cluster.task_type}{cluster.task_index}-")
+    import glob
+    import hashlib
+
+    run_id = hashlib.sha1(os.path.abspath(config.model_dir).encode()).hexdigest()[:10]
+    prefix = f"tfmetric-{cluster.task_type}{cluster.task_index}-{run_id}-"
+    # A killed earlier start of this same worker of this run could not remove its directory.
+    for stale in glob.glob(os.path.join(tempfile.gettempdir(), prefix + "*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    directory = tempfile.mkdtemp(prefix=prefix)
     try:
         # Resume where the chief's checkpoint says (every worker restores the same epoch):
         # the run directory must be readable by every worker (shared storage).

@@ -66,7 +66,7 @@ def test_identity_holds_what_defines_a_run():
         ({"model_kind": "siamese", "curriculum": "0:hard"}, ValueError, "does not do"),
         ({"model_kind": "triplet", "curriculum": "2:hard"}, ValueError, "start at epoch 0"),
         ({"model_kind": "triplet", "curriculum": "0-hard"}, ValueError, "must look like"),
-        ({"curriculum": "0:easy"}, ValueError, r"\['easy'\] are not among"),
+        ({"curriculum": "0:medium"}, ValueError, r"\['medium'\] are not among"),
         ({"batch_size": 32}, ValueError, "--classes_per_batch x --samples_per_class"),
         ({"siamese_head": "weighted_l1"}, ValueError, "for --model_kind=siamese"),
         ({"model_kind": "siamese", "positive_fraction": 1.0}, ValueError, "--positive_fraction"),

@@ -105,10 +105,11 @@ def test_siamese_kind(tmp_path, monkeypatch, head):
 @pytest.mark.slow
 def test_triplet_kind(tmp_path, monkeypatch):
     report, model_dir = _run_interrupted_then_resumed(
-        tmp_path, monkeypatch, model_kind="triplet", mining="hard", refresh_every=2, batch_size=16,
-        distance="cosine",
+        tmp_path, monkeypatch, model_kind="triplet", curriculum="0:easy,1:hard", refresh_every=2,
+        batch_size=16, distance="cosine",
     )  # fmt: skip
     _check_common(report, model_dir, "triplet")
+    assert report["curriculum"] == {"0": "easy", "1": "hard"}
     assert report["loss"]["class"] == "TripletMarginLoss"
     assert report["loss"]["config"]["distance"] == "cosine"
     assert report["distance"] == "cosine"
