@@ -27,6 +27,9 @@ import tempfile
 import time
 
 DIM = 128
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's tfmetric, not an installed one
+FAMILY = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
 ANN_NOISE = 0.5
 SECTION = "## Evaluation"
 
@@ -58,7 +61,7 @@ def _run_case(case, n):
     from tfmetric.metrics.retrieval import RANKING_METRICS as RANKING
 
     classes = max(2, n // 100)
-    if case in ("retrieval", "clustering", "exact_search"):
+    if case in ("retrieval", "clustering", "exact_search", "map_at_r", "faiss_knn"):
         # Queries and gallery share the class means (one draw, then split).
         x, y = _clustered(2 * n, classes, seed=0)
         query, query_labels, gallery, gallery_labels = x[:n], y[:n], x[n:], y[n:]
@@ -69,14 +72,66 @@ def _run_case(case, n):
             metrics=RANKING,
         )  # fmt: skip
         before = _rss_mib()
+        cpu_start = time.process_time()
         start = time.perf_counter()
         scores = tfmetric.metrics.evaluate_retrieval(
             query, query_labels, gallery, gallery_labels, metrics=RANKING
         )
         seconds = time.perf_counter() - start
         extra = {"map_at_r": scores["map_at_r"], "precision_at_1": scores["precision_at_1"]}
+    elif case == "map_at_r":
+        small = 2048
+        tfmetric.metrics.evaluate_retrieval(
+            query[:small], query_labels[:small], gallery[:small], gallery_labels[:small],
+            metrics=FAMILY,
+        )  # fmt: skip
+        before = _rss_mib()
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        scores = tfmetric.metrics.evaluate_retrieval(
+            query, query_labels, gallery, gallery_labels, metrics=FAMILY
+        )
+        seconds = time.perf_counter() - start
+        extra = {name: scores[name] for name in FAMILY}
+    elif case == "map_at_r_1m":
+        # A 1M gallery (10,000 classes, R ~ 100) searched by 10,000 queries.
+        gallery, gallery_labels = _clustered(n, n // 100, seed=0)
+        query, query_labels = gallery[:10_000] + 0.1, gallery_labels[:10_000]
+        before = _rss_mib()
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        scores = tfmetric.metrics.evaluate_retrieval(
+            query, query_labels, gallery, gallery_labels, metrics=FAMILY
+        )
+        seconds = time.perf_counter() - start
+        extra = {name: scores[name] for name in FAMILY}
+    elif case == "faiss_knn":
+        # pytorch-metric-learning's AccuracyCalculator recipe: faiss IndexFlatL2
+        # k-NN with k = max R, then numpy scoring of the neighbours' labels.
+        import faiss
+
+        before = _rss_mib()
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        classes_, counts = np.unique(gallery_labels, return_counts=True)
+        r = counts[np.searchsorted(classes_, query_labels)]
+        index = faiss.IndexFlatL2(DIM)
+        index.add(gallery)
+        _, neighbors = index.search(query, int(r.max()))
+        relevant = gallery_labels[neighbors] == query_labels[:, None]
+        within = np.arange(1, relevant.shape[1] + 1)[None, :] <= r[:, None]
+        hits = np.cumsum(relevant, axis=1)
+        precision = hits / np.arange(1, relevant.shape[1] + 1)
+        map_at_r = np.sum(np.where(relevant & within, precision, 0.0), axis=1) / r
+        seconds = time.perf_counter() - start
+        extra = {
+            "precision_at_1": float(np.mean(relevant[:, 0])),
+            "r_precision": float(np.mean(np.sum(relevant & within, axis=1) / r)),
+            "map_at_r": float(np.mean(map_at_r)),
+        }
     elif case == "clustering":
         before = _rss_mib()
+        cpu_start = time.process_time()
         start = time.perf_counter()
         scores = tfmetric.metrics.clustering_scores(query, query_labels)
         seconds = time.perf_counter() - start
@@ -86,6 +141,7 @@ def _run_case(case, n):
         index.add(gallery, gallery_labels)
         index.search(query[:16], 10)
         before = _rss_mib()
+        cpu_start = time.process_time()
         start = time.perf_counter()
         index.search(query, 10)
         seconds = time.perf_counter() - start
@@ -128,6 +184,8 @@ def _run_case(case, n):
         "case": case,
         "n": n,
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "load": os.getloadavg()[0],
         "peak_mib": peak,
         "added_mib": max(0.0, peak - before),
         **extra,
@@ -158,14 +216,29 @@ def _table(results):
         "per case (Python + TensorFlow + data); 'added': peak minus the resident size just "
         "before the timed call.",
         "",
-        "| What | Queries × gallery | Time (s) | Peak RSS (MiB) | Added (MiB) | Result |",
-        "|---|---|---|---|---|---|",
+        "| What | Queries × gallery | Time (s) | CPU (s) | load avg | Peak RSS (MiB) | Added (MiB) "
+        "| Result |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         n = f"{r['n']:,} × {r['n']:,}"
         if r["case"] == "retrieval":
-            what = "evaluate_retrieval (all ranking metrics)"
-            result = f"MAP@R {r['map_at_r']:.3f}, P@1 {r['precision_at_1']:.3f}"
+            what = "evaluate_retrieval (all ranking metrics incl. full-ranking mAP)"
+            result = f"MAP@R {r['map_at_r']:.5f}, P@1 {r['precision_at_1']:.4f}"
+        elif r["case"] in ("map_at_r", "map_at_r_1m"):
+            what = "evaluate_retrieval, MAP@R family (P@1, R-precision, MAP@R, MRR): top-k path"
+            if r["case"] == "map_at_r_1m":
+                n = f"10,000 × {r['n']:,}"
+            result = (
+                f"MAP@R {r['map_at_r']:.5f}, P@1 {r['precision_at_1']:.4f}, "
+                f"R-prec {r['r_precision']:.5f}"
+            )
+        elif r["case"] == "faiss_knn":
+            what = "faiss IndexFlatL2 k-NN (k = max R) + numpy scoring (PML's recipe)"
+            result = (
+                f"MAP@R {r['map_at_r']:.5f}, P@1 {r['precision_at_1']:.4f}, "
+                f"R-prec {r['r_precision']:.5f}"
+            )
         elif r["case"] == "clustering":
             what = "NMI/AMI (scikit-learn k-means on queries)"
             n = f"{r['n']:,} queries"
@@ -176,7 +249,8 @@ def _table(results):
         else:
             continue
         lines.append(
-            f"| {what} | {n} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | "
+            f"| {what} | {n} | {r['seconds']:.1f} | {r.get('cpu_seconds', float('nan')):.1f} | "
+            f"{r.get('load', float('nan')):.1f} | {r['peak_mib']:.0f} | "
             f"{r['added_mib']:.0f} | {result} |"
         )
     for r in results:
@@ -230,6 +304,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--ann-size", type=int, default=1000000)
+    parser.add_argument("--big-size", type=int, default=1000000,
+                        help="gallery size of the MAP@R-family case with 10,000 queries (0: off)")
+    parser.add_argument("--cases", nargs="+",
+                        default=["map_at_r", "faiss_knn", "retrieval", "exact_search", "clustering"])
     parser.add_argument("--clustering-max", type=int, default=100000)
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument(
@@ -245,15 +323,18 @@ def main():
         for path in args.load:
             with open(path) as f:
                 results += [json.loads(line) for line in f if line.startswith("{")]
-        args.sizes, args.ann_size = [], 0
+        args.sizes, args.ann_size, args.big_size = [], 0, 0
     else:
         results = []
     for n in args.sizes:
-        for case in ("retrieval", "exact_search", "clustering"):
+        for case in args.cases:
             if case == "clustering" and n > args.clustering_max:
                 continue
             results.append(_subprocess(case, n))
             print(json.dumps(results[-1]), flush=True)
+    if args.big_size:
+        results.append(_subprocess("map_at_r_1m", args.big_size))
+        print(json.dumps(results[-1]), flush=True)
     if args.ann_size:
         results.append(_subprocess("ann", args.ann_size))
         print(json.dumps(results[-1]), flush=True)

@@ -28,14 +28,19 @@ a `ValueError` is raised if no query has a relevant reference. `k` larger than
 the number of references is allowed (every remaining query then counts as a
 hit).
 
-Computation is chunked and XLA-compiled; memory is O(chunk × (gallery + max
-R)), never O(queries × gallery). See `tfmetric.metrics._ranking`.
+Computation is chunked and XLA-compiled, never O(queries × gallery) in memory.
+Without `mean_average_precision`, the metrics come from an exact top-k search
+with k = max R (`tfmetric.metrics._topk`, gallery scanned in blocks: memory
+O(chunk × block)), as fast as a faiss k-NN search; the full-ranking mAP counts,
+for every reference, the relevant references closer than it
+(`tfmetric.metrics._ranking`, memory O(chunk × (gallery + max R))), several
+times slower: ask for it only when needed.
 """
 
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics import _ranking
+from tfmetric.metrics import _ranking, _topk
 from tfmetric.metrics._inputs import check_positive_int
 from tfmetric.metrics.clustering import clustering_scores
 
@@ -56,6 +61,17 @@ def _check_ks(k):
     if not ks:
         raise ValueError("`k` must hold at least one value.")
     return tuple(check_positive_int(v, "k") for v in ks)
+
+
+def _ranks(query, query_labels, gallery, gallery_labels, distance, names):
+    """Top-k search (k = max R) unless mAP (the whole ranking) is asked for or R is huge."""
+    references = query_labels if gallery is None else gallery_labels
+    if (
+        "mean_average_precision" not in names
+        and _topk.max_relevant(query_labels, references) <= _topk.MAX_K
+    ):
+        return _topk.nearest_ranks(query, query_labels, gallery, gallery_labels, distance)
+    return _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)
 
 
 def _ranking_scores(ranks, keep, ks):
@@ -141,7 +157,7 @@ def evaluate_retrieval(
     )
     results = {}
     if any(name in RANKING_METRICS for name in names):
-        ranks = _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)
+        ranks = _ranks(query, query_labels, gallery, gallery_labels, distance, names)
         scores = _ranking_scores(ranks, _ranking.evaluated_queries(ranks), ks)
         for name in names:
             if name == "recall_at_k":

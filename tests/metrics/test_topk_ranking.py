@@ -1,0 +1,78 @@
+"""The MAP@R family from the top-k search (k = max R) against the numpy full-sort reference."""
+
+import numpy as np
+import pytest
+from metric_references import metrics_from_relevance, ranked_relevance
+
+import tfmetric
+from tfmetric.metrics import _ranking, _topk
+
+FAMILY = [
+    "precision_at_1",
+    "recall_at_k",
+    "r_precision",
+    "map_at_r",
+    "mean_reciprocal_rank",
+]
+CHECKED = ["precision_at_1", "recall_at_1", "recall_at_5", "r_precision", "map_at_r",
+           "mean_reciprocal_rank"]  # fmt: skip
+
+
+def _check(q, ql, g, gl, distance="euclidean"):
+    similarity = tfmetric.distances.get(distance).is_similarity
+    expected = metrics_from_relevance(ranked_relevance(q, ql, g, gl, distance, similarity))
+    scores = tfmetric.metrics.evaluate_retrieval(
+        q, ql, g, gl, distance=distance, k=(1, 5), metrics=FAMILY
+    )
+    for name in CHECKED:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "distance,integer",
+    [("euclidean", True), ("manhattan", True), ("inner_product", True), ("cosine", False)],
+)
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_top_k_path_matches_full_sort_reference(distance, integer, leave_one_out, monkeypatch):
+    # Small integers give many exact ties, also across the top-K boundary; a tiny
+    # element budget forces several gallery blocks and query chunks.
+    monkeypatch.setattr(_ranking, "ELEMENT_BUDGET", 256)
+    monkeypatch.setattr(_topk, "MAX_QUERY_CHUNK", 16)
+    rng = np.random.default_rng(7)
+    make = (lambda n: rng.integers(-2, 3, size=(n, 3))) if integer else (
+        lambda n: rng.normal(size=(n, 3)))  # fmt: skip
+    q, g = make(45).astype(np.float32), make(70).astype(np.float32)
+    ql, gl = rng.integers(0, 5, size=45), rng.integers(0, 5, size=70)
+    if leave_one_out:
+        g, gl = None, None
+    chunk, block = _topk._sizes(45, 70, 20)
+    assert chunk < 45 and block < 70  # several query chunks and gallery blocks
+    _check(q, ql, g, gl, distance)
+
+
+def test_first_relevant_far_beyond_k_and_absent_labels():
+    # Query 0's only relevant reference is the farthest (rank 50 > K = 2): its
+    # reciprocal rank must still be 1/50. Label 9 has no reference (excluded).
+    g = np.arange(50, dtype=np.float32)[:, None]
+    gl = np.array([1] * 49 + [0])
+    gl[:2] = 2
+    q = np.array([[0.0], [0.5], [3.0]], np.float32)
+    ql = np.array([0, 2, 9])
+    with pytest.warns(UserWarning, match="1 of 3"):
+        scores = tfmetric.metrics.evaluate_retrieval(q, ql, g, gl, k=(1,), metrics=FAMILY)
+    # q0: rank 50 -> RR 1/50, MAP@R 0; q1 (R = 2): ranks 1, 2 -> RR 1, MAP@R 1.
+    np.testing.assert_allclose(scores["mean_reciprocal_rank"], (1 / 50 + 1) / 2)
+    np.testing.assert_allclose(scores["map_at_r"], 0.5)
+    np.testing.assert_allclose(scores["precision_at_1"], 0.5)
+
+
+def test_tie_across_the_boundary_is_pessimistic():
+    # R = 2; distances 1 (relevant), 2 (relevant), 2 (non-relevant, stored last):
+    # the tie at distance 2 crosses the top-K boundary and ranks the
+    # non-relevant first, so the second relevant is at rank 3 (outside R).
+    g = np.array([[1.0], [2.0], [2.0], [5.0]], np.float32)
+    gl = np.array([0, 0, 1, 1])
+    scores = tfmetric.metrics.evaluate_retrieval(
+        np.zeros((1, 1), np.float32), [0], g, gl, metrics=["map_at_r", "r_precision"]
+    )
+    assert scores == {"map_at_r": 0.5, "r_precision": 0.5}
