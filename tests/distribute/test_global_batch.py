@@ -131,3 +131,19 @@ def test_multi_worker_mirrored_strategy_trains_to_one_device_weights(tmp_path):
         for name, entry in report.items():
             assert np.abs(np.subtract(entry["single"], entry["initial"])).max() > 1e-3, name
             np.testing.assert_allclose(entry["strategy"], entry["single"], atol=1e-5, err_msg=name)
+
+
+def test_offline_mining_and_curriculum_under_mirrored_strategy():
+    # Mirrored embedder variables, read by the sampler's in-graph mining; XLA training step.
+    result = subprocess.run(
+        [sys.executable, str(HERE / "offline_mining_worker.py")],
+        capture_output=True,
+        text=True,
+        env=dict(ENV, PYTHONPATH=str(HERE.parent.parent)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert len(report["losses"]) == 2 and np.all(np.isfinite(report["losses"]))
+    assert report["valid"] and report["hard_equals_brute_force"]
