@@ -88,7 +88,14 @@ def test_in_batch_loss_arguments(cls):
         if name not in parameters:
             continue
         allow_zero = name == "margin"
-        for bad in [-1.0, float("nan"), float("inf"), "1", None] + ([] if allow_zero else [0.0]):
+        # TF Similarity's losses take `margin=None` for the soft margin.
+        allow_none = name == "margin" and cls in (
+            tfmetric.losses.AnchorTripletLoss,
+            tfmetric.losses.PNLoss,
+        )
+        bad_values = [-1.0, float("nan"), float("inf"), "1"]
+        bad_values += ([] if allow_none else [None]) + ([] if allow_zero else [0.0])
+        for bad in bad_values:
             _raises(lambda name=name, bad=bad: cls(**{name: bad}), name)
     if "mining" in parameters:
         _raises(lambda: cls(mining="hardest"), "mining")
