@@ -154,3 +154,29 @@ def test_multi_input_embedder_is_an_error():
     embedder = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
     with pytest.raises(ValueError, match="one input"):
         SiameseModel(embedder)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([0, 1, 2, 1]), r"0 \(different\) or 1 \(same class\).*\[2\]"),
+        (np.array([0.0, 0.5, 1.0, 1.0]), r"\[0\.5\]"),
+        (np.array([0, -1, 1, 1]), r"\[-1\]"),
+        (np.array([0.0, np.nan, 1.0, 1.0]), "nan"),
+        (np.array(["a", "b", "a", "b"]), "numeric"),
+    ],
+)
+def test_pair_labels_other_than_0_1_are_an_error_before_training(labels, match):
+    embedder = _embedder()
+    model = SiameseModel(embedder)
+    model.compile(optimizer="sgd", loss=tfmetric.losses.PairContrastiveLoss())
+    before = [np.array(w) for w in embedder.weights]
+    x = np.ones((4, 5), "float32")
+    with pytest.raises(ValueError, match=match):
+        model.fit([x, x], labels, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="validation_data"):
+        model.fit([x, x], np.ones(4), validation_data=([x, x], labels), verbose=0)
+    with pytest.raises(ValueError, match=match):
+        model.evaluate([x, x], labels, verbose=0)
+    for a, b in zip(before, embedder.weights, strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))  # nothing trained

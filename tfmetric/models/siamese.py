@@ -1,6 +1,7 @@
 """Siamese network: one shared embedding tower applied to the two inputs of a pair."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
@@ -25,6 +26,33 @@ def _pair_scores(head, e1, e2):
             f"{tuple(e1.shape)}."
         )
     return scores
+
+
+def check_pair_labels(labels, name):
+    """Rejects in-memory pair labels other than 0 (different) and 1 (same), before training.
+
+    Datasets and generators are left alone (reading them would consume data).
+    """
+    if (
+        labels is None
+        or not isinstance(labels, (np.ndarray, list, tuple))
+        and not hasattr(labels, "__array__")
+    ):
+        return
+    values = np.asarray(labels)
+    if values.dtype == object or not np.issubdtype(values.dtype, np.number):
+        raise ValueError(
+            f"`{name}` must hold numeric pair labels 0 or 1; got dtype {values.dtype}."
+        )
+    bad = values[(values != 0) & (values != 1)]
+    if bad.size:
+        shown = np.unique(bad[np.isfinite(bad)])[:5].tolist() + (
+            ["nan"] if np.isnan(bad).any() else []
+        )
+        raise ValueError(
+            f"`{name}` must hold pair labels 0 (different) or 1 (same class); got "
+            f"{bad.size} other value(s), e.g. {shown}."
+        )
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -128,6 +156,19 @@ class SiameseModel(keras.Model):
     def call(self, inputs, training=None, mask=None, **kwargs):
         inputs = shared_tower.unpack_inputs(inputs, _NAMES)
         return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; in-memory pair labels other than 0/1 are an error before training."""
+        check_pair_labels(y, "y")
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)) and len(validation) >= 2:
+            check_pair_labels(validation[1], "validation_data")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; in-memory pair labels other than 0/1 are an error."""
+        check_pair_labels(y, "y")
+        return super().evaluate(x, y, *args, **kwargs)
 
     def get_config(self):
         return {
