@@ -100,6 +100,8 @@ def test_siamese_kind(tmp_path, monkeypatch, head):
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
     if head == "weighted_l1":
         assert np.all((scores > 0) & (scores < 1))  # a probability of "same class"
+    # The whole Siamese network is exported: a `verify` signature beside the embedder's.
+    assert "verify" in report["export"]["signatures"]
 
 
 @pytest.mark.slow
