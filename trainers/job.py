@@ -323,12 +323,13 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     eval_distance = distances_lib.get(head) if head is not None else distance
 
     callbacks = [
-        HeldOutRetrieval(embedder, test.x, test.y, eval_distance),
         keras.callbacks.CSVLogger(os.path.join(out_dir, outputs.HISTORY_FILE), append=True),
         keras.callbacks.BackupAndRestore(
             os.path.join(out_dir, outputs.BACKUP_DIR), double_checkpoint=True
         ),
     ]
+    if is_chief:  # held-out numbers in the logs; the other workers only train
+        callbacks.insert(0, HeldOutRetrieval(embedder, test.x, test.y, eval_distance))
     if schedule is not None:
         callbacks.append(schedule)
     if tensorboard_installed():

@@ -4,24 +4,35 @@ r"""Trains, evaluates and exports a metric-learning embedder.
     python -m trainers.train --dataset=tfds:cars196 --protocol=classes \
         --backbone=resnet50 --weights=imagenet --image_size=224 --loss=multi_similarity
     python -m trainers.train --loss=arcface --scale=30 --margin=0.3
+    python -m trainers.train --model_kind=siamese --siamese_head=weighted_l1
+    python -m trainers.train --model_kind=triplet --curriculum=0:easy,3:semi-hard,6:hard
 
-Steps: load the data and split it by `--protocol`; build the embedder
-(`--backbone`, `--embedding_dim`, `--l2_normalize`) and the loss or head
-(`--loss` with its arguments); train on class-balanced batches of
-`--classes_per_batch` x `--samples_per_class` samples, with a checkpoint every
-epoch in `--model_dir/backup` (a killed run restarts where it stopped when run
-again with the same flags); evaluate on the held-out split beside the raw-input
+The flags make a `trainers.RunConfig` (checked before any TensorFlow op), then
+`trainers.run(config)` runs it: create the `--strategy`; load the data and
+split it by `--protocol`; build the embedder (`--backbone`, `--embedding_dim`,
+`--l2_normalize`), the model of `--model_kind` (embedding, proxy, siamese,
+triplet) and its loss (`--loss` with its arguments); train on its batches
+(class-balanced `--classes_per_batch` x `--samples_per_class`, or
+`--batch_size` pairs / triplets), with a checkpoint every epoch in
+`--model_dir/backup` (a killed run restarts where it stopped when run again
+with the same flags); evaluate on the held-out split beside the raw-input
 baseline; write everything to `--model_dir`:
 
-- `flags.json` (the run's flags; another run's flags are refused unless
+- `flags.json` (the run's settings; another run's are refused unless
   `--overwrite`), `history.csv`, `logs/` (TensorBoard scalars and the embedding
   projector: `logs/projector`);
 - `report.json` and the printed table: held-out Precision@1, MAP@R,
-  R-precision, verification ROC AUC and EER, model vs raw input;
+  R-precision, verification ROC AUC and EER, pair verification on held-out
+  pairs (ROC AUC, EER, TAR@FAR=1e-3, calibrated threshold and accuracy), 5-way
+  1-shot and 5-shot accuracy, model vs raw input;
 - `training_curves.png`, `embeddings_2d.png`, `roc_curve.png`,
   `nearest_neighbors.png`;
-- `model.keras` (the embedder) and, unless `--noexport`, `export/` (SavedModel,
-  TFLite, parity report).
+- `model.keras` (the embedder; `pair_model.keras` too for Siamese networks)
+  and, unless `--noexport`, `export/` (SavedModel, TFLite, parity report).
+
+Output is one progress line per phase and the tables (`--log_level=info` or
+`debug` shows TensorFlow's logs). `--strategy=multi_worker`: see
+docs/distributed.md.
 """
 
 import os
