@@ -87,7 +87,7 @@ class RunConfig:
     samples_per_class: int = _setting(8)
     batch_size: int | None = _setting(None)
     positive_fraction: float = _setting(0.5)
-    refresh_every: int = _setting(100)
+    refresh_every: int | None = _setting(None)
     mining_pool: int | None = _setting(None)
     curriculum: str | None = _setting(None)
     views: int = _setting(0)
@@ -177,6 +177,11 @@ class RunConfig:
         from trainers import kinds
 
         return kinds.parse_curriculum(self.curriculum, self.kind)
+
+    @property
+    def mining_refresh_every(self):
+        """`refresh_every`, or once per epoch (so a curriculum's modes apply epoch by epoch)."""
+        return self.refresh_every or self.steps_per_epoch
 
     def tflite_variant_list(self):
         """`tflite_variants` as a tuple (empty: SavedModel only)."""

@@ -66,7 +66,7 @@ def training_data(kind, x, y, config, classes_per_batch, embedder=None, distance
         ds = data.triplet_dataset(
             x, y, batch_size=config.global_batch_size, seed=config.seed,
             embedder=embedder if mining is not None else None, mining=mining,
-            refresh_every=config.refresh_every, distance=distance, pool_size=config.mining_pool,
+            refresh_every=config.mining_refresh_every, distance=distance, pool_size=config.mining_pool,
         )  # fmt: skip
     return ds.map(_cast_inputs).prefetch(tf.data.AUTOTUNE)
 

@@ -113,7 +113,8 @@ flags.DEFINE_integer("batch_size", _D["batch_size"],
 flags.DEFINE_float("positive_fraction", _D["positive_fraction"],
                    "siamese: fraction of same-class pairs in a batch.")
 flags.DEFINE_integer("refresh_every", _D["refresh_every"],
-                     "triplet with --mining/--curriculum: batches between offline-mining refreshes.")
+                     "triplet with --mining/--curriculum: batches between offline-mining refreshes "
+                     "(default: --steps_per_epoch, once per epoch).")
 flags.DEFINE_integer("mining_pool", _D["mining_pool"],
                      "triplet with --mining/--curriculum: samples drawn at each refresh to mine in "
                      "(default: all training samples).")
