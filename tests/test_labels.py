@@ -1,0 +1,131 @@
+"""The one label validator: integer-valued float labels work everywhere labels are taken.
+
+Non-integer values raise a `ValueError` naming the argument, in every package;
+the functional losses name their own arguments (`labels`, `embeddings`).
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+import tfmetric
+from tfmetric.losses.batch import InBatchLoss
+
+RNG = np.random.default_rng(0)
+EMB = RNG.normal(size=(8, 4)).astype("float32")
+INT_LABELS = np.arange(8) % 4
+FLOAT_LABELS = INT_LABELS.astype("float32")
+HALF_LABELS = FLOAT_LABELS + 0.5
+
+IN_BATCH_LOSSES = sorted(
+    {
+        cls
+        for cls in vars(tfmetric.losses).values()
+        if inspect.isclass(cls) and issubclass(cls, InBatchLoss) and cls is not InBatchLoss
+    },
+    key=lambda cls: cls.__name__,
+)
+FUNCTIONAL_LOSSES = [getattr(tfmetric.losses, cls.fn.__name__) for cls in IN_BATCH_LOSSES]
+ADDONS_FUNCTIONS = [
+    tfmetric.addons.losses.triplet_semihard_loss,
+    tfmetric.addons.losses.triplet_hard_loss,
+    tfmetric.addons.losses.lifted_struct_loss,
+    tfmetric.addons.losses.npairs_loss,
+]
+
+
+def _raises_value_error(fn, argument):
+    with pytest.raises(ValueError) as error:
+        fn()
+    assert f"`{argument}`" in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("cls", IN_BATCH_LOSSES, ids=lambda cls: cls.__name__)
+def test_loss_classes_take_integer_valued_floats(cls):
+    loss = cls()
+    expected = float(loss(INT_LABELS, EMB))
+    assert float(loss(FLOAT_LABELS, EMB)) == pytest.approx(expected, rel=1e-6)
+    assert float(loss(FLOAT_LABELS[:, None], EMB)) == pytest.approx(expected, rel=1e-6)
+    _raises_value_error(lambda: loss(HALF_LABELS, EMB), "y_true")
+
+
+@pytest.mark.parametrize("fn", FUNCTIONAL_LOSSES, ids=lambda fn: fn.__name__)
+def test_functional_losses_name_their_own_arguments(fn):
+    expected = np.asarray(fn(INT_LABELS, EMB))
+    np.testing.assert_allclose(np.asarray(fn(FLOAT_LABELS, EMB)), expected, rtol=1e-6)
+    _raises_value_error(lambda: fn(HALF_LABELS, EMB), "labels")
+    _raises_value_error(lambda: fn(INT_LABELS[:5], EMB), "labels")
+    _raises_value_error(lambda: fn(INT_LABELS, EMB[:, 0]), "embeddings")
+    _raises_value_error(lambda: fn(INT_LABELS, np.where(EMB > 1, np.nan, EMB)), "embeddings")
+
+
+def test_addons_drop_ins():
+    for fn in ADDONS_FUNCTIONS:
+        expected = float(fn(INT_LABELS, EMB))
+        assert float(fn(FLOAT_LABELS, EMB)) == pytest.approx(expected, rel=1e-6), fn.__name__
+        with pytest.raises(ValueError):
+            fn(HALF_LABELS, EMB)
+    loss = tfmetric.addons.losses.TripletSemiHardLoss()
+    assert float(loss(FLOAT_LABELS, EMB)) == pytest.approx(float(loss(INT_LABELS, EMB)))
+    _raises_value_error(lambda: loss(HALF_LABELS, EMB), "y_true")
+
+
+def test_heads():
+    head = tfmetric.layers.CosFace(4)
+    head.build((None, 4))
+    expected = np.asarray(head(EMB, INT_LABELS))
+    np.testing.assert_allclose(np.asarray(head(EMB, FLOAT_LABELS)), expected, rtol=1e-6)
+    _raises_value_error(lambda: head(EMB, HALF_LABELS), "labels")
+
+
+def test_samplers():
+    dataset = tfmetric.data.class_balanced_dataset(
+        EMB, FLOAT_LABELS, classes_per_batch=2, samples_per_class=2, seed=0
+    )
+    _, y = next(iter(dataset))
+    assert y.dtype.is_integer
+    _raises_value_error(
+        lambda: tfmetric.data.class_balanced_dataset(
+            EMB, HALF_LABELS, classes_per_batch=2, samples_per_class=2
+        ),
+        "y",
+    )
+
+
+def test_metrics():
+    expected = tfmetric.metrics.map_at_r(EMB, INT_LABELS)
+    assert tfmetric.metrics.map_at_r(EMB, FLOAT_LABELS) == pytest.approx(expected)
+    _raises_value_error(lambda: tfmetric.metrics.map_at_r(EMB, HALF_LABELS), "query_labels")
+    _raises_value_error(
+        lambda: tfmetric.metrics.recall_at_k(EMB, INT_LABELS, EMB, HALF_LABELS, k=1),
+        "gallery_labels",
+    )
+    scores = tfmetric.metrics.clustering_scores(EMB, FLOAT_LABELS)
+    assert scores == pytest.approx(tfmetric.metrics.clustering_scores(EMB, INT_LABELS))
+    _raises_value_error(lambda: tfmetric.metrics.clustering_scores(EMB, HALF_LABELS), "labels")
+
+
+def test_index():
+    index = tfmetric.index.ExactIndex()
+    index.add(EMB, FLOAT_LABELS)
+    _, _, labels = index.search(EMB[:2], k=1)
+    assert labels.dtype.kind == "i"
+    np.testing.assert_array_equal(labels[:, 0], INT_LABELS[:2])
+    _raises_value_error(lambda: tfmetric.index.ExactIndex().add(EMB, HALF_LABELS), "labels")
+    assert len(tfmetric.index.ExactIndex()) == 0
+
+
+def test_bool_and_string_labels_still_raise_value_error():
+    loss = tfmetric.losses.TripletLoss()
+    _raises_value_error(lambda: loss(INT_LABELS > 1, EMB), "y_true")
+    _raises_value_error(lambda: tfmetric.metrics.map_at_r(EMB, INT_LABELS > 1), "query_labels")
+    _raises_value_error(lambda: tfmetric.index.ExactIndex().add(EMB, INT_LABELS.astype(str)), "labels")
+
+
+def test_float_labels_train_under_jit():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss=tfmetric.losses.TripletLoss(), jit_compile=True)
+    history = model.fit(EMB, FLOAT_LABELS, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
