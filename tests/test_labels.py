@@ -29,10 +29,10 @@ IN_BATCH_LOSSES = sorted(
 )
 FUNCTIONAL_LOSSES = [getattr(tfmetric.losses, cls.fn.__name__) for cls in IN_BATCH_LOSSES]
 ADDONS_FUNCTIONS = [
-    tfmetric.addons.losses.triplet_semihard_loss,
-    tfmetric.addons.losses.triplet_hard_loss,
-    tfmetric.addons.losses.lifted_struct_loss,
-    tfmetric.addons.losses.npairs_loss,
+    (tfmetric.addons.losses.triplet_semihard_loss, EMB),
+    (tfmetric.addons.losses.triplet_hard_loss, EMB),
+    (tfmetric.addons.losses.lifted_struct_loss, EMB),
+    (tfmetric.addons.losses.npairs_loss, EMB @ EMB.T),
 ]
 
 
@@ -62,11 +62,11 @@ def test_functional_losses_name_their_own_arguments(fn):
 
 
 def test_addons_drop_ins():
-    for fn in ADDONS_FUNCTIONS:
-        expected = float(fn(INT_LABELS, EMB))
-        assert float(fn(FLOAT_LABELS, EMB)) == pytest.approx(expected, rel=1e-6), fn.__name__
+    for fn, y_pred in ADDONS_FUNCTIONS:
+        expected = float(fn(INT_LABELS, y_pred))
+        assert float(fn(FLOAT_LABELS, y_pred)) == pytest.approx(expected, rel=1e-6), fn.__name__
         with pytest.raises(ValueError):
-            fn(HALF_LABELS, EMB)
+            fn(HALF_LABELS, y_pred)
     loss = tfmetric.addons.losses.TripletSemiHardLoss()
     assert float(loss(FLOAT_LABELS, EMB)) == pytest.approx(float(loss(INT_LABELS, EMB)))
     _raises_value_error(lambda: loss(HALF_LABELS, EMB), "y_true")

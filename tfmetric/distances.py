@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfmetric._src import numerics
+
 __all__ = [
     "Distance",
     "Euclidean",
@@ -36,7 +38,6 @@ __all__ = [
     "serialize",
 ]
 
-_NORM_EPSILON = 1e-12
 # Largest number of elements a Minkowski feature block may hold; bounds the
 # temporary of shape (n, m, block) to the size of a few (n, m) matrices.
 _BLOCK_ELEMENTS = 1 << 22
@@ -53,17 +54,6 @@ def _prepare(x, name):
     if dtype == "bool" or dtype.startswith("complex") or dtype == "string":
         raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
     return ops.cast(x, "float32")
-
-
-def _safe_sqrt(squared):
-    """sqrt with a zero (not infinite) gradient at 0."""
-    positive = ops.greater(squared, 0.0)
-    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), 0.0)
-
-
-def _l2_normalize(x):
-    sq_norm = ops.sum(ops.square(x), axis=1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq_norm, _NORM_EPSILON))
 
 
 def _zero_diagonal(matrix):
@@ -190,10 +180,10 @@ class Euclidean(SquaredEuclidean):
     name = "euclidean"
 
     def pairwise(self, x, y):
-        return _safe_sqrt(super().pairwise(x, y))
+        return numerics.safe_sqrt(super().pairwise(x, y))
 
     def rowwise(self, x, y):
-        return _safe_sqrt(super().rowwise(x, y))
+        return numerics.safe_sqrt(super().rowwise(x, y))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -213,11 +203,11 @@ class Cosine(Distance):
     name = "cosine"
 
     def pairwise(self, x, y):
-        cos = ops.matmul(_l2_normalize(x), ops.transpose(_l2_normalize(y)))
+        cos = ops.matmul(numerics.l2_normalize(x), ops.transpose(numerics.l2_normalize(y)))
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
     def rowwise(self, x, y):
-        cos = ops.sum(_l2_normalize(x) * _l2_normalize(y), axis=1)
+        cos = ops.sum(numerics.l2_normalize(x) * numerics.l2_normalize(y), axis=1)
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
 

@@ -4,12 +4,11 @@ Every file is written to a temporary path in its directory and renamed, so a
 kill never leaves a truncated file behind.
 """
 
-import contextlib
-import json
 import os
-import tempfile
 
 import numpy as np
+
+from tfmetric._src import files
 
 FLAGS_FILE = "flags.json"
 BACKUP_DIR = "backup"
@@ -18,6 +17,7 @@ MODEL_FILE = "model.keras"
 PAIR_MODEL_FILE = "pair_model.keras"
 LOGS_DIR = "logs"
 EXPORT_DIR = "export"
+
 REPORT_FILE = "report.json"
 CURVES_FILE = "training_curves.png"
 PROJECTION_FILE = "embeddings_2d.png"
@@ -43,32 +43,17 @@ _TABLE_ROWS = (
 )
 
 
-@contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path next to `path`; renames it to `path` on success."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return files.atomic_path(path, makedirs=True)
 
 
 def write_json(path, obj):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+    files.write_json(path, obj, makedirs=True)
 
 
 def write_text(path, text):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
+    files.write_text(path, text, makedirs=True)
 
 
 def format_table(report):

@@ -241,7 +241,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="margin"):
         addons.LiftedStructLoss(margin=-1.0)
     with pytest.raises(ValueError, match="y_true"):
-        addons.triplet_semihard_loss(y.astype("float32"), x)
+        addons.triplet_semihard_loss(y + 0.5, x)
     with pytest.raises(ValueError, match="y_pred"):
         addons.triplet_semihard_loss(y, x[:, :, None])
     with pytest.raises(ValueError, match="y_true"):

@@ -68,7 +68,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="`margin`"):
         ContrastiveLoss(margin=-0.1)
     with pytest.raises(ValueError, match="integer class labels"):
-        ContrastiveLoss()(np.zeros(3, "float32"), np.zeros((3, 2)))
+        ContrastiveLoss()(np.full(3, 0.5, "float32"), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="`y_pred`"):
         ContrastiveLoss()(np.zeros(3, "int32"), np.zeros(3))
 

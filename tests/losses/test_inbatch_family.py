@@ -204,10 +204,10 @@ def test_bad_arguments_name_the_argument(cls, kwargs, message):
 
 @CLASSES
 def test_functions_validate_too(cls, fn, kwargs):
-    with pytest.raises(ValueError, match="`y_true` has 5 labels"):
+    with pytest.raises(ValueError, match="`labels` has 5 labels"):
         fn(np.zeros(5, "int32"), np.zeros((4, 3), "float32"))
     with pytest.raises(ValueError, match="integer class labels"):
-        cls()(np.zeros(4, "float32"), np.zeros((4, 3), "float32"))
+        cls()(np.full(4, 0.5, "float32"), np.zeros((4, 3), "float32"))
 
 
 def test_public_api():

@@ -128,7 +128,7 @@ def test_labels_of_shape_b1_and_sample_weight():
     [
         (np.zeros((4, 2), "int32"), np.zeros((4, 3)), "`y_true`"),
         (np.zeros(5, "int32"), np.zeros((4, 3)), "`y_true` has 5 labels"),
-        (np.zeros(4, "float32"), np.zeros((4, 3)), "integer class labels"),
+        (np.full(4, 0.5, "float32"), np.zeros((4, 3)), "integer class labels"),
         (np.zeros(4, "int32"), np.zeros((4,)), "`y_pred`"),
         (np.zeros(4, "int32"), np.zeros((4, 3, 1)), "`y_pred`"),
     ],

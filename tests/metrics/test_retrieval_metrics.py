@@ -225,7 +225,7 @@ def test_nmi_against_contingency_reference():
     [
         ({"query": np.zeros(5)}, ValueError, "`query` must be a 2-D"),
         ({"query_labels": np.zeros(4, np.int64)}, ValueError, "`query_labels` has 4"),
-        ({"query_labels": np.zeros(5)}, TypeError, "integer class labels"),
+        ({"query_labels": np.full(5, 0.5)}, ValueError, "integer class labels"),
         ({"query": np.full((5, 2), np.nan)}, ValueError, "NaN"),
         ({"gallery": np.zeros((3, 2))}, ValueError, "`gallery_labels` is required"),
         ({"gallery_labels": np.zeros(3, np.int64)}, ValueError, "without `gallery`"),

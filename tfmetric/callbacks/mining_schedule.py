@@ -5,7 +5,8 @@ import numbers
 import keras
 import tensorflow as tf
 
-from tfmetric.losses import batch, triplet
+from tfmetric._src import validation
+from tfmetric.losses import triplet
 
 __all__ = ["MiningSchedule"]
 
@@ -114,7 +115,7 @@ class MiningSchedule(keras.callbacks.Callback):
         self.mining = _check_schedule(mining, "mining")
         if isinstance(self.margin, dict):
             for value in self.margin.values():
-                batch.check_margin(value)
+                validation.check_number(value, "margin")
         if isinstance(self.mining, dict):
             for value in self.mining.values():
                 self._check_mode(value)
@@ -127,7 +128,10 @@ class MiningSchedule(keras.callbacks.Callback):
         self.mining_variable = None
         if self.margin is not None:
             self.margin_variable = tf.Variable(
-                batch.check_margin(margin0), dtype=tf.float32, trainable=False, name="margin"
+                validation.check_number(margin0, "margin"),
+                dtype=tf.float32,
+                trainable=False,
+                name="margin",
             )
         if self.mining is not None:
             self.mining_variable = tf.Variable(
@@ -177,7 +181,7 @@ class MiningSchedule(keras.callbacks.Callback):
         """Sets the variables to the values of `epoch`; returns `(margin, mining)`."""
         margin, mining = self.value_at(epoch)
         if margin is not None:
-            margin = batch.check_margin(margin)
+            margin = validation.check_number(margin, "margin")
             self.margin_variable.assign(margin)
         if mining is not None:
             self.mining_variable.assign(self._code(mining))
@@ -224,7 +228,7 @@ class MiningSchedule(keras.callbacks.Callback):
             changed = True
         if mining is not None and hasattr(loss, "mining"):
             if isinstance(loss, triplet.TripletLoss):
-                batch.check_choice(mining, "mining", triplet.MINING_MODES)
+                validation.check_choice(mining, "mining", triplet.MINING_MODES)
             if loss.mining != mining:
                 loss.mining = mining
                 changed = True
@@ -234,7 +238,9 @@ class MiningSchedule(keras.callbacks.Callback):
             self.model.make_test_function(force=True)
         if changed and self.verbose:
             print(f"MiningSchedule: epoch {epoch}: margin={margin}, mining={mining}")
-        self.history.append((epoch, getattr(loss, "margin", margin), getattr(loss, "mining", mining)))
+        self.history.append(
+            (epoch, getattr(loss, "margin", margin), getattr(loss, "mining", mining))
+        )
 
     def get_config(self):
         def plain(schedule):

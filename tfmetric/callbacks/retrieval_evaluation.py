@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import validation
 from tfmetric.metrics import retrieval
-from tfmetric.metrics._inputs import check_positive_int
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -86,10 +86,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
                 f"got {metrics!r}."
             )
         self.metrics = metrics
-        self.every = check_positive_int(every, "every")
+        self.every = validation.check_int(every, "every")
         self.distance = distances_lib.get(distance)
-        self.k = retrieval._check_ks(k)
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.k = validation.check_ints(k, "k")
+        self.batch_size = validation.check_int(batch_size, "batch_size")
         if not isinstance(prefix, str):
             raise TypeError(f"`prefix` must be a string; got {prefix!r}.")
         self.prefix = prefix

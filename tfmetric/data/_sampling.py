@@ -6,13 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src import validation
 from tfmetric.data.sources import as_source
 
-
-def check_positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
+check_positive_int = validation.check_int
 
 
 def resolve_seed(seed):

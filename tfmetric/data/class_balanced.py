@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfmetric._src import validation
 from tfmetric.data import _sampling
 
 __all__ = ["class_balanced_dataset"]
@@ -65,8 +66,8 @@ def class_balanced_dataset(
         Re-Identification", 2017 (P×K batches).
     """
     index = _sampling.ClassIndex(x, y)
-    p = _sampling.check_positive_int(classes_per_batch, "classes_per_batch", 2)
-    k = _sampling.check_positive_int(samples_per_class, "samples_per_class", 2)
+    p = validation.check_int(classes_per_batch, "classes_per_batch", 2)
+    k = validation.check_int(samples_per_class, "samples_per_class", 2)
     if p > index.num_classes:
         raise ValueError(
             f"`classes_per_batch` ({p}) is larger than the number of classes ({index.num_classes})."

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfmetric._src import validation
 from tfmetric.data import _sampling, offline_mining
 
 __all__ = ["pair_dataset"]
@@ -82,7 +83,7 @@ def pair_dataset(
     2.0
     """
     index = _sampling.ClassIndex(x, y)
-    batch_size = _sampling.check_positive_int(batch_size, "batch_size")
+    batch_size = validation.check_int(batch_size, "batch_size")
     if isinstance(positive_fraction, bool) or not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"`positive_fraction` must be in [0, 1]; got {positive_fraction!r}.")
     positives = int(round(positive_fraction * batch_size))

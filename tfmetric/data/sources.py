@@ -18,6 +18,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src import inputs
+
 __all__ = [
     "Source",
     "as_source",
@@ -66,12 +68,7 @@ def encode_labels(labels):
             )
         names, ids = np.unique(np.array(texts, dtype=str), return_inverse=True)
         return ids.astype(np.int64), names.tolist()
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
-            raise ValueError(
-                f"`y` must hold integer class labels or strings; got dtype {labels.dtype}."
-            )
-    return labels.astype(np.int64), None
+    return inputs.check_label_array(labels, "y"), None
 
 
 class Source:
@@ -109,7 +106,7 @@ class Source:
         if labels.shape[0] == 0:
             raise ValueError("`x` and `y` are empty; at least two classes are needed.")
         self.x = tf.nest.map_structure(tf.convert_to_tensor, x)
-        self.labels = labels.astype(np.int64)
+        self.labels = labels
         self.decode = decode
         self.class_names = class_names
         self._spec = None

@@ -16,12 +16,13 @@ whose `is_match` decision equals Keras' (targets: at least 99.5% for the
 SavedModel, `fp32` and `fp16`; at least 98% for `dynamic_int8` and `int8`).
 """
 
-import json
 import os
 import time
 import warnings
 
 import numpy as np
+
+from tfmetric._src import files
 
 __all__ = ["TARGETS", "ParityOptions", "format_report", "parity_report"]
 
@@ -325,12 +326,4 @@ def format_report(report):
 
 def write_report(report, path):
     """Writes the report as JSON, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.write_json(path, report)

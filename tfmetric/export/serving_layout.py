@@ -23,11 +23,11 @@ removed by the next export.
 import os
 import re
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src import files
 from tfmetric.export import parity as parity_lib
 from tfmetric.export import saved_model, tflite, warmup
 from tfmetric.export.plan import plan_export
@@ -112,54 +112,19 @@ def next_version(base_dir):
     return max(versions, default=0) + 1
 
 
-def _remove_stale_temporaries(base_dir):
-    """Removes temporary directories of exports whose process is gone."""
-    for entry in os.listdir(base_dir):
-        if not entry.startswith(_TMP_PREFIX):
-            continue
-        try:
-            pid = int(entry[len(_TMP_PREFIX) :].split("-")[0])
-            os.kill(pid, 0)
-            alive = True
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            shutil.rmtree(os.path.join(base_dir, entry), ignore_errors=True)
-
-
-def _fsync_tree(path):
-    for root, _, names in os.walk(path):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp_dir, base_dir):
     """Renames the finished temporary directory to the next free version."""
-    _fsync_tree(tmp_dir)
     while True:
         version = next_version(base_dir)
         target = os.path.join(base_dir, str(version))
         if os.path.exists(target):
             continue
         try:
-            os.rename(tmp_dir, target)
+            files.publish_directory(tmp_dir, target)
         except OSError:
             if os.path.exists(target):
                 continue  # Another export took this version first.
             raise
-        _fsync_dir(base_dir)
         return version, target
 
 
@@ -189,10 +154,9 @@ def write_models_config(output_dir, serving_base_path="/models"):
         for name in names
     )
     path = os.path.join(output_dir, MODELS_CONFIG)
-    tmp = os.path.join(output_dir, f".{MODELS_CONFIG}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(f"model_config_list {{\n{configs}}}\n")
-    os.replace(tmp, path)
+    files.write_text(
+        path, f"model_config_list {{\n{configs}}}\n", prefix=f".{MODELS_CONFIG}.tmp-"
+    )
     return path
 
 
@@ -304,8 +268,8 @@ def export_for_serving(
 
     base_dir = os.path.join(output_dir, plan.name)
     os.makedirs(base_dir, exist_ok=True)
-    _remove_stale_temporaries(base_dir)
-    tmp_dir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=base_dir)
+    files.remove_stale_temporaries(base_dir, _TMP_PREFIX)
+    tmp_dir = files.make_temporary_directory(base_dir, _TMP_PREFIX)
     try:
         metadata = saved_model.write_saved_model(plan, tmp_dir)
         sample = plan.validation.inputs[:1]

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import validation
 from tfmetric.index.base import Index
-from tfmetric.metrics._inputs import check_positive_int
 
 _SUPPORTED = ("euclidean", "squared_euclidean", "cosine", "inner_product")
 # Below this size an inverted file buys nothing: search is exhaustive (faiss flat).
@@ -76,8 +76,8 @@ class ApproximateIndex(Index):
                 f"`distance` must be one of {list(_SUPPORTED)} for ApproximateIndex; got "
                 f"{distance!r}. Use ExactIndex for other distances."
             )
-        self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
-        self.nprobe = check_positive_int(nprobe, "nprobe")
+        self.nlist = None if nlist is None else validation.check_int(nlist, "nlist")
+        self.nprobe = validation.check_int(nprobe, "nprobe")
         self.seed = int(seed)
         super().__init__(distance)
 

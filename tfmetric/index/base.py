@@ -2,13 +2,12 @@
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import files, inputs, validation
 from tfmetric.index.lookups import Lookups
-from tfmetric.metrics._inputs import check_embeddings, check_labels, check_positive_int
 
 _FORMAT = "tfmetric.index/1"
 
@@ -53,12 +52,6 @@ def _read_only(array):
     view = array.view()
     view.flags.writeable = False
     return view
-
-
-def _umask_mode(mode):
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
 
 
 class Index:
@@ -138,7 +131,7 @@ class Index:
             TypeError: for ids that are neither integers nor strings, or
                 payloads that are not JSON-serialisable.
         """
-        embeddings = check_embeddings(embeddings, "embeddings")
+        embeddings = inputs.check_embedding_array(embeddings, "embeddings")
         n = embeddings.shape[0]
         if self.size and embeddings.shape[1] != self.dim:
             raise ValueError(
@@ -146,7 +139,7 @@ class Index:
                 f"dimension {self.dim}."
             )
         if labels is not None:
-            labels = check_labels(labels, n, "labels", "embeddings")
+            labels = inputs.check_label_array(labels, "labels", n, "embeddings")
         if self.size and (labels is None) != (self._labels is None):
             have = "holds labels" if self._labels is not None else "holds no labels"
             raise ValueError(f"The index {have}: pass `labels` to every `add` or to none.")
@@ -274,13 +267,13 @@ class Index:
     def _search_positions(self, queries, k):
         if not self.size:
             raise ValueError("The index is empty: `add` embeddings before `search`.")
-        queries = check_embeddings(queries, "queries")
+        queries = inputs.check_embedding_array(queries, "queries")
         if queries.shape[1] != self.dim:
             raise ValueError(
                 f"`queries` have dimension {queries.shape[1]} but the index holds "
                 f"dimension {self.dim}."
             )
-        k = check_positive_int(k, "k")
+        k = validation.check_int(k, "k")
         if k > self.size:
             raise ValueError(f"`k` must be <= the index size {self.size}; got {k}.")
         return self._search(queries, k)
@@ -316,7 +309,6 @@ class Index:
         renamed over `path`, so readers never see a partial file.
         """
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         header = {
             "format": _FORMAT,
             "class_name": type(self).__name__,
@@ -331,17 +323,9 @@ class Index:
             "labels": self._labels if self._labels is not None else np.zeros(0, np.int64),
             "payloads": np.array([json.dumps(p) for p in self._payloads or []], dtype=str),
         }
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-index-", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as file:
+        with files.atomic_path(path) as temporary:
+            with open(temporary, "wb") as file:
                 np.savez(file, **arrays)
-            # mkstemp creates the file 0600; give it the mode a plain open() would.
-            os.chmod(temporary, _umask_mode(0o666))
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
 
     @classmethod
     def load(cls, path):

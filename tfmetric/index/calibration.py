@@ -21,8 +21,8 @@ import dataclasses
 
 import numpy as np
 
+from tfmetric._src import inputs
 from tfmetric.index.lookups import format_table
-from tfmetric.metrics._inputs import check_labels
 
 METRICS = ("precision", "recall", "f1")
 
@@ -117,8 +117,8 @@ def calibration_curve(nearest_labels, distances, labels, is_similarity=False):
     >>> curve.thresholds.tolist(), curve.precision.tolist()
     ([0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 0.6666666666666666, 0.75])
     """
-    labels = check_labels(labels, np.asarray(labels).reshape(-1).shape[0], "labels", "labels")
-    nearest = check_labels(nearest_labels, len(labels), "nearest_labels", "labels")
+    labels = inputs.check_label_array(labels, "labels", np.asarray(labels).reshape(-1).shape[0], "labels")
+    nearest = inputs.check_label_array(nearest_labels, "nearest_labels", len(labels), "labels")
     scores = np.asarray(distances, np.float64).reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(
@@ -207,7 +207,7 @@ def calibrate(index, queries, labels, targets=None):
     if unknown or not targets:
         raise ValueError(f"`targets` keys must be among {list(METRICS)}; got {sorted(targets)}.")
     nearest, distances = _nearest(index, queries)
-    labels = check_labels(labels, len(nearest), "labels", "queries")
+    labels = inputs.check_label_array(labels, "labels", len(nearest), "queries")
     similarity = bool(index.distance.is_similarity)
     curve = calibration_curve(nearest, distances, labels, is_similarity=similarity)
     thresholds, values = {}, {}
@@ -268,7 +268,7 @@ def evaluate_classification(index, queries, labels, threshold):
     (0.6666666666666666, 0.6666666666666666, 0)
     """
     nearest, distances = _nearest(index, queries)
-    labels = check_labels(labels, len(nearest), "labels", "queries")
+    labels = inputs.check_label_array(labels, "labels", len(nearest), "queries")
     scores = np.asarray(distances, np.float64)
     similarity = bool(index.distance.is_similarity)
     oriented = -scores if similarity else scores

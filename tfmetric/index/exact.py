@@ -5,10 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import cache, validation
 from tfmetric.index.base import Index
-from tfmetric.metrics._inputs import check_positive_int
 
-_COMPILED = {}
+_COMPILED = cache.FunctionCache()
 
 
 def _search_fn(distance, k):
@@ -20,9 +20,10 @@ def _search_fn(distance, k):
     lower index first among equal values, and earlier blocks come first in
     the merge, so ties go to the embedding added first.
     """
-    key = (repr(distances_lib.serialize(distance)), k)
-    if key in _COMPILED:
-        return _COMPILED[key]
+    return _COMPILED.get((distance, k), lambda: _build_search(distance, k))
+
+
+def _build_search(distance, k):
     sign = 1.0 if distance.is_similarity else -1.0
 
     @tf.function(jit_compile=True)
@@ -50,7 +51,6 @@ def _search_fn(distance, k):
         )
         return sign * best_scores, best_positions
 
-    _COMPILED[key] = search
     return search
 
 
@@ -86,8 +86,8 @@ class ExactIndex(Index):
     """
 
     def __init__(self, distance="euclidean", query_chunk_size=1024, gallery_chunk_size=16384):
-        self.query_chunk_size = check_positive_int(query_chunk_size, "query_chunk_size")
-        self.gallery_chunk_size = check_positive_int(gallery_chunk_size, "gallery_chunk_size")
+        self.query_chunk_size = validation.check_int(query_chunk_size, "query_chunk_size")
+        self.gallery_chunk_size = validation.check_int(gallery_chunk_size, "gallery_chunk_size")
         super().__init__(distance)
 
     def _changed(self):

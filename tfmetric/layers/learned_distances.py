@@ -20,19 +20,14 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric.layers import proxy_head
+from tfmetric._src import inputs, numerics, validation
 
 __all__ = ["LearnedDistance", "Mahalanobis", "WeightedL1"]
 
 
-def _safe_sqrt(squared):
-    positive = ops.greater(squared, 0.0)
-    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), 0.0)
-
-
 def _check_pair(x1, x2):
-    x1 = proxy_head.prepare_embeddings(x1, "x1")
-    x2 = proxy_head.prepare_embeddings(x2, "x2")
+    x1 = inputs.check_embeddings(x1, "x1")
+    x2 = inputs.check_embeddings(x2, "x2")
     for axis, what in ((0, "batch size"), (1, "embedding size")):
         a, b = x1.shape[axis], x2.shape[axis]
         if a is not None and b is not None and a != b:
@@ -161,7 +156,7 @@ class Mahalanobis(LearnedDistanceLayer):
 
     def __init__(self, units=None, squared=False, **kwargs):
         super().__init__(**kwargs)
-        self.units = None if units is None else proxy_head.check_int(units, "units", 1)
+        self.units = None if units is None else validation.check_int(units, "units", 1)
         self.squared = bool(squared)
         self.kernel = None
 
@@ -178,12 +173,12 @@ class Mahalanobis(LearnedDistanceLayer):
 
     def transform(self, x):
         """Maps embeddings `(n, D)` to `x L`, shape `(n, units)`, in float32."""
-        x = proxy_head.prepare_embeddings(x, "x")
+        x = inputs.check_embeddings(x, "x")
         return ops.matmul(x, ops.cast(self.kernel, "float32"))
 
     def pair_values(self, x1, x2):
         squared = ops.sum(ops.square(self.transform(x1 - x2)), axis=1)
-        return squared if self.squared else _safe_sqrt(squared)
+        return squared if self.squared else numerics.safe_sqrt(squared)
 
     def pairwise(self, x, y):
         distance = distances_lib.SquaredEuclidean() if self.squared else distances_lib.Euclidean()

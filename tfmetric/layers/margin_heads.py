@@ -11,8 +11,8 @@ import math
 import keras
 from keras import ops
 
+from tfmetric._src import numerics, validation
 from tfmetric.layers import proxy_head
-from tfmetric.losses import batch
 
 __all__ = ["ArcFace", "CosFace", "NormalizedSoftmax", "SubCenterArcFace"]
 
@@ -21,7 +21,7 @@ _SIN_EPSILON = 1e-12
 
 
 def _check_angular_margin(margin):
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     if margin >= math.pi / 2:
         raise ValueError(f"`margin` must be < pi / 2 (an angle in radians); got {margin!r}.")
     return margin
@@ -92,12 +92,12 @@ class ArcFace(proxy_head.ProxyHead):
     def __init__(self, num_classes, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
         super().__init__(num_classes, **kwargs)
         self.margin = _check_angular_margin(margin)
-        self.scale = proxy_head.check_positive(scale, "scale")
+        self.scale = validation.check_positive(scale, "scale")
         self.easy_margin = bool(easy_margin)
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = additive_angular_logits(cosine, one_hot, self.margin, self.scale, self.easy_margin)
-        return proxy_head.cross_entropy(logits, one_hot)
+        return numerics.cross_entropy(logits, one_hot)
 
     def get_config(self):
         config = super().get_config()
@@ -139,7 +139,7 @@ class SubCenterArcFace(ArcFace):
 
     def __init__(self, num_classes, centers=3, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
         super().__init__(num_classes, margin=margin, scale=scale, easy_margin=easy_margin, **kwargs)
-        self.centers = proxy_head.check_int(centers, "centers", 1)
+        self.centers = validation.check_int(centers, "centers", 1)
 
     def get_config(self):
         config = super().get_config()
@@ -175,12 +175,12 @@ class CosFace(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, margin=0.35, scale=64.0, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.margin = batch.check_margin(margin)
-        self.scale = proxy_head.check_positive(scale, "scale")
+        self.margin = validation.check_number(margin, "margin")
+        self.scale = validation.check_positive(scale, "scale")
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = self.scale * (cosine - self.margin * one_hot)
-        return proxy_head.cross_entropy(logits, one_hot)
+        return numerics.cross_entropy(logits, one_hot)
 
     def get_config(self):
         config = super().get_config()
@@ -214,10 +214,10 @@ class NormalizedSoftmax(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, temperature=0.05, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.temperature = proxy_head.check_positive(temperature, "temperature")
+        self.temperature = validation.check_positive(temperature, "temperature")
 
     def loss_from_cosine(self, cosine, one_hot):
-        return proxy_head.cross_entropy(cosine / self.temperature, one_hot)
+        return numerics.cross_entropy(cosine / self.temperature, one_hot)
 
     def get_config(self):
         config = super().get_config()

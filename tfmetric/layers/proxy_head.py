@@ -18,58 +18,9 @@ All heads:
 """
 
 import keras
-import numpy as np
 from keras import ops
 
-from tfmetric.losses import batch
-
-_NORM_EPSILON = 1e-12
-
-
-def check_int(value, name, minimum):
-    """Validates an integer argument `>= minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
-
-
-def check_positive(value, name):
-    """Validates a number `> 0`."""
-    return batch.check_margin(value, name, allow_zero=False)
-
-
-def l2_normalize(x):
-    """Row-wise L2 normalisation with a finite gradient at zero."""
-    sq_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq_norm, _NORM_EPSILON))
-
-
-def cross_entropy(logits, one_hot):
-    """Per-sample softmax cross-entropy from float32 logits and one-hot targets."""
-    return ops.logsumexp(logits, axis=1) - ops.sum(logits * one_hot, axis=1)
-
-
-def static_value(x):
-    """The value of `x` as a numpy array when it is known (eager), else `None`."""
-    if isinstance(x, keras.KerasTensor):
-        return None
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # a traced (symbolic) tensor has no value yet
-        return None
-
-
-def prepare_embeddings(embeddings, name="embeddings"):
-    """Checks a `(B, D)` floating tensor and upcasts it to float32."""
-    embeddings = ops.convert_to_tensor(embeddings)
-    if len(embeddings.shape) != 2:
-        raise ValueError(
-            f"`{name}` must be 2-D of shape (batch, dim); got shape {tuple(embeddings.shape)}."
-        )
-    dtype = keras.backend.standardize_dtype(embeddings.dtype)
-    if not dtype.startswith(("float", "bfloat")):
-        raise ValueError(f"`{name}` must be floating-point; got dtype {dtype}.")
-    return ops.cast(embeddings, "float32")
+from tfmetric._src import inputs, numerics, validation
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -104,7 +55,7 @@ class ProxyHead(keras.layers.Layer):
         super().__init__(**kwargs)
         # Variables are read in float32 even inside a mixed-precision model.
         self.autocast = False
-        self.num_classes = check_int(num_classes, "num_classes", 2)
+        self.num_classes = validation.check_int(num_classes, "num_classes", 2)
         self.proxies = None
 
     def build(self, input_shape):
@@ -119,26 +70,9 @@ class ProxyHead(keras.layers.Layer):
         )
 
     def _prepare(self, embeddings, labels):
-        embeddings = prepare_embeddings(embeddings)
-        labels = ops.convert_to_tensor(labels)
-        dtype = keras.backend.standardize_dtype(labels.dtype)
-        if not dtype.startswith(("int", "uint")):
-            raise ValueError(
-                f"`labels` must hold integer class labels; got dtype {dtype}. "
-                "Cast them to int (e.g. `labels.astype('int64')`)."
-            )
-        if len(labels.shape) == 2 and labels.shape[1] == 1:
-            labels = ops.reshape(labels, (-1,))
-        if len(labels.shape) != 1:
-            raise ValueError(
-                f"`labels` must have shape (batch,) or (batch, 1); got {tuple(labels.shape)}."
-            )
-        batch_size, label_size = embeddings.shape[0], labels.shape[0]
-        if batch_size is not None and label_size is not None and batch_size != label_size:
-            raise ValueError(
-                f"`labels` has {label_size} entries but `embeddings` has {batch_size} rows."
-            )
-        values = static_value(labels)
+        embeddings = inputs.check_embeddings(embeddings, "embeddings")
+        labels = inputs.check_labels(labels, "labels", embeddings.shape[0], "embeddings")
+        values = inputs.static_value(labels)
         if (
             values is not None
             and values.size
@@ -148,9 +82,6 @@ class ProxyHead(keras.layers.Layer):
                 f"`labels` must lie in [0, {self.num_classes}) (`num_classes`="
                 f"{self.num_classes}); got values in [{values.min()}, {values.max()}]."
             )
-        embedding_values = static_value(embeddings)
-        if embedding_values is not None and not np.all(np.isfinite(embedding_values)):
-            raise ValueError("`embeddings` contains NaN or infinite values.")
         return embeddings, ops.one_hot(labels, self.num_classes, dtype="float32")
 
     def similarities(self, embeddings):
@@ -159,9 +90,9 @@ class ProxyHead(keras.layers.Layer):
         With several centers per class, the largest cosine over the class's
         centers. Computed in float32.
         """
-        embeddings = prepare_embeddings(embeddings)
-        proxies = l2_normalize(ops.cast(self.proxies, "float32"))
-        cosine = ops.matmul(l2_normalize(embeddings), ops.transpose(proxies))
+        embeddings = inputs.check_embeddings(embeddings, "embeddings")
+        proxies = numerics.l2_normalize(ops.cast(self.proxies, "float32"))
+        cosine = ops.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
         if self.centers > 1:
             cosine = ops.max(ops.reshape(cosine, (-1, self.num_classes, self.centers)), axis=2)
         return ops.clip(cosine, -1.0, 1.0)

@@ -3,21 +3,10 @@
 import keras
 from keras import ops
 
+from tfmetric._src import numerics, validation
 from tfmetric.layers import proxy_head
-from tfmetric.losses import batch
 
 __all__ = ["ProxyAnchor", "ProxyNCA"]
-
-
-def _log1p_sum_exp(z, mask, axis):
-    """`log(1 + sum(exp(z) over mask))` along `axis`, stable and NaN-free.
-
-    An empty mask gives exactly 0 with a zero gradient.
-    """
-    z = ops.where(mask, z, -float("inf"))
-    shift = ops.stop_gradient(ops.maximum(ops.max(z, axis=axis, keepdims=True), 0.0))
-    total = ops.exp(-shift) + ops.sum(ops.exp(z - shift), axis=axis, keepdims=True)
-    return ops.squeeze(ops.log(total) + shift, axis)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -57,14 +46,18 @@ class ProxyAnchor(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, margin=0.1, alpha=32.0, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.margin = batch.check_margin(margin)
-        self.alpha = proxy_head.check_positive(alpha, "alpha")
+        self.margin = validation.check_number(margin, "margin")
+        self.alpha = validation.check_positive(alpha, "alpha")
 
     def loss_from_cosine(self, cosine, one_hot):
         positive = ops.greater(one_hot, 0.0)
         negative = ops.logical_not(positive)
-        pos_terms = _log1p_sum_exp(-self.alpha * (cosine - self.margin), positive, axis=0)
-        neg_terms = _log1p_sum_exp(self.alpha * (cosine + self.margin), negative, axis=0)
+        pos_terms = numerics.masked_logsumexp(
+            -self.alpha * (cosine - self.margin), positive, axis=0, add_one=True
+        )
+        neg_terms = numerics.masked_logsumexp(
+            self.alpha * (cosine + self.margin), negative, axis=0, add_one=True
+        )
         with_positives = ops.cast(ops.any(positive, axis=0), "float32")
         loss = ops.sum(pos_terms * with_positives) / ops.maximum(ops.sum(with_positives), 1.0)
         loss = loss + ops.mean(neg_terms)
@@ -108,7 +101,7 @@ class ProxyNCA(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, scale=9.0, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.scale = proxy_head.check_positive(scale, "scale")
+        self.scale = validation.check_positive(scale, "scale")
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = -self.scale * (2.0 - 2.0 * cosine)

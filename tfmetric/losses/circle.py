@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, numerics, reduction, validation
 from tfmetric.losses import batch
 
 
@@ -52,22 +53,22 @@ def circle_loss(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine")
         Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity
         Optimization", CVPR 2020.
     """
-    margin = batch.check_margin(margin)
-    gamma = batch.check_margin(gamma, "gamma", allow_zero=False)
+    margin = validation.check_number(margin, "margin")
+    gamma = validation.check_positive(gamma, "gamma")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     sim = batch.pairwise_similarity(distance, embeddings)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     const = ops.stop_gradient(sim)
     weight_positive = ops.relu(1.0 + margin - const)
     weight_negative = ops.relu(const + margin)
     positive_logits = -gamma * weight_positive * (sim - (1.0 - margin))
     negative_logits = gamma * weight_negative * (sim - margin)
-    total = batch.masked_logsumexp(positive_logits, positive) + batch.masked_logsumexp(
+    total = numerics.masked_logsumexp(positive_logits, positive) + numerics.masked_logsumexp(
         negative_logits, negative
     )
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return batch.mean_over(ops.softplus(total), valid)
+    return reduction.mean_over(ops.softplus(total), valid)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -121,8 +122,8 @@ class CircleLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.margin = batch.check_margin(margin)
-        self.gamma = batch.check_margin(gamma, "gamma", allow_zero=False)
+        self.margin = validation.check_number(margin, "margin")
+        self.gamma = validation.check_positive(gamma, "gamma")
 
     def _loss_arguments(self):
         return {"margin": self.margin, "gamma": self.gamma}

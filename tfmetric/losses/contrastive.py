@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, validation
 from tfmetric.losses import batch
 
 
@@ -41,11 +42,11 @@ def contrastive_loss(labels, embeddings, margin=1.0, distance="euclidean"):
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
         Invariant Mapping", CVPR 2006.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     matrix = distance(embeddings)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     if distance.is_similarity:
         positive_cost = ops.square(ops.relu(margin - matrix))
         negative_cost = ops.square(ops.relu(matrix))
@@ -106,7 +107,7 @@ class ContrastiveLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
 
     def _loss_arguments(self):
         return {"margin": self.margin}

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, numerics, reduction, validation
 from tfmetric.losses import batch
 
 
@@ -45,16 +46,16 @@ def lifted_structure_loss(labels, embeddings, margin=1.0, distance="euclidean"):
         Re-Identification", 2017; Song et al., "Deep Metric Learning via Lifted
         Structured Feature Embedding", CVPR 2016.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     dist = batch.pairwise_dissimilarity(distance, embeddings)
-    positive, negative = batch.label_masks(labels)
-    total = batch.masked_logsumexp(dist, positive) + batch.masked_logsumexp(
+    positive, negative = inputs.label_masks(labels)
+    total = numerics.masked_logsumexp(dist, positive) + numerics.masked_logsumexp(
         margin - dist, negative
     )
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return batch.mean_over(ops.relu(total), valid)
+    return reduction.mean_over(ops.relu(total), valid)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -105,7 +106,7 @@ class LiftedStructureLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
 
     def _loss_arguments(self):
         return {"margin": self.margin}

@@ -4,13 +4,8 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, numerics, validation
 from tfmetric.losses import batch
-
-
-def _check_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"`{name}` must be a number; got {value!r}.")
-    return float(value)
 
 
 def multi_similarity_loss(
@@ -64,21 +59,21 @@ def multi_similarity_loss(
         Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep
         Metric Learning", CVPR 2019.
     """
-    alpha = batch.check_margin(alpha, "alpha", allow_zero=False)
-    beta = batch.check_margin(beta, "beta", allow_zero=False)
-    base = _check_real(base, "base")
-    epsilon = batch.check_margin(epsilon, "epsilon")
+    alpha = validation.check_positive(alpha, "alpha")
+    beta = validation.check_positive(beta, "beta")
+    base = validation.check_number(base, "base", allow_negative=True)
+    epsilon = validation.check_number(epsilon, "epsilon")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     sim = batch.pairwise_similarity(distance, embeddings)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     const = ops.stop_gradient(sim)
     hardest_negative = ops.max(ops.where(negative, const, -float("inf")), axis=1, keepdims=True)
     hardest_positive = ops.min(ops.where(positive, const, float("inf")), axis=1, keepdims=True)
     kept_positive = ops.logical_and(positive, ops.less(const, hardest_negative + epsilon))
     kept_negative = ops.logical_and(negative, ops.greater(const, hardest_positive - epsilon))
-    positive_term = batch.masked_logsumexp(-alpha * (sim - base), kept_positive, add_one=True)
-    negative_term = batch.masked_logsumexp(beta * (sim - base), kept_negative, add_one=True)
+    positive_term = numerics.masked_logsumexp(-alpha * (sim - base), kept_positive, add_one=True)
+    negative_term = numerics.masked_logsumexp(beta * (sim - base), kept_negative, add_one=True)
     return positive_term / alpha + negative_term / beta
 
 
@@ -136,10 +131,10 @@ class MultiSimilarityLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.alpha = batch.check_margin(alpha, "alpha", allow_zero=False)
-        self.beta = batch.check_margin(beta, "beta", allow_zero=False)
-        self.base = _check_real(base, "base")
-        self.epsilon = batch.check_margin(epsilon, "epsilon")
+        self.alpha = validation.check_positive(alpha, "alpha")
+        self.beta = validation.check_positive(beta, "beta")
+        self.base = validation.check_number(base, "base", allow_negative=True)
+        self.epsilon = validation.check_number(epsilon, "epsilon")
 
     def _loss_arguments(self):
         return {

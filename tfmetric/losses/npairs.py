@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import numerics, reduction
 from tfmetric.losses import batch
 
 
@@ -58,8 +59,8 @@ def npairs_loss(labels, embeddings, distance="inner_product"):
     anchor = ops.logical_and(ops.equal(rank, 0), ops.any(target, axis=1))
     target_logit = ops.sum(ops.where(target, sim, 0.0), axis=1)
     candidates = ops.broadcast_to(second, ops.shape(sim))
-    values = batch.masked_logsumexp(sim, candidates) - target_logit
-    return batch.mean_over(values, anchor)
+    values = numerics.masked_logsumexp(sim, candidates) - target_logit
+    return reduction.mean_over(values, anchor)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")

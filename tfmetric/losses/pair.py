@@ -17,7 +17,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric.losses import batch
+from tfmetric._src import validation
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = [
@@ -219,7 +219,7 @@ class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
         self, margin=1.0, reduction="sum_over_batch_size", name="pair_contrastive_loss", dtype=None
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = _as_pair_values(y_pred)
@@ -278,7 +278,7 @@ class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
         self.distance = distances_lib.get(distance)
         self.squared = bool(squared)
 

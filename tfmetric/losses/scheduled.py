@@ -4,7 +4,7 @@ import numbers
 
 from keras import ops
 
-from tfmetric.losses import batch
+from tfmetric._src import validation
 
 __all__ = ["ScheduledArguments", "margin_value"]
 
@@ -12,7 +12,7 @@ __all__ = ["ScheduledArguments", "margin_value"]
 def margin_value(margin):
     """A validated float margin, or a scheduled margin tensor/variable passed through as float32."""
     if isinstance(margin, numbers.Number):
-        return batch.check_margin(margin)
+        return validation.check_number(margin, "margin")
     return ops.cast(ops.convert_to_tensor(margin), "float32")
 
 

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, numerics, reduction, validation
 from tfmetric.losses import batch
 
 
@@ -45,15 +46,15 @@ def soft_nearest_neighbor_loss(
         Frosst, Papernot and Hinton, "Analyzing and Improving Representations
         with the Soft Nearest Neighbor Loss", ICML 2019.
     """
-    temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
+    temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     logits = batch.pairwise_similarity(distance, embeddings) / temperature
-    positive, negative = batch.label_masks(labels)
-    values = batch.masked_logsumexp(
+    positive, negative = inputs.label_masks(labels)
+    values = numerics.masked_logsumexp(
         logits, ops.logical_or(positive, negative)
-    ) - batch.masked_logsumexp(logits, positive)
-    return batch.mean_over(values, ops.any(positive, axis=1))
+    ) - numerics.masked_logsumexp(logits, positive)
+    return reduction.mean_over(values, ops.any(positive, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -104,7 +105,7 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
+        self.temperature = validation.check_positive(temperature, "temperature")
 
     def _loss_arguments(self):
         return {"temperature": self.temperature}

@@ -4,15 +4,16 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, numerics, reduction, validation
 from tfmetric.losses import batch
 
 
 def _logits(labels, embeddings, temperature, distance):
-    temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
+    temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     logits = batch.pairwise_similarity(distance, embeddings) / temperature
-    return (logits, *batch.label_masks(labels))
+    return (logits, *inputs.label_masks(labels))
 
 
 def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="cosine"):
@@ -57,8 +58,8 @@ def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="c
     positive_f = ops.cast(positive, "float32")
     count = ops.sum(positive_f, axis=1)
     mean_positive = ops.sum(ops.where(positive, logits, 0.0), axis=1) / ops.maximum(count, 1.0)
-    values = batch.masked_logsumexp(logits, others) - mean_positive
-    return batch.mean_over(values, ops.greater(count, 0.0))
+    values = numerics.masked_logsumexp(logits, others) - mean_positive
+    return reduction.mean_over(values, ops.greater(count, 0.0))
 
 
 def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
@@ -100,13 +101,11 @@ def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
     """
     logits, positive, negative = _logits(labels, embeddings, temperature, distance)
     has_negative = ops.any(negative, axis=1, keepdims=True)
-    negative_lse = ops.expand_dims(batch.masked_logsumexp(logits, negative), 1)
+    negative_lse = ops.expand_dims(numerics.masked_logsumexp(logits, negative), 1)
     # log(1 + sum_n exp(z_in - z_ip)), which is 0 when `i` has no negative.
     pair = ops.softplus(negative_lse - logits)
     pair = ops.where(ops.logical_and(positive, has_negative), pair, 0.0)
-    size = ops.cast(ops.shape(logits)[0], "float32")
-    pairs = ops.sum(ops.cast(positive, "float32"))
-    return ops.sum(pair, axis=1) * size / ops.maximum(pairs, 1.0)
+    return reduction.spread_mean(ops.sum(pair, axis=1), ops.sum(ops.cast(positive, "float32")))
 
 
 class _TemperatureLoss(batch.InBatchLoss):
@@ -118,7 +117,7 @@ class _TemperatureLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
+        self.temperature = validation.check_positive(temperature, "temperature")
 
     def _loss_arguments(self):
         return {"temperature": self.temperature}

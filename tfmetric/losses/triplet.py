@@ -4,64 +4,11 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, reduction, triplet_mining, validation
 from tfmetric.losses import batch
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 MINING_MODES = ("all", "hard", "semi-hard", "easy")
-
-
-def _per_anchor(total, denominator):
-    """Per-anchor values whose batch mean is `sum(total) / denominator`.
-
-    Keras reduces a loss by averaging the per-sample values; scaling by
-    `B / denominator` turns that average into the documented normalisation
-    (e.g. the mean over positive pairs) while keeping sample weights per anchor.
-    """
-    size = ops.cast(ops.shape(total)[0], "float32")
-    return total * size / ops.maximum(denominator, 1.0)
-
-
-def _take(matrix, columns):
-    """`matrix[i, columns[i]]` for every row `i` (an O(B) gather)."""
-    return ops.squeeze(ops.take_along_axis(matrix, ops.expand_dims(columns, 1), axis=1), 1)
-
-
-def _add_at(matrix, columns, values):
-    """`matrix[i, columns[i]] += values[i]`: one O(B) scatter, one entry per row."""
-    rows = ops.arange(ops.shape(matrix)[0], dtype="int32")
-    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
-    return ops.scatter_update(matrix, indices, _take(matrix, columns) + values)
-
-
-def _label_blocks(labels):
-    """Where every sample's positives are, from O(B) work on the labels.
-
-    Sorting the labels (a 1-D sort) makes each class a contiguous block of
-    the sorted order, so the k-th positive of any anchor is found by index
-    arithmetic instead of a pass over a `(B, B)` mask.
-
-    Returns:
-        `(order, position, start, count)`: the sorted order (sorted position
-        -> sample), each sample's position in it, the first position of its
-        label's block and the block's size.
-    """
-    size = ops.shape(labels)[0]
-    order = ops.cast(ops.argsort(labels), "int32")
-    sorted_labels = ops.take(labels, order)
-    index = ops.arange(size, dtype="int32")
-    new_block = ops.concatenate(
-        [ops.ones((1,), "bool"), ops.not_equal(sorted_labels[1:], sorted_labels[:-1])]
-    )
-    block = ops.cumsum(ops.cast(new_block, "int32")) - 1
-    block_start = ops.segment_max(ops.where(new_block, index, 0), block, num_segments=size)
-    block_size = ops.segment_sum(ops.ones((size,), "int32"), block, num_segments=size)
-    position = ops.cast(ops.argsort(order), "int32")
-    own_block = ops.take(block, position)
-    return order, position, ops.take(block_start, own_block), ops.take(block_size, own_block)
-
-
-def _negative_mask(labels):
-    return ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
 
 
 def _hard_mining(dist, labels, margin, soft_margin, easy=False):
@@ -72,8 +19,8 @@ def _hard_mining(dist, labels, margin, soft_margin, easy=False):
     """
     const = ops.stop_gradient(dist)
     size = ops.shape(labels)[0]
-    _, _, _, count = _label_blocks(labels)
-    positive, negative = batch.label_masks(labels)
+    _, _, _, count = triplet_mining.label_blocks(labels)
+    positive, negative = inputs.label_masks(labels)
     if easy:
         hardest_positive = ops.argmin(ops.where(positive, const, float("inf")), axis=1)
         hardest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
@@ -83,94 +30,11 @@ def _hard_mining(dist, labels, margin, soft_margin, easy=False):
     valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
-    gap = _take(dist, hardest_positive) - _take(dist, hardest_negative)
+    gap = triplet_mining.take_columns(dist, hardest_positive) - triplet_mining.take_columns(dist, hardest_negative)
     gap = ops.where(valid, gap, 0.0)
     per_anchor = ops.softplus(gap) if soft_margin else ops.relu(gap + margin)
     per_anchor = ops.where(valid, per_anchor, 0.0)
-    return _per_anchor(per_anchor, ops.sum(ops.cast(valid, "float32")))
-
-
-def _loop_mining(dist, labels, margin, soft_margin, semi_hard):
-    """Sums triplet terms over every positive pair in O(B²) memory.
-
-    One iteration handles the k-th positive of every anchor at once, so the
-    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch). The k-th
-    positive comes from `_label_blocks` by O(B) index arithmetic; a
-    "semi-hard" iteration is then one fused masked row pass over the `(B, B)`
-    matrix (the closest negative farther than the positive) plus O(B) gathers
-    and scatters, and an "all" iteration one dense pass over the negatives.
-    No `(B, B, B)` tensor and no `(B, B)` sort.
-
-    The loop runs on a stopped gradient and accumulates the loss value and its
-    gradient with respect to `dist`; they are recombined as
-    `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
-    and the same gradient without storing per-iteration activations.
-
-    Returns:
-        `(value, pairs, nonzero)`: per-anchor sums `(B,)` carrying the gradient,
-        the number of positive pairs whose anchor has a negative, and the number
-        of non-zero triplet terms.
-    """
-    const = ops.stop_gradient(dist)
-    size = ops.shape(dist)[0]
-    order, position, start, count = _label_blocks(labels)
-    num_positive = count - 1
-    has_negative = ops.less(count, size)
-    negative = _negative_mask(labels)
-    farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
-    slots = ops.max(num_positive)
-
-    def term(x):
-        if soft_margin:
-            return ops.softplus(x), ops.sigmoid(x)
-        x = x + margin
-        return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
-
-    def body(k, value, grad, nonzero):
-        # The k-th positive: the k-th member of the label's block, skipping self.
-        slot = start + k
-        slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
-        valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
-        current = ops.take(order, ops.minimum(slot, size - 1))
-        d_ap = _take(const, current)
-        if semi_hard:
-            farther = ops.logical_and(
-                _negative_mask(labels), ops.greater(const, ops.expand_dims(d_ap, 1))
-            )
-            nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
-            found = ops.logical_and(
-                ops.not_equal(ops.take(labels, nearest), labels),
-                ops.greater(_take(const, nearest), d_ap),
-            )
-            chosen = ops.where(found, nearest, farthest_negative)
-            loss, slope = term(d_ap - _take(const, chosen))
-            loss = ops.where(valid, loss, 0.0)
-            slope = ops.where(valid, slope, 0.0)
-            grad = _add_at(_add_at(grad, current, slope), chosen, -slope)
-            value = value + loss
-        else:
-            mask = ops.logical_and(_negative_mask(labels), ops.expand_dims(valid, 1))
-            loss, slope = term(ops.expand_dims(d_ap, 1) - const)
-            loss = ops.where(mask, loss, 0.0)
-            slope = ops.where(mask, slope, 0.0)
-            grad = _add_at(grad - slope, current, ops.sum(slope, axis=1))
-            value = value + ops.sum(loss, axis=1)
-        nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
-        return k + 1, value, grad, nonzero
-
-    _, value, grad, nonzero = ops.while_loop(
-        lambda k, *_: k < slots,
-        body,
-        (
-            ops.convert_to_tensor(0, "int32"),
-            ops.zeros((size,), "float32"),
-            ops.zeros_like(const),
-            ops.convert_to_tensor(0.0),
-        ),
-    )
-    pairs = ops.sum(ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0))
-    value = value + ops.sum(grad * (dist - const), axis=1)
-    return value, pairs, nonzero
+    return reduction.spread_mean(per_anchor, ops.sum(ops.cast(valid, "float32")))
 
 
 def triplet_loss(
@@ -239,7 +103,7 @@ def triplet_loss(
     """
     margin = margin_value(margin)
     if isinstance(mining, str):
-        batch.check_choice(mining, "mining", MINING_MODES)
+        validation.check_choice(mining, "mining", MINING_MODES)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     if keras.backend.standardize_dtype(labels.dtype) not in ("int32", "int64"):
@@ -292,17 +156,17 @@ def _scheduled_mining(code, dist, labels, margin, soft_margin):
 def _mine(mining, dist, labels, margin, soft_margin):
     if mining in ("hard", "easy"):
         return _hard_mining(dist, labels, margin, soft_margin, easy=mining == "easy")
-    value, pairs, nonzero = _loop_mining(
+    value, pairs, nonzero = triplet_mining.loop_mining(
         dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard"
     )
     if mining == "semi-hard":
-        return _per_anchor(value, pairs)
+        return reduction.spread_mean(value, pairs)
     if soft_margin:
-        _, _, _, count = _label_blocks(labels)
+        _, _, _, count = triplet_mining.label_blocks(labels)
         size = ops.shape(labels)[0]
         valid_triplets = ops.sum(ops.cast((count - 1) * (size - count), "float32"))
-        return _per_anchor(value, valid_triplets)
-    return _per_anchor(value, nonzero)
+        return reduction.spread_mean(value, valid_triplets)
+    return reduction.spread_mean(value, nonzero)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -358,7 +222,7 @@ class TripletLoss(ScheduledArguments, batch.InBatchLoss):
             cross_replica=cross_replica,
         )
         self.margin = batch.check_margin(margin)
-        self.mining = batch.check_choice(mining, "mining", MINING_MODES)
+        self.mining = validation.check_choice(mining, "mining", MINING_MODES)
         self.soft_margin = bool(soft_margin)
 
     def _loss_arguments(self):

@@ -31,13 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics._inputs import check_embeddings, check_labels, check_same_dim
+from tfmetric._src import cache, inputs
 
 # Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
 ELEMENT_BUDGET = 1 << 23
 MAX_QUERY_CHUNK = 1024
 
-_COMPILED = {}
+_COMPILED = cache.FunctionCache()
 
 
 class Ranks(NamedTuple):
@@ -64,17 +64,19 @@ def prepare_retrieval_inputs(query, query_labels, gallery, gallery_labels):
 
     `gallery` is `None` in leave-one-out mode.
     """
-    query = check_embeddings(query, "query")
-    query_labels = check_labels(query_labels, query.shape[0], "query_labels", "query")
+    query = inputs.check_embedding_array(query, "query")
+    query_labels = inputs.check_label_array(query_labels, "query_labels", query.shape[0], "query")
     if gallery is None:
         if gallery_labels is not None:
             raise ValueError("`gallery_labels` was given without `gallery`.")
         return query, query_labels, None, None
-    gallery = check_embeddings(gallery, "gallery")
+    gallery = inputs.check_embedding_array(gallery, "gallery")
     if gallery_labels is None:
         raise ValueError("`gallery_labels` is required when `gallery` is given.")
-    gallery_labels = check_labels(gallery_labels, gallery.shape[0], "gallery_labels", "gallery")
-    check_same_dim(query, gallery, "query", "gallery")
+    gallery_labels = inputs.check_label_array(
+        gallery_labels, "gallery_labels", gallery.shape[0], "gallery"
+    )
+    inputs.check_same_dim(query, gallery, "query", "gallery")
     return query, query_labels, gallery, gallery_labels
 
 
@@ -98,10 +100,11 @@ def _count_below(sorted_rows, values, width):
 
 
 def _compiled_chunk_fn(distance, window):
-    key = (distances_lib.serialize(distance).__repr__(), window)
-    if key in _COMPILED:
-        return _COMPILED[key]
-    distance_fn = distances_lib.get(distance)
+    distance = distances_lib.get(distance)
+    return _COMPILED.get((distance, window), lambda: _build_chunk_fn(distance, window))
+
+
+def _build_chunk_fn(distance_fn, window):
     sign = -1.0 if distance_fn.is_similarity else 1.0
 
     @tf.function(jit_compile=True, reduce_retracing=False)
@@ -139,7 +142,6 @@ def _compiled_chunk_fn(distance, window):
             tf.reduce_sum(precision, axis=1),
         )
 
-    _COMPILED[key] = chunk_fn
     return chunk_fn
 
 

@@ -5,7 +5,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics._inputs import check_embeddings, check_labels
+from tfmetric._src import inputs
 
 
 def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
@@ -36,8 +36,8 @@ def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
     Reference:
         Musgrave, Belongie, Lim. "A Metric Learning Reality Check". ECCV 2020.
     """
-    embeddings = check_embeddings(embeddings, "embeddings")
-    labels = check_labels(labels, embeddings.shape[0], "labels", "embeddings")
+    embeddings = inputs.check_embedding_array(embeddings, "embeddings")
+    labels = inputs.check_label_array(labels, "labels", embeddings.shape[0], "embeddings")
     distance = distances_lib.get(distance)
     if isinstance(distance, distances_lib.Cosine):
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics._inputs import check_embeddings, check_labels, check_positive_int
+from tfmetric._src import inputs, validation
 
 # Largest (episode-chunk queries) x (episode-chunk supports) distance block.
 _BLOCK_ELEMENTS = 1 << 22
@@ -63,12 +63,12 @@ def n_way_k_shot_accuracy(
         Koch, Zemel, Salakhutdinov. "Siamese Neural Networks for One-shot Image
         Recognition". ICML Deep Learning Workshop, 2015.
     """
-    embeddings = check_embeddings(embeddings, "embeddings")
-    labels = check_labels(labels, embeddings.shape[0], "labels", "embeddings")
-    n_way = check_positive_int(n_way, "n_way")
-    k_shot = check_positive_int(k_shot, "k_shot")
-    episodes = check_positive_int(episodes, "episodes")
-    queries_per_class = check_positive_int(queries_per_class, "queries_per_class")
+    embeddings = inputs.check_embedding_array(embeddings, "embeddings")
+    labels = inputs.check_label_array(labels, "labels", embeddings.shape[0], "embeddings")
+    n_way = validation.check_int(n_way, "n_way")
+    k_shot = validation.check_int(k_shot, "k_shot")
+    episodes = validation.check_int(episodes, "episodes")
+    queries_per_class = validation.check_int(queries_per_class, "queries_per_class")
     if n_way < 2:
         raise ValueError(f"`n_way` must be >= 2; got {n_way}.")
     distance = distances_lib.get(distance)

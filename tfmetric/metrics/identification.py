@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from tfmetric._src import validation
 from tfmetric.metrics import _ranking
-from tfmetric.metrics._inputs import check_positive_int
 
 
 def cmc_curve(
@@ -40,7 +40,7 @@ def cmc_curve(
         Moon, Phillips. "Computational and performance aspects of PCA-based
         face-recognition algorithms". Perception, 2001.
     """
-    max_rank = check_positive_int(max_rank, "max_rank")
+    max_rank = validation.check_int(max_rank, "max_rank")
     ranks = _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)
     keep = _ranking.evaluated_queries(ranks)
     first = ranks.first_rank[keep]

@@ -40,8 +40,8 @@ times slower: ask for it only when needed.
 import numpy as np
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import validation
 from tfmetric.metrics import _ranking, _topk
-from tfmetric.metrics._inputs import check_positive_int
 from tfmetric.metrics.clustering import clustering_scores
 
 RANKING_METRICS = (
@@ -54,13 +54,6 @@ RANKING_METRICS = (
 )
 CLUSTERING_METRICS = ("nmi", "ami")
 ALL_METRICS = RANKING_METRICS + CLUSTERING_METRICS
-
-
-def _check_ks(k):
-    ks = (k,) if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else tuple(k)
-    if not ks:
-        raise ValueError("`k` must hold at least one value.")
-    return tuple(check_positive_int(v, "k") for v in ks)
 
 
 def _ranks(query, query_labels, gallery, gallery_labels, distance, names):
@@ -150,7 +143,7 @@ def evaluate_retrieval(
         raise ValueError(
             f"`metrics` must be a non-empty subset of {list(ALL_METRICS)}; got {metrics!r}."
         )
-    ks = _check_ks(k)
+    ks = validation.check_ints(k, "k")
     distance = distances_lib.get(distance)
     query, query_labels, gallery, gallery_labels = _ranking.prepare_retrieval_inputs(
         query, query_labels, gallery, gallery_labels
@@ -207,7 +200,7 @@ def recall_at_k(query, query_labels, gallery=None, gallery_labels=None, distance
         Song, Xiang, Jegelka, Savarese. "Deep Metric Learning via Lifted
         Structured Feature Embedding". CVPR 2016.
     """
-    k = check_positive_int(k, "k")
+    k = validation.check_int(k, "k")
     scores = _single("recall_at_k", query, query_labels, gallery, gallery_labels, distance, k)
     return scores[f"recall_at_{k}"]
 

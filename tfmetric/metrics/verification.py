@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics._inputs import check_embeddings, check_same_dim
+from tfmetric._src import inputs
 
 
 def _prepare(same, scores, similarity):
@@ -188,9 +188,9 @@ def pair_distances(x, y, distance="euclidean"):
     [5.0, 0.0]
     """
     distance = distances_lib.get(distance)
-    x = check_embeddings(x, "x")
-    y = check_embeddings(y, "y")
-    check_same_dim(x, y, "x", "y")
+    x = inputs.check_embedding_array(x, "x")
+    y = inputs.check_embedding_array(y, "y")
+    inputs.check_same_dim(x, y, "x", "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"`x` and `y` must hold as many rows; got {x.shape[0]} and {y.shape[0]}.")
     return np.asarray(distance.paired(x, y))

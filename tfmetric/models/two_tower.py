@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfmetric._src import files
 from tfmetric.layers.in_batch_logits import InBatchLogits
 
 __all__ = ["TwoTowerModel"]
@@ -225,7 +226,7 @@ class TwoTowerModel(keras.Model):
                     l2_normalize=self.normalize,
                 )
                 os.replace(target, path)
-                _chmod_tree(path)
+                files.give_normal_modes(path)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         return signatures
@@ -249,15 +250,3 @@ class TwoTowerModel(keras.Model):
         for key in ("query_tower", "candidate_tower"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def _chmod_tree(path):
-    """Gives files written under temporary directories the process' usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(path):
-        os.chmod(root, 0o777 & ~umask)
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tfmetric._src import inputs
 from tfmetric.addons.losses import metric_learning
 from tfmetric.losses import batch
 
@@ -142,8 +143,8 @@ class LabelLoss(AddonsLoss):
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        labels, _ = batch.prepare_labels_and_embeddings(y_true, y_pred)
-        return super().__call__(batch.first_occurrence_ids(labels), y_pred, sample_weight)
+        labels, _ = batch.prepare_labels_and_embeddings(y_true, y_pred, batch.LOSS_INPUT_NAMES)
+        return super().__call__(inputs.first_occurrence_ids(labels), y_pred, sample_weight)
 
     def call(self, y_true, y_pred):
         return self.per_sample(ops.cast(y_true, "int32"), y_pred)

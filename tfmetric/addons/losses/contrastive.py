@@ -2,8 +2,8 @@
 
 from keras import ops
 
+from tfmetric._src import validation
 from tfmetric.addons.losses import _common
-from tfmetric.losses import batch
 
 
 def _align(y_true, y_pred):
@@ -45,7 +45,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
         Invariant Mapping", CVPR 2006.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     y_pred = ops.convert_to_tensor(y_pred)
     distance = ops.cast(y_pred, "float32")
     similar = ops.cast(ops.convert_to_tensor(y_true), "float32")
@@ -89,7 +89,7 @@ class ContrastiveLoss(_common.AddonsLoss):
         self, margin=1.0, reduction="sum_over_batch_size", name="contrastive_loss", dtype=None
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
 
     def call(self, y_true, y_pred):
         return contrastive_loss(y_true, y_pred, self.margin)

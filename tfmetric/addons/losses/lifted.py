@@ -2,6 +2,7 @@
 
 from keras import ops
 
+from tfmetric._src import inputs, reduction, validation
 from tfmetric.addons.losses import _common, metric_learning
 from tfmetric.losses import batch
 
@@ -21,7 +22,7 @@ def _lifted_values(labels, embeddings, margin):
     """Per-anchor values whose mean is Addons' lifted structured loss."""
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     dist = metric_learning.pairwise_distance(embeddings)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     # log sum_{n in N(i)} exp(margin - d(i, n)), one value per sample: the
     # (B, B) positive-pair terms then need no tiling.
     log_neg, has_negative = _masked_logsumexp(margin - dist, negative)
@@ -31,8 +32,7 @@ def _lifted_values(labels, embeddings, margin):
     valid = ops.logical_and(positive, ops.expand_dims(has_negative, 1))
     per_pair = ops.where(valid, ops.square(ops.relu(pair_term)), 0.0)
     pairs = ops.sum(ops.cast(positive, "float32"))
-    size = ops.cast(ops.shape(labels)[0], "float32")
-    return ops.sum(per_pair, axis=1) * size / (2.0 * ops.maximum(pairs, 1.0))
+    return reduction.spread_mean(ops.sum(per_pair, axis=1) / 2.0, pairs)
 
 
 @_common.registered("lifted_struct_loss")
@@ -70,7 +70,7 @@ def lifted_struct_loss(labels, embeddings, margin=1.0):
         Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted
         Structured Feature Embedding", CVPR 2016.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     embeddings = ops.convert_to_tensor(embeddings)
     return _common.scalar_like(ops.mean(_lifted_values(labels, embeddings, margin)), embeddings)
 
@@ -101,7 +101,7 @@ class LiftedStructLoss(_common.LabelLoss):
     def __init__(self, margin=1.0, name=None, **kwargs):
         reduction, dtype = _common.split_loss_options(type(self).__name__, kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
 
     def per_sample(self, labels, y_pred):
         return _lifted_values(labels, y_pred, self.margin)

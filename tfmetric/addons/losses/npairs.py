@@ -3,6 +3,7 @@
 import tensorflow as tf
 from keras import ops
 
+from tfmetric._src import inputs
 from tfmetric.addons.losses import _common
 
 
@@ -24,13 +25,7 @@ def _soft_cross_entropy(target, logits):
 
 
 def _npairs_values(labels, logits):
-    labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == 2 and labels.shape[1] == 1:
-        labels = ops.reshape(labels, (-1,))
-    if len(labels.shape) != 1:
-        raise ValueError(
-            f"`y_true` must be labels of shape (batch,); got shape {tuple(labels.shape)}."
-        )
+    labels = inputs.check_labels(labels, "y_true")
     size, shape = labels.shape[0], tuple(logits.shape)
     if size is not None and None not in shape and shape != (size, size):
         raise ValueError(

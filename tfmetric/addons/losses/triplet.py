@@ -2,33 +2,35 @@
 
 from keras import ops
 
+from tfmetric._src import inputs, reduction, triplet_mining, validation
 from tfmetric.addons.losses import _common
 from tfmetric.losses import batch
-from tfmetric.losses.triplet import _loop_mining
 
 
 def _semihard_values(labels, embeddings, margin, distance_metric):
     """Per-anchor values whose mean is Addons' semi-hard loss; O(B²) memory."""
-    labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
+    labels, embeddings = batch.prepare_labels_and_embeddings(
+        labels, embeddings, batch.LOSS_INPUT_NAMES
+    )
     dist = _common.distance_matrix(embeddings, distance_metric)
-    positive, negative = batch.label_masks(labels)
-    value, _, _ = _loop_mining(dist, labels, margin, False, semi_hard=True)
+    positive, negative = inputs.label_masks(labels)
+    value, _, _ = triplet_mining.loop_mining(dist, labels, margin, False, semi_hard=True)
     # Only in a one-class batch does an anchor lack negatives; Addons then uses
     # the row minimum of the distance matrix as the negative distance.
     has_negative = ops.any(negative, axis=1, keepdims=True)
     lone = ops.logical_and(positive, ops.logical_not(has_negative))
     row_min = ops.min(dist, axis=1, keepdims=True)
     value = value + ops.sum(ops.where(lone, ops.relu(margin + dist - row_min), 0.0), axis=1)
-    pairs = ops.sum(ops.cast(positive, "float32"))
-    size = ops.cast(ops.shape(value)[0], "float32")
-    return value * size / ops.maximum(pairs, 1.0)
+    return reduction.spread_mean(value, ops.sum(ops.cast(positive, "float32")))
 
 
 def _hard_values(labels, embeddings, margin, soft, distance_metric):
     """Per-anchor values whose mean is Addons' batch-hard loss."""
-    labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
+    labels, embeddings = batch.prepare_labels_and_embeddings(
+        labels, embeddings, batch.LOSS_INPUT_NAMES
+    )
     dist = _common.distance_matrix(embeddings, distance_metric)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     # Addons' masked max/min fall back to the row min/max over all columns
     # (diagonal included) for anchors without positives/negatives.
     hardest_positive = ops.where(
@@ -84,7 +86,7 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
         Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
         Clustering", CVPR 2015.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     distance_metric = _common.check_distance_metric(distance_metric)
     y_pred = ops.convert_to_tensor(y_pred)
     values = _semihard_values(y_true, y_pred, margin, distance_metric)
@@ -130,7 +132,7 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
         Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
         Re-Identification", 2017.
     """
-    margin = batch.check_margin(margin)
+    margin = validation.check_number(margin, "margin")
     distance_metric = _common.check_distance_metric(distance_metric)
     y_pred = ops.convert_to_tensor(y_pred)
     values = _hard_values(y_true, y_pred, margin, bool(soft), distance_metric)
@@ -141,7 +143,7 @@ class _TripletBase(_common.LabelLoss):
     def __init__(self, margin, distance_metric, name, kwargs):
         reduction, dtype = _common.split_loss_options(type(self).__name__, kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
         self.distance_metric = _common.check_distance_metric(
             _common.deserialize_distance_metric(distance_metric)
         )

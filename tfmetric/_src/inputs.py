@@ -1,0 +1,216 @@
+"""Validation of labels and embeddings, for tensors and numpy arrays.
+
+`check_labels` / `check_label_array` are the one label validator of tfmetric:
+integer class labels of shape `(n,)` or `(n, 1)`; floating-point labels are
+accepted when their values are integers (`[0., 1., 2.]`), and any other
+dtype or a non-integer value raises a `ValueError` naming the argument.
+Values are only known eagerly: inside a traced function float labels are cast.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def static_value(x):
+    """The value of `x` as a numpy array when it is known (eager), else `None`."""
+    if isinstance(x, keras.KerasTensor):
+        return None
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.is_tensor(x) and not tf.executing_eagerly():
+            return None
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # a traced (symbolic) tensor has no value yet
+        return None
+
+
+def _is_float(dtype):
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _label_dtype_error(name, dtype):
+    return ValueError(
+        f"`{name}` must hold integer class labels; got dtype {dtype}. "
+        "Cast them to int (e.g. `labels.astype('int64')`)."
+    )
+
+
+def _non_integer_error(name, values):
+    bad = values[~np.isfinite(values) | (values != np.round(values))]
+    return ValueError(
+        f"`{name}` must hold integer class labels; got non-integer values such as {bad.flat[0]!r}."
+    )
+
+
+def check_labels(labels, name="labels", size=None, size_name="embeddings"):
+    """Validates class labels as a tensor; returns int32/int64 labels of shape `(n,)`.
+
+    Args:
+        labels: Labels of shape `(n,)` or `(n, 1)`: integers, or floats whose
+            values are integers.
+        name: The argument's name, used in error messages.
+        size: The expected number of labels, or `None`.
+        size_name: What `size` counts, used in error messages.
+
+    Raises:
+        ValueError: naming `name` for another dtype, a non-integer value
+            (checked where values are known), a wrong shape or length.
+    """
+    labels = ops.convert_to_tensor(labels)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if _is_float(dtype):
+        values = static_value(labels)
+        if values is not None and values.size:
+            values = values.astype(np.float64)
+            if not np.all(np.isfinite(values) & (values == np.round(values))):
+                raise _non_integer_error(name, values)
+        labels = ops.cast(labels, "int64")
+    elif not dtype.startswith(("int", "uint")):
+        raise _label_dtype_error(name, dtype)
+    elif dtype not in ("int32", "int64"):
+        labels = ops.cast(labels, "int64")  # a bijection: label equality is kept
+    if len(labels.shape) == 2 and labels.shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+    if len(labels.shape) != 1:
+        raise ValueError(
+            f"`{name}` must be class labels of shape (batch,) or (batch, 1); got shape "
+            f"{tuple(labels.shape)}."
+        )
+    if size is not None and labels.shape[0] is not None and labels.shape[0] != size:
+        raise ValueError(
+            f"`{name}` has {labels.shape[0]} labels but `{size_name}` has {size} rows; "
+            "they must match."
+        )
+    return labels
+
+
+def check_label_array(labels, name="labels", size=None, size_name="embeddings"):
+    """Validates class labels as a numpy array; returns int64 labels of shape `(n,)`.
+
+    Same rules as `check_labels`, on values that are always known.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype != bool and np.issubdtype(labels.dtype, np.floating):
+        values = labels.astype(np.float64)
+        if not np.all(np.isfinite(values) & (values == np.round(values))):
+            raise _non_integer_error(name, values)
+    elif labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise _label_dtype_error(name, labels.dtype)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be class labels of shape (n,) or (n, 1); got shape {labels.shape}."
+        )
+    if size is not None and labels.shape[0] != size:
+        raise ValueError(
+            f"`{name}` has {labels.shape[0]} labels but `{size_name}` has {size} rows; "
+            "they must match."
+        )
+    return labels.astype(np.int64)
+
+
+def check_embeddings(embeddings, name="embeddings", allow_empty=True):
+    """Validates a `(B, D)` floating-point tensor; returns it in float32.
+
+    Values are checked for NaN/Inf where they are known (eager calls): a
+    traced training step cannot raise, and Keras' `TerminateOnNaN` covers it.
+
+    Raises:
+        ValueError: naming `name` for a wrong rank, a non-floating dtype, an
+            empty batch (unless `allow_empty`) or NaN/Inf values.
+    """
+    embeddings = ops.convert_to_tensor(embeddings)
+    if len(embeddings.shape) != 2:
+        raise ValueError(
+            f"`{name}` must be 2-D embeddings of shape (batch, dim); got shape "
+            f"{tuple(embeddings.shape)}."
+        )
+    dtype = keras.backend.standardize_dtype(embeddings.dtype)
+    if not _is_float(dtype):
+        raise ValueError(f"`{name}` must be floating-point embeddings; got dtype {dtype}.")
+    if embeddings.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"`{name}` is empty (batch size 0); it needs samples.")
+    embeddings = ops.cast(embeddings, "float32")
+    values = static_value(embeddings)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    return embeddings
+
+
+def check_labels_and_embeddings(labels, embeddings, names=("labels", "embeddings")):
+    """Validates a labelled batch; returns `(labels, embeddings)`.
+
+    Labels become int32/int64 of shape `(B,)` and embeddings float32 of shape
+    `(B, D)`, with at least one sample. `names` are the two arguments' names
+    in the caller's API (`("y_true", "y_pred")` for a `keras.losses.Loss`).
+    """
+    label_name, embedding_name = names
+    embeddings = ops.convert_to_tensor(embeddings)
+    if len(embeddings.shape) != 2:
+        raise ValueError(
+            f"`{embedding_name}` must be 2-D embeddings of shape (batch, dim); got shape "
+            f"{tuple(embeddings.shape)}."
+        )
+    labels = check_labels(labels, label_name, embeddings.shape[0], embedding_name)
+    return labels, check_embeddings(embeddings, embedding_name, allow_empty=False)
+
+
+def check_embedding_array(x, name, allow_empty=False):
+    """Returns `x` as a finite float32 numpy array of shape `(n, d)`.
+
+    Raises:
+        ValueError: naming `name` for a wrong rank, no rows, or NaN/Inf values.
+        TypeError: naming `name` for non-numeric values.
+    """
+    x = np.asarray(x)
+    if x.dtype == bool or not (
+        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    ):
+        raise TypeError(f"`{name}` must hold real numbers; got dtype {x.dtype}.")
+    if x.ndim != 2:
+        raise ValueError(
+            f"`{name}` must be a 2-D array of embeddings (n, dim); got shape {x.shape}."
+        )
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"`{name}` must hold at least one embedding; got shape {x.shape}.")
+    if x.shape[1] == 0:
+        raise ValueError(f"`{name}` must have at least one feature; got shape {x.shape}.")
+    x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
+        raise ValueError(f"`{name}` contains NaN or infinite values (in {bad} rows).")
+    return x
+
+
+def check_same_dim(a, b, name_a, name_b):
+    """Checks that two `(n, d)` arrays or tensors share `d` (where it is known)."""
+    dim_a, dim_b = a.shape[1], b.shape[1]
+    if dim_a is not None and dim_b is not None and dim_a != dim_b:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same embedding size; got {dim_a} and {dim_b}."
+        )
+
+
+def label_masks(labels):
+    """Returns boolean `(positive, negative)` masks of shape `(B, B)`.
+
+    `positive[i, j]` is true when `i != j` share a label; `negative[i, j]` when
+    their labels differ.
+    """
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    not_self = ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool"))
+    return ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def first_occurrence_ids(labels):
+    """Maps labels to the index of the first sample holding the same label.
+
+    The result lies in `[0, B)`, so it survives Keras' cast of `y_true` to
+    float32 exactly, whatever the magnitude of the original label values.
+    """
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    return ops.argmax(ops.cast(same, "int32"), axis=1)

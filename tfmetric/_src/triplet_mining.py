@@ -1,0 +1,133 @@
+"""The triplet-mining kernel shared by `tfmetric.losses` and `tfmetric.addons`.
+
+Triplet terms over the positive pairs of a batch in O(B²) memory: no
+`(B, B, B)` tensor, no `(B, B)` sort, static shapes only (XLA).
+"""
+
+from keras import ops
+
+
+def take_columns(matrix, columns):
+    """`matrix[i, columns[i]]` for every row `i` (an O(B) gather)."""
+    return ops.squeeze(ops.take_along_axis(matrix, ops.expand_dims(columns, 1), axis=1), 1)
+
+
+def add_at(matrix, columns, values):
+    """`matrix[i, columns[i]] += values[i]`: one O(B) scatter, one entry per row."""
+    rows = ops.arange(ops.shape(matrix)[0], dtype="int32")
+    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
+    return ops.scatter_update(matrix, indices, take_columns(matrix, columns) + values)
+
+
+def label_blocks(labels):
+    """Where every sample's positives are, from O(B) work on the labels.
+
+    Sorting the labels (a 1-D sort) makes each class a contiguous block of
+    the sorted order, so the k-th positive of any anchor is found by index
+    arithmetic instead of a pass over a `(B, B)` mask.
+
+    Returns:
+        `(order, position, start, count)`: the sorted order (sorted position
+        -> sample), each sample's position in it, the first position of its
+        label's block and the block's size.
+    """
+    size = ops.shape(labels)[0]
+    order = ops.cast(ops.argsort(labels), "int32")
+    sorted_labels = ops.take(labels, order)
+    index = ops.arange(size, dtype="int32")
+    new_block = ops.concatenate(
+        [ops.ones((1,), "bool"), ops.not_equal(sorted_labels[1:], sorted_labels[:-1])]
+    )
+    block = ops.cumsum(ops.cast(new_block, "int32")) - 1
+    block_start = ops.segment_max(ops.where(new_block, index, 0), block, num_segments=size)
+    block_size = ops.segment_sum(ops.ones((size,), "int32"), block, num_segments=size)
+    position = ops.cast(ops.argsort(order), "int32")
+    own_block = ops.take(block, position)
+    return order, position, ops.take(block_start, own_block), ops.take(block_size, own_block)
+
+
+def negative_mask(labels):
+    return ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+
+
+def loop_mining(dist, labels, margin, soft_margin, semi_hard):
+    """Sums triplet terms over every positive pair in O(B²) memory.
+
+    One iteration handles the k-th positive of every anchor at once, so the
+    loop runs `max_a #positives(a)` times (K - 1 for a P×K batch). The k-th
+    positive comes from `_label_blocks` by O(B) index arithmetic; a
+    "semi-hard" iteration is then one fused masked row pass over the `(B, B)`
+    matrix (the closest negative farther than the positive) plus O(B) gathers
+    and scatters, and an "all" iteration one dense pass over the negatives.
+    No `(B, B, B)` tensor and no `(B, B)` sort.
+
+    The loop runs on a stopped gradient and accumulates the loss value and its
+    gradient with respect to `dist`; they are recombined as
+    `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
+    and the same gradient without storing per-iteration activations.
+
+    Returns:
+        `(value, pairs, nonzero)`: per-anchor sums `(B,)` carrying the gradient,
+        the number of positive pairs whose anchor has a negative, and the number
+        of non-zero triplet terms.
+    """
+    const = ops.stop_gradient(dist)
+    size = ops.shape(dist)[0]
+    order, position, start, count = label_blocks(labels)
+    num_positive = count - 1
+    has_negative = ops.less(count, size)
+    negative = negative_mask(labels)
+    farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
+    slots = ops.max(num_positive)
+
+    def term(x):
+        if soft_margin:
+            return ops.softplus(x), ops.sigmoid(x)
+        x = x + margin
+        return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
+
+    def body(k, value, grad, nonzero):
+        # The k-th positive: the k-th member of the label's block, skipping self.
+        slot = start + k
+        slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
+        valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
+        current = ops.take(order, ops.minimum(slot, size - 1))
+        d_ap = take_columns(const, current)
+        if semi_hard:
+            farther = ops.logical_and(
+                negative_mask(labels), ops.greater(const, ops.expand_dims(d_ap, 1))
+            )
+            nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
+            found = ops.logical_and(
+                ops.not_equal(ops.take(labels, nearest), labels),
+                ops.greater(take_columns(const, nearest), d_ap),
+            )
+            chosen = ops.where(found, nearest, farthest_negative)
+            loss, slope = term(d_ap - take_columns(const, chosen))
+            loss = ops.where(valid, loss, 0.0)
+            slope = ops.where(valid, slope, 0.0)
+            grad = add_at(add_at(grad, current, slope), chosen, -slope)
+            value = value + loss
+        else:
+            mask = ops.logical_and(negative_mask(labels), ops.expand_dims(valid, 1))
+            loss, slope = term(ops.expand_dims(d_ap, 1) - const)
+            loss = ops.where(mask, loss, 0.0)
+            slope = ops.where(mask, slope, 0.0)
+            grad = add_at(grad - slope, current, ops.sum(slope, axis=1))
+            value = value + ops.sum(loss, axis=1)
+        nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
+        return k + 1, value, grad, nonzero
+
+    _, value, grad, nonzero = ops.while_loop(
+        lambda k, *_: k < slots,
+        body,
+        (
+            ops.convert_to_tensor(0, "int32"),
+            ops.zeros((size,), "float32"),
+            ops.zeros_like(const),
+            ops.convert_to_tensor(0.0),
+        ),
+    )
+    pairs = ops.sum(ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0))
+    value = value + ops.sum(grad * (dist - const), axis=1)
+    return value, pairs, nonzero
