@@ -579,7 +579,7 @@ class FittedMahalanobis(Distance):
         return Euclidean().pairwise(self._whiten(x), self._whiten(y))
 
     def rowwise(self, x, y):
-        return _safe_sqrt(ops.sum(ops.square(self._whiten(x - y)), axis=1))
+        return numerics.safe_sqrt(ops.sum(ops.square(self._whiten(x - y)), axis=1))
 
     def get_config(self):
         return {"inverse_covariance": self.inverse_covariance.tolist()}

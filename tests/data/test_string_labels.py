@@ -60,7 +60,7 @@ def test_tfrecords_with_string_labels(tmp_path):
 
 
 def test_bad_labels_are_explained():
-    with pytest.raises(ValueError, match="integer class labels or strings"):
+    with pytest.raises(ValueError, match="`y` must hold integer class labels"):
         encode_labels(np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="a mix of"):
         encode_labels(np.array(["a", 1], dtype=object))

@@ -97,7 +97,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="`y`"):
         tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.zeros(9, "int64"))
     with pytest.raises(ValueError, match="`y`"):
-        tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.zeros(10, "float32"))
+        tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.full(10, 0.5, "float32"))
     with pytest.raises(ValueError, match="max_shift"):
         tfmetric.data.image_augmentation(max_shift=1.5)
     with pytest.raises(ValueError, match="noise_stddev"):

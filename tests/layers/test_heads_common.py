@@ -158,7 +158,7 @@ def test_out_of_range_labels_raise(name):
 def test_bad_inputs_raise():
     head = tfmetric.layers.CosFace(4)
     with pytest.raises(ValueError, match="`labels`"):
-        head(_embeddings(), LABELS.astype("float32"))
+        head(_embeddings(), LABELS + 0.5)
     with pytest.raises(ValueError, match="`labels`"):
         head(_embeddings(), LABELS[:4])
     with pytest.raises(ValueError, match="`embeddings`"):

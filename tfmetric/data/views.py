@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src import inputs
 from tfmetric.data import _sampling
 
 __all__ = ["image_augmentation", "multi_view_dataset"]
@@ -110,14 +111,7 @@ def multi_view_dataset(x, batch_size, augment, y=None, views=2, seed=None):
     if batch_size > n:
         raise ValueError(f"`batch_size` ({batch_size}) is larger than the number of samples ({n}).")
     if y is not None:
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.reshape(-1)
-        if y.shape != (n,):
-            raise ValueError(f"`y` must have shape ({n},) to match `x`; got {y.shape}.")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"`y` must hold integer class labels; got dtype {y.dtype}.")
-        labels = tf.constant(y.astype("int64"))
+        labels = tf.constant(inputs.check_label_array(y, "y", n, "x"))
     else:
         labels = tf.range(n, dtype=tf.int64)
     seed = _sampling.resolve_seed(seed)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tfmetric.losses import batch
+from tfmetric._src import inputs, numerics, validation
 
 __all__ = ["InBatchSoftmaxLoss", "clip_loss", "in_batch_softmax_loss"]
 
@@ -108,9 +108,9 @@ def in_batch_softmax_loss(
     if candidate_log_probability is not None:
         log_q = _check_vector(candidate_log_probability, "candidate_log_probability", size, False)
         rows = logits - ops.expand_dims(log_q, 0)
-    values = batch.masked_logsumexp(rows, allowed, axis=1) - _diagonal(rows, diagonal)
+    values = numerics.masked_logsumexp(rows, allowed, axis=1) - _diagonal(rows, diagonal)
     if symmetric:
-        columns = batch.masked_logsumexp(logits, allowed, axis=0) - _diagonal(logits, diagonal)
+        columns = numerics.masked_logsumexp(logits, allowed, axis=0) - _diagonal(logits, diagonal)
         values = (values + columns) / 2.0
     return values
 
@@ -148,7 +148,7 @@ def clip_loss(query_embeddings, candidate_embeddings, temperature=0.07):
         Language Supervision", ICML 2021; van den Oord, Li and Vinyals,
         "Representation Learning with Contrastive Predictive Coding", 2018.
     """
-    temperature = batch.check_margin(temperature, "temperature", allow_zero=False)
+    temperature = validation.check_positive(temperature, "temperature")
     query = _check_embeddings(query_embeddings, "query_embeddings")
     candidate = _check_embeddings(candidate_embeddings, "candidate_embeddings")
     if query.shape[0] is not None and candidate.shape[0] is not None:
@@ -226,7 +226,7 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         logits = _check_logits(y_pred)
         ids = _check_vector(y_true, "y_true", logits.shape[0], integer=True)
         # Ids in [0, B) survive Keras' cast of y_true to float32 exactly.
-        return super().__call__(batch.first_occurrence_ids(ids), y_pred, sample_weight)
+        return super().__call__(inputs.first_occurrence_ids(ids), y_pred, sample_weight)
 
     def call(self, y_true, y_pred):
         ids = ops.cast(y_true, "int32") if self.remove_accidental_hits else None

@@ -26,7 +26,7 @@ Reference:
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric.metrics._inputs import check_embeddings, check_labels, check_positive_int
+from tfmetric._src import inputs, validation
 
 # Largest (queries × gallery) block of distances held at once.
 _BLOCK_ELEMENTS = 1 << 22
@@ -37,10 +37,10 @@ def _check_set(value, name):
         raise ValueError(
             f"`{name}` must be a tuple (embeddings, identities, cameras); got {type(value)}."
         )
-    embeddings = check_embeddings(value[0], f"{name}[0] (embeddings)")
+    embeddings = inputs.check_embedding_array(value[0], f"{name}[0] (embeddings)")
     n = embeddings.shape[0]
-    identities = check_labels(value[1], n, f"{name}[1] (identities)", f"{name}[0]")
-    cameras = check_labels(value[2], n, f"{name}[2] (cameras)", f"{name}[0]")
+    identities = inputs.check_label_array(value[1], f"{name}[1] (identities)", n, f"{name}[0]")
+    cameras = inputs.check_label_array(value[2], f"{name}[2] (cameras)", n, f"{name}[0]")
     return embeddings, identities, cameras
 
 
@@ -80,7 +80,7 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
             f"`query` and `gallery` embeddings must have the same size; got {q.shape[1]} and "
             f"{g.shape[1]}."
         )
-    max_rank = check_positive_int(max_rank, "max_rank")
+    max_rank = validation.check_int(max_rank, "max_rank")
     distance = distances_lib.get(distance)
     sign = -1.0 if distance.is_similarity else 1.0
     junk = np.zeros(len(g), bool) if junk_label is None else g_id == int(junk_label)

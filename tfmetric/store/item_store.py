@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, validation
 from tfmetric.index import ExactIndex, Index
-from tfmetric.metrics._inputs import check_embeddings, check_positive_int
 from tfmetric.store.live_index import LiveIndex
 
 FORMAT = "tfmetric.store/1"
@@ -148,7 +148,7 @@ class ItemStore:
         encoded = [encode_id(i) for i in ids]
         if len(set(encoded)) != len(encoded):
             raise ValueError("`ids` holds duplicates.")
-        embeddings = check_embeddings(embeddings, "embeddings")
+        embeddings = inputs.check_embedding_array(embeddings, "embeddings")
         if embeddings.shape[0] != len(ids):
             raise ValueError(
                 f"`embeddings` has {embeddings.shape[0]} rows but `ids` has {len(ids)} ids."
@@ -262,7 +262,7 @@ class ItemStore:
         queries = np.asarray(queries)
         if queries.ndim == 1:
             queries = queries[None]
-        queries = check_embeddings(queries, "queries")
+        queries = inputs.check_embedding_array(queries, "queries")
         if self.dim is not None and queries.shape[1] != self.dim:
             raise ValueError(
                 f"`queries` have size {queries.shape[1]} but the store holds size {self.dim}."
@@ -284,7 +284,7 @@ class ItemStore:
         return self._search_one(query, k, where, exclude=key)
 
     def _search_one(self, query, k, where, exclude):
-        k = check_positive_int(k, "k")
+        k = validation.check_int(k, "k")
         if where is not None and not isinstance(where, dict):
             raise TypeError(f"`where` must be a dict of metadata fields; got {where!r}.")
         size = len(self._index)
