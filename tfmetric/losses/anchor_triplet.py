@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import inputs, validation
 from tfmetric.losses import batch
 
 POSITIVE_MINING = ("hard", "easy")
@@ -11,7 +12,7 @@ NEGATIVE_MINING = ("hard", "semi-hard", "easy")
 
 
 def _check_margin(margin):
-    return None if margin is None else batch.check_margin(margin)
+    return None if margin is None else validation.check_number(margin, "margin")
 
 
 def _take(matrix, columns):
@@ -43,13 +44,13 @@ def _mine(dist, positive, negative, positive_mining, negative_mining):
 
 
 def _anchor_values(labels, embeddings, distance, positive_mining, negative_mining, margin, pn):
-    batch.check_choice(positive_mining, "positive_mining", POSITIVE_MINING)
-    batch.check_choice(negative_mining, "negative_mining", NEGATIVE_MINING)
+    validation.check_choice(positive_mining, "positive_mining", POSITIVE_MINING)
+    validation.check_choice(negative_mining, "negative_mining", NEGATIVE_MINING)
     margin = _check_margin(margin)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     dist = batch.pairwise_dissimilarity(distance, embeddings)
-    positive, negative = batch.label_masks(labels)
+    positive, negative = inputs.label_masks(labels)
     p, n = _mine(dist, positive, negative, positive_mining, negative_mining)
     d_ap, d_an = _take(dist, p), _take(dist, n)
     if pn:
@@ -198,10 +199,10 @@ class _AnchorLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.positive_mining = batch.check_choice(
+        self.positive_mining = validation.check_choice(
             positive_mining, "positive_mining", POSITIVE_MINING
         )
-        self.negative_mining = batch.check_choice(
+        self.negative_mining = validation.check_choice(
             negative_mining, "negative_mining", NEGATIVE_MINING
         )
         self.margin = _check_margin(margin)
