@@ -6,10 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmetric._src import validation
 from tfmetric.data.sources import as_source
-
-check_positive_int = validation.check_int
 
 
 def resolve_seed(seed):

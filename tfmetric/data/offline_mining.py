@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import validation
 from tfmetric.data import _sampling
 
 __all__ = ["OFFLINE_MINING_MODES", "OfflineMiner", "check_mining"]
@@ -71,7 +72,7 @@ def check_mining(mining, embedder, index, pool_size, refresh_every):
             "Drop them or mine without them."
         )
     if pool_size is not None:
-        pool_size = _sampling.check_positive_int(pool_size, "pool_size", 2)
+        pool_size = validation.check_int(pool_size, "pool_size", 2)
         if pool_size > index.num_samples:
             raise ValueError(
                 f"`pool_size` ({pool_size}) is larger than the data ({index.num_samples} "

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfmetric._src import validation
 from tfmetric.data import _sampling, offline_mining
 
 __all__ = ["triplet_dataset"]
@@ -107,8 +108,8 @@ def triplet_dataset(
         Clustering", CVPR 2015.
     """
     index = _sampling.ClassIndex(x, y)
-    batch_size = _sampling.check_positive_int(batch_size, "batch_size")
-    refresh_every = _sampling.check_positive_int(refresh_every, "refresh_every")
+    batch_size = validation.check_int(batch_size, "batch_size")
+    refresh_every = validation.check_int(refresh_every, "refresh_every")
     if index.eligible_np.size == 0:
         raise ValueError(
             "Triplets need classes with at least 2 samples (K >= 2) to form positives; "

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmetric._src import inputs
+from tfmetric._src import inputs, validation
 from tfmetric.data import _sampling
 
 __all__ = ["image_augmentation", "multi_view_dataset"]
@@ -106,8 +106,8 @@ def multi_view_dataset(x, batch_size, augment, y=None, views=2, seed=None):
         )
     x = np.asarray(x) if not isinstance(x, tf.Tensor) else x
     n = int(x.shape[0])
-    batch_size = _sampling.check_positive_int(batch_size, "batch_size")
-    views = _sampling.check_positive_int(views, "views", 2)
+    batch_size = validation.check_int(batch_size, "batch_size")
+    views = validation.check_int(views, "views", 2)
     if batch_size > n:
         raise ValueError(f"`batch_size` ({batch_size}) is larger than the number of samples ({n}).")
     if y is not None:

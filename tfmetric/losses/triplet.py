@@ -221,7 +221,7 @@ class TripletLoss(ScheduledArguments, batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.margin = batch.check_margin(margin)
+        self.margin = validation.check_number(margin, "margin")
         self.mining = validation.check_choice(mining, "mining", MINING_MODES)
         self.soft_margin = bool(soft_margin)
 
