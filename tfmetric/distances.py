@@ -4,8 +4,9 @@ Every loss, metric and index in tfmetric takes its distance through
 `tfmetric.distances.get`, which accepts a name, a config dict or an instance.
 A distance maps embeddings `x` of shape `(n, d)` and `y` of shape `(m, d)` to
 an `(n, m)` float32 matrix. Some "distances" are similarities (larger means
-closer); they say so with `is_similarity = True`, and losses flip their
-direction accordingly.
+closer); they say so with `is_similarity = True`. A distance answers the
+direction questions itself (`to_closeness`, `to_dissimilarity`, `similarity`,
+`farther_by`, `margin_bounds`), so no caller branches on `is_similarity`.
 
 All distances:
 
@@ -120,6 +121,70 @@ class Distance:
         """Row-wise form of `pairwise` on prepared float32 inputs."""
         return ops.diagonal(self.pairwise(x, y))
 
+    def to_closeness(self, values):
+        """Maps values of this distance to scores where larger means closer.
+
+        Distances are negated, similarities kept. The map is its own inverse:
+        `from_closeness(to_closeness(v)) == v`. Works on tensors, numpy arrays
+        and Python numbers.
+        """
+        return values if self.is_similarity else -values
+
+    def from_closeness(self, scores):
+        """Maps scores of `to_closeness` back to values of this distance."""
+        return self.to_closeness(scores)
+
+    def to_dissimilarity(self, values):
+        """Maps values of this distance to dissimilarities (smaller means closer).
+
+        Distances are kept, similarities negated, so a loss or a search written
+        for distances serves both: a margin `m` on `d(a, p) - d(a, n)` becomes a
+        margin on `s(a, n) - s(a, p)`. Its own inverse.
+        """
+        return -values if self.is_similarity else values
+
+    def closeness(self, x, y=None):
+        """The matrix of `to_closeness` scores: larger means closer."""
+        return self.to_closeness(self(x, y))
+
+    def dissimilarity(self, x, y=None):
+        """The matrix of `to_dissimilarity` values: smaller means closer."""
+        return self.to_dissimilarity(self(x, y))
+
+    def similarity(self, x, y=None):
+        """A similarity view: the values of a similarity, `1 - d` for a distance `d`.
+
+        `1 - d` is exactly the cosine similarity for `Cosine` and keeps
+        thresholds such as multi-similarity's `base` or circle loss' margins
+        meaningful for other distances on normalised embeddings; softmax-based
+        losses are unaffected by the constant shift.
+        """
+        matrix = self(x, y)
+        return matrix if self.is_similarity else 1.0 - matrix
+
+    def farther_by(self, a, b):
+        """How much farther values `a` are than values `b`: `a - b`, or `b - a` for a similarity."""
+        return self.to_dissimilarity(a - b)
+
+    def euclidean_view(self, x):
+        """Embeddings whose euclidean distances order pairs as this distance does, or `None`.
+
+        Used where only euclidean geometry is available (k-means): the raw
+        embeddings for euclidean distances, the L2-normalised ones for the
+        cosine distance, the whitened ones for a Mahalanobis distance. `None`
+        when no such view exists (manhattan, inner product, ...).
+        """
+        return None
+
+    def margin_bounds(self, margin):
+        """`(near, far)` values of a margin loss: positives pulled to `near`, negatives pushed past `far`.
+
+        `(0, margin)` for a distance; `(margin, 0)` for a similarity (a
+        positive pair is close enough once its similarity reaches `margin`, a
+        negative pair once it is at most 0).
+        """
+        return (margin, 0.0) if self.is_similarity else (0.0, margin)
+
     def get_config(self):
         return {}
 
@@ -160,6 +225,9 @@ class SquaredEuclidean(Distance):
 
     def rowwise(self, x, y):
         return ops.sum(ops.square(x - y), axis=1)
+
+    def euclidean_view(self, x):
+        return x
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -209,6 +277,9 @@ class Cosine(Distance):
     def rowwise(self, x, y):
         cos = ops.sum(numerics.l2_normalize(x) * numerics.l2_normalize(y), axis=1)
         return ops.clip(1.0 - cos, 0.0, 2.0)
+
+    def euclidean_view(self, x):
+        return numerics.l2_normalize(ops.cast(x, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -350,6 +421,9 @@ class Minkowski(Distance):
             return total
         positive = ops.greater(total, 0.0)
         return ops.where(positive, ops.power(ops.where(positive, total, 1.0), 1.0 / self.p), 0.0)
+
+    def euclidean_view(self, x):
+        return x if self.p == 2.0 else None
 
     def get_config(self):
         return {"p": self.p}
@@ -566,6 +640,9 @@ class FittedMahalanobis(Distance):
             )
         inverse = np.linalg.inv(covariance)
         return cls((inverse + inverse.T) / 2.0)
+
+    def euclidean_view(self, x):
+        return self._whiten(ops.cast(x, "float32"))
 
     def _whiten(self, x):
         d = self._whitening.shape[0]

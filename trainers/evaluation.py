@@ -22,8 +22,7 @@ _FULL_MATRIX = 4096
 
 
 def _dissimilarity(distance, queries, references):
-    matrix = np.asarray(distance(queries, references), np.float64)
-    return -matrix if distance.is_similarity else matrix
+    return distance.to_dissimilarity(np.asarray(distance(queries, references), np.float64))
 
 
 def nearest_neighbors(embeddings, k, distance="euclidean"):

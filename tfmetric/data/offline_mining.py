@@ -244,9 +244,7 @@ class OfflineMiner:
         (a min/max pass then an equality pass, cheaper on CPU than
         arg-reductions over the row).
         """
-        dist = self.distance(tf.gather(embeddings, rows), embeddings)
-        if self.distance.is_similarity:
-            dist = -dist
+        dist = self.distance.dissimilarity(tf.gather(embeddings, rows), embeddings)
         inf = tf.constant(np.inf, dist.dtype)
         row_class = tf.gather(classes, rows)
         other = tf.not_equal(row_class[:, tf.newaxis], classes[tf.newaxis, :])

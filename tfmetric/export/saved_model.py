@@ -64,12 +64,8 @@ def exact_search(queries, gallery, distance, k):
     the returned values are similarities, largest first. Ties keep the lower
     gallery row first.
     """
-    matrix = distance(queries, gallery)
-    if distance.is_similarity:
-        values, indices = tf.math.top_k(matrix, k=k)
-        return values, indices
-    values, indices = tf.math.top_k(-matrix, k=k)
-    return -values, indices
+    values, indices = tf.math.top_k(distance.closeness(queries, gallery), k=k)
+    return distance.from_closeness(values), indices
 
 
 def _decoder(image_spec):
@@ -112,7 +108,7 @@ def _build_signatures(module, plan):
         threshold = plan.gallery.match_threshold
         if threshold is not None:
             nearest = values[:, 0]
-            close = nearest >= threshold if plan.distance.is_similarity else nearest <= threshold
+            close = plan.distance.to_closeness(nearest) >= plan.distance.to_closeness(threshold)
             unknown = tf.constant(plan.gallery.unknown_label, outputs["labels"].dtype)
             outputs["match"] = tf.where(close, outputs["labels"][:, 0], unknown)
             outputs["matched"] = close

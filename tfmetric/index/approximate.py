@@ -120,7 +120,7 @@ class ApproximateIndex(Index):
             values = np.maximum(values, 0.0)
         elif name == "cosine":
             values = np.clip(1.0 - values, 0.0, 2.0)
-        fill = -np.inf if self.distance.is_similarity else np.inf
+        fill = self.distance.from_closeness(-np.inf)
         values = np.where(missing, fill, values).astype(np.float32)
         return positions.astype(np.int64), values
 

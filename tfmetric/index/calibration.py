@@ -241,7 +241,8 @@ def match(index, queries, threshold, unknown=-1):
     """
     nearest, distances = _nearest(index, queries)
     threshold = float(threshold)
-    close = distances >= threshold if index.distance.is_similarity else distances <= threshold
+    to_closeness = index.distance.to_closeness
+    close = to_closeness(distances) >= to_closeness(threshold)
     return np.where(close, nearest, np.int64(unknown))
 
 
@@ -270,9 +271,8 @@ def evaluate_classification(index, queries, labels, threshold):
     nearest, distances = _nearest(index, queries)
     labels = inputs.check_label_array(labels, "labels", len(nearest), "queries")
     scores = np.asarray(distances, np.float64)
-    similarity = bool(index.distance.is_similarity)
-    oriented = -scores if similarity else scores
-    cut = -float(threshold) if similarity else float(threshold)
+    oriented = index.distance.to_dissimilarity(scores)
+    cut = index.distance.to_dissimilarity(float(threshold))
     tp, fp, fn, tn = (int(c[0]) for c in _counts(nearest == labels, oriented, np.array([cut])))
     precision, recall, f1 = (float(v[0]) for v in _rates([tp], [fp], [fn]))
     return {

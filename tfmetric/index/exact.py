@@ -24,7 +24,6 @@ def _search_fn(distance, k):
 
 
 def _build_search(distance, k):
-    sign = 1.0 if distance.is_similarity else -1.0
 
     @tf.function(jit_compile=True)
     def search(queries, blocks, valid):
@@ -32,7 +31,7 @@ def _build_search(distance, k):
         chunk = queries.shape[0]
 
         def body(i, best_scores, best_positions):
-            scores = sign * distance(queries, blocks[i])
+            scores = distance.closeness(queries, blocks[i])
             scores = tf.where(valid[i][None, :], scores, -np.inf)
             top_scores, top = tf.math.top_k(scores, k)
             merged_scores = tf.concat([best_scores, top_scores], axis=1)
@@ -49,7 +48,7 @@ def _build_search(distance, k):
                 tf.zeros((chunk, k), tf.int32),
             ),
         )
-        return sign * best_scores, best_positions
+        return distance.from_closeness(best_scores), best_positions
 
     return search
 

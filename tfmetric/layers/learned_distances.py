@@ -104,6 +104,13 @@ class LearnedDistance(distances_lib.Distance):
             self.layer.build(tuple(x.shape))
         return self.layer.pair_values(x, y)
 
+    def euclidean_view(self, x):
+        if not callable(getattr(self.layer, "transform", None)):
+            return None
+        if not self.layer.built:
+            self.layer.build(tuple(x.shape))
+        return self.layer.transform(ops.cast(x, "float32"))
+
     def get_config(self):
         return {"layer": keras.saving.serialize_keras_object(self.layer)}
 

@@ -49,7 +49,7 @@ def _anchor_values(labels, embeddings, distance, positive_mining, negative_minin
     margin = _check_margin(margin)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    dist = batch.pairwise_dissimilarity(distance, embeddings)
+    dist = distance.dissimilarity(embeddings)
     positive, negative = inputs.label_masks(labels)
     p, n = _mine(dist, positive, negative, positive_mining, negative_mining)
     d_ap, d_an = _take(dist, p), _take(dist, n)

@@ -29,30 +29,6 @@ def prepare_labels_and_embeddings(labels, embeddings, names=("labels", "embeddin
     return inputs.check_labels_and_embeddings(labels, embeddings, names)
 
 
-def pairwise_dissimilarity(distance, embeddings):
-    """In-batch distance matrix oriented so that smaller means closer.
-
-    Similarities (`distance.is_similarity`) are negated, so a loss written for
-    distances serves them too: a margin `m` on `d(a, p) - d(a, n)` becomes a
-    margin on `s(a, n) - s(a, p)`.
-    """
-    matrix = distance(embeddings)
-    return -matrix if distance.is_similarity else matrix
-
-
-def pairwise_similarity(distance, embeddings):
-    """In-batch similarity matrix oriented so that larger means closer.
-
-    Similarities are returned as they are; a distance `d` becomes `1 - d`,
-    which is exactly the cosine similarity for `"cosine"` and keeps thresholds
-    such as multi-similarity's `base` or circle loss' margins meaningful for
-    other distances on normalised embeddings. Softmax-based losses are
-    unaffected by the constant shift.
-    """
-    matrix = distance(embeddings)
-    return matrix if distance.is_similarity else 1.0 - matrix
-
-
 class InBatchLoss(keras.losses.Loss):
     """Base of the losses computed over all pairs of a labelled batch.
 

@@ -47,12 +47,9 @@ def contrastive_loss(labels, embeddings, margin=1.0, distance="euclidean"):
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     matrix = distance(embeddings)
     positive, negative = inputs.label_masks(labels)
-    if distance.is_similarity:
-        positive_cost = ops.square(ops.relu(margin - matrix))
-        negative_cost = ops.square(ops.relu(matrix))
-    else:
-        positive_cost = ops.square(matrix)
-        negative_cost = ops.square(ops.relu(margin - matrix))
+    near, far = distance.margin_bounds(margin)
+    positive_cost = ops.square(ops.relu(distance.farther_by(matrix, near)))
+    negative_cost = ops.square(ops.relu(distance.farther_by(far, matrix)))
     cost = ops.where(positive, positive_cost, 0.0) + ops.where(negative, negative_cost, 0.0)
     others = ops.maximum(ops.cast(ops.shape(labels)[0] - 1, "float32"), 1.0)
     return ops.sum(cost, axis=1) / others

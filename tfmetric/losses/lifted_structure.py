@@ -49,7 +49,7 @@ def lifted_structure_loss(labels, embeddings, margin=1.0, distance="euclidean"):
     margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    dist = batch.pairwise_dissimilarity(distance, embeddings)
+    dist = distance.dissimilarity(embeddings)
     positive, negative = inputs.label_masks(labels)
     total = numerics.masked_logsumexp(dist, positive) + numerics.masked_logsumexp(
         margin - dist, negative

@@ -65,7 +65,7 @@ def multi_similarity_loss(
     epsilon = validation.check_number(epsilon, "epsilon")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    sim = batch.pairwise_similarity(distance, embeddings)
+    sim = distance.similarity(embeddings)
     positive, negative = inputs.label_masks(labels)
     const = ops.stop_gradient(sim)
     hardest_negative = ops.max(ops.where(negative, const, -float("inf")), axis=1, keepdims=True)

@@ -48,7 +48,7 @@ def npairs_loss(labels, embeddings, distance="inner_product"):
     """
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    sim = batch.pairwise_similarity(distance, embeddings)
+    sim = distance.similarity(embeddings)
     same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
     size = ops.shape(labels)[0]
     index = ops.arange(size, dtype="int32")

@@ -181,8 +181,7 @@ def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=Fa
     anchor, positive, negative = _split_triplets(embeddings)
     d_ap = paired_distance(distance, anchor, positive)
     d_an = paired_distance(distance, anchor, negative)
-    if distance.is_similarity:
-        d_ap, d_an = -d_ap, -d_an
+    d_ap, d_an = distance.to_dissimilarity(d_ap), distance.to_dissimilarity(d_an)
     if squared:
         d_ap, d_an = ops.square(d_ap), ops.square(d_an)
     return ops.relu(d_ap - d_an + margin)

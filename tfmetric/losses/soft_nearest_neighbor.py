@@ -49,7 +49,7 @@ def soft_nearest_neighbor_loss(
     temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    logits = batch.pairwise_similarity(distance, embeddings) / temperature
+    logits = distance.similarity(embeddings) / temperature
     positive, negative = inputs.label_masks(labels)
     values = numerics.masked_logsumexp(
         logits, ops.logical_or(positive, negative)

@@ -12,7 +12,7 @@ def _logits(labels, embeddings, temperature, distance):
     temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    logits = batch.pairwise_similarity(distance, embeddings) / temperature
+    logits = distance.similarity(embeddings) / temperature
     return (logits, *inputs.label_masks(labels))
 
 

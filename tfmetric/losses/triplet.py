@@ -108,7 +108,7 @@ def triplet_loss(
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     if keras.backend.standardize_dtype(labels.dtype) not in ("int32", "int64"):
         labels = ops.cast(labels, "int64")  # a bijection: label equality is kept
-    dist = batch.pairwise_dissimilarity(distance, embeddings)
+    dist = distance.dissimilarity(embeddings)
     if isinstance(mining, str):
         return _mine(mining, dist, labels, margin, soft_margin)
     code = ops.cast(ops.convert_to_tensor(mining), "int32")

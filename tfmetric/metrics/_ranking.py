@@ -105,13 +105,12 @@ def _compiled_chunk_fn(distance, window):
 
 
 def _build_chunk_fn(distance_fn, window):
-    sign = -1.0 if distance_fn.is_similarity else 1.0
 
     @tf.function(jit_compile=True, reduce_retracing=False)
     def chunk_fn(q, q_id, q_start, q_count, q_self, g, g_id):
         chunk = q.shape[0]
         gallery_size = tf.shape(g)[0]
-        d = sign * distance_fn(q, g)
+        d = distance_fn.dissimilarity(q, g)
         inf = tf.constant(np.inf, tf.float32)
         slots = tf.range(window, dtype=tf.int32)
         block = q_start[:, None] + slots[None, :]

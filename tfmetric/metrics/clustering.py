@@ -1,7 +1,7 @@
 """Clustering quality of embeddings: NMI and AMI of k-means clusters."""
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from tfmetric import distances as distances_lib
@@ -13,8 +13,12 @@ def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
 
     k-means (scikit-learn, `n_init=1`, seeded) uses as many clusters as there
     are distinct labels, as pytorch-metric-learning's `AccuracyCalculator`
-    does. For the `"cosine"` distance the embeddings are L2-normalised first
-    (spherical k-means); other distances cluster the raw embeddings.
+    does, on the distance's euclidean view of the embeddings
+    (`Distance.euclidean_view`: the raw embeddings for euclidean distances,
+    L2-normalised ones for `"cosine"` (spherical k-means), whitened ones for
+    a Mahalanobis distance). A distance without such a view (manhattan,
+    inner product, ...) is clustered by average-linkage agglomerative
+    clustering of its `(n, n)` dissimilarity matrix, O(n²) memory.
 
     Args:
         embeddings: Embeddings, shape `(n, d)`.
@@ -39,15 +43,22 @@ def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
     embeddings = inputs.check_embedding_array(embeddings, "embeddings")
     labels = inputs.check_label_array(labels, "labels", embeddings.shape[0], "embeddings")
     distance = distances_lib.get(distance)
-    if isinstance(distance, distances_lib.Cosine):
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        embeddings = embeddings / np.maximum(norms, 1e-12)
     num_clusters = len(np.unique(labels))
     if num_clusters < 2:
         raise ValueError("`labels` must hold at least two classes for NMI/AMI.")
-    clusters = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(
-        embeddings.astype(np.float64)
-    )
+    view = distance.euclidean_view(embeddings)
+    if view is not None:
+        clusters = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(
+            np.asarray(view, np.float64)
+        )
+    else:
+        # Average linkage ignores a constant shift: make the dissimilarities non-negative.
+        matrix = np.asarray(distance.dissimilarity(embeddings), np.float64)
+        matrix = matrix - matrix.min()
+        np.fill_diagonal(matrix, 0.0)
+        clusters = AgglomerativeClustering(
+            n_clusters=num_clusters, metric="precomputed", linkage="average"
+        ).fit_predict(matrix)
     return {
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "ami": float(adjusted_mutual_info_score(labels, clusters)),

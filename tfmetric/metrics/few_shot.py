@@ -102,9 +102,8 @@ def n_way_k_shot_accuracy(
                 embeddings[queries[begin:stop].ravel()], embeddings[supports[begin:stop].ravel()]
             )
         ).reshape(c, nq, c, ns)
-        d = block[np.arange(c), :, np.arange(c), :]  # (c, nq, ns): each episode's own block
-        if distance.is_similarity:
-            d = -d
+        # (c, nq, ns): each episode's own block
+        d = distance.to_dissimilarity(block[np.arange(c), :, np.arange(c), :])
         own = support_class[None, None, :] == query_class[None, :, None]
         nearest_own = np.where(own, d, np.inf).min(axis=2)
         nearest_other = np.where(own, np.inf, d).min(axis=2)

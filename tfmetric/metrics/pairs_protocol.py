@@ -180,9 +180,9 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
     [1.0, 0.5]
     """
     distance = distances_lib.get(distance)
-    scores = pair_distances(x, y, distance)
-    similarity = bool(distance.is_similarity)
-    same, _ = _prepare(same, scores, similarity)
+    # Closeness scores (larger means "same") serve distances and similarities alike.
+    scores = distance.to_closeness(pair_distances(x, y, distance).astype(np.float64))
+    same, _ = _prepare(same, scores, True)
     n = len(same)
     if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
         if not 2 <= folds <= n:
@@ -207,20 +207,19 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
                 f"The folds other than fold {name} hold only one kind of pair; a threshold "
                 "needs both same and different pairs."
             )
-        threshold, _ = best_threshold(train_same, train_scores, "accuracy", similarity)
-        decided = scores[test] >= threshold if similarity else scores[test] <= threshold
-        accuracies.append(float(np.mean(decided == same[test])))
-        thresholds.append(threshold)
+        threshold, _ = best_threshold(train_same, train_scores, "accuracy", True)
+        accuracies.append(float(np.mean((scores[test] >= threshold) == same[test])))
+        thresholds.append(float(distance.from_closeness(threshold)))
     results = {
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),
         "fold_accuracies": accuracies,
         "fold_thresholds": thresholds,
-        "roc_auc": roc_auc(same, scores, similarity),
-        "equal_error_rate": equal_error_rate(same, scores, similarity),
+        "roc_auc": roc_auc(same, scores, True),
+        "equal_error_rate": equal_error_rate(same, scores, True),
     }
     for value in (far,) if isinstance(far, (int, float)) else far:
-        results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, similarity)
+        results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, True)
     return results
 
 

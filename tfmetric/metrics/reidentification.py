@@ -82,14 +82,13 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
         )
     max_rank = validation.check_int(max_rank, "max_rank")
     distance = distances_lib.get(distance)
-    sign = -1.0 if distance.is_similarity else 1.0
     junk = np.zeros(len(g), bool) if junk_label is None else g_id == int(junk_label)
     chunk = max(1, _BLOCK_ELEMENTS // max(1, len(g)))
     cmc_hits = np.zeros(max_rank)
     ap_sum, evaluated = 0.0, 0
     for begin in range(0, len(q), chunk):
         rows = slice(begin, begin + chunk)
-        d = sign * np.asarray(distance(q[rows], g), np.float64)
+        d = distance.to_dissimilarity(np.asarray(distance(q[rows], g), np.float64))
         good = (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] != q_cam[rows, None])
         excluded = junk[None, :] | (
             (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] == q_cam[rows, None])

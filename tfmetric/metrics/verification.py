@@ -203,8 +203,8 @@ def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
         x: Embeddings of the first elements, shape `(pairs, d)`.
         y: Embeddings of the second elements, shape `(pairs, d)`.
         same: Booleans (or 0/1), shape `(pairs,)`.
-        distance: Name, config or `tfmetric.distances.Distance`; its
-            `is_similarity` sets the direction. Defaults to `"euclidean"`.
+        distance: Name, config or `tfmetric.distances.Distance`; it sets the
+            direction of the scores. Defaults to `"euclidean"`.
         far: False accept rates for `tar_at_far`. Defaults to `(1e-3, 1e-2)`.
 
     Returns:
@@ -220,14 +220,14 @@ def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
     {'roc_auc': 1.0, 'equal_error_rate': 0.0, 'tar_at_far_0.5': 1.0, 'threshold': 0.3, 'accuracy': 1.0}
     """
     distance = distances_lib.get(distance)
-    scores = pair_distances(x, y, distance)
-    similarity = bool(distance.is_similarity)
+    # Closeness scores (larger means "same") serve distances and similarities alike.
+    scores = distance.to_closeness(pair_distances(x, y, distance).astype(np.float64))
     results = {
-        "roc_auc": roc_auc(same, scores, similarity),
-        "equal_error_rate": equal_error_rate(same, scores, similarity),
+        "roc_auc": roc_auc(same, scores, True),
+        "equal_error_rate": equal_error_rate(same, scores, True),
     }
     for value in (far,) if isinstance(far, (int, float)) else far:
-        results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, similarity)
-    threshold, accuracy = best_threshold(same, scores, "accuracy", similarity)
-    results.update(threshold=threshold, accuracy=accuracy)
+        results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, True)
+    threshold, accuracy = best_threshold(same, scores, "accuracy", True)
+    results.update(threshold=float(distance.from_closeness(threshold)), accuracy=accuracy)
     return results

@@ -86,5 +86,5 @@ class LiveIndex:
         if not keys:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         keys, distances = np.concatenate(keys), np.concatenate(distances)
-        order = np.argsort(-distances if self.distance.is_similarity else distances, kind="stable")
+        order = np.argsort(self.distance.to_dissimilarity(distances), kind="stable")
         return keys[order[:depth]], distances[order[:depth]]
