@@ -1,19 +1,84 @@
-"""Per-sample loss values and the normalisers their reductions need."""
+"""Reductions of per-sample loss terms, as Keras documents them, across replicas too.
+
+An in-batch loss is a mean over *terms* (triplets, positive pairs, valid
+anchors). Its functional core returns two `(B,)` tensors: `values[i]`, the
+sum of the terms of sample `i` (its anchor's triplets, pairs, ...), and
+`counts[i]`, how many terms that is. With sample weights `w` (1 by default):
+
+- `"none"`: `w * values`, the per-sample losses;
+- `"sum"`: `sum(w * values)`, their sum;
+- `"sum_over_batch_size"` / `"mean"`: `sum(w * values) / sum(counts)`, the
+  sum divided by the number of terms in the batch (Keras divides by the
+  number of samples, i.e. one term per sample; a loss that averages over
+  valid anchors has `counts` 0/1, as a Keras mask gives);
+- `"mean_with_sample_weight"`: `sum(w * values) / sum(w * counts)`.
+
+Without weights, every mean reduction is the documented loss. Under a
+`tf.distribute` strategy, a replica holds the rows of its own samples; it
+returns its share of the global value (global denominators), so the sum over
+replicas, which the gradient all-reduce takes, is the value of one device
+running the whole global batch.
+"""
 
 from keras import ops
 
+from tfmetric._src import distribute
 
-def spread_mean(total, denominator):
-    """Per-sample values whose batch mean is `sum(total) / denominator`.
+MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
-    Keras reduces a loss by averaging the per-sample values; scaling by
-    `B / denominator` turns that average into the documented normalisation
-    (e.g. the mean over positive pairs) while keeping sample weights per anchor.
+
+def valid_terms(values, valid):
+    """Terms of a loss averaged over the samples where `valid` holds: `(values, counts)`."""
+    return ops.where(valid, values, 0.0), ops.cast(valid, "float32")
+
+
+def mean_form(values, counts):
+    """Per-sample values whose batch mean is the loss `sum(values) / sum(counts)`.
+
+    The form of the functional losses: `np.mean` of the result is the loss,
+    Keras' default reduction of it too.
     """
-    size = ops.cast(ops.shape(total)[0], "float32")
-    return total * size / ops.maximum(denominator, 1.0)
+    size = ops.cast(ops.shape(values)[0], "float32")
+    return values * size / ops.maximum(ops.sum(counts), 1.0)
 
 
-def mean_over(values, valid):
-    """Per-sample values whose batch mean is the mean of `values` over `valid`."""
-    return spread_mean(ops.where(valid, values, 0.0), ops.sum(ops.cast(valid, "float32")))
+def sample_weights(sample_weight, size):
+    """`sample_weight` (scalar, `(B,)` or `(B, 1)`) as float32 of shape `(B,)`."""
+    weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+    if len(weights.shape) == 2 and weights.shape[1] == 1:
+        weights = ops.reshape(weights, (-1,))
+    if len(weights.shape) > 1:
+        raise ValueError(
+            "`sample_weight` must be a scalar or have shape (batch,) or (batch, 1); got "
+            f"shape {tuple(weights.shape)}."
+        )
+    return ops.broadcast_to(weights, (size,))
+
+
+def reduce_terms(values, counts, reduction, sample_weight=None, context=None, all_counts=None):
+    """Reduces per-sample `(values, counts)` as the module docstring says.
+
+    Args:
+        values: Per-sample sums of terms, float32 `(B,)`.
+        counts: Per-sample numbers of terms, float32 `(B,)`.
+        reduction: A Keras reduction name (or `None`).
+        sample_weight: Optional weights (scalar, `(B,)` or `(B, 1)`).
+        context: The replica context when `values` are this replica's rows of
+            a global batch, else `None`.
+        all_counts: With `context`, the counts of every row of the global batch.
+    """
+    if sample_weight is not None:
+        weights = sample_weights(sample_weight, ops.shape(values)[0])
+        values = values * weights
+    if reduction is None or reduction == "none":
+        return values
+    total = ops.sum(values)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        denominator = ops.sum(counts * weights)
+        if context is not None:
+            denominator = distribute.sum_over_replicas(context, denominator)
+    else:
+        denominator = ops.sum(all_counts if context is not None else counts)
+    return ops.divide_no_nan(total, ops.stop_gradient(denominator))

@@ -67,9 +67,9 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
     and the same gradient without storing per-iteration activations.
 
     Returns:
-        `(value, pairs, nonzero)`: per-anchor sums `(B,)` carrying the gradient,
-        the number of positive pairs whose anchor has a negative, and the number
-        of non-zero triplet terms.
+        `(value, pairs, nonzero)`, each of shape `(B,)`: per-anchor sums
+        carrying the gradient, the anchor's positive pairs (0 for an anchor
+        without a negative), and its non-zero triplet terms.
     """
     const = ops.stop_gradient(dist)
     size = ops.shape(dist)[0]
@@ -115,7 +115,8 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
             slope = ops.where(mask, slope, 0.0)
             grad = add_at(grad - slope, current, ops.sum(slope, axis=1))
             value = value + ops.sum(loss, axis=1)
-        nonzero = nonzero + ops.sum(ops.cast(ops.greater(loss, 0.0), "float32"))
+        hits = ops.cast(ops.greater(loss, 0.0), "float32")
+        nonzero = nonzero + (hits if semi_hard else ops.sum(hits, axis=1))
         return k + 1, value, grad, nonzero
 
     _, value, grad, nonzero = ops.while_loop(
@@ -125,9 +126,9 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
             ops.convert_to_tensor(0, "int32"),
             ops.zeros((size,), "float32"),
             ops.zeros_like(const),
-            ops.convert_to_tensor(0.0),
+            ops.zeros((size,), "float32"),
         ),
     )
-    pairs = ops.sum(ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0))
+    pairs = ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0)
     value = value + ops.sum(grad * (dist - const), axis=1)
     return value, pairs, nonzero

@@ -1,10 +1,12 @@
 """One triplet per anchor, with separate positive and negative mining; the PN loss."""
 
+import functools
+
 import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, validation
+from tfmetric._src import inputs, reduction, validation
 from tfmetric.losses import batch
 
 POSITIVE_MINING = ("hard", "easy")
@@ -43,7 +45,8 @@ def _mine(dist, positive, negative, positive_mining, negative_mining):
     return chosen_positive, ops.where(found, nearest, farthest_negative)
 
 
-def _anchor_values(labels, embeddings, distance, positive_mining, negative_mining, margin, pn):
+def _anchor_terms(labels, embeddings, distance, positive_mining, negative_mining, margin, pn):
+    """Per-sample triplet terms and their counts (1 for anchors with a positive and a negative)."""
     validation.check_choice(positive_mining, "positive_mining", POSITIVE_MINING)
     validation.check_choice(negative_mining, "negative_mining", NEGATIVE_MINING)
     margin = _check_margin(margin)
@@ -64,9 +67,7 @@ def _anchor_values(labels, embeddings, distance, positive_mining, negative_minin
     values = ops.softplus(gap) if margin is None else ops.relu(gap + margin)
     values = ops.where(valid, values, 0.0)
     # The mean over anchors that have a positive and a negative.
-    count = ops.sum(ops.cast(valid, "float32"))
-    size = ops.cast(ops.shape(values)[0], "float32")
-    return values * size / ops.maximum(count, 1.0)
+    return values, ops.cast(valid, "float32")
 
 
 def anchor_triplet_loss(
@@ -126,8 +127,10 @@ def anchor_triplet_loss(
         Clustering", CVPR 2015; Hermans et al., "In Defense of the Triplet
         Loss for Person Re-Identification", 2017.
     """
-    return _anchor_values(
-        labels, embeddings, distance, positive_mining, negative_mining, margin, pn=False
+    return reduction.mean_form(
+        *_anchor_terms(
+            labels, embeddings, distance, positive_mining, negative_mining, margin, pn=False
+        )
     )
 
 
@@ -175,8 +178,10 @@ def pn_loss(
         Szubert, Cole, Monaco and Drozdov, "Structure-preserving visualisation
         of high dimensional single-cell datasets", Scientific Reports 9, 2019.
     """
-    return _anchor_values(
-        labels, embeddings, distance, positive_mining, negative_mining, margin, pn=True
+    return reduction.mean_form(
+        *_anchor_terms(
+            labels, embeddings, distance, positive_mining, negative_mining, margin, pn=True
+        )
     )
 
 
@@ -248,6 +253,7 @@ class AnchorTripletLoss(_AnchorLoss):
     """
 
     fn = anchor_triplet_loss
+    terms = functools.partial(_anchor_terms, pn=False)
 
     def __init__(
         self,
@@ -305,6 +311,7 @@ class PNLoss(_AnchorLoss):
     """
 
     fn = pn_loss
+    terms = functools.partial(_anchor_terms, pn=True)
 
     def __init__(
         self,

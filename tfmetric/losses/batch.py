@@ -11,6 +11,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import distribute, inputs, validation
+from tfmetric._src import reduction as reduction_lib
 
 LOSS_INPUT_NAMES = ("y_true", "y_pred")
 
@@ -32,26 +33,31 @@ def prepare_labels_and_embeddings(labels, embeddings, names=("labels", "embeddin
 class InBatchLoss(keras.losses.Loss):
     """Base of the losses computed over all pairs of a labelled batch.
 
-    Subclasses set `fn` (the functional twin, called as `fn(labels,
-    embeddings, distance=self.distance, **self._loss_arguments())`), keep one
-    attribute per constructor argument and return their own arguments from
-    `_loss_arguments`, which `get_config` also saves. Labels are validated before Keras casts them to the
-    loss dtype, and replaced by first-occurrence ids so that the cast is
-    lossless.
+    Subclasses set `fn` (the public functional form) and `terms` (its core,
+    called as `terms(labels, embeddings, distance=self.distance,
+    **self._loss_arguments())` and returning per-sample sums of terms and
+    their counts, see `tfmetric._src.reduction`), keep one attribute per
+    constructor argument and return their own arguments from
+    `_loss_arguments`, which `get_config` also saves.
+
+    Calling the loss validates the batch and reduces the terms as Keras
+    documents (`"none"`: per-sample values; `"sum"`; `"sum_over_batch_size"`:
+    the loss as its functional form defines it; `"mean_with_sample_weight"`:
+    the weighted mean over the terms); `call` returns the per-sample values.
 
     Under a `tf.distribute` strategy with several replicas (and
     `cross_replica=True`), each replica all-gathers the labels and float32
     embeddings of every replica and mines over the global batch: its
     per-sample values are those of its own samples (rows) against the global
-    batch (columns). The all-gather's gradient sums the replicas' gradients and
-    returns each replica its own rows, and the values are scaled so that the
-    sum over replicas of Keras' per-replica loss is the loss of one device
-    running the whole global batch — with R replicas of B/R samples, training
-    matches one device with B samples. Only XLA-supported ops are used, as
+    batch (columns), and it returns its share of the global reduction, so
+    that with R replicas of B/R samples training matches one device with B
+    samples. The all-gather's gradient sums the replicas' gradients and
+    returns each replica its own rows. Only XLA-supported ops are used, as
     `TPUStrategy` requires.
     """
 
     fn = None
+    terms = None
 
     def __init__(
         self,
@@ -69,40 +75,35 @@ class InBatchLoss(keras.losses.Loss):
         if distribute.in_cross_replica_build():
             # Keras' build under a strategy passes the replica-mean of the labels.
             y_true = ops.cast(ops.convert_to_tensor(y_true), "int32")
-        labels, _ = prepare_labels_and_embeddings(y_true, y_pred, LOSS_INPUT_NAMES)
-        context = self._replica_context()
-        if context is None:
-            ids = inputs.first_occurrence_ids(labels)
-        else:
-            ids = distribute.local_rows(
-                context, inputs.first_occurrence_ids(distribute.all_gather(context, labels)), labels
+        labels, embeddings = prepare_labels_and_embeddings(y_true, y_pred, LOSS_INPUT_NAMES)
+        with keras.name_scope(self.name):
+            context = self._replica_context()
+            if context is None:
+                values, counts = self._terms(labels, embeddings)
+                all_counts = None
+            else:
+                values, all_counts = self._terms(
+                    distribute.all_gather(context, labels),
+                    distribute.all_gather(context, embeddings),
+                )
+                values = distribute.local_rows(context, values, labels)
+                counts = distribute.local_rows(context, all_counts, labels)
+            loss = reduction_lib.reduce_terms(
+                values, counts, self.reduction, sample_weight, context, all_counts
             )
-        return super().__call__(ids, y_pred, sample_weight)
+            return ops.cast(loss, self.dtype)
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(y_true, "int32")
-        context = self._replica_context()
-        if context is None:
-            return type(self).fn(labels, y_pred, distance=self.distance, **self._call_arguments())
-        embeddings = ops.cast(y_pred, "float32")
-        values = type(self).fn(
-            distribute.all_gather(context, labels),
-            distribute.all_gather(context, embeddings),
-            distance=self.distance,
-            **self._call_arguments(),
-        )
-        rows = distribute.local_rows(context, values, labels)
-        if self.reduction not in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
-            return rows
-        # Keras' per-replica mean, divided by R for the distribution, sums over
-        # replicas to the global mean when the rows are scaled by R * b / G
-        # (R replicas, b local and G global samples).
-        size = ops.shape(labels)[0]
-        total = distribute.sum_over_replicas(context, size)
-        factor = ops.cast(context.num_replicas_in_sync * size, "float32") / ops.cast(
-            total, "float32"
-        )
-        return rows * factor
+        labels, embeddings = prepare_labels_and_embeddings(y_true, y_pred, LOSS_INPUT_NAMES)
+        return self._terms(labels, embeddings)[0]
+
+    def _terms(self, labels, embeddings):
+        arguments = dict(distance=self.distance, **self._call_arguments())
+        if type(self).terms is None:
+            # A subclass with only a functional form: one term per sample.
+            values = type(self).fn(labels, embeddings, **arguments)
+            return values, ops.ones_like(values)
+        return type(self).terms(labels, embeddings, **arguments)
 
     def _replica_context(self):
         """The replica context to gather over, or `None` for per-replica mining."""

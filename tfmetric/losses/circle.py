@@ -53,6 +53,11 @@ def circle_loss(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine")
         Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity
         Optimization", CVPR 2020.
     """
+    return reduction.mean_form(*_circle_terms(labels, embeddings, margin=margin, gamma=gamma, distance=distance))
+
+
+def _circle_terms(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine"):
+    """Per-sample sums of the terms of `circle_loss` and their counts."""
     margin = validation.check_number(margin, "margin")
     gamma = validation.check_positive(gamma, "gamma")
     distance = distances_lib.get(distance)
@@ -68,7 +73,7 @@ def circle_loss(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine")
         negative_logits, negative
     )
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return reduction.mean_over(ops.softplus(total), valid)
+    return reduction.valid_terms(ops.softplus(total), valid)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -104,6 +109,7 @@ class CircleLoss(batch.InBatchLoss):
     """
 
     fn = circle_loss
+    terms = _circle_terms
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, validation
+from tfmetric._src import inputs, reduction, validation
 from tfmetric.losses import batch
 
 
@@ -42,6 +42,11 @@ def contrastive_loss(labels, embeddings, margin=1.0, distance="euclidean"):
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
         Invariant Mapping", CVPR 2006.
     """
+    return reduction.mean_form(*_contrastive_terms(labels, embeddings, margin=margin, distance=distance))
+
+
+def _contrastive_terms(labels, embeddings, margin=1.0, distance="euclidean"):
+    """Per-sample sums of the terms of `contrastive_loss` and their counts."""
     margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
@@ -52,7 +57,8 @@ def contrastive_loss(labels, embeddings, margin=1.0, distance="euclidean"):
     negative_cost = ops.square(ops.relu(distance.farther_by(far, matrix)))
     cost = ops.where(positive, positive_cost, 0.0) + ops.where(negative, negative_cost, 0.0)
     others = ops.maximum(ops.cast(ops.shape(labels)[0] - 1, "float32"), 1.0)
-    return ops.sum(cost, axis=1) / others
+    values = ops.sum(cost, axis=1)
+    return values, ops.ones_like(values) * others
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -87,6 +93,7 @@ class ContrastiveLoss(batch.InBatchLoss):
     """
 
     fn = contrastive_loss
+    terms = _contrastive_terms
 
     def __init__(
         self,

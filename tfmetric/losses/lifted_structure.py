@@ -46,6 +46,11 @@ def lifted_structure_loss(labels, embeddings, margin=1.0, distance="euclidean"):
         Re-Identification", 2017; Song et al., "Deep Metric Learning via Lifted
         Structured Feature Embedding", CVPR 2016.
     """
+    return reduction.mean_form(*_lifted_structure_terms(labels, embeddings, margin=margin, distance=distance))
+
+
+def _lifted_structure_terms(labels, embeddings, margin=1.0, distance="euclidean"):
+    """Per-sample sums of the terms of `lifted_structure_loss` and their counts."""
     margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
@@ -55,7 +60,7 @@ def lifted_structure_loss(labels, embeddings, margin=1.0, distance="euclidean"):
         margin - dist, negative
     )
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return reduction.mean_over(ops.relu(total), valid)
+    return reduction.valid_terms(ops.relu(total), valid)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -89,6 +94,7 @@ class LiftedStructureLoss(batch.InBatchLoss):
     """
 
     fn = lifted_structure_loss
+    terms = _lifted_structure_terms
 
     def __init__(
         self,

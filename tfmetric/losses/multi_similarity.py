@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, validation
+from tfmetric._src import inputs, numerics, reduction, validation
 from tfmetric.losses import batch
 
 
@@ -59,6 +59,19 @@ def multi_similarity_loss(
         Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep
         Metric Learning", CVPR 2019.
     """
+    return reduction.mean_form(*_multi_similarity_terms(labels, embeddings, alpha=alpha, beta=beta, base=base, epsilon=epsilon, distance=distance))
+
+
+def _multi_similarity_terms(
+    labels,
+    embeddings,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=0.1,
+    distance="cosine",
+):
+    """Per-sample sums of the terms of `multi_similarity_loss` and their counts."""
     alpha = validation.check_positive(alpha, "alpha")
     beta = validation.check_positive(beta, "beta")
     base = validation.check_number(base, "base", allow_negative=True)
@@ -74,7 +87,8 @@ def multi_similarity_loss(
     kept_negative = ops.logical_and(negative, ops.greater(const, hardest_positive - epsilon))
     positive_term = numerics.masked_logsumexp(-alpha * (sim - base), kept_positive, add_one=True)
     negative_term = numerics.masked_logsumexp(beta * (sim - base), kept_negative, add_one=True)
-    return positive_term / alpha + negative_term / beta
+    values = positive_term / alpha + negative_term / beta
+    return values, ops.ones_like(values)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -111,6 +125,7 @@ class MultiSimilarityLoss(batch.InBatchLoss):
     """
 
     fn = multi_similarity_loss
+    terms = _multi_similarity_terms
 
     def __init__(
         self,

@@ -46,6 +46,11 @@ def npairs_loss(labels, embeddings, distance="inner_product"):
         Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
         Objective", NeurIPS 2016.
     """
+    return reduction.mean_form(*_npairs_terms(labels, embeddings, distance=distance))
+
+
+def _npairs_terms(labels, embeddings, distance="inner_product"):
+    """Per-sample sums of the terms of `npairs_loss` and their counts."""
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     sim = distance.similarity(embeddings)
@@ -60,7 +65,7 @@ def npairs_loss(labels, embeddings, distance="inner_product"):
     target_logit = ops.sum(ops.where(target, sim, 0.0), axis=1)
     candidates = ops.broadcast_to(second, ops.shape(sim))
     values = numerics.masked_logsumexp(sim, candidates) - target_logit
-    return reduction.mean_over(values, anchor)
+    return reduction.valid_terms(values, anchor)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -94,6 +99,7 @@ class NPairsLoss(batch.InBatchLoss):
     """
 
     fn = npairs_loss
+    terms = _npairs_terms
 
     def __init__(
         self,

@@ -46,6 +46,13 @@ def soft_nearest_neighbor_loss(
         Frosst, Papernot and Hinton, "Analyzing and Improving Representations
         with the Soft Nearest Neighbor Loss", ICML 2019.
     """
+    return reduction.mean_form(*_soft_nearest_neighbor_terms(labels, embeddings, temperature=temperature, distance=distance))
+
+
+def _soft_nearest_neighbor_terms(
+    labels, embeddings, temperature=1.0, distance="squared_euclidean"
+):
+    """Per-sample sums of the terms of `soft_nearest_neighbor_loss` and their counts."""
     temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
@@ -54,7 +61,7 @@ def soft_nearest_neighbor_loss(
     values = numerics.masked_logsumexp(
         logits, ops.logical_or(positive, negative)
     ) - numerics.masked_logsumexp(logits, positive)
-    return reduction.mean_over(values, ops.any(positive, axis=1))
+    return reduction.valid_terms(values, ops.any(positive, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -88,6 +95,7 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
     """
 
     fn = soft_nearest_neighbor_loss
+    terms = _soft_nearest_neighbor_terms
 
     def __init__(
         self,

@@ -53,13 +53,18 @@ def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="c
     Reference:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
+    return reduction.mean_form(*_supervised_contrastive_terms(labels, embeddings, temperature=temperature, distance=distance))
+
+
+def _supervised_contrastive_terms(labels, embeddings, temperature=0.1, distance="cosine"):
+    """Per-sample sums of the terms of `supervised_contrastive_loss` and their counts."""
     logits, positive, negative = _logits(labels, embeddings, temperature, distance)
     others = ops.logical_or(positive, negative)
     positive_f = ops.cast(positive, "float32")
     count = ops.sum(positive_f, axis=1)
     mean_positive = ops.sum(ops.where(positive, logits, 0.0), axis=1) / ops.maximum(count, 1.0)
     values = numerics.masked_logsumexp(logits, others) - mean_positive
-    return reduction.mean_over(values, ops.greater(count, 0.0))
+    return reduction.valid_terms(values, ops.greater(count, 0.0))
 
 
 def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
@@ -99,13 +104,18 @@ def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
         Chen et al., "A Simple Framework for Contrastive Learning of Visual
         Representations", ICML 2020.
     """
+    return reduction.mean_form(*_nt_xent_terms(labels, embeddings, temperature=temperature, distance=distance))
+
+
+def _nt_xent_terms(labels, embeddings, temperature=0.1, distance="cosine"):
+    """Per-sample sums of the terms of `nt_xent_loss` and their counts."""
     logits, positive, negative = _logits(labels, embeddings, temperature, distance)
     has_negative = ops.any(negative, axis=1, keepdims=True)
     negative_lse = ops.expand_dims(numerics.masked_logsumexp(logits, negative), 1)
     # log(1 + sum_n exp(z_in - z_ip)), which is 0 when `i` has no negative.
     pair = ops.softplus(negative_lse - logits)
     pair = ops.where(ops.logical_and(positive, has_negative), pair, 0.0)
-    return reduction.spread_mean(ops.sum(pair, axis=1), ops.sum(ops.cast(positive, "float32")))
+    return ops.sum(pair, axis=1), ops.sum(ops.cast(positive, "float32"), axis=1)
 
 
 class _TemperatureLoss(batch.InBatchLoss):
@@ -155,6 +165,7 @@ class SupervisedContrastiveLoss(_TemperatureLoss):
     """
 
     fn = supervised_contrastive_loss
+    terms = _supervised_contrastive_terms
 
     def __init__(
         self,
@@ -200,6 +211,7 @@ class NTXentLoss(_TemperatureLoss):
     """
 
     fn = nt_xent_loss
+    terms = _nt_xent_terms
 
     def __init__(
         self,

@@ -30,11 +30,13 @@ def _hard_mining(dist, labels, margin, soft_margin, easy=False):
     valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
-    gap = triplet_mining.take_columns(dist, hardest_positive) - triplet_mining.take_columns(dist, hardest_negative)
+    gap = triplet_mining.take_columns(dist, hardest_positive) - triplet_mining.take_columns(
+        dist, hardest_negative
+    )
     gap = ops.where(valid, gap, 0.0)
     per_anchor = ops.softplus(gap) if soft_margin else ops.relu(gap + margin)
     per_anchor = ops.where(valid, per_anchor, 0.0)
-    return reduction.spread_mean(per_anchor, ops.sum(ops.cast(valid, "float32")))
+    return per_anchor, ops.cast(valid, "float32")
 
 
 def triplet_loss(
@@ -101,6 +103,27 @@ def triplet_loss(
         Clustering", CVPR 2015; Hermans et al., "In Defense of the Triplet
         Loss for Person Re-Identification", 2017.
     """
+    return reduction.mean_form(
+        *_triplet_terms(
+            labels,
+            embeddings,
+            margin=margin,
+            distance=distance,
+            mining=mining,
+            soft_margin=soft_margin,
+        )
+    )
+
+
+def _triplet_terms(
+    labels,
+    embeddings,
+    margin=1.0,
+    distance="euclidean",
+    mining="semi-hard",
+    soft_margin=False,
+):
+    """Per-sample sums of the terms of `triplet_loss` and their counts."""
     margin = margin_value(margin)
     if isinstance(mining, str):
         validation.check_choice(mining, "mining", MINING_MODES)
@@ -116,7 +139,7 @@ def triplet_loss(
 
 
 def _scheduled_mining(code, dist, labels, margin, soft_margin):
-    """Per-anchor values for the mode `MINING_MODES[code]`, chosen at run time.
+    """Per-anchor term sums and counts for the mode `MINING_MODES[code]`, chosen at run time.
 
     Each branch returns its values and their gradient with respect to the
     distances (row `a` of that gradient is the gradient of anchor `a`'s value)
@@ -141,32 +164,33 @@ def _scheduled_mining(code, dist, labels, margin, soft_margin):
             matrix = tf.identity(matrix)
             with tf.GradientTape() as tape:
                 tape.watch(matrix)
-                values = _mine(mode, matrix, y, m, soft_margin)
+                values, counts = _mine(mode, matrix, y, m, soft_margin)
                 total = ops.sum(values)
             rows = tape.gradient(total, matrix, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return values, rows
+            return values, counts, rows
 
         return run
 
-    values, rows = ops.switch(code, [branch(mode) for mode in MINING_MODES], const, labels, margin)
+    branches = [branch(mode) for mode in MINING_MODES]
+    values, counts, rows = ops.switch(code, branches, const, labels, margin)
     values, rows = ops.stop_gradient(values), ops.stop_gradient(rows)
-    return values + ops.sum(rows * (dist - const), axis=1)
+    return values + ops.sum(rows * (dist - const), axis=1), counts
 
 
 def _mine(mining, dist, labels, margin, soft_margin):
+    """Per-anchor sums of the triplet terms of `mining` and their counts."""
     if mining in ("hard", "easy"):
         return _hard_mining(dist, labels, margin, soft_margin, easy=mining == "easy")
     value, pairs, nonzero = triplet_mining.loop_mining(
         dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard"
     )
     if mining == "semi-hard":
-        return reduction.spread_mean(value, pairs)
+        return value, pairs
     if soft_margin:
         _, _, _, count = triplet_mining.label_blocks(labels)
         size = ops.shape(labels)[0]
-        valid_triplets = ops.sum(ops.cast((count - 1) * (size - count), "float32"))
-        return reduction.spread_mean(value, valid_triplets)
-    return reduction.spread_mean(value, nonzero)
+        return value, ops.cast((count - 1) * (size - count), "float32")
+    return value, nonzero
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -202,6 +226,7 @@ class TripletLoss(ScheduledArguments, batch.InBatchLoss):
     """
 
     fn = triplet_loss
+    terms = _triplet_terms
 
     def __init__(
         self,

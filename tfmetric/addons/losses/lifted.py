@@ -32,7 +32,7 @@ def _lifted_values(labels, embeddings, margin):
     valid = ops.logical_and(positive, ops.expand_dims(has_negative, 1))
     per_pair = ops.where(valid, ops.square(ops.relu(pair_term)), 0.0)
     pairs = ops.sum(ops.cast(positive, "float32"))
-    return reduction.spread_mean(ops.sum(per_pair, axis=1) / 2.0, pairs)
+    return reduction.mean_form(ops.sum(per_pair, axis=1) / 2.0, pairs)
 
 
 @_common.registered("lifted_struct_loss")

@@ -21,7 +21,7 @@ def _semihard_values(labels, embeddings, margin, distance_metric):
     lone = ops.logical_and(positive, ops.logical_not(has_negative))
     row_min = ops.min(dist, axis=1, keepdims=True)
     value = value + ops.sum(ops.where(lone, ops.relu(margin + dist - row_min), 0.0), axis=1)
-    return reduction.spread_mean(value, ops.sum(ops.cast(positive, "float32")))
+    return reduction.mean_form(value, ops.sum(ops.cast(positive, "float32")))
 
 
 def _hard_values(labels, embeddings, margin, soft, distance_metric):
