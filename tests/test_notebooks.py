@@ -30,7 +30,7 @@ WITH_PLOTS = {
     "face_verification.ipynb": 1,
     "self_supervised.ipynb": 1,
 }
-# Numbers a notebook prints that must reach a target (issue targets).
+# Numbers a notebook prints that must reach a target.
 TARGETS = {
     "siamese_one_shot.ipynb": [
         (r"ROC AUC \(contrastive, euclidean distance\): ([0-9.]+)", 0.98),

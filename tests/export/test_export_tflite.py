@@ -98,7 +98,7 @@ def test_parity_report(exported):
         assert entry["precision_at_1"] == pytest.approx(_precision_at_1(got, y))
         assert entry["size_bytes"] == os.path.getsize(path)
         assert entry["latency_ms_batch_1"] > 0 and entry["latency_ms_batch_32"] > 0
-    # The targets, met by this small trained embedder.
+    # The parity targets, met by this small trained embedder.
     assert report["runtimes"]["saved_model"]["max_abs_diff"] <= 1e-5
     assert report["runtimes"]["fp16"]["map_at_r_drop"] <= 0.005
     assert report["runtimes"]["int8"]["map_at_r_drop"] <= 0.02

@@ -1,4 +1,4 @@
-"""Checks shared by the in-batch losses of issue 3: degenerate batches, precision, XLA, saving."""
+"""Checks shared by the in-batch losses: degenerate batches, precision, XLA, saving."""
 
 import inspect
 
