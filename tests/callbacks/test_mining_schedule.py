@@ -138,13 +138,13 @@ def _np_triplet_reference(x_emb, y, margin, mode):
 
 
 class CountingTripletLoss(tfmetric.losses.TripletLoss):
-    """Counts the traces of its `call` (a Python side effect runs once per trace)."""
+    """Counts the traces of its calls (a Python side effect runs once per trace)."""
 
     traces = 0
 
-    def call(self, y_true, y_pred):
+    def __call__(self, y_true, y_pred, sample_weight=None):
         CountingTripletLoss.traces += 1
-        return super().call(y_true, y_pred)
+        return super().__call__(y_true, y_pred, sample_weight)
 
 
 def test_curriculum_drives_online_mining_and_margin_without_retracing():
