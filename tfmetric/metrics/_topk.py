@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import cache
 from tfmetric.metrics import _ranking
 
 # Beyond this many relevant references for one query, the top-k search stops
@@ -35,19 +36,19 @@ from tfmetric.metrics import _ranking
 MAX_K = 1024
 MAX_QUERY_CHUNK = 256
 
-_COMPILED = {}
+_COMPILED = cache.FunctionCache()
 
 
 def _compiled_fn(distance, k):
-    key = (repr(distances_lib.serialize(distance)), k)
-    if key in _COMPILED:
-        return _COMPILED[key]
-    sign = -1.0 if distance.is_similarity else 1.0
+    return _COMPILED.get((distance, k), lambda: _build_fn(distance, k))
+
+
+def _build_fn(distance, k):
     inf = np.float32(np.inf)
 
     def block_distances(q, q_self, blocks, valid, i):
         block_size = blocks.shape[1]
-        d = sign * distance(q, blocks[i])
+        d = distance.dissimilarity(q, blocks[i])
         position = i * block_size + tf.range(block_size)
         excluded = tf.logical_or(
             tf.logical_not(valid[i])[None, :], tf.equal(position[None, :], q_self[:, None])
@@ -135,7 +136,6 @@ def _compiled_fn(distance, k):
         first_rank = tf.where(has_relevant, first_rank, 0)
         return first_rank, rank, rel_k
 
-    _COMPILED[key] = chunk_fn
     return chunk_fn
 
 
