@@ -239,3 +239,19 @@ def test_l2_normalize_applies_to_the_gallery(vector_model, tmp_path):
     np.testing.assert_allclose(
         np.asarray(out["distances"]), np.take_along_axis(distances, order, 1), atol=2e-3
     )
+
+
+def test_failed_models_config_write_leaves_no_temporary_file(vector_model, tmp_path):
+    model, _, _ = vector_model
+    _export(model, tmp_path, name="m")
+    before = (tmp_path / "models.config").read_text()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="disk full"):
+            tfmetric.export.write_models_config(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["m", "models.config"]
+    assert (tmp_path / "models.config").read_text() == before
