@@ -268,3 +268,14 @@ def test_plot_calibration_draws_the_three_curves():
     assert [line.get_label() for line in lines[:3]] == ["precision", "recall", "f1"]
     np.testing.assert_allclose(lines[1].get_ydata(), [1 / 3, 2 / 3, 2 / 3, 1])
     assert lines[3].get_xdata()[0] == 4.0  # the recall threshold, marked
+
+
+def test_index_calibrate_and_match_take_float_labels():
+    index = index_lib.ExactIndex()
+    index.add([[0.0], [10.0]], labels=np.array([0.0, 1.0]))
+    queries, labels = [[0.5], [9.0], [3.0]], np.array([0.0, 1.0, 2.0], "float32")
+    calibration = index_lib.calibrate(index, queries, labels, {"precision": 1.0})
+    assert calibration.thresholds == {"precision": 1.0}
+    assert index_lib.match(index, queries, 1.0).tolist() == [0, 1, -1]
+    result = index_lib.evaluate_classification(index, queries, labels, 1.0)
+    assert result["true_positives"] == 2 and result["false_positives"] == 0
