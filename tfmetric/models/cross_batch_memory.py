@@ -5,43 +5,34 @@ import inspect
 import keras
 from keras import ops
 
+from tfmetric._src import distribute
+from tfmetric._src import reduction as reduction_lib
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.batch import InBatchLoss
 
 __all__ = ["CrossBatchMemoryModel"]
 
 
-class _Precomputed(keras.losses.Loss):
-    """Reduces per-sample values computed elsewhere, the Keras way (weights, distribution)."""
+def _loss_terms(loss):
+    """`terms(labels, embeddings) -> (values, counts)` of an in-batch loss, with its arguments.
 
-    def call(self, y_true, y_pred):
-        return y_pred
-
-
-def _loss_function(loss):
-    """`fn(labels, embeddings)` computing `loss`'s per-sample values, with its arguments."""
-    fn = type(loss).fn
+    `values[i]` is the sum of sample `i`'s loss terms and `counts[i]` their
+    number (see `InBatchLoss`); a loss with only a functional form has one
+    term per sample.
+    """
+    cls = type(loss)
+    core = cls.terms if cls.terms is not None else cls.fn
     config = loss.get_config()
-    names = set(inspect.signature(fn).parameters) - {"labels", "embeddings", "distance"}
+    names = set(inspect.signature(core).parameters) - {"labels", "embeddings", "distance"}
     arguments = {name: config[name] for name in names if name in config}
 
-    def values(labels, embeddings):
-        return fn(labels, embeddings, distance=loss.distance, **arguments)
+    def terms(labels, embeddings):
+        if cls.terms is None:
+            values = cls.fn(labels, embeddings, distance=loss.distance, **arguments)
+            return values, ops.ones_like(values)
+        return cls.terms(labels, embeddings, distance=loss.distance, **arguments)
 
-    return values
-
-
-def _replica_context():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return None
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
+    return terms
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -57,8 +48,9 @@ class CrossBatchMemoryModel(keras.Model):
     `MultiSimilarityLoss`, `ContrastiveLoss`, ...) on the current batch
     followed by the memory, keeping the current batch's rows: every anchor of
     the batch is mined against the batch and the `memory_size` stored
-    embeddings (constants: gradients reach the current batch only). The batch
-    is then enqueued. The memory joins the loss once it is full
+    embeddings (constants: gradients reach the current batch only), and the
+    loss reduces the terms of the batch's anchors as the loss' `reduction`
+    says (e.g. their mean). The batch is then enqueued. The memory joins the loss once it is full
     (`memory_size / batch_size` steps, XBM's warm-up); until then the loss is
     the plain in-batch loss. Evaluation (`evaluate`) uses the plain in-batch
     loss and leaves the memory unchanged.
@@ -116,8 +108,8 @@ class CrossBatchMemoryModel(keras.Model):
         self.embedder = embedder
         self.memory_size = memory_size
         self.memory = CrossBatchMemory(memory_size, outputs.shape[-1], name="memory")
-        self._reduce = None
-        self._values = None
+        self._reduction = None
+        self._terms = None
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         if loss is not None and not isinstance(loss, InBatchLoss):
@@ -127,8 +119,8 @@ class CrossBatchMemoryModel(keras.Model):
             )
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         if loss is not None:
-            self._reduce = _Precomputed(reduction=loss.reduction, name=loss.name)
-            self._values = _loss_function(loss)
+            self._reduction = loss.reduction
+            self._terms = _loss_terms(loss)
 
     def get_compile_config(self):
         # `compile` passes the user's loss on, so Keras' own compile config holds it.
@@ -142,7 +134,7 @@ class CrossBatchMemoryModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if not training or self._values is None:
+        if not training or self._terms is None:
             return super().compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
@@ -154,36 +146,55 @@ class CrossBatchMemoryModel(keras.Model):
             raise ValueError(f"`y` must hold integer class labels; got dtype {dtype}.")
         labels = ops.cast(labels, "int64")
         embeddings = ops.cast(y_pred, "float32")
-        context = _replica_context()
+        context = distribute.replica_context()
+        local_labels = labels
         if context is not None:
-            local = ops.shape(labels)[0]
-            labels = context.all_gather(labels, axis=0)
-            embeddings = context.all_gather(embeddings, axis=0)
+            labels = distribute.all_gather(context, labels)
+            embeddings = distribute.all_gather(context, embeddings)
         self.memory.check_batch_size(embeddings.shape[0])
-        values = self.memory_values(labels, embeddings)
+        values, counts = self.memory_terms(labels, embeddings)
+        all_counts = None
         if context is not None:
-            values = _local_rows(context, values, local, self._reduce.reduction)
+            all_counts = counts
+            values = distribute.local_rows(context, values, local_labels)
+            counts = distribute.local_rows(context, counts, local_labels)
         self.memory.enqueue(labels, embeddings)
-        total = self._reduce(ops.zeros_like(values), values, sample_weight)
+        # This replica's share of the loss over the (global) batch's terms, as InBatchLoss.
+        total = reduction_lib.reduce_terms(
+            values, counts, self._reduction, sample_weight, context, all_counts
+        )
         for extra in self.losses:
             total = total + self._aggregate_additional_loss(extra)
         return total
 
-    def memory_values(self, labels, embeddings):
-        """Per-sample loss values of a batch against itself and the memory (if full).
+    def memory_terms(self, labels, embeddings):
+        """Loss terms of a batch against itself and the memory (if full): `(values, counts)`.
 
-        Row `i` of the compiled loss evaluated on the batch followed by the
-        memory (`[embeddings; memory]`, labels alike), for the batch's rows;
-        the plain in-batch values while the memory is not full.
+        Rows of the batch in the compiled loss' terms evaluated on the batch
+        followed by the memory (`[embeddings; memory]`, labels alike): the
+        sum of each sample's terms and their number. While the memory is not
+        full, the plain in-batch terms.
         """
         size = ops.shape(embeddings)[0]
         memory_labels, memory_embeddings = self.memory()
         all_labels = ops.concatenate([labels, memory_labels], axis=0)
         all_embeddings = ops.concatenate([embeddings, memory_embeddings], axis=0)
-        with_memory = self._values(all_labels, all_embeddings)[:size]
-        # Both branches are computed (the batch-only one is the cheap one): a `cond` whose
-        # branch holds a loss's `while_loop` has a gradient XLA cannot compile.
-        return ops.where(self.memory.is_full(), with_memory, self._values(labels, embeddings))
+        with_values, with_counts = self._terms(all_labels, all_embeddings)
+        plain_values, plain_counts = self._terms(labels, embeddings)
+        # Both are computed (the batch-only one is the cheap one): a `cond` whose branch
+        # holds a loss's `while_loop` has a gradient XLA cannot compile.
+        full = self.memory.is_full()
+        with_counts = ops.cast(with_counts[:size], "float32")
+        plain_counts = ops.cast(plain_counts, "float32")
+        return (
+            ops.where(full, with_values[:size], plain_values),
+            ops.where(full, with_counts, plain_counts),
+        )
+
+    def memory_values(self, labels, embeddings):
+        """Per-sample loss values of a batch against itself and the memory: sums / counts."""
+        values, counts = self.memory_terms(labels, embeddings)
+        return ops.where(counts > 0, values / ops.maximum(counts, 1.0), 0.0)
 
     def get_config(self):
         return {
@@ -198,24 +209,3 @@ class CrossBatchMemoryModel(keras.Model):
         config = dict(config)
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
         return cls(**config)
-
-
-def _local_rows(context, values, local, reduction):
-    """This replica's rows of the global batch's values.
-
-    Mean reductions are rescaled by `R * b / G` (R replicas, b local and G
-    global samples) so that Keras' per-replica mean, divided by R, sums over
-    replicas to the mean over the global batch.
-    """
-    import tensorflow as tf
-
-    sizes = context.all_gather(tf.reshape(local, [1]), axis=0)
-    before = tf.range(context.num_replicas_in_sync) < context.replica_id_in_sync_group
-    offset = tf.reduce_sum(tf.where(before, sizes, 0))
-    rows = tf.slice(values, [offset], [local])
-    if reduction not in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
-        return rows
-    factor = tf.cast(context.num_replicas_in_sync * local, rows.dtype) / tf.cast(
-        tf.reduce_sum(sizes), rows.dtype
-    )
-    return rows * factor
