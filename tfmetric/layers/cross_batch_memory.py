@@ -1,17 +1,11 @@
 """A ring buffer of past embeddings and labels, kept in (checkpointed) variables."""
 
-import numbers
-
 import keras
 from keras import ops
 
+from tfmetric._src import validation
+
 __all__ = ["CrossBatchMemory"]
-
-
-def check_size(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-    return int(value)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -47,8 +41,8 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def __init__(self, memory_size, dim, **kwargs):
         super().__init__(**kwargs)
-        self.memory_size = check_size(memory_size, "memory_size")
-        self.dim = check_size(dim, "dim")
+        self.memory_size = validation.check_int(memory_size, "memory_size")
+        self.dim = validation.check_int(dim, "dim")
         self.embeddings = self.add_weight(
             shape=(self.memory_size, self.dim),
             initializer="zeros",

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from tfmetric._src import numerics
+
 __all__ = ["InBatchLogits"]
 
 
@@ -99,8 +101,8 @@ class InBatchLogits(keras.layers.Layer):
         query = ops.cast(query, "float32")
         candidate = ops.cast(candidate, "float32")
         if self.normalize:
-            query = _normalize(query)
-            candidate = _normalize(candidate)
+            query = numerics.l2_normalize(query)
+            candidate = numerics.l2_normalize(candidate)
         logits = ops.matmul(query, ops.transpose(candidate)) * self.logit_scale()
         if candidate_log_probability is not None:
             log_q = ops.reshape(ops.cast(candidate_log_probability, "float32"), (1, -1))
@@ -120,6 +122,3 @@ class InBatchLogits(keras.layers.Layer):
         )
         return config
 
-
-def _normalize(x):
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), 1e-12))

@@ -4,11 +4,9 @@ import math
 
 from keras import ops
 
+from tfmetric._src import numerics
+
 __all__ = ["momentum_contrast_loss"]
-
-
-def _normalize(x):
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), 1e-12))
 
 
 def momentum_contrast_loss(
@@ -53,9 +51,9 @@ def momentum_contrast_loss(
         temperature > 0 and math.isfinite(temperature)
     ):
         raise ValueError(f"`temperature` must be > 0 and finite; got {temperature!r}.")
-    queries = _normalize(ops.cast(queries, "float32"))
-    keys = ops.stop_gradient(_normalize(ops.cast(keys, "float32")))
-    queue = ops.stop_gradient(_normalize(ops.cast(queue, "float32")))
+    queries = numerics.l2_normalize(ops.cast(queries, "float32"))
+    keys = ops.stop_gradient(numerics.l2_normalize(ops.cast(keys, "float32")))
+    queue = ops.stop_gradient(numerics.l2_normalize(ops.cast(queue, "float32")))
     if queries.shape[0] is not None and keys.shape[0] is not None:
         if queries.shape[0] != keys.shape[0]:
             raise ValueError(

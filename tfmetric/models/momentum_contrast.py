@@ -5,7 +5,8 @@ import math
 import keras
 from keras import ops
 
-from tfmetric.layers.cross_batch_memory import CrossBatchMemory, check_size
+from tfmetric._src import validation
+from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 
 __all__ = ["MomentumContrastModel"]
@@ -99,7 +100,7 @@ class MomentumContrastModel(keras.Model):
             )
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.encoder = encoder
-        self.queue_size = check_size(queue_size, "queue_size")
+        self.queue_size = validation.check_int(queue_size, "queue_size")
         self.momentum = float(momentum)
         self.temperature = float(temperature)
         self.momentum_encoder = keras.models.clone_model(encoder)
