@@ -97,7 +97,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     def _embed(self, data):
         if isinstance(data, tf.data.Dataset):
             embeddings, labels = [], []
-            for inputs, batch_labels in data:
+            for inputs, batch_labels in data.as_numpy_iterator():  # any Keras backend
                 embeddings.append(np.asarray(self.model.predict_on_batch(inputs)))
                 labels.append(np.asarray(batch_labels))
             embeddings, labels = np.concatenate(embeddings), np.concatenate(labels)

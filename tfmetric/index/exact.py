@@ -2,11 +2,12 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, validation
 from tfmetric.index.base import Index
+from tfmetric.metrics import _compile
 
 _COMPILED = cache.FunctionCache()
 
@@ -25,32 +26,33 @@ def _search_fn(distance, k):
 
 def _build_search(distance, k):
 
-    @tf.function(jit_compile=True)
     def search(queries, blocks, valid):
         num_blocks, block_size = blocks.shape[0], blocks.shape[1]
         chunk = queries.shape[0]
 
         def body(i, best_scores, best_positions):
             scores = distance.closeness(queries, blocks[i])
-            scores = tf.where(valid[i][None, :], scores, -np.inf)
-            top_scores, top = tf.math.top_k(scores, k)
-            merged_scores = tf.concat([best_scores, top_scores], axis=1)
-            merged = tf.concat([best_positions, top + i * block_size], axis=1)
-            best_scores, chosen = tf.math.top_k(merged_scores, k)
-            return i + 1, best_scores, tf.gather(merged, chosen, batch_dims=1)
+            scores = ops.where(valid[i][None, :], scores, -np.inf)
+            top_scores, top = ops.top_k(scores, k)
+            merged_scores = ops.concatenate([best_scores, top_scores], axis=1)
+            merged = ops.concatenate(
+                [best_positions, ops.cast(top, "int32") + i * block_size], axis=1
+            )
+            best_scores, chosen = ops.top_k(merged_scores, k)
+            return i + 1, best_scores, ops.take_along_axis(merged, chosen, axis=1)
 
-        _, best_scores, best_positions = tf.while_loop(
+        _, best_scores, best_positions = ops.while_loop(
             lambda i, *_: i < num_blocks,
             body,
             (
-                tf.constant(0),
-                tf.fill((chunk, k), tf.constant(-np.inf, tf.float32)),
-                tf.zeros((chunk, k), tf.int32),
+                ops.convert_to_tensor(0, "int32"),
+                ops.full((chunk, k), -np.inf, "float32"),
+                ops.zeros((chunk, k), "int32"),
             ),
         )
         return distance.from_closeness(best_scores), best_positions
 
-    return search
+    return _compile.backend_jit(search)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -101,7 +103,7 @@ class ExactIndex(Index):
                 [self._embeddings, np.zeros((pad, self.dim), np.float32)]
             ).reshape(num_blocks, block, self.dim)
             valid = (np.arange(num_blocks * block) < self.size).reshape(num_blocks, block)
-            self._blocks = (tf.constant(padded), tf.constant(valid))
+            self._blocks = (_compile.tensor(padded), _compile.tensor(valid))
         return self._blocks
 
     def _search(self, queries, k):
@@ -114,9 +116,9 @@ class ExactIndex(Index):
             rows = len(part)
             if rows < chunk:
                 part = np.concatenate([part, np.zeros((chunk - rows, self.dim), np.float32)])
-            d, p = search(tf.constant(part), blocks, valid)
-            distances.append(d.numpy()[:rows])
-            positions.append(p.numpy()[:rows])
+            d, p = search(_compile.tensor(part), blocks, valid)
+            distances.append(_compile.numpy(d)[:rows])
+            positions.append(_compile.numpy(p)[:rows])
         return np.concatenate(positions).astype(np.int64), np.concatenate(distances)
 
     def get_config(self):

@@ -28,10 +28,11 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, inputs
+from tfmetric.metrics import _compile
 
 # Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
 ELEMENT_BUDGET = 1 << 23
@@ -87,14 +88,14 @@ def _count_below(sorted_rows, values, width):
     width) work and memory; this takes O(chunk × gallery × log(width)) with no
     temporary larger than `values`.
     """
-    flat = tf.reshape(sorted_rows, [-1])
-    base = (tf.range(tf.shape(sorted_rows)[0]) * width)[:, None]
-    count = tf.zeros(tf.shape(values), tf.int32)
+    flat = ops.reshape(sorted_rows, [-1])
+    base = (ops.arange(sorted_rows.shape[0], dtype="int32") * width)[:, None]
+    count = ops.zeros(values.shape, "int32")
     step = 1 << (width.bit_length() - 1)
     while step:
         candidate = count + step
-        probe = tf.gather(flat, base + tf.minimum(candidate, width) - 1)
-        count = tf.where(tf.logical_and(candidate <= width, probe < values), candidate, count)
+        probe = ops.take(flat, base + ops.minimum(candidate, width) - 1)
+        count = ops.where(ops.logical_and(candidate <= width, probe < values), candidate, count)
         step //= 2
     return count
 
@@ -106,42 +107,45 @@ def _compiled_chunk_fn(distance, window):
 
 def _build_chunk_fn(distance_fn, window):
 
-    @tf.function(jit_compile=True, reduce_retracing=False)
     def chunk_fn(q, q_id, q_start, q_count, q_self, g, g_id):
         chunk = q.shape[0]
-        gallery_size = tf.shape(g)[0]
+        gallery_size = g.shape[0]
         d = distance_fn.dissimilarity(q, g)
-        inf = tf.constant(np.inf, tf.float32)
-        slots = tf.range(window, dtype=tf.int32)
+        inf = np.float32(np.inf)
+        slots = ops.arange(window, dtype="int32")
         block = q_start[:, None] + slots[None, :]
-        in_block = tf.logical_and(
-            slots[None, :] < q_count[:, None], tf.not_equal(block, q_self[:, None])
+        in_block = ops.logical_and(
+            slots[None, :] < q_count[:, None], ops.not_equal(block, q_self[:, None])
         )
-        relevant = tf.gather(d, tf.minimum(block, gallery_size - 1), batch_dims=1)
-        relevant = tf.sort(tf.where(in_block, relevant, inf), axis=1)
-        same = tf.equal(g_id[None, :], q_id[:, None])
-        others = tf.where(same, inf, d)
+        relevant = ops.take_along_axis(d, ops.minimum(block, gallery_size - 1), axis=1)
+        relevant = ops.sort(ops.where(in_block, relevant, inf), axis=1)
+        same = ops.equal(g_id[None, :], q_id[:, None])
+        others = ops.where(same, inf, d)
         # Number of relevant distances strictly below each non-relevant distance;
         # masked entries (+inf) land past the last real relevant slot.
         below = _count_below(relevant, others, window)
-        segments = below + (window + 1) * tf.range(chunk, dtype=tf.int32)[:, None]
-        hist = tf.math.unsorted_segment_sum(tf.ones_like(segments), segments, chunk * (window + 1))
-        hist = tf.reshape(hist, (chunk, window + 1))
-        others_before = tf.cast(tf.cumsum(hist, axis=1)[:, :window], tf.float32)
-        position = tf.cast(slots + 1, tf.float32)[None, :]
+        segments = below + (window + 1) * ops.arange(chunk, dtype="int32")[:, None]
+        hist = ops.segment_sum(
+            ops.ones((chunk * gallery_size,), "int32"),
+            ops.reshape(segments, [-1]),
+            num_segments=chunk * (window + 1),
+        )
+        hist = ops.reshape(hist, (chunk, window + 1))
+        others_before = ops.cast(ops.cumsum(hist, axis=1)[:, :window], "float32")
+        position = ops.cast(slots + 1, "float32")[None, :]
         rank = position + others_before
-        num_relevant = q_count - tf.cast(q_self >= 0, tf.int32)
+        num_relevant = q_count - ops.cast(q_self >= 0, "int32")
         valid = slots[None, :] < num_relevant[:, None]
-        precision = tf.where(valid, position / rank, 0.0)
-        within_r = tf.logical_and(valid, rank <= tf.cast(num_relevant, tf.float32)[:, None])
+        precision = ops.where(valid, position / rank, 0.0)
+        within_r = ops.logical_and(valid, rank <= ops.cast(num_relevant, "float32")[:, None])
         return (
-            tf.cast(rank[:, 0], tf.int32),
-            tf.reduce_sum(tf.cast(within_r, tf.int32), axis=1),
-            tf.reduce_sum(tf.where(within_r, precision, 0.0), axis=1),
-            tf.reduce_sum(precision, axis=1),
+            ops.cast(rank[:, 0], "int32"),
+            ops.sum(ops.cast(within_r, "int32"), axis=1),
+            ops.sum(ops.where(within_r, precision, 0.0), axis=1),
+            ops.sum(precision, axis=1),
         )
 
-    return chunk_fn
+    return _compile.backend_jit(chunk_fn)
 
 
 def _chunk_size(num_queries, width):
@@ -182,8 +186,8 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
     window = int(max(1, q_count.max()))
     chunk = _chunk_size(len(query), gallery.shape[0] + window)
     chunk_fn = _compiled_chunk_fn(distance, window)
-    g = tf.constant(sorted_gallery)
-    g_ids = tf.constant(g_id)
+    g = _compile.tensor(sorted_gallery)
+    g_ids = _compile.tensor(g_id)
     per_query = ([], [], [], [])
     for begin in range(0, len(query), chunk):
         stop = min(begin + chunk, len(query))
@@ -193,7 +197,7 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
             a = a[begin:stop]
             if pad:
                 a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-            return tf.constant(a)
+            return _compile.tensor(a)
 
         outputs = chunk_fn(
             padded(query),
@@ -205,7 +209,7 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
             g_ids,
         )
         for store, value in zip(per_query, outputs, strict=True):
-            store.append(value.numpy()[: stop - begin])
+            store.append(_compile.numpy(value)[: stop - begin])
     first_rank, r_hits, map_at_r_sum, ap_sum = (np.concatenate(s) for s in per_query)
     num_relevant = q_count - (q_self >= 0)
     return Ranks(

@@ -17,18 +17,19 @@ one ranks before it):
 - the rank of the first relevant reference is read from the top `K` when one is
   there, else counted in the second pass (`1 + #{non-relevant <= its distance}`).
 
-The second pass over the gallery runs (under `tf.cond`) only for a chunk of
-queries that needs it. Per chunk of queries (XLA-compiled, static shapes) the
+The second pass over the gallery runs (under `ops.cond`) only for a chunk of
+queries that needs it. Per chunk of queries (XLA-compiled by the Keras backend:
+`tf.function(jit_compile=True)` or `jax.jit`; static shapes) the
 gallery is scanned in blocks with a running top-`K+1` merge, so memory is
 O(chunk × block) whatever the gallery size.
 """
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache
-from tfmetric.metrics import _ranking
+from tfmetric.metrics import _compile, _ranking
 
 # Beyond this many relevant references for one query, the top-k search stops
 # paying off (a (chunk, K, K) comparison and a large top-k): the counting
@@ -46,97 +47,101 @@ def _compiled_fn(distance, k):
 def _build_fn(distance, k):
     inf = np.float32(np.inf)
 
-    def block_distances(q, q_self, blocks, valid, i):
-        block_size = blocks.shape[1]
-        d = distance.dissimilarity(q, blocks[i])
-        position = i * block_size + tf.range(block_size)
-        excluded = tf.logical_or(
-            tf.logical_not(valid[i])[None, :], tf.equal(position[None, :], q_self[:, None])
+    def block_distances(q, q_self, block, valid_block, i):
+        block_size = block.shape[0]
+        d = distance.dissimilarity(q, block)
+        position = i * block_size + ops.arange(block_size, dtype="int32")
+        excluded = ops.logical_or(
+            ops.logical_not(valid_block)[None, :], ops.equal(position[None, :], q_self[:, None])
         )
-        return tf.where(excluded, inf, d), excluded
+        return ops.where(excluded, inf, d), excluded
 
-    @tf.function(jit_compile=True, reduce_retracing=False)
     def chunk_fn(q, q_id, q_self, blocks, block_ids, valid):
         num_blocks, block_size = blocks.shape[0], blocks.shape[1]
         chunk = q.shape[0]
         k1 = k + 1
-        flat_ids = tf.reshape(block_ids, [-1])
+        flat_ids = ops.reshape(block_ids, [-1])
 
         def scan(i, best, best_pos, p1):
-            d, excluded = block_distances(q, q_self, blocks, valid, i)
-            same = tf.logical_and(tf.equal(block_ids[i][None, :], q_id[:, None]), ~excluded)
-            p1 = tf.minimum(p1, tf.reduce_min(tf.where(same, d, inf), axis=1))
-            neg, pos = tf.math.top_k(-d, k1)
-            merged = tf.concat([best, neg], axis=1)
-            merged_pos = tf.concat([best_pos, pos + i * block_size], axis=1)
-            best, chosen = tf.math.top_k(merged, k1)
-            return i + 1, best, tf.gather(merged_pos, chosen, batch_dims=1), p1
+            block, ids, ok = blocks[i], block_ids[i], valid[i]
+            d, excluded = block_distances(q, q_self, block, ok, i)
+            same = ops.logical_and(ops.equal(ids[None, :], q_id[:, None]), ~excluded)
+            p1 = ops.minimum(p1, ops.min(ops.where(same, d, inf), axis=1))
+            neg, pos = ops.top_k(-d, k1)
+            merged = ops.concatenate([best, neg], axis=1)
+            merged_pos = ops.concatenate(
+                [best_pos, ops.cast(pos, "int32") + i * block_size], axis=1
+            )
+            best, chosen = ops.top_k(merged, k1)
+            return i + 1, best, ops.take_along_axis(merged_pos, chosen, axis=1), p1
 
-        _, neg_top, top_pos, p1 = tf.while_loop(
+        _, neg_top, top_pos, p1 = ops.while_loop(
             lambda i, *_: i < num_blocks,
             scan,
             (
-                tf.constant(0),
-                tf.fill((chunk, k1), -inf),
-                tf.zeros((chunk, k1), tf.int32),
-                tf.fill((chunk,), inf),
+                ops.convert_to_tensor(0, "int32"),
+                ops.full((chunk, k1), -inf, "float32"),
+                ops.zeros((chunk, k1), "int32"),
+                ops.full((chunk,), inf, "float32"),
             ),
         )
         top_d = -neg_top  # ascending
-        finite = tf.math.is_finite(top_d)
-        rel = tf.logical_and(tf.equal(tf.gather(flat_ids, top_pos), q_id[:, None]), finite)
+        finite = ops.isfinite(top_d)
+        rel = ops.logical_and(ops.equal(ops.take(flat_ids, top_pos), q_id[:, None]), finite)
         d_k, rel_k, finite_k = top_d[:, :k], rel[:, :k], finite[:, :k]
-        nonrel_k = tf.logical_and(finite_k, ~rel_k)
+        nonrel_k = ops.logical_and(finite_k, ~rel_k)
         boundary = d_k[:, -1]
-        tie_across = tf.logical_and(tf.equal(boundary, top_d[:, k]), finite[:, k])
-        any_rel = tf.reduce_any(rel_k, axis=1)
-        has_relevant = tf.math.is_finite(p1)
-        need = tf.reduce_any(tf.logical_or(tie_across, tf.logical_and(has_relevant, ~any_rel)))
+        tie_across = ops.logical_and(ops.equal(boundary, top_d[:, k]), finite[:, k])
+        any_rel = ops.any(rel_k, axis=1)
+        has_relevant = ops.isfinite(p1)
+        need = ops.any(ops.logical_or(tie_across, ops.logical_and(has_relevant, ~any_rel)))
 
         def count_pass():
             def body(i, below_first, below_boundary):
-                d, excluded = block_distances(q, q_self, blocks, valid, i)
-                other = tf.logical_and(
-                    tf.not_equal(block_ids[i][None, :], q_id[:, None]), ~excluded
+                d, excluded = block_distances(q, q_self, blocks[i], valid[i], i)
+                other = ops.logical_and(
+                    ops.not_equal(block_ids[i][None, :], q_id[:, None]), ~excluded
                 )
-                below_first += tf.reduce_sum(
-                    tf.cast(tf.logical_and(other, d <= p1[:, None]), tf.int32), axis=1
+                below_first += ops.sum(
+                    ops.cast(ops.logical_and(other, d <= p1[:, None]), "int32"), axis=1
                 )
-                below_boundary += tf.reduce_sum(
-                    tf.cast(tf.logical_and(other, d <= boundary[:, None]), tf.int32), axis=1
+                below_boundary += ops.sum(
+                    ops.cast(ops.logical_and(other, d <= boundary[:, None]), "int32"), axis=1
                 )
                 return i + 1, below_first, below_boundary
 
-            zeros = tf.zeros((chunk,), tf.int32)
-            _, below_first, below_boundary = tf.while_loop(
-                lambda i, *_: i < num_blocks, body, (tf.constant(0), zeros, zeros)
+            zeros = ops.zeros((chunk,), "int32")
+            _, below_first, below_boundary = ops.while_loop(
+                lambda i, *_: i < num_blocks,
+                body,
+                (ops.convert_to_tensor(0, "int32"), zeros, zeros),
             )
             return below_first, below_boundary
 
         def no_pass():
-            zeros = tf.zeros((chunk,), tf.int32)
+            zeros = ops.zeros((chunk,), "int32")
             return zeros, zeros
 
-        below_first, below_boundary = tf.cond(need, count_pass, no_pass)
+        below_first, below_boundary = ops.cond(need, count_pass, no_pass)
         # Non-relevant references of the top K at a distance <= each slot's.
         le = d_k[:, None, :] <= d_k[:, :, None]
-        nonrel_before = tf.reduce_sum(
-            tf.cast(tf.logical_and(le, nonrel_k[:, None, :]), tf.int32), axis=2
+        nonrel_before = ops.sum(
+            ops.cast(ops.logical_and(le, nonrel_k[:, None, :]), "int32"), axis=2
         )
-        nonrel_at_boundary = tf.reduce_sum(
-            tf.cast(tf.logical_and(nonrel_k, d_k <= boundary[:, None]), tf.int32), axis=1
+        nonrel_at_boundary = ops.sum(
+            ops.cast(ops.logical_and(nonrel_k, d_k <= boundary[:, None]), "int32"), axis=1
         )
-        outside = tf.where(tie_across, below_boundary - nonrel_at_boundary, 0)
-        extra = tf.where(tf.equal(d_k, boundary[:, None]), outside[:, None], 0)
-        j = tf.cumsum(tf.cast(rel_k, tf.int32), axis=1)
+        outside = ops.where(tie_across, below_boundary - nonrel_at_boundary, 0)
+        extra = ops.where(ops.equal(d_k, boundary[:, None]), outside[:, None], 0)
+        j = ops.cumsum(ops.cast(rel_k, "int32"), axis=1)
         rank = j + nonrel_before + extra
-        big = tf.constant(np.iinfo(np.int32).max, tf.int32)
-        first_in_top = tf.reduce_min(tf.where(rel_k, rank, big), axis=1)
-        first_rank = tf.where(any_rel, first_in_top, 1 + below_first)
-        first_rank = tf.where(has_relevant, first_rank, 0)
+        big = np.int32(np.iinfo(np.int32).max)
+        first_in_top = ops.min(ops.where(rel_k, rank, big), axis=1)
+        first_rank = ops.where(any_rel, first_in_top, 1 + below_first)
+        first_rank = ops.where(has_relevant, first_rank, 0)
         return first_rank, rank, rel_k
 
-    return chunk_fn
+    return _compile.backend_jit(chunk_fn)
 
 
 def _blocks(gallery, gallery_ids, block_size):
@@ -202,7 +207,7 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         q_self = np.full(len(query), -1, np.int32)
     k = int(max(1, num_relevant.max()))
     chunk, block = _sizes(len(query), len(gallery), k)
-    blocks, block_ids, valid = (tf.constant(a) for a in _blocks(gallery, g_id, block))
+    blocks, block_ids, valid = (_compile.tensor(a) for a in _blocks(gallery, g_id, block))
     chunk_fn = _compiled_fn(distance, k)
     first_rank = np.zeros(len(query), np.int64)
     r_hits = np.zeros(len(query), np.int64)
@@ -215,18 +220,18 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
             a = a[begin:stop]
             if pad:
                 a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-            return tf.constant(a)
+            return _compile.tensor(a)
 
         first, rank, rel = chunk_fn(
             padded(query), padded(q_id, -1), padded(q_self, -1), blocks, block_ids, valid
         )
         n = stop - begin
-        rank = rank.numpy()[:n].astype(np.float64)
-        rel = rel.numpy()[:n]
+        rank = _compile.numpy(rank)[:n].astype(np.float64)
+        rel = _compile.numpy(rel)[:n]
         r = num_relevant[begin:stop, None]
         within = rel & (rank <= r)
         j = np.cumsum(rel, axis=1)
-        first_rank[begin:stop] = first.numpy()[:n]
+        first_rank[begin:stop] = _compile.numpy(first)[:n]
         r_hits[begin:stop] = within.sum(axis=1)
         map_at_r_sum[begin:stop] = np.where(within, j / np.maximum(rank, 1.0), 0.0).sum(axis=1)
     return _ranking.Ranks(

@@ -1,0 +1,34 @@
+"""Compiling the metrics' and index's kernels with the active Keras backend.
+
+The kernels are written with `keras.ops`, so they run on every backend:
+compiled by XLA through `tf.function(jit_compile=True)` under TensorFlow and
+`jax.jit` under JAX; other backends (PyTorch) run them eagerly.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def backend_jit(fn):
+    """`fn` compiled for the active Keras backend (static shapes per call signature)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, reduce_retracing=False)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def tensor(array):
+    """A backend tensor of a numpy array."""
+    return ops.convert_to_tensor(np.asarray(array))
+
+
+def numpy(value):
+    """A numpy array of a backend tensor."""
+    return np.asarray(ops.convert_to_numpy(value))
