@@ -273,14 +273,15 @@ def _table(results):
     lines += [
         "",
         "Notes: `evaluate_retrieval` never builds the queries × gallery matrix (at 100k × 100k it "
-        "would take 40 GB in float32); its time is dominated by counting, for every (query, "
-        "reference) pair, the relevant references closer than it (a binary search: "
-        "O(queries × gallery × log R)), which the full-ranking mAP and the tie rule need, while "
-        "`ExactIndex` only keeps a top-k. The machine's load average was about 8 on 2 cores "
-        "during these runs, which hurts faiss's OpenMP threads most (IVF build and multi-probe "
-        "search). Random-cluster data are easy for an inverted file (a query's neighbours share "
-        "its cluster, hence its cell), so recall saturates at small `nprobe`; real embeddings "
-        "need more probes.",
+        "would take 40 GB in float32). Without mAP it runs an exact top-k search with k = max R "
+        "(`tfmetric.metrics._topk`, XLA, gallery in blocks), the same recipe as the faiss row, and "
+        "gives the same values; the full-ranking mAP still counts, for every (query, reference) "
+        "pair, the relevant references closer than it (a binary search: O(queries × gallery × "
+        "log R)), several times slower. Compare CPU seconds: with a load average of 8-12 on 2 "
+        "cores, wall times mostly measure waiting (faiss's OpenMP threads suffer least from it). "
+        "Random-cluster data are easy for an inverted file (a query's neighbours share its "
+        "cluster, hence its cell), so recall saturates at small `nprobe`; real embeddings need "
+        "more probes.",
     ]
     return "\n".join(lines) + "\n"
 
