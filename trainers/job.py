@@ -18,14 +18,9 @@ import numpy as np
 
 from trainers import outputs
 from trainers.config import RunConfig
+from trainers.errors import InputError, WorkerLost
 
-
-class InputError(ValueError):
-    """Bad settings or data, found before training: reported in one line."""
-
-
-class WorkerLost(RuntimeError):
-    """A multi-worker run lost contact with a worker: every worker must be restarted."""
+__all__ = ["InputError", "WorkerLost", "run"]
 
 
 def prepare_model_dir(model_dir, current, overwrite):

@@ -160,31 +160,32 @@ flags.DEFINE_enum("log_level", _D["log_level"], list(LOG_LEVELS),
 def main(argv):
     """Builds the run configuration from the flags and runs it."""
     del argv
-    from trainers import console
+    from trainers import console, errors
 
-    # Before anything imports TensorFlow: its native log level is read at import.
+    # Before anything imports TensorFlow: its native log level is read at import, and
+    # what it prints at import goes to the hidden stream.
     console.prepare_environment(FLAGS.log_level)
-    from trainers import job
-
-    with console.quiet_output(FLAGS.log_level, expected=(job.InputError, job.WorkerLost)):
+    with console.quiet_output(FLAGS.log_level, expected=(errors.InputError, errors.WorkerLost)):
         try:
             config = RunConfig.from_flags(FLAGS)
         except (ValueError, TypeError) as error:
-            raise job.InputError(str(error)) from None
+            raise errors.InputError(str(error)) from None
+        from trainers import job
+
         return job.run(config)
 
 
 def run():
     """Entry point; bad input ends with a one-line error, not a traceback."""
-    from trainers import job
+    from trainers import errors
 
     def _main(argv):
         try:
             main(argv)
-        except job.InputError as error:
+        except errors.InputError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
-        except job.WorkerLost as error:
+        except errors.WorkerLost as error:
             print(f"error: {error}", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()

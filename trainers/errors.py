@@ -1,0 +1,9 @@
+"""The main job's own errors (a module without TensorFlow, importable before it)."""
+
+
+class InputError(ValueError):
+    """Bad settings or data, found before training: reported in one line."""
+
+
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost contact with a worker: every worker must be restarted."""
