@@ -379,10 +379,10 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
         similarity = head is not None or model.distance.is_similarity
     else:
         eval_view = distances_lib.get(eval_distance)
-        scores = metrics.pair_distances(test_embeddings[i], test_embeddings[j], eval_view)
+        scores = metrics.paired_distances(test_embeddings[i], test_embeddings[j], eval_view)
         similarity = eval_view.is_similarity
     numbers.update(evaluation.pair_verification(scores, same, similarity, seed=config.seed))
-    raw_scores = metrics.pair_distances(raw[i], raw[j])
+    raw_scores = metrics.paired_distances(raw[i], raw[j])
     baseline.update(evaluation.pair_verification(raw_scores, same, False, seed=config.seed))
     progress.update(pair_roc_auc=numbers["pair_roc_auc"])
     numbers.update(evaluation.few_shot(test_embeddings, test.y, eval_distance, seed=config.seed))

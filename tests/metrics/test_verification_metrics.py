@@ -107,7 +107,7 @@ def test_pair_distances_against_reference(distance):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))
     expected = np.diag(distance_matrix(x, y, distance))
-    np.testing.assert_allclose(metrics.pair_distances(x, y, distance), expected, atol=1e-5)
+    np.testing.assert_allclose(metrics.paired_distances(x, y, distance), expected, atol=1e-5)
 
 
 def test_evaluate_verification_is_direction_aware():
@@ -147,7 +147,7 @@ def test_bad_far_and_metric():
     with pytest.raises(ValueError, match="`metric`"):
         metrics.best_threshold([1, 0], [0.1, 0.2], metric="auc")
     with pytest.raises(ValueError, match="as many rows"):
-        metrics.pair_distances(np.zeros((3, 2)), np.zeros((2, 2)))
+        metrics.paired_distances(np.zeros((3, 2)), np.zeros((2, 2)))
 
 
 def test_few_shot_deterministic_accuracy():

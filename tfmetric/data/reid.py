@@ -10,6 +10,7 @@ from tfmetric.data.sources import (
     Source,
     _check_images,
     _decode_image_fn,
+    check_image_folder,
 )
 
 # identity (-1 for junk), then `_c` and the camera: Market-1501 and DukeMTMC-reID names.
@@ -56,14 +57,7 @@ def reid_folder(directory, image_size=(128, 64), channels=3, validate=True, drop
     >>> source.labels.tolist(), source.cameras.tolist()
     ([-1, 2, 2], [1, 1, 3])
     """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"`directory` {directory!r} does not exist or is not a folder.")
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
-    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
-    image_size = (int(image_size[0]), int(image_size[1]))
+    directory, image_size = check_image_folder(directory, channels, image_size)
     files = sorted(f for f in os.listdir(directory) if f.lower().endswith(_IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"`directory` {directory!r} holds no .jpg/.jpeg/.png image.")

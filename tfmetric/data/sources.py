@@ -71,6 +71,18 @@ def encode_labels(labels):
     return inputs.check_label_array(labels, "y"), None
 
 
+def check_image_folder(directory, channels, image_size):
+    """Validates the arguments of a folder of images; returns `(directory, (height, width))`."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"`directory` {directory!r} does not exist or is not a folder.")
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
+    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
+    return directory, (int(image_size[0]), int(image_size[1]))
+
+
 class Source:
     """Random-access data for the samplers: `x`, integer `labels`, optional `decode`.
 
@@ -219,14 +231,7 @@ def image_directory(directory, image_size=(64, 64), channels=3, validate=True):
         ValueError: for a missing directory, no class sub-folder, an empty
             class folder, or unreadable / corrupt image files.
     """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"`directory` {directory!r} does not exist or is not a folder.")
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
-    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
-    image_size = (int(image_size[0]), int(image_size[1]))
+    directory, image_size = check_image_folder(directory, channels, image_size)
     class_names = sorted(
         name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name))
     )

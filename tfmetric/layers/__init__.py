@@ -18,8 +18,9 @@ from tfmetric.layers.in_batch_logits import InBatchLogits
 from tfmetric.layers.learned_distances import LearnedDistance, Mahalanobis, WeightedL1
 from tfmetric.layers.margin_heads import ArcFace, CosFace, NormalizedSoftmax, SubCenterArcFace
 from tfmetric.layers.paired_distance import PairedDistance
+from tfmetric.layers.proxy_anchor import ProxyAnchor
 from tfmetric.layers.proxy_head import ProxyHead
-from tfmetric.layers.proxy_heads import ProxyAnchor, ProxyNCA
+from tfmetric.layers.proxy_nca import ProxyNCA
 
 __all__ = [
     "CrossBatchMemory",

@@ -38,7 +38,7 @@ def _check_pair(x1, x2):
 class LearnedDistanceLayer(keras.layers.Layer):
     """Base of the learned distances (float32 math, no autocast).
 
-    Subclasses implement `pair_values(x1, x2)` (per pair, `(B,)`) and
+    Subclasses implement `paired(x1, x2)` (per pair, `(B,)`) and
     `pairwise(x, y)` (matrix, `(n, m)`) on float32 tensors, and set
     `is_similarity`.
     """
@@ -53,7 +53,7 @@ class LearnedDistanceLayer(keras.layers.Layer):
 
     def call(self, x1, x2):
         x1, x2 = _check_pair(x1, x2)
-        return self.pair_values(x1, x2)
+        return self.paired(x1, x2)
 
     def compute_output_shape(self, x1_shape, x2_shape):
         return (x1_shape[0],)
@@ -62,7 +62,7 @@ class LearnedDistanceLayer(keras.layers.Layer):
         """Returns the `tfmetric.distances.Distance` view of this layer."""
         return LearnedDistance(self)
 
-    def pair_values(self, x1, x2):
+    def paired(self, x1, x2):
         raise NotImplementedError
 
     def pairwise(self, x, y):
@@ -102,7 +102,7 @@ class LearnedDistance(distances_lib.Distance):
     def rowwise(self, x, y):
         if not self.layer.built:
             self.layer.build(tuple(x.shape))
-        return self.layer.pair_values(x, y)
+        return self.layer.paired(x, y)
 
     def euclidean_view(self, x):
         if not callable(getattr(self.layer, "transform", None)):
@@ -183,7 +183,7 @@ class Mahalanobis(LearnedDistanceLayer):
         x = inputs.check_embeddings(x, "x")
         return ops.matmul(x, ops.cast(self.kernel, "float32"))
 
-    def pair_values(self, x1, x2):
+    def paired(self, x1, x2):
         squared = ops.sum(ops.square(self.transform(x1 - x2)), axis=1)
         return squared if self.squared else numerics.safe_sqrt(squared)
 
@@ -264,7 +264,7 @@ class WeightedL1(LearnedDistanceLayer):
         weighted = ops.sum(self._weights() * ops.abs(x1 - x2), axis=1)
         return ops.cast(self.bias, "float32") - weighted
 
-    def pair_values(self, x1, x2):
+    def paired(self, x1, x2):
         return ops.sigmoid(self.logits(x1, x2))
 
     def pairwise(self, x, y):

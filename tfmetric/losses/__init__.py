@@ -17,12 +17,10 @@ from tfmetric.losses.lifted_structure import LiftedStructureLoss, lifted_structu
 from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 from tfmetric.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 from tfmetric.losses.npairs import NPairsLoss, npairs_loss
-from tfmetric.losses.pair import (
+from tfmetric.losses.pair_contrastive import (
     PairContrastiveLoss,
-    TripletMarginLoss,
     pair_contrastive_loss,
     paired_distance,
-    triplet_margin_loss,
 )
 from tfmetric.losses.soft_nearest_neighbor import (
     SoftNearestNeighborLoss,
@@ -35,6 +33,7 @@ from tfmetric.losses.supervised_contrastive import (
     supervised_contrastive_loss,
 )
 from tfmetric.losses.triplet import TripletLoss, triplet_loss
+from tfmetric.losses.triplet_margin import TripletMarginLoss, triplet_margin_loss
 
 __all__ = [
     "momentum_contrast_loss",

@@ -24,7 +24,7 @@ from tfmetric.metrics.verification import (
     best_threshold,
     equal_error_rate,
     evaluate_verification,
-    pair_distances,
+    paired_distances,
     roc_auc,
     tar_at_far,
 )
@@ -43,7 +43,7 @@ __all__ = [
     "mean_average_precision",
     "mean_reciprocal_rank",
     "n_way_k_shot_accuracy",
-    "pair_distances",
+    "paired_distances",
     "precision_at_1",
     "r_precision",
     "read_pairs_file",

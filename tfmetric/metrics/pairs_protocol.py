@@ -23,7 +23,7 @@ from tfmetric.metrics.verification import (
     _prepare,
     best_threshold,
     equal_error_rate,
-    pair_distances,
+    paired_distances,
     roc_auc,
     tar_at_far,
 )
@@ -181,7 +181,7 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
     """
     distance = distances_lib.get(distance)
     # Closeness scores (larger means "same") serve distances and similarities alike.
-    scores = distance.to_closeness(pair_distances(x, y, distance).astype(np.float64))
+    scores = distance.to_closeness(paired_distances(x, y, distance).astype(np.float64))
     same, _ = _prepare(same, scores, True)
     n = len(same)
     if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):

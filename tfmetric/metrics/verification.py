@@ -169,7 +169,7 @@ def best_threshold(same, scores, metric="accuracy", similarity=False):
     return (threshold if similarity else -threshold), float(values[best])
 
 
-def pair_distances(x, y, distance="euclidean"):
+def paired_distances(x, y, distance="euclidean"):
     """Distances `distance(x[i], y[i])` between the rows of two arrays.
 
     Args:
@@ -184,7 +184,7 @@ def pair_distances(x, y, distance="euclidean"):
 
     Example:
 
-    >>> tfmetric.metrics.pair_distances([[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]]).tolist()
+    >>> tfmetric.metrics.paired_distances([[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]]).tolist()
     [5.0, 0.0]
     """
     distance = distances_lib.get(distance)
@@ -221,7 +221,7 @@ def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
     """
     distance = distances_lib.get(distance)
     # Closeness scores (larger means "same") serve distances and similarities alike.
-    scores = distance.to_closeness(pair_distances(x, y, distance).astype(np.float64))
+    scores = distance.to_closeness(paired_distances(x, y, distance).astype(np.float64))
     results = {
         "roc_auc": roc_auc(same, scores, True),
         "equal_error_rate": equal_error_rate(same, scores, True),

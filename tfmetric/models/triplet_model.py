@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric.losses.pair import paired_distance
+from tfmetric.losses.pair_contrastive import paired_distance
 from tfmetric.models import shared_tower
 
 __all__ = ["TripletModel"]

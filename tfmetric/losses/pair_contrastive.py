@@ -1,16 +1,11 @@
-"""Losses on explicit pairs and triplets, for `SiameseModel` and `TripletModel`.
+"""Contrastive loss of labelled pairs, for `SiameseModel`.
 
 In-batch losses (`tfmetric.losses.TripletLoss`, ...) mine pairs inside a
-labelled batch. The losses here take pairs or triplets that the data pipeline
-already formed (`tfmetric.data.pair_dataset`, `tfmetric.data.triplet_dataset`):
-
-- `pair_contrastive_loss(labels, distances)`: one value per pair from a
-  binary "same" label (1 = similar) and the pair's distance;
-- `triplet_margin_loss(embeddings)`: one value per `(anchor, positive,
-  negative)` triplet of embeddings stacked as `(B, 3, D)`.
-
-`paired_distance(distance, x, y)` computes the distance between the rows
-`x[i]` and `y[i]` (not the full `(n, m)` matrix) for every built-in distance.
+labelled batch; `pair_contrastive_loss(labels, distances)` takes pairs that
+the data pipeline already formed (`tfmetric.data.pair_dataset`): one value per
+pair from a binary "same" label (1 = similar) and the pair's distance.
+`paired_distance(distance, x, y)` computes that distance between the rows
+`x[i]` and `y[i]` (`Distance.paired`).
 """
 
 import keras
@@ -20,13 +15,7 @@ from tfmetric import distances as distances_lib
 from tfmetric._src import validation
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
-__all__ = [
-    "PairContrastiveLoss",
-    "TripletMarginLoss",
-    "pair_contrastive_loss",
-    "paired_distance",
-    "triplet_margin_loss",
-]
+__all__ = ["PairContrastiveLoss", "pair_contrastive_loss", "paired_distance"]
 
 
 def paired_distance(distance, x, y):
@@ -128,65 +117,6 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
     return labels * pull + (1.0 - labels) * push
 
 
-def _split_triplets(embeddings):
-    embeddings = ops.convert_to_tensor(embeddings)
-    if len(embeddings.shape) != 3 or embeddings.shape[1] != 3:
-        raise ValueError(
-            "`y_pred` must be stacked triplet embeddings of shape (batch, 3, dim) "
-            "(anchor, positive, negative), as `tfmetric.models.TripletModel` outputs; "
-            f"got shape {tuple(embeddings.shape)}."
-        )
-    dtype = keras.backend.standardize_dtype(embeddings.dtype)
-    if not dtype.startswith(("float", "bfloat")):
-        raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {dtype}.")
-    embeddings = ops.cast(embeddings, "float32")
-    return embeddings[:, 0], embeddings[:, 1], embeddings[:, 2]
-
-
-def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=False):
-    """Triplet margin loss on explicit triplets: `max(d(a, p) - d(a, n) + margin, 0)`.
-
-    The triplets were formed beforehand (e.g. by `tfmetric.data.triplet_dataset`,
-    randomly or by offline mining); for triplets mined inside a labelled batch use
-    `tfmetric.losses.TripletLoss`. For a similarity such as `"inner_product"`,
-    `d = -s`. Any Minkowski order is allowed through
-    `distance=tfmetric.distances.Minkowski(p)`.
-
-    Args:
-        embeddings: Stacked `(anchor, positive, negative)` embeddings of shape
-            `(B, 3, D)`; computed in float32.
-        margin: Non-negative margin. Defaults to `1.0`.
-        distance: Name, config or `tfmetric.distances.Distance`. Defaults to
-            `"euclidean"`.
-        squared: Square the distances before taking the difference (FaceNet's
-            form with the euclidean distance). Defaults to `False`.
-
-    Returns:
-        Per-triplet float32 values of shape `(B,)`.
-
-    Example:
-
-    >>> triplets = np.array([[[0.0, 0.0], [0.0, 1.0], [0.0, 1.5]]])
-    >>> np.asarray(tfmetric.losses.triplet_margin_loss(triplets, margin=1.0)).tolist()
-    [0.5]
-
-    Reference:
-        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
-        Clustering", CVPR 2015; Balntas et al., "Learning local feature
-        descriptors with triplets and shallow convolutional neural networks",
-        BMVC 2016.
-    """
-    margin = margin_value(margin)
-    distance = distances_lib.get(distance)
-    anchor, positive, negative = _split_triplets(embeddings)
-    d_ap = paired_distance(distance, anchor, positive)
-    d_an = paired_distance(distance, anchor, negative)
-    d_ap, d_an = distance.to_dissimilarity(d_ap), distance.to_dissimilarity(d_an)
-    if squared:
-        d_ap, d_an = ops.square(d_ap), ops.square(d_an)
-    return ops.relu(d_ap - d_an + margin)
-
-
 @keras.saving.register_keras_serializable(package="tfmetric")
 class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
     """Contrastive loss of labelled pairs; **label 1 = similar, 0 = dissimilar**.
@@ -231,72 +161,4 @@ class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(margin=self.margin, dtype=self._dtype_policy.name)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="tfmetric")
-class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
-    """Triplet margin loss on explicit `(anchor, positive, negative)` triplets.
-
-    See `tfmetric.losses.triplet_margin_loss`. `y_pred` holds the stacked
-    embeddings `(B, 3, D)` that `tfmetric.models.TripletModel` outputs;
-    `y_true` is ignored (the triplets are explicit), so any labels — such as
-    the `(B, 3)` class labels `tfmetric.data.triplet_dataset` yields — or
-    `None` may be passed.
-
-    Args:
-        margin: Non-negative margin. Defaults to `1.0`.
-        distance: Name, config or `tfmetric.distances.Distance` (e.g.
-            `tfmetric.distances.Minkowski(p=3)`). Defaults to `"euclidean"`.
-        squared: Square the distances before the difference. Defaults to
-            `False`.
-        reduction: Keras reduction of the per-triplet values. Defaults to
-            `"sum_over_batch_size"`.
-        name: Name of the loss. Defaults to `"triplet_margin_loss"`.
-        dtype: Dtype of the returned loss. Defaults to `None` (float32).
-
-    Example:
-
-    >>> loss = tfmetric.losses.TripletMarginLoss(margin=0.5)
-    >>> triplets = np.array([[[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
-    >>> float(loss(None, triplets))
-    0.0
-
-    Reference:
-        Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
-        Clustering", CVPR 2015.
-    """
-
-    def __init__(
-        self,
-        margin=1.0,
-        distance="euclidean",
-        squared=False,
-        reduction="sum_over_batch_size",
-        name="triplet_margin_loss",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = validation.check_number(margin, "margin")
-        self.distance = distances_lib.get(distance)
-        self.squared = bool(squared)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        _split_triplets(y_pred)
-        # The triplets are explicit: labels only need the batch size for reduction.
-        return super().__call__(ops.zeros((ops.shape(y_pred)[0],)), y_pred, sample_weight)
-
-    def call(self, y_true, y_pred):
-        return triplet_margin_loss(
-            y_pred, margin=self.current_margin(), distance=self.distance, squared=self.squared
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            margin=self.margin,
-            distance=distances_lib.serialize(self.distance),
-            squared=self.squared,
-            dtype=self._dtype_policy.name,
-        )
         return config
