@@ -81,6 +81,15 @@ def prepare_retrieval_inputs(query, query_labels, gallery, gallery_labels):
     return query, query_labels, gallery, gallery_labels
 
 
+def padded_chunk(array, begin, stop, size, fill=0):
+    """`array[begin:stop]` padded with `fill` to `size` rows, as a tensor (static shapes)."""
+    part = array[begin:stop]
+    if len(part) < size:
+        pad = np.full((size - len(part),) + part.shape[1:], fill, part.dtype)
+        part = np.concatenate([part, pad])
+    return _compile.tensor(part)
+
+
 def _count_below(sorted_rows, values, width):
     """`searchsorted(sorted_rows, values, side="left")` as an unrolled binary search.
 
@@ -191,13 +200,9 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
     per_query = ([], [], [], [])
     for begin in range(0, len(query), chunk):
         stop = min(begin + chunk, len(query))
-        pad = chunk - (stop - begin)
 
-        def padded(a, fill=0, begin=begin, stop=stop, pad=pad):
-            a = a[begin:stop]
-            if pad:
-                a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-            return _compile.tensor(a)
+        def padded(a, fill=0, begin=begin, stop=stop):
+            return padded_chunk(a, begin, stop, chunk, fill)
 
         outputs = chunk_fn(
             padded(query),

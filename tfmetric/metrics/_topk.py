@@ -214,13 +214,9 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
     map_at_r_sum = np.zeros(len(query), np.float64)
     for begin in range(0, len(query), chunk):
         stop = min(begin + chunk, len(query))
-        pad = chunk - (stop - begin)
 
-        def padded(a, fill=0, begin=begin, stop=stop, pad=pad):
-            a = a[begin:stop]
-            if pad:
-                a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-            return _compile.tensor(a)
+        def padded(a, fill=0, begin=begin, stop=stop):
+            return _ranking.padded_chunk(a, begin, stop, chunk, fill)
 
         first, rank, rel = chunk_fn(
             padded(query), padded(q_id, -1), padded(q_self, -1), blocks, block_ids, valid
