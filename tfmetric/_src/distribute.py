@@ -23,6 +23,19 @@ def replica_context():
     return context
 
 
+def replica_share(value):
+    """`value` divided by the number of replicas of a multi-replica strategy.
+
+    A replica that reduces only its own shard returns this share of its mean,
+    as Keras' own losses do, so that the sum over replicas (what the gradient
+    all-reduce takes) is the mean over the shards.
+    """
+    context = replica_context()
+    if context is None:
+        return value
+    return value / context.num_replicas_in_sync
+
+
 def in_cross_replica_build():
     """Whether this runs in the cross-replica context of a strategy (Keras' build).
 

@@ -17,7 +17,9 @@ Without weights, every mean reduction is the documented loss. Under a
 `tf.distribute` strategy, a replica holds the rows of its own samples; it
 returns its share of the global value (global denominators), so the sum over
 replicas, which the gradient all-reduce takes, is the value of one device
-running the whole global batch.
+running the whole global batch. A replica that mines only its own shard
+(`cross_replica=False`) returns its mean divided by the number of replicas,
+as Keras' own losses do.
 """
 
 from keras import ops
@@ -81,4 +83,6 @@ def reduce_terms(values, counts, reduction, sample_weight=None, context=None, al
             denominator = distribute.sum_over_replicas(context, denominator)
     else:
         denominator = ops.sum(all_counts if context is not None else counts)
-    return ops.divide_no_nan(total, ops.stop_gradient(denominator))
+    mean = ops.divide_no_nan(total, ops.stop_gradient(denominator))
+    # A replica mining only its own shard returns its share of the mean over shards.
+    return mean if context is not None else distribute.replica_share(mean)

@@ -28,6 +28,19 @@ def _pair_scores(head, e1, e2):
     return scores
 
 
+_PAIR_LABEL_LOSS_NAMES = ("binary_crossentropy", "bce", "binary_focal_crossentropy")
+
+
+def _pair_label_losses():
+    from tfmetric.losses.pair_contrastive import PairContrastiveLoss
+
+    return (
+        PairContrastiveLoss,
+        keras.losses.BinaryCrossentropy,
+        keras.losses.BinaryFocalCrossentropy,
+    )
+
+
 def check_pair_labels(labels, name):
     """Rejects in-memory pair labels other than 0 (different) and 1 (same), before training.
 
@@ -157,17 +170,27 @@ class SiameseModel(keras.Model):
         inputs = shared_tower.unpack_inputs(inputs, _NAMES)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
+    def _takes_pair_labels(self):
+        """Whether the compiled loss reads `y` as same (1) / different (0) pair labels."""
+        loss = getattr(self, "loss", None)
+        if isinstance(loss, str):
+            return loss in _PAIR_LABEL_LOSS_NAMES
+        return isinstance(loss, _pair_label_losses()) or loss is keras.losses.binary_crossentropy
+
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; in-memory pair labels other than 0/1 are an error before training."""
-        check_pair_labels(y, "y")
-        validation = kwargs.get("validation_data")
-        if isinstance(validation, (tuple, list)) and len(validation) >= 2:
-            check_pair_labels(validation[1], "validation_data")
+        """`keras.Model.fit`; with a pair-label loss (`PairContrastiveLoss`, binary
+        cross-entropy), in-memory labels other than 0/1 are an error before training."""
+        if self._takes_pair_labels():
+            check_pair_labels(y, "y")
+            validation = kwargs.get("validation_data")
+            if isinstance(validation, (tuple, list)) and len(validation) >= 2:
+                check_pair_labels(validation[1], "validation_data")
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; in-memory pair labels other than 0/1 are an error."""
-        check_pair_labels(y, "y")
+        """`keras.Model.evaluate`; with a pair-label loss, labels other than 0/1 are an error."""
+        if self._takes_pair_labels():
+            check_pair_labels(y, "y")
         return super().evaluate(x, y, *args, **kwargs)
 
     def get_config(self):
