@@ -6,8 +6,8 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, validation
+from tfmetric._src import compile as _compile
 from tfmetric.index.base import Index
-from tfmetric.metrics import _compile
 
 _COMPILED = cache.FunctionCache()
 

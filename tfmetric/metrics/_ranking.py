@@ -32,7 +32,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, inputs
-from tfmetric.metrics import _compile
+from tfmetric._src import compile as _compile
 
 # Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
 ELEMENT_BUDGET = 1 << 23

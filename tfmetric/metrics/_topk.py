@@ -29,7 +29,8 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache
-from tfmetric.metrics import _compile, _ranking
+from tfmetric._src import compile as _compile
+from tfmetric.metrics import _ranking
 
 # Beyond this many relevant references for one query, the top-k search stops
 # paying off (a (chunk, K, K) comparison and a large top-k): the counting
