@@ -6,7 +6,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, validation
-from tfmetric._src import compile as _compile
+from tfmetric._src import compile as backend_compile
 from tfmetric.index.base import Index
 
 _COMPILED = cache.FunctionCache()
@@ -52,7 +52,7 @@ def _build_search(distance, k):
         )
         return distance.from_closeness(best_scores), best_positions
 
-    return _compile.backend_jit(search)
+    return backend_compile.backend_jit(search)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -103,7 +103,7 @@ class ExactIndex(Index):
                 [self._embeddings, np.zeros((pad, self.dim), np.float32)]
             ).reshape(num_blocks, block, self.dim)
             valid = (np.arange(num_blocks * block) < self.size).reshape(num_blocks, block)
-            self._blocks = (_compile.tensor(padded), _compile.tensor(valid))
+            self._blocks = (backend_compile.tensor(padded), backend_compile.tensor(valid))
         return self._blocks
 
     def _search(self, queries, k):
@@ -116,9 +116,9 @@ class ExactIndex(Index):
             rows = len(part)
             if rows < chunk:
                 part = np.concatenate([part, np.zeros((chunk - rows, self.dim), np.float32)])
-            d, p = search(_compile.tensor(part), blocks, valid)
-            distances.append(_compile.numpy(d)[:rows])
-            positions.append(_compile.numpy(p)[:rows])
+            d, p = search(backend_compile.tensor(part), blocks, valid)
+            distances.append(backend_compile.numpy(d)[:rows])
+            positions.append(backend_compile.numpy(p)[:rows])
         return np.concatenate(positions).astype(np.int64), np.concatenate(distances)
 
     def get_config(self):

@@ -32,7 +32,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache, inputs
-from tfmetric._src import compile as _compile
+from tfmetric._src import compile as backend_compile
 
 # Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
 ELEMENT_BUDGET = 1 << 23
@@ -87,7 +87,7 @@ def padded_chunk(array, begin, stop, size, fill=0):
     if len(part) < size:
         pad = np.full((size - len(part),) + part.shape[1:], fill, part.dtype)
         part = np.concatenate([part, pad])
-    return _compile.tensor(part)
+    return backend_compile.tensor(part)
 
 
 def _count_below(sorted_rows, values, width):
@@ -154,7 +154,7 @@ def _build_chunk_fn(distance_fn, window):
             ops.sum(precision, axis=1),
         )
 
-    return _compile.backend_jit(chunk_fn)
+    return backend_compile.backend_jit(chunk_fn)
 
 
 def _chunk_size(num_queries, width):
@@ -195,8 +195,8 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
     window = int(max(1, q_count.max()))
     chunk = _chunk_size(len(query), gallery.shape[0] + window)
     chunk_fn = _compiled_chunk_fn(distance, window)
-    g = _compile.tensor(sorted_gallery)
-    g_ids = _compile.tensor(g_id)
+    g = backend_compile.tensor(sorted_gallery)
+    g_ids = backend_compile.tensor(g_id)
     per_query = ([], [], [], [])
     for begin in range(0, len(query), chunk):
         stop = min(begin + chunk, len(query))
@@ -214,7 +214,7 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
             g_ids,
         )
         for store, value in zip(per_query, outputs, strict=True):
-            store.append(_compile.numpy(value)[: stop - begin])
+            store.append(backend_compile.numpy(value)[: stop - begin])
     first_rank, r_hits, map_at_r_sum, ap_sum = (np.concatenate(s) for s in per_query)
     num_relevant = q_count - (q_self >= 0)
     return Ranks(

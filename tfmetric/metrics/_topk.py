@@ -29,7 +29,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import cache
-from tfmetric._src import compile as _compile
+from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
 # Beyond this many relevant references for one query, the top-k search stops
@@ -142,7 +142,7 @@ def _build_fn(distance, k):
         first_rank = ops.where(has_relevant, first_rank, 0)
         return first_rank, rank, rel_k
 
-    return _compile.backend_jit(chunk_fn)
+    return backend_compile.backend_jit(chunk_fn)
 
 
 def _blocks(gallery, gallery_ids, block_size):
@@ -208,7 +208,7 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         q_self = np.full(len(query), -1, np.int32)
     k = int(max(1, num_relevant.max()))
     chunk, block = _sizes(len(query), len(gallery), k)
-    blocks, block_ids, valid = (_compile.tensor(a) for a in _blocks(gallery, g_id, block))
+    blocks, block_ids, valid = (backend_compile.tensor(a) for a in _blocks(gallery, g_id, block))
     chunk_fn = _compiled_fn(distance, k)
     first_rank = np.zeros(len(query), np.int64)
     r_hits = np.zeros(len(query), np.int64)
@@ -223,12 +223,12 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
             padded(query), padded(q_id, -1), padded(q_self, -1), blocks, block_ids, valid
         )
         n = stop - begin
-        rank = _compile.numpy(rank)[:n].astype(np.float64)
-        rel = _compile.numpy(rel)[:n]
+        rank = backend_compile.numpy(rank)[:n].astype(np.float64)
+        rel = backend_compile.numpy(rel)[:n]
         r = num_relevant[begin:stop, None]
         within = rel & (rank <= r)
         j = np.cumsum(rel, axis=1)
-        first_rank[begin:stop] = _compile.numpy(first)[:n]
+        first_rank[begin:stop] = backend_compile.numpy(first)[:n]
         r_hits[begin:stop] = within.sum(axis=1)
         map_at_r_sum[begin:stop] = np.where(within, j / np.maximum(rank, 1.0), 0.0).sum(axis=1)
     return _ranking.Ranks(
