@@ -170,19 +170,21 @@ def load_tfrecord(pattern, image_size, image_key="image", label_key="label"):
 
 
 def load_npz(path):
+    from tfmetric._src import files
+
     if not os.path.isfile(path):
         _fail(f"`--dataset=npz:{path}`: no such file.")
-    with np.load(path, allow_pickle=False) as archive:
-        keys = list(archive.keys())
-        x_key = next((k for k in _NPZ_INPUT_KEYS if k in keys), None)
-        y_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
-        if x_key is None or y_key is None:
-            _fail(
-                f"`--dataset=npz:{path}` must hold inputs under one of {list(_NPZ_INPUT_KEYS)} "
-                f"and labels under one of {list(_NPZ_LABEL_KEYS)}; found keys {keys}."
-            )
-        x, labels = archive[x_key], archive[y_key]
-        names = archive["class_names"].tolist() if "class_names" in keys else None
+    archive = files.read_npz(path, f"--dataset=npz:{path}")
+    keys = list(archive)
+    x_key = next((k for k in _NPZ_INPUT_KEYS if k in keys), None)
+    y_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
+    if x_key is None or y_key is None:
+        _fail(
+            f"`--dataset=npz:{path}` must hold inputs under one of {list(_NPZ_INPUT_KEYS)} "
+            f"and labels under one of {list(_NPZ_LABEL_KEYS)}; found keys {keys}."
+        )
+    x, labels = archive[x_key], archive[y_key]
+    names = archive["class_names"].tolist() if "class_names" in keys else None
     if len(x) != len(labels):
         _fail(f"`--dataset=npz:{path}`: {len(x)} inputs but {len(labels)} labels.")
     if len(x) == 0:

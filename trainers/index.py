@@ -73,16 +73,14 @@ def model_version_of(path):
 
 
 def load_model(path):
-    import keras
-
-    import tfmetric  # noqa: F401  (registers the serializable classes)
+    from tfmetric._src import files
 
     if not path or not os.path.isfile(path):
         raise InputError(f"`--model` {path!r} is not a file (a .keras embedder is needed).")
     try:
-        return keras.saving.load_model(path)
+        return files.load_keras_file(path, "--model")
     except Exception as error:
-        raise InputError(f"`--model` {path!r} cannot be loaded: {error}") from None
+        raise InputError(str(error)) from None
 
 
 def open_store(spec, model_version, namespace="tfmetric", distance=None):

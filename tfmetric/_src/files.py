@@ -8,17 +8,39 @@ give the published file or directory the mode a plain `open` or `os.mkdir`
 would have (0666 / 0777 minus the umask), so another user (a TF Serving
 container, a teammate) can read it.
 
-Temporary names are `<prefix><pid>-<random>`; `remove_stale_temporaries`
-deletes those left by a process that no longer runs.
+Every temporary has one name pattern, `.tmp-<pid>@<host>-<random><suffix>`
+(`<host>` a short hash of the host name): `remove_stale_temporaries` finds
+them, and every atomic write and temporary directory first removes the stale
+ones of its directory (left by a killed writer: a killed `ExactIndex.save`, a
+killed export), so a later write cleans what an earlier one left. A
+temporary is stale when its writer ran on this host, is no longer running
+and the temporary has not been touched for `STALE_AFTER_SECONDS`; one written
+on another host (a shared directory: its process id means nothing here) only
+after `FOREIGN_STALE_AFTER_SECONDS` untouched. A concurrent writer's
+temporary is never removed: its process is alive (or, on another host, it is
+being written).
+
+`read_npz` is the one reader of `.npz` archives: a missing, empty, truncated
+or garbage file raises an error naming the file, never numpy's or zipfile's.
 """
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
+import zipfile
+
+import numpy as np
 
 TEMPORARY_PREFIX = ".tmp-"
+STALE_AFTER_SECONDS = 10.0
+FOREIGN_STALE_AFTER_SECONDS = 24 * 3600.0
+_TEMPORARY = re.compile(r"\.tmp-([0-9]+)(?:@([0-9a-f]{8}))?-")
 
 
 def _umask():
@@ -37,22 +59,31 @@ def directory_mode():
     return 0o777 & ~_umask()
 
 
-def _temporary_name(prefix):
-    return f"{prefix}{os.getpid()}-"
+def _host_tag():
+    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def _temporary_name():
+    return f"{TEMPORARY_PREFIX}{os.getpid()}@{_host_tag()}-"
+
+
+def is_temporary(name):
+    """Whether a file or directory name is one of these temporaries (of any process)."""
+    return _TEMPORARY.match(os.path.basename(os.fspath(name))) is not None
 
 
 @contextlib.contextmanager
-def atomic_path(path, prefix=TEMPORARY_PREFIX, makedirs=False):
+def atomic_path(path, makedirs=False):
     """Yields a temporary file path next to `path`; renames it to `path` on success.
 
     The temporary path ends with `path`'s base name, so writers that choose a
     format by suffix (`model.save`, `savefig`) see the right one. On success
     the file gets the umask-based mode and replaces `path`; on any error it
-    is removed and `path` is left as it was.
+    is removed and `path` is left as it was. Stale temporaries that killed
+    writers left in the directory are removed first.
 
     Args:
         path: The file to write.
-        prefix: Start of the temporary file's name. Defaults to `".tmp-"`.
         makedirs: Create `path`'s directory if missing. Defaults to `False`
             (a missing directory raises `FileNotFoundError`).
     """
@@ -60,8 +91,9 @@ def atomic_path(path, prefix=TEMPORARY_PREFIX, makedirs=False):
     directory = os.path.dirname(os.path.abspath(path))
     if makedirs:
         os.makedirs(directory, exist_ok=True)
+    remove_stale_temporaries(directory)
     fd, tmp = tempfile.mkstemp(
-        prefix=_temporary_name(prefix), suffix=os.path.basename(path), dir=directory
+        prefix=_temporary_name(), suffix=os.path.basename(path), dir=directory
     )
     os.close(fd)
     try:
@@ -96,9 +128,13 @@ def write_json(path, obj, **kwargs):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", **kwargs)
 
 
-def make_temporary_directory(parent, prefix=TEMPORARY_PREFIX):
-    """Creates a temporary directory in `parent`, named for this process."""
-    return tempfile.mkdtemp(prefix=_temporary_name(prefix), dir=parent)
+def make_temporary_directory(parent):
+    """Creates a temporary directory in `parent`, named for this process.
+
+    Stale temporaries that killed writers left in `parent` are removed first.
+    """
+    remove_stale_temporaries(parent)
+    return tempfile.mkdtemp(prefix=_temporary_name(), dir=parent)
 
 
 def publish_directory(tmp_dir, target):
@@ -128,25 +164,41 @@ def give_normal_modes(path):
             os.chmod(os.path.join(root, name), file_bits)
 
 
-def remove_stale_temporaries(directory, prefix=TEMPORARY_PREFIX):
-    """Removes temporaries named `<prefix><pid>-...` whose process is gone.
+def remove_stale_temporaries(directory, now=None):
+    """Removes the temporaries in `directory` that killed writers left behind.
 
-    Those of running processes (this one included) are kept: they may be
-    writing right now; so are entries whose name carries no process id.
+    A temporary (`.tmp-<pid>@<host>-...`) is stale when its process ran on
+    this host, is no longer running, and nothing in it changed for
+    `STALE_AFTER_SECONDS`; one from another host when nothing in it changed for
+    `FOREIGN_STALE_AFTER_SECONDS`. Those of running processes (this one
+    included) are kept: they may be writing right now; so are entries of any
+    other name.
+
+    Args:
+        directory: The directory to clean (a missing one is ignored).
+        now: The current time (`time.time()`); for tests.
 
     Returns:
         The names removed.
     """
     removed = []
-    if not os.path.isdir(directory):
+    try:
+        entries = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
         return removed
-    for entry in os.listdir(directory):
-        if not entry.startswith(prefix):
+    now = time.time() if now is None else now
+    host = _host_tag()
+    for entry in entries:
+        match = _TEMPORARY.match(entry)
+        if match is None:
             continue
-        pid = entry[len(prefix) :].split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
+        pid, entry_host = int(match.group(1)), match.group(2)
         path = os.path.join(directory, entry)
+        if entry_host in (None, host):
+            if _alive(pid) or _last_change(path) > now - STALE_AFTER_SECONDS:
+                continue
+        elif _last_change(path) > now - FOREIGN_STALE_AFTER_SECONDS:
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -154,6 +206,102 @@ def remove_stale_temporaries(directory, prefix=TEMPORARY_PREFIX):
                 os.remove(path)
         removed.append(entry)
     return removed
+
+
+def _last_change(path):
+    """The latest modification time of `path` or of anything under it (0 if gone)."""
+    try:
+        latest = os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, directories, names in os.walk(path):
+            for name in directories + names:
+                with contextlib.suppress(FileNotFoundError):
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+    return latest
+
+
+def read_npz(path, name="path"):
+    """Reads every array of an `.npz` archive (no pickles), with errors naming the file.
+
+    Args:
+        path: The `.npz` file.
+        name: The argument `path` was given as, named in the errors.
+
+    Returns:
+        A dict `{key: numpy array}`.
+
+    Raises:
+        TypeError: if `path` is not a path.
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if it is a directory, or empty, truncated, not an `.npz`
+            archive or holds pickled objects.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path to an .npz file; got {path!r}.")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`{name}` file {path!r} does not exist.")
+    if os.path.isdir(path):
+        raise ValueError(f"`{name}` {path!r} is a directory, not an .npz file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"`{name}` file {path!r} is empty (not an .npz archive).")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"`{name}` file {path!r} is not an .npz archive (truncated or corrupt)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        reason = "it holds pickled objects" if "pickle" in str(error) else type(error).__name__
+        raise ValueError(
+            f"`{name}` file {path!r} is not a readable .npz archive (truncated or corrupt: "
+            f"{reason}: {error})."
+        ) from None
+
+
+def load_keras_file(path, name="path", **kwargs):
+    """`keras.saving.load_model(path, **kwargs)` with errors naming the file.
+
+    A `.keras` file is a zip archive: an empty, truncated or garbage one is
+    reported as corrupt (Keras says "File not found" for a file that exists).
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if it is not a readable `.keras` archive, or Keras cannot
+            rebuild the model from it (the message carries Keras' reason).
+    """
+    import keras
+
+    import tfmetric  # noqa: F401  (registers the serializable classes)
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`{name}` file {path!r} does not exist.")
+    if os.path.isdir(path):
+        raise ValueError(f"`{name}` {path!r} is a directory, not a .keras file.")
+    if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"`{name}` file {path!r} is corrupt or unreadable: not a .keras (zip) archive "
+                "(empty, truncated or another format)."
+            )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile, EOFError) as error:
+            raise ValueError(f"`{name}` file {path!r} is corrupt or unreadable: {error}") from None
+        if "config.json" not in names:
+            raise ValueError(
+                f"`{name}` file {path!r} is corrupt or unreadable: a zip archive without the "
+                "config.json of a .keras file."
+            )
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"`{name}` file {path!r} cannot be loaded as a Keras model: {error}") from None
 
 
 def _alive(pid):

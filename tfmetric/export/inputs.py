@@ -4,21 +4,14 @@ import os
 
 import numpy as np
 
+from tfmetric._src import files
+
 __all__ = ["check_inputs", "load_inputs", "load_npz"]
 
 
 def load_npz(path, name):
     """Reads every array of an `.npz` file (no pickles); errors name the argument `name`."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`{name}` must be a path to an .npz file; got {path!r}.")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`{name}` file {path!r} does not exist.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"`{name}` file {path!r} is not a readable .npz: {error}") from None
+    return files.read_npz(path, name)
 
 
 def load_inputs(source, input_shape, name="representative"):

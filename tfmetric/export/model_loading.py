@@ -11,6 +11,7 @@ import zipfile
 import keras
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import files
 
 __all__ = ["load_keras_file", "resolve_embedder", "saved_loss", "trained_distance"]
 
@@ -24,10 +25,7 @@ def load_keras_file(path):
         raise FileNotFoundError(f"`model` file {path!r} does not exist.")
     if not path.endswith(".keras"):
         raise ValueError(f"`model` must be a `.keras` file; got {path!r}.")
-    # Importing tfmetric registers its serializable classes for the loader.
-    import tfmetric  # noqa: F401
-
-    return keras.saving.load_model(path, compile=False)
+    return files.load_keras_file(path, "model", compile=False)
 
 
 def saved_loss(path):

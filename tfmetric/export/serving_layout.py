@@ -35,7 +35,6 @@ from tfmetric.export.plan import plan_export
 __all__ = ["ExportResult", "export_for_serving", "next_version"]
 
 MODELS_CONFIG = "models.config"
-_TMP_PREFIX = ".tmp-export-"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -69,7 +68,7 @@ def _is_version(name):
 
 def _is_serving_base(path):
     return os.path.isdir(path) and all(
-        (_is_version(entry) or entry.startswith(_TMP_PREFIX))
+        (_is_version(entry) or files.is_temporary(entry))
         and os.path.isdir(os.path.join(path, entry))
         for entry in os.listdir(path)
     )
@@ -91,7 +90,7 @@ def _check_output(output_dir, name):
         path = os.path.join(output_dir, entry)
         if entry == MODELS_CONFIG and os.path.isfile(path):
             continue
-        if entry.startswith(f".{MODELS_CONFIG}.tmp-"):
+        if files.is_temporary(entry):
             continue
         if not _is_serving_base(path):
             raise ValueError(
@@ -154,9 +153,7 @@ def write_models_config(output_dir, serving_base_path="/models"):
         for name in names
     )
     path = os.path.join(output_dir, MODELS_CONFIG)
-    files.write_text(
-        path, f"model_config_list {{\n{configs}}}\n", prefix=f".{MODELS_CONFIG}.tmp-"
-    )
+    files.write_text(path, f"model_config_list {{\n{configs}}}\n")
     return path
 
 
@@ -268,8 +265,7 @@ def export_for_serving(
 
     base_dir = os.path.join(output_dir, plan.name)
     os.makedirs(base_dir, exist_ok=True)
-    files.remove_stale_temporaries(base_dir, _TMP_PREFIX)
-    tmp_dir = files.make_temporary_directory(base_dir, _TMP_PREFIX)
+    tmp_dir = files.make_temporary_directory(base_dir)
     try:
         metadata = saved_model.write_saved_model(plan, tmp_dir)
         sample = plan.validation.inputs[:1]

@@ -332,28 +332,44 @@ class Index:
         """Reads an index written by `save`.
 
         Raises:
-            ValueError: if the file is not an index of this class.
+            FileNotFoundError: if `path` does not exist.
+            ValueError: naming the file, if it is empty, truncated, corrupt,
+                not an index file or an index of another class.
         """
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            try:
-                header = json.loads(str(data["header"]))
-            except KeyError:
-                raise ValueError(f"{path!r} is not a tfmetric index file.") from None
-            if header.get("format") != _FORMAT or header.get("class_name") != cls.__name__:
-                raise ValueError(
-                    f"{path!r} holds a {header.get('class_name')!r} index, not a {cls.__name__}."
-                )
+        arrays = files.read_npz(path, "path")
+        path = os.fspath(path)
+        if "header" not in arrays:
+            raise ValueError(f"{path!r} is not a tfmetric index file (no `header` array).")
+        try:
+            header = json.loads(str(arrays["header"]))
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path!r} is not a tfmetric index file (its header is not JSON).")
+        if header.get("format") != _FORMAT or header.get("class_name") != cls.__name__:
+            raise ValueError(
+                f"{path!r} holds a {header.get('class_name')!r} index (format "
+                f"{header.get('format')!r}), not a {cls.__name__} ({_FORMAT!r})."
+            )
+        try:
             index = cls.from_config(header["config"])
-            if data["embeddings"].shape[0]:
+            embeddings = arrays["embeddings"]
+            if embeddings.ndim != 2:
+                raise ValueError(f"`embeddings` has shape {embeddings.shape}, not (n, dim)")
+            if embeddings.shape[0]:
                 payloads = None
                 if header.get("has_payloads"):
-                    payloads = [json.loads(p) for p in data["payloads"].tolist()]
+                    payloads = [json.loads(p) for p in arrays["payloads"].tolist()]
                 index.add(
-                    data["embeddings"],
-                    labels=data["labels"] if header["has_labels"] else None,
-                    ids=data["ids"],
+                    embeddings,
+                    labels=arrays["labels"] if header["has_labels"] else None,
+                    ids=arrays["ids"],
                     payloads=payloads,
                 )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path!r} is a damaged tfmetric index file: {type(error).__name__}: {error}"
+            ) from None
         return index
 
     def __repr__(self):

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -213,7 +212,7 @@ class TwoTowerModel(keras.Model):
             path = os.fspath(path)
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-            scratch = tempfile.mkdtemp(prefix=".tmp-two-tower-", dir=parent)
+            scratch = files.make_temporary_directory(parent)
             try:
                 target = os.path.join(scratch, "model")
                 signatures[key] = save_embedder(
