@@ -78,7 +78,7 @@ class ApproximateIndex(Index):
             )
         self.nlist = None if nlist is None else validation.check_int(nlist, "nlist")
         self.nprobe = validation.check_int(nprobe, "nprobe")
-        self.seed = int(seed)
+        self.seed = validation.check_int(seed, "seed", minimum=0)
         super().__init__(distance)
 
     def _changed(self):

@@ -18,10 +18,11 @@ precision = tp / (tp + fp), recall = tp / (tp + fn), F1 their harmonic mean
 """
 
 import dataclasses
+import numbers
 
 import numpy as np
 
-from tfmetric._src import inputs
+from tfmetric._src import inputs, validation
 from tfmetric.index.lookups import format_table
 
 METRICS = ("precision", "recall", "f1")
@@ -239,8 +240,10 @@ def match(index, queries, threshold, unknown=-1):
     >>> tfmetric.index.match(index, [[0.5], [9.0], [5.0]], threshold=1.0).tolist()
     [0, 1, -1]
     """
+    threshold = validation.check_number(threshold, "threshold", allow_negative=True)
+    if isinstance(unknown, bool) or not isinstance(unknown, numbers.Integral):
+        raise ValueError(f"`unknown` must be an integer label; got {unknown!r}.")
     nearest, distances = _nearest(index, queries)
-    threshold = float(threshold)
     to_closeness = index.distance.to_closeness
     close = to_closeness(distances) >= to_closeness(threshold)
     return np.where(close, nearest, np.int64(unknown))
@@ -268,6 +271,7 @@ def evaluate_classification(index, queries, labels, threshold):
     >>> result["precision"], result["recall"], result["true_negatives"]
     (0.6666666666666666, 0.6666666666666666, 0)
     """
+    threshold = validation.check_number(threshold, "threshold", allow_negative=True)
     nearest, distances = _nearest(index, queries)
     labels = inputs.check_label_array(labels, "labels", len(nearest), "queries")
     scores = np.asarray(distances, np.float64)
