@@ -207,6 +207,44 @@ def test_curriculum_drives_offline_mining():
     check("easy")
 
 
+def test_offline_mode_change_applies_within_a_mined_chunk():
+    # One iterator, chunks of 40 batches: a mode change in the middle of a chunk (or
+    # while the next chunk is already mined) applies to the batches produced after it,
+    # not only from the next chunk on. Batches already prefetched may keep the old mode.
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 6)
+    x = np.stack([np.arange(24), rng.normal(size=24)], 1).astype("float32")
+    embedder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    emb = embedder.predict(x, verbose=0).astype(np.float64)
+    d = np.sqrt(((emb[:, None] - emb[None]) ** 2).sum(-1))
+    schedule = MiningSchedule(mining={0: "easy", 1: "hard"})
+    for make in (tfmetric.data.triplet_dataset, tfmetric.data.pair_dataset):
+        schedule.assign(0)
+        iterator = iter(make(x, y, 8, seed=0, embedder=embedder, mining=schedule,
+                             refresh_every=40))
+
+        def farthest_negatives(count, iterator=iterator, make=make):
+            """Per batch: whether every negative is the anchor's farthest other-class sample."""
+            out = []
+            for _ in range(count):
+                inputs, labels = next(iterator)
+                if make is tfmetric.data.triplet_dataset:
+                    anchors, others = inputs[0][:, 0], inputs[2][:, 0]
+                else:
+                    keep = labels.numpy() == 0
+                    anchors, others = inputs[0][:, 0][keep], inputs[1][:, 0][keep]
+                ia, i_n = np.asarray(anchors).astype(int), np.asarray(others).astype(int)
+                want = np.array([d[a, y != y[a]].max() for a in ia])
+                out.append(bool(np.allclose(d[ia, i_n], want, atol=1e-5)))
+            return out
+
+        assert all(farthest_negatives(3))  # easy: the farthest negative
+        schedule.assign(1)
+        farthest_negatives(12)  # what the pipeline had prefetched
+        hard = farthest_negatives(6)  # still inside the first 40-batch chunk
+        assert not any(hard)
+
+
 def test_one_schedule_for_offline_mining_and_a_margin_loss():
     rng = np.random.default_rng(2)
     y = np.repeat(np.arange(4), 5)

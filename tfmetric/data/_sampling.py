@@ -109,7 +109,7 @@ def step_seeds(seed, step, count):
     return tf.unstack(tf.random.experimental.stateless_split(base, count))
 
 
-def build(draw, emit, augment, prefetch_draws=False):
+def build(draw, emit, augment, prefetch_draws=False, mode=None):
     """Dataset of batches from index draws.
 
     Args:
@@ -120,15 +120,76 @@ def build(draw, emit, augment, prefetch_draws=False):
         augment: The augmentation hook or `None`.
         prefetch_draws: Compute the next block of indices while the batches of
             the current one are emitted (for expensive draws: offline mining).
+        mode: `None`, or a graph function returning the current mining mode
+            (an int32 scalar read from a variable that a curriculum changes).
+            Each block is tagged with the mode it was drawn with; a batch whose
+            block was drawn with another mode than the current one is taken
+            from the block drawn again with the current mode (once per block
+            and mode change), so a mode change applies from the next batch
+            produced, not from the next block.
     """
-    dataset = tf.data.Dataset.counter().map(draw)
+    dataset = tf.data.Dataset.counter()
+    if mode is None:
+        dataset = dataset.map(draw)
+    else:
+        dataset = dataset.map(lambda block: _tagged_draw(draw, mode, block))
     if prefetch_draws:
         dataset = dataset.prefetch(1)
+    if mode is not None:
+        dataset = _redraw_on_mode_change(dataset, draw, mode)
     # One gather per batch, in parallel: gathering a whole block and then
     # splitting it into batches would copy every sample twice.
-    dataset = dataset.unbatch().map(
+    dataset = dataset.unbatch() if mode is None else dataset
+    dataset = dataset.map(
         lambda indices: emit(indices, lambda batch: apply_augment(augment, batch)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _tagged_draw(draw, mode, block):
+    """`(block, mode code, indices)`: the code is read before drawing (a change in
+    between makes the block look stale and be drawn again, never the reverse)."""
+    code = mode()
+    with tf.control_dependencies([code]):
+        return block, code, draw(block)
+
+
+def _redraw_on_mode_change(dataset, draw, mode):
+    """Per-batch indices; batches of a block drawn with a stale mode come from a redraw."""
+    spec = dataset.element_spec[2]
+    rows = tf.nest.flatten(spec)[0].shape[0]
+
+    def split(block, code, indices):
+        return tf.data.Dataset.from_tensor_slices(
+            (
+                tf.fill([rows], block),
+                tf.range(rows, dtype=tf.int64),
+                tf.fill([rows], code),
+                indices,
+            )
+        )
+
+    def step(state, element):
+        cached_block, cached_code, cached = state
+        block, position, code, indices = element
+        current = mode()
+        fresh = tf.equal(code, current)
+        cached_ok = tf.logical_and(
+            tf.equal(cached_block, block), tf.equal(cached_code, current)
+        )
+        redraw = tf.logical_and(tf.logical_not(fresh), tf.logical_not(cached_ok))
+        with tf.control_dependencies([current]):
+            table = tf.cond(redraw, lambda: draw(block), lambda: cached)
+        state = (
+            tf.where(redraw, block, cached_block),
+            tf.where(redraw, current, cached_code),
+            table,
+        )
+        row = tf.nest.map_structure(lambda t: t[position], table)
+        return state, tf.cond(fresh, lambda: indices, lambda: row)
+
+    empty = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
+    initial = (tf.constant(-1, tf.int64), tf.constant(-1, tf.int32), empty)
+    return dataset.flat_map(split).scan(initial, step)

@@ -124,6 +124,15 @@ class OfflineMiner:
         self.max_members = int(min(index.max_count, self.pool))
         self._mine_block = tf.function(self._mine_block_graph, jit_compile=True)
 
+    @property
+    def scheduled(self):
+        """Whether a curriculum (`MiningSchedule`) sets the mining mode."""
+        return _is_schedule(self.mining)
+
+    def mode_code(self):
+        """Graph function: the current mode's index in the schedule's `MODES` (int32)."""
+        return tf.cast(tf.convert_to_tensor(self.mining.mining_variable), tf.int32)
+
     def _mode(self):
         """`(sign, semi_hard)` of the current mode: sign -1 for "easy", else 1."""
         if _is_schedule(self.mining):

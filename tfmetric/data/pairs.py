@@ -144,4 +144,5 @@ def pair_dataset(
             "same": tf.gather(same, shuffle, batch_dims=1),
         }
 
-    return _sampling.build(mine, emit, augment, prefetch_draws=True)
+    mode = miner.mode_code if miner.scheduled else None
+    return _sampling.build(mine, emit, augment, prefetch_draws=True, mode=mode)

@@ -55,7 +55,10 @@ def triplet_dataset(
     chunk is mined while the current one is consumed, so its triplets come
     from weights up to `refresh_every` (plus prefetching) steps old. A random
     pool without a positive pair or a second class gives random triplets for
-    that chunk.
+    that chunk. When a `MiningSchedule` changes the mode, the chunk being
+    consumed is mined again with the new mode: the change applies from the
+    next batch the pipeline produces (batches already prefetched keep the
+    previous mode), not from the next chunk.
 
     Cost per refresh: embedding the candidates, plus one row of distances to
     all candidates per distinct anchor, i.e. about `batch_size * candidates`
@@ -146,4 +149,5 @@ def triplet_dataset(
     def mine(chunk):
         return tf.reshape(miner.table(chunk), (refresh_every, batch_size, 3))
 
-    return _sampling.build(mine, emit, augment, prefetch_draws=True)
+    mode = miner.mode_code if miner.scheduled else None
+    return _sampling.build(mine, emit, augment, prefetch_draws=True, mode=mode)
