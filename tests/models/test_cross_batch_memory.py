@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_memory import largest_tensor_elements
 
 import tfmetric
 
@@ -70,11 +71,11 @@ def _model(memory_size, margin=1.0, jit_compile=False):
     return model
 
 
-def test_loss_sees_batch_then_memory_once_full():
+def test_loss_sees_the_batch_and_the_written_slots():
     model = _model(memory_size=6, margin=2.0)
     labels = np.array([0, 1, 0, 2])
     embeddings = RNG.normal(size=(4, DIM)).astype("float32")
-    # Not full yet: the plain in-batch loss.
+    # Empty memory: the plain in-batch loss.
     np.testing.assert_allclose(
         model.memory_values(labels, embeddings),
         contrastive_rows(labels, embeddings, labels, embeddings, 2.0),
@@ -82,7 +83,20 @@ def test_loss_sees_batch_then_memory_once_full():
     )
     memory_labels = np.array([1, 2, 3, 0, 0, 4])
     memory_embeddings = RNG.normal(size=(6, DIM)).astype("float32")
-    model.memory.enqueue(memory_labels, memory_embeddings)
+    # Four of six slots written: the loss sees the batch and those four, not the zeros.
+    model.memory.enqueue(memory_labels[:4], memory_embeddings[:4])
+    np.testing.assert_allclose(
+        model.memory_values(labels, embeddings),
+        contrastive_rows(
+            labels,
+            embeddings,
+            np.concatenate([labels, memory_labels[:4]]),
+            np.concatenate([embeddings, memory_embeddings[:4]]),
+            2.0,
+        ),
+        rtol=1e-5,
+    )
+    model.memory.enqueue(memory_labels[4:], memory_embeddings[4:])
     references = np.concatenate([embeddings, memory_embeddings])
     reference_labels = np.concatenate([labels, memory_labels])
     np.testing.assert_allclose(
@@ -92,32 +106,35 @@ def test_loss_sees_batch_then_memory_once_full():
     )
 
 
-def test_training_step_uses_then_enqueues_the_batch_embeddings():
-    model = _model(memory_size=8, margin=2.0)
-    x = RNG.normal(size=(16, 4)).astype("float32")
-    y = np.array([0, 1, 2, 3] * 4)
+def test_training_step_uses_then_enqueues_the_batch_embeddings_with_wrap_around():
+    # Memory of 6, batches of 4: the ring wraps at the second step (slots 4, 5, 0, 1).
+    model = _model(memory_size=6, margin=2.0)
+    x = RNG.normal(size=(20, 4)).astype("float32")
+    y = np.array([0, 1, 2, 3, 4] * 4)
     seen_labels, seen_embeddings = [], []
-    for step in range(4):
+    for step in range(5):
         xb, yb = x[4 * step : 4 * step + 4], y[4 * step : 4 * step + 4]
         before = model.embedder.predict(xb, verbose=0)
-        memory_labels = model.memory.labels.numpy().copy()
-        memory_embeddings = model.memory.embeddings.numpy().copy()
+        written = min(len(seen_labels), 6)
+        memory_labels = model.memory.labels.numpy()[:written].copy()
+        memory_embeddings = model.memory.embeddings.numpy()[:written].copy()
         loss = model.train_on_batch(xb, yb)
-        if step >= 2:  # memory full (8 samples) from the third step on
-            refs = np.concatenate([before, memory_embeddings])
-            ref_labels = np.concatenate([yb, memory_labels])
-            expected = contrastive_rows(yb, before, ref_labels, refs, 2.0).mean()
-        else:
-            expected = contrastive_rows(yb, before, yb, before, 2.0).mean()
+        # Anchors: the batch's rows; references: the batch, then the written slots.
+        refs = np.concatenate([before, memory_embeddings])
+        ref_labels = np.concatenate([yb, memory_labels])
+        expected = contrastive_rows(yb, before, ref_labels, refs, 2.0).mean()
         np.testing.assert_allclose(loss, expected, rtol=1e-4)
         seen_labels.extend(yb.tolist())
         seen_embeddings.extend(before)
-        labels, embeddings = ring_reference(seen_labels, np.array(seen_embeddings), 8)
-        filled = min(len(seen_labels), 8)
+        labels, embeddings = ring_reference(seen_labels, np.array(seen_embeddings), 6)
+        filled = min(len(seen_labels), 6)
         np.testing.assert_array_equal(model.memory.labels.numpy()[:filled], labels[:filled])
         np.testing.assert_allclose(
             model.memory.embeddings.numpy()[:filled], embeddings[:filled], rtol=1e-5, atol=1e-6
         )
+    # FIFO: after 20 samples the memory holds the last 6 of the stream, slot s = position % 6.
+    np.testing.assert_array_equal(model.memory.labels.numpy(), [y[18], y[19], y[14], y[15],
+                                                                y[16], y[17]])
     # Evaluation leaves the memory alone.
     count = int(model.memory.count.numpy())
     model.evaluate(x[:4], y[:4], verbose=0)
@@ -202,7 +219,7 @@ def test_every_in_batch_loss_sees_the_memory_with_finite_values_and_gradients():
     labels = np.array([0, 1, 2, 0, 1, 2])
     memory_labels = np.arange(8) % 4
     memory_embeddings = RNG.normal(size=(8, DIM)).astype("float32")
-    classes = list(_in_batch_losses())
+    classes = [cls for cls in _in_batch_losses() if cls is not tfmetric.losses.NPairsLoss]
     assert len(classes) >= 10
     for cls in classes:
         embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
@@ -218,3 +235,85 @@ def test_every_in_batch_loss_sees_the_memory_with_finite_values_and_gradients():
         assert values.shape == (6,), cls.__name__
         assert np.all(np.isfinite(values)) and np.all(np.isfinite(gradient)), cls.__name__
         assert not np.allclose(values, batch_only), cls.__name__  # the memory changed the loss
+
+
+def test_npairs_is_refused_with_the_reason():
+    embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
+    model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=8)
+    with pytest.raises(ValueError, match="NPairsLoss cannot use references.*one batch"):
+        model.compile(optimizer="sgd", loss=tfmetric.losses.NPairsLoss())
+
+
+def test_memory_terms_hold_no_square_of_batch_plus_memory():
+    batch, memory = 7, 61
+    embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
+    model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=memory)
+    model.compile(optimizer="sgd", loss=tfmetric.losses.TripletLoss(mining="semi-hard"))
+    model.memory.enqueue(np.arange(50) % 4, RNG.normal(size=(50, DIM)))
+    labels = tf.constant(np.arange(batch) % 3, "int64")
+    x = tf.constant(RNG.normal(size=(batch, DIM)).astype("float32"))
+
+    def step(embeddings, y):
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            values, counts = model.memory_terms(y, embeddings)
+            value = tf.reduce_sum(values) / tf.reduce_sum(counts)
+        return value, tape.gradient(value, embeddings)
+
+    # (B, B + M) = 476 entries at most; (B + M)² would be 4624.
+    assert largest_tensor_elements(step, x, labels) <= batch * (batch + memory)
+
+
+class CountingTripletLoss(tfmetric.losses.TripletLoss):
+    """Counts the traces of the memory's loss call (a Python side effect runs once per trace)."""
+
+    traces = 0
+
+    def reference_terms(self, *args, **kwargs):
+        CountingTripletLoss.traces += 1
+        return super().reference_terms(*args, **kwargs)
+
+
+def test_mining_schedule_drives_the_loss_inside_the_memory_model_without_retracing():
+    from references import pairwise
+
+    keras.utils.set_random_seed(0)
+    embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
+    model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=12)
+    CountingTripletLoss.traces = 0
+    loss = CountingTripletLoss(margin=0.1, mining="easy")
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss, jit_compile=True)
+    schedule = tfmetric.callbacks.MiningSchedule(
+        margin={0: 0.1, 2: 5.0}, mining={0: "easy", 1: "hard", 2: "easy"}
+    )
+    x = RNG.normal(size=(12, 4)).astype("float32")
+    y = np.arange(12) % 3
+    traces = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: traces.append(CountingTripletLoss.traces)
+    )
+    # One batch of 12 per epoch; from the second epoch on the memory holds the same 12 samples
+    # (frozen embedder), so each anchor sees the batch and 12 copies: numpy reference below.
+    losses = model.fit(
+        x, y, batch_size=12, epochs=3, verbose=0, shuffle=False, callbacks=[schedule, probe]
+    ).history["loss"]
+    emb = np.asarray(embedder(x), np.float64)
+
+    def expected(margin, mining, with_memory):
+        refs = np.concatenate([emb, emb]) if with_memory else emb
+        ref_y = np.concatenate([y, y]) if with_memory else y
+        d = pairwise(emb, refs, "euclidean")
+        terms = []
+        for a in range(12):
+            others = [j for j in range(len(ref_y)) if j != a]
+            pos = [d[a, j] for j in others if ref_y[j] == y[a]]
+            neg = [d[a, j] for j in others if ref_y[j] != y[a]]
+            gap = max(pos) - min(neg) if mining == "hard" else min(pos) - max(neg)
+            terms.append(max(gap + margin, 0.0))
+        return np.mean(terms)
+
+    wanted = [expected(0.1, "easy", False), expected(0.1, "hard", True),
+              expected(5.0, "easy", True)]
+    assert len({round(v, 4) for v in wanted}) == 3
+    np.testing.assert_allclose(losses, wanted, rtol=1e-5, atol=1e-6)
+    assert traces[0] >= 1 and traces == [traces[0]] * 3  # traced once, then variables are read

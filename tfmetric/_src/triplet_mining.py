@@ -50,7 +50,7 @@ def negative_mask(labels):
     return ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
 
 
-def loop_mining(dist, labels, margin, soft_margin, semi_hard):
+def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
     """Sums triplet terms over every positive pair in O(B²) memory.
 
     One iteration handles the k-th positive of every anchor at once, so the
@@ -66,6 +66,12 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
     `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
     and the same gradient without storing per-iteration activations.
 
+    With `masks`, the `(positive, negative)` masks of a `(B, N)` matrix of
+    the batch against references (`tfmetric._src.references`): the k-th
+    positive of an anchor is then its k-th positive column, found by one
+    masked row pass over the running count of its positives (an O(B·N)
+    integer matrix), and the negatives are the mask's.
+
     Returns:
         `(value, pairs, nonzero)`, each of shape `(B,)`: per-anchor sums
         carrying the gradient, the anchor's positive pairs (0 for an anchor
@@ -73,10 +79,39 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
     """
     const = ops.stop_gradient(dist)
     size = ops.shape(dist)[0]
-    order, position, start, count = label_blocks(labels)
-    num_positive = count - 1
-    has_negative = ops.less(count, size)
-    negative = negative_mask(labels)
+    if masks is None:
+        order, position, start, count = label_blocks(labels)
+        num_positive = count - 1
+        has_negative = ops.less(count, size)
+        negative = negative_mask(labels)
+
+        def kth_positive(k):
+            # The k-th positive: the k-th member of the label's block, skipping self.
+            slot = start + k
+            slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
+            return ops.take(order, ops.minimum(slot, size - 1))
+
+        def negatives():
+            return negative_mask(labels)
+
+        def is_negative(columns):
+            return ops.not_equal(ops.take(labels, columns), labels)
+    else:
+        positive, negative = masks
+        positive_int = ops.cast(positive, "int32")
+        num_positive = ops.sum(positive_int, axis=1)
+        has_negative = ops.any(negative, axis=1)
+        running = ops.cumsum(positive_int, axis=1)
+        negative_float = ops.cast(negative, "float32")
+
+        def kth_positive(k):
+            return ops.argmax(ops.logical_and(positive, ops.equal(running, k + 1)), axis=1)
+
+        def negatives():
+            return negative
+
+        def is_negative(columns):
+            return ops.greater(take_columns(negative_float, columns), 0.0)
     farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
     slots = ops.max(num_positive)
 
@@ -87,20 +122,14 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
         return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
 
     def body(k, value, grad, nonzero):
-        # The k-th positive: the k-th member of the label's block, skipping self.
-        slot = start + k
-        slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
         valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
-        current = ops.take(order, ops.minimum(slot, size - 1))
+        current = kth_positive(k)
         d_ap = take_columns(const, current)
         if semi_hard:
-            farther = ops.logical_and(
-                negative_mask(labels), ops.greater(const, ops.expand_dims(d_ap, 1))
-            )
+            farther = ops.logical_and(negatives(), ops.greater(const, ops.expand_dims(d_ap, 1)))
             nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
             found = ops.logical_and(
-                ops.not_equal(ops.take(labels, nearest), labels),
-                ops.greater(take_columns(const, nearest), d_ap),
+                is_negative(nearest), ops.greater(take_columns(const, nearest), d_ap)
             )
             chosen = ops.where(found, nearest, farthest_negative)
             loss, slope = term(d_ap - take_columns(const, chosen))
@@ -109,7 +138,7 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard):
             grad = add_at(add_at(grad, current, slope), chosen, -slope)
             value = value + loss
         else:
-            mask = ops.logical_and(negative_mask(labels), ops.expand_dims(valid, 1))
+            mask = ops.logical_and(negatives(), ops.expand_dims(valid, 1))
             loss, slope = term(ops.expand_dims(d_ap, 1) - const)
             loss = ops.where(mask, loss, 0.0)
             slope = ops.where(mask, slope, 0.0)

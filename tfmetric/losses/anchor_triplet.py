@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, reduction, validation
+from tfmetric._src import reduction, references, validation
 from tfmetric.losses import batch
 
 POSITIVE_MINING = ("hard", "easy")
@@ -45,21 +45,44 @@ def _mine(dist, positive, negative, positive_mining, negative_mining):
     return chosen_positive, ops.where(found, nearest, farthest_negative)
 
 
-def _anchor_terms(labels, embeddings, distance, positive_mining, negative_mining, margin, pn):
-    """Per-sample triplet terms and their counts (1 for anchors with a positive and a negative)."""
+def _anchor_terms(
+    labels,
+    embeddings,
+    distance,
+    positive_mining,
+    negative_mining,
+    margin,
+    pn,
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample triplet terms and their counts (1 for anchors with a positive and a negative).
+
+    With references (`tfmetric._src.references`), `p` and `n` are mined among
+    the batch and the valid references.
+    """
     validation.check_choice(positive_mining, "positive_mining", POSITIVE_MINING)
     validation.check_choice(negative_mining, "negative_mining", NEGATIVE_MINING)
     margin = _check_margin(margin)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    dist = distance.dissimilarity(embeddings)
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    dist = distance.dissimilarity(embeddings, columns)
     p, n = _mine(dist, positive, negative, positive_mining, negative_mining)
     d_ap, d_an = _take(dist, p), _take(dist, n)
-    if pn:
+    if pn and columns is None:
         size = ops.shape(dist)[0]
         d_pn = ops.take(
             ops.reshape(dist, (-1,)), ops.cast(p, "int32") * size + ops.cast(n, "int32")
+        )
+        d_an = ops.minimum(d_an, d_pn)
+    elif pn:
+        # d(p, n) between two columns: the paired distance of the two gathered rows, O(B·D).
+        d_pn = distance.to_dissimilarity(
+            distance.paired(ops.take(columns, p, axis=0), ops.take(columns, n, axis=0))
         )
         d_an = ops.minimum(d_an, d_pn)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))

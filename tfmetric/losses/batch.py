@@ -40,6 +40,12 @@ class InBatchLoss(keras.losses.Loss):
     constructor argument and return their own arguments from
     `_loss_arguments`, which `get_config` also saves.
 
+    The cores also take references (`ref_labels`, `ref_embeddings`,
+    `ref_valid`, see `tfmetric._src.references`): the batch's anchors against
+    the batch followed by `M` other embeddings (a cross-batch memory), in
+    `(B, B + M)` matrices; `reference_terms` calls them. A loss whose
+    definition has no such form sets `references_unsupported` to the reason.
+
     Calling the loss validates the batch and reduces the terms as Keras
     documents (`"none"`: per-sample values; `"sum"`; `"sum_over_batch_size"`:
     the loss as its functional form defines it; `"mean_with_sample_weight"`:
@@ -58,6 +64,7 @@ class InBatchLoss(keras.losses.Loss):
 
     fn = None
     terms = None
+    references_unsupported = None
 
     def __init__(
         self,
@@ -97,13 +104,46 @@ class InBatchLoss(keras.losses.Loss):
         labels, embeddings = prepare_labels_and_embeddings(y_true, y_pred, LOSS_INPUT_NAMES)
         return self._terms(labels, embeddings)[0]
 
-    def _terms(self, labels, embeddings):
+    def reference_terms(self, labels, embeddings, ref_labels, ref_embeddings, ref_valid=None):
+        """Per-sample `(values, counts)` of the batch's anchors against the batch and references.
+
+        The loss' terms (see `tfmetric._src.reduction`) with each sample of
+        the batch `(labels, embeddings)` as an anchor and, as the other side
+        of its pairs, the batch itself (never the sample itself) followed by
+        the references `(ref_labels, ref_embeddings)` whose `ref_valid` flag
+        is true (all by default). Matrices are `(B, B + M)`. The loss' current
+        (e.g. scheduled) arguments are used.
+
+        Raises:
+            ValueError: for a loss without such a form (its
+                `references_unsupported` says why), or bad references.
+        """
+        self.check_references_supported()
+        labels, embeddings = prepare_labels_and_embeddings(labels, embeddings)
+        return self._terms(
+            labels,
+            embeddings,
+            ref_labels=ref_labels,
+            ref_embeddings=ref_embeddings,
+            ref_valid=ref_valid,
+        )
+
+    @classmethod
+    def check_references_supported(cls):
+        """Raises a `ValueError` saying why when the loss cannot take references."""
+        if cls.references_unsupported is not None or cls.terms is None:
+            reason = cls.references_unsupported or "it has no terms core"
+            raise ValueError(
+                f"{cls.__name__} cannot use references (a cross-batch memory): {reason}"
+            )
+
+    def _terms(self, labels, embeddings, **references):
         arguments = dict(distance=self.distance, **self._call_arguments())
         if type(self).terms is None:
             # A subclass with only a functional form: one term per sample.
             values = type(self).fn(labels, embeddings, **arguments)
             return values, ops.ones_like(values)
-        return type(self).terms(labels, embeddings, **arguments)
+        return type(self).terms(labels, embeddings, **arguments, **references)
 
     def _replica_context(self):
         """The replica context to gather over, or `None` for per-replica mining."""

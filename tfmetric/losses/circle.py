@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, reduction, validation
+from tfmetric._src import numerics, reduction, references, validation
 from tfmetric.losses import batch
 
 
@@ -56,14 +56,29 @@ def circle_loss(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine")
     return reduction.mean_form(*_circle_terms(labels, embeddings, margin=margin, gamma=gamma, distance=distance))
 
 
-def _circle_terms(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine"):
-    """Per-sample sums of the terms of `circle_loss` and their counts."""
+def _circle_terms(
+    labels,
+    embeddings,
+    margin=0.25,
+    gamma=256.0,
+    distance="cosine",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample sums of the terms of `circle_loss` and their counts.
+
+    With references (`tfmetric._src.references`), each anchor's pairs are
+    those with the batch and the valid references.
+    """
     margin = validation.check_number(margin, "margin")
     gamma = validation.check_positive(gamma, "gamma")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    sim = distance.similarity(embeddings)
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    sim = distance.similarity(embeddings, columns)
     const = ops.stop_gradient(sim)
     weight_positive = ops.relu(1.0 + margin - const)
     weight_negative = ops.relu(const + margin)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, reduction, validation
+from tfmetric._src import reduction, references, validation
 from tfmetric.losses import batch
 
 
@@ -45,19 +45,36 @@ def contrastive_loss(labels, embeddings, margin=1.0, distance="euclidean"):
     return reduction.mean_form(*_contrastive_terms(labels, embeddings, margin=margin, distance=distance))
 
 
-def _contrastive_terms(labels, embeddings, margin=1.0, distance="euclidean"):
-    """Per-sample sums of the terms of `contrastive_loss` and their counts."""
+def _contrastive_terms(
+    labels,
+    embeddings,
+    margin=1.0,
+    distance="euclidean",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample sums of the terms of `contrastive_loss` and their counts.
+
+    With references (`tfmetric._src.references`), each sample's pairs are
+    those with the batch and the valid references.
+    """
     margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    matrix = distance(embeddings)
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    matrix = distance(embeddings, columns)
     near, far = distance.margin_bounds(margin)
     positive_cost = ops.square(ops.relu(distance.farther_by(matrix, near)))
     negative_cost = ops.square(ops.relu(distance.farther_by(far, matrix)))
     cost = ops.where(positive, positive_cost, 0.0) + ops.where(negative, negative_cost, 0.0)
-    others = ops.maximum(ops.cast(ops.shape(labels)[0] - 1, "float32"), 1.0)
     values = ops.sum(cost, axis=1)
+    if columns is not None:
+        pairs = ops.sum(ops.cast(ops.logical_or(positive, negative), "float32"), axis=1)
+        return values, ops.maximum(pairs, 1.0)
+    others = ops.maximum(ops.cast(ops.shape(labels)[0] - 1, "float32"), 1.0)
     return values, ops.ones_like(values) * others
 
 

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, reduction, validation
+from tfmetric._src import numerics, reduction, references, validation
 from tfmetric.losses import batch
 
 
@@ -49,13 +49,27 @@ def lifted_structure_loss(labels, embeddings, margin=1.0, distance="euclidean"):
     return reduction.mean_form(*_lifted_structure_terms(labels, embeddings, margin=margin, distance=distance))
 
 
-def _lifted_structure_terms(labels, embeddings, margin=1.0, distance="euclidean"):
-    """Per-sample sums of the terms of `lifted_structure_loss` and their counts."""
+def _lifted_structure_terms(
+    labels,
+    embeddings,
+    margin=1.0,
+    distance="euclidean",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample sums of the terms of `lifted_structure_loss` and their counts.
+
+    With references (`tfmetric._src.references`), each anchor's positives and
+    negatives are among the batch and the valid references.
+    """
     margin = validation.check_number(margin, "margin")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    dist = distance.dissimilarity(embeddings)
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    dist = distance.dissimilarity(embeddings, columns)
     total = numerics.masked_logsumexp(dist, positive) + numerics.masked_logsumexp(
         margin - dist, negative
     )

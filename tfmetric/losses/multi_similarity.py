@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, reduction, validation
+from tfmetric._src import numerics, reduction, references, validation
 from tfmetric.losses import batch
 
 
@@ -70,16 +70,25 @@ def _multi_similarity_terms(
     base=0.5,
     epsilon=0.1,
     distance="cosine",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
 ):
-    """Per-sample sums of the terms of `multi_similarity_loss` and their counts."""
+    """Per-sample sums of the terms of `multi_similarity_loss` and their counts.
+
+    With references (`tfmetric._src.references`), each anchor mines its pairs
+    among the batch and the valid references.
+    """
     alpha = validation.check_positive(alpha, "alpha")
     beta = validation.check_positive(beta, "beta")
     base = validation.check_number(base, "base", allow_negative=True)
     epsilon = validation.check_number(epsilon, "epsilon")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    sim = distance.similarity(embeddings)
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    sim = distance.similarity(embeddings, columns)
     const = ops.stop_gradient(sim)
     hardest_negative = ops.max(ops.where(negative, const, -float("inf")), axis=1, keepdims=True)
     hardest_positive = ops.min(ops.where(positive, const, float("inf")), axis=1, keepdims=True)

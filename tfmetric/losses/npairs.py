@@ -100,6 +100,11 @@ class NPairsLoss(batch.InBatchLoss):
 
     fn = npairs_loss
     terms = _npairs_terms
+    references_unsupported = (
+        "its anchors and candidates are the first and the second sample of each class within "
+        "one batch (Sohn's N pairs); memory rows have no place in that structure. Use "
+        "NTXentLoss, SupervisedContrastiveLoss or MultiSimilarityLoss with a memory."
+    )
 
     def __init__(
         self,

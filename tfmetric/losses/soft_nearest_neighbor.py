@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, reduction, validation
+from tfmetric._src import numerics, reduction, references, validation
 from tfmetric.losses import batch
 
 
@@ -50,14 +50,26 @@ def soft_nearest_neighbor_loss(
 
 
 def _soft_nearest_neighbor_terms(
-    labels, embeddings, temperature=1.0, distance="squared_euclidean"
+    labels,
+    embeddings,
+    temperature=1.0,
+    distance="squared_euclidean",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
 ):
-    """Per-sample sums of the terms of `soft_nearest_neighbor_loss` and their counts."""
+    """Per-sample sums of the terms of `soft_nearest_neighbor_loss` and their counts.
+
+    With references (`tfmetric._src.references`), each anchor's neighbours
+    are the batch and the valid references.
+    """
     temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    logits = distance.similarity(embeddings) / temperature
-    positive, negative = inputs.label_masks(labels)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    logits = distance.similarity(embeddings, columns) / temperature
     values = numerics.masked_logsumexp(
         logits, ops.logical_or(positive, negative)
     ) - numerics.masked_logsumexp(logits, positive)

@@ -4,16 +4,18 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, numerics, reduction, validation
+from tfmetric._src import numerics, reduction, references, validation
 from tfmetric.losses import batch
 
 
-def _logits(labels, embeddings, temperature, distance):
+def _logits(labels, embeddings, temperature, distance, ref_labels, ref_embeddings, ref_valid):
     temperature = validation.check_positive(temperature, "temperature")
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
-    logits = distance.similarity(embeddings) / temperature
-    return (logits, *inputs.label_masks(labels))
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    return distance.similarity(embeddings, columns) / temperature, positive, negative
 
 
 def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="cosine"):
@@ -56,9 +58,23 @@ def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="c
     return reduction.mean_form(*_supervised_contrastive_terms(labels, embeddings, temperature=temperature, distance=distance))
 
 
-def _supervised_contrastive_terms(labels, embeddings, temperature=0.1, distance="cosine"):
-    """Per-sample sums of the terms of `supervised_contrastive_loss` and their counts."""
-    logits, positive, negative = _logits(labels, embeddings, temperature, distance)
+def _supervised_contrastive_terms(
+    labels,
+    embeddings,
+    temperature=0.1,
+    distance="cosine",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample sums of the terms of `supervised_contrastive_loss` and their counts.
+
+    With references (`tfmetric._src.references`), `P(i)` and `A(i)` are taken
+    among the batch and the valid references.
+    """
+    logits, positive, negative = _logits(
+        labels, embeddings, temperature, distance, ref_labels, ref_embeddings, ref_valid
+    )
     others = ops.logical_or(positive, negative)
     positive_f = ops.cast(positive, "float32")
     count = ops.sum(positive_f, axis=1)
@@ -107,9 +123,23 @@ def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
     return reduction.mean_form(*_nt_xent_terms(labels, embeddings, temperature=temperature, distance=distance))
 
 
-def _nt_xent_terms(labels, embeddings, temperature=0.1, distance="cosine"):
-    """Per-sample sums of the terms of `nt_xent_loss` and their counts."""
-    logits, positive, negative = _logits(labels, embeddings, temperature, distance)
+def _nt_xent_terms(
+    labels,
+    embeddings,
+    temperature=0.1,
+    distance="cosine",
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
+):
+    """Per-sample sums of the terms of `nt_xent_loss` and their counts.
+
+    With references (`tfmetric._src.references`), positives and negatives are
+    taken among the batch and the valid references.
+    """
+    logits, positive, negative = _logits(
+        labels, embeddings, temperature, distance, ref_labels, ref_embeddings, ref_valid
+    )
     has_negative = ops.any(negative, axis=1, keepdims=True)
     negative_lse = ops.expand_dims(numerics.masked_logsumexp(logits, negative), 1)
     # log(1 + sum_n exp(z_in - z_ip)), which is 0 when `i` has no negative.

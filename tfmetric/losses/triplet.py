@@ -4,30 +4,35 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, reduction, triplet_mining, validation
+from tfmetric._src import inputs, reduction, references, triplet_mining, validation
 from tfmetric.losses import batch
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 MINING_MODES = ("all", "hard", "semi-hard", "easy")
 
 
-def _hard_mining(dist, labels, margin, soft_margin, easy=False):
+def _hard_mining(dist, labels, margin, soft_margin, easy=False, masks=None):
     """Hardest positive and hardest negative per anchor (Hermans et al. 2017).
 
     With `easy=True`, the easiest ones instead: the closest positive and the
-    farthest negative.
+    farthest negative. `masks`: the `(positive, negative)` masks of a matrix
+    with references (`tfmetric._src.references`), else `None` (in-batch).
     """
     const = ops.stop_gradient(dist)
-    size = ops.shape(labels)[0]
-    _, _, _, count = triplet_mining.label_blocks(labels)
-    positive, negative = inputs.label_masks(labels)
+    if masks is None:
+        size = ops.shape(labels)[0]
+        _, _, _, count = triplet_mining.label_blocks(labels)
+        positive, negative = inputs.label_masks(labels)
+        valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
+    else:
+        positive, negative = masks
+        valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     if easy:
         hardest_positive = ops.argmin(ops.where(positive, const, float("inf")), axis=1)
         hardest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
     else:
         hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
         hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
-    valid = ops.logical_and(ops.greater(count, 1), ops.less(count, size))
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
     gap = triplet_mining.take_columns(dist, hardest_positive) - triplet_mining.take_columns(
@@ -122,8 +127,15 @@ def _triplet_terms(
     distance="euclidean",
     mining="semi-hard",
     soft_margin=False,
+    ref_labels=None,
+    ref_embeddings=None,
+    ref_valid=None,
 ):
-    """Per-sample sums of the terms of `triplet_loss` and their counts."""
+    """Per-sample sums of the terms of `triplet_loss` and their counts.
+
+    With references (`tfmetric._src.references`), every anchor of the batch
+    mines its triplets among the batch and the valid references.
+    """
     margin = margin_value(margin)
     if isinstance(mining, str):
         validation.check_choice(mining, "mining", MINING_MODES)
@@ -131,14 +143,18 @@ def _triplet_terms(
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     if keras.backend.standardize_dtype(labels.dtype) not in ("int32", "int64"):
         labels = ops.cast(labels, "int64")  # a bijection: label equality is kept
-    dist = distance.dissimilarity(embeddings)
+    columns, positive, negative = references.prepare(
+        labels, embeddings, ref_labels, ref_embeddings, ref_valid
+    )
+    masks = None if columns is None else (positive, negative)
+    dist = distance.dissimilarity(embeddings, columns)
     if isinstance(mining, str):
-        return _mine(mining, dist, labels, margin, soft_margin)
+        return _mine(mining, dist, labels, margin, soft_margin, masks)
     code = ops.cast(ops.convert_to_tensor(mining), "int32")
-    return _scheduled_mining(code, dist, labels, ops.cast(margin, "float32"), soft_margin)
+    return _scheduled_mining(code, dist, labels, ops.cast(margin, "float32"), soft_margin, masks)
 
 
-def _scheduled_mining(code, dist, labels, margin, soft_margin):
+def _scheduled_mining(code, dist, labels, margin, soft_margin, masks=None):
     """Per-anchor term sums and counts for the mode `MINING_MODES[code]`, chosen at run time.
 
     Each branch returns its values and their gradient with respect to the
@@ -149,22 +165,28 @@ def _scheduled_mining(code, dist, labels, margin, soft_margin):
     gradient of a TensorFlow conditional around loops does not compile with
     XLA).
     """
+    extra = () if masks is None else tuple(masks)
+
+    def masks_of(operands):
+        return None if masks is None else tuple(operands)
+
     if keras.backend.backend() != "tensorflow":
         branches = [
-            lambda d, y, m, mode=mode: _mine(mode, d, y, m, soft_margin) for mode in MINING_MODES
+            lambda d, y, m, *rest, mode=mode: _mine(mode, d, y, m, soft_margin, masks_of(rest))
+            for mode in MINING_MODES
         ]
-        return ops.switch(code, branches, dist, labels, margin)
+        return ops.switch(code, branches, dist, labels, margin, *extra)
     import tensorflow as tf
 
     const = ops.stop_gradient(dist)
 
     def branch(mode):
-        def run(matrix, y, m):
+        def run(matrix, y, m, *rest):
             # A tensor of the branch's own graph (operands arrive as outer captures).
             matrix = tf.identity(matrix)
             with tf.GradientTape() as tape:
                 tape.watch(matrix)
-                values, counts = _mine(mode, matrix, y, m, soft_margin)
+                values, counts = _mine(mode, matrix, y, m, soft_margin, masks_of(rest))
                 total = ops.sum(values)
             rows = tape.gradient(total, matrix, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return values, counts, rows
@@ -172,20 +194,25 @@ def _scheduled_mining(code, dist, labels, margin, soft_margin):
         return run
 
     branches = [branch(mode) for mode in MINING_MODES]
-    values, counts, rows = ops.switch(code, branches, const, labels, margin)
+    values, counts, rows = ops.switch(code, branches, const, labels, margin, *extra)
     values, rows = ops.stop_gradient(values), ops.stop_gradient(rows)
     return values + ops.sum(rows * (dist - const), axis=1), counts
 
 
-def _mine(mining, dist, labels, margin, soft_margin):
+def _mine(mining, dist, labels, margin, soft_margin, masks=None):
     """Per-anchor sums of the triplet terms of `mining` and their counts."""
     if mining in ("hard", "easy"):
-        return _hard_mining(dist, labels, margin, soft_margin, easy=mining == "easy")
+        return _hard_mining(dist, labels, margin, soft_margin, easy=mining == "easy", masks=masks)
     value, pairs, nonzero = triplet_mining.loop_mining(
-        dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard"
+        dist, labels, margin, soft_margin, semi_hard=mining == "semi-hard", masks=masks
     )
     if mining == "semi-hard":
         return value, pairs
+    if soft_margin and masks is not None:
+        positive, negative = masks
+        return value, ops.sum(ops.cast(positive, "float32"), axis=1) * ops.sum(
+            ops.cast(negative, "float32"), axis=1
+        )
     if soft_margin:
         _, _, _, count = triplet_mining.label_blocks(labels)
         size = ops.shape(labels)[0]

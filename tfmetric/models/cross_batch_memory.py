@@ -1,7 +1,5 @@
 """Cross-batch memory (XBM): in-batch losses mined against the embeddings of past batches."""
 
-import inspect
-
 import keras
 from keras import ops
 
@@ -11,28 +9,6 @@ from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.batch import InBatchLoss
 
 __all__ = ["CrossBatchMemoryModel"]
-
-
-def _loss_terms(loss):
-    """`terms(labels, embeddings) -> (values, counts)` of an in-batch loss, with its arguments.
-
-    `values[i]` is the sum of sample `i`'s loss terms and `counts[i]` their
-    number (see `InBatchLoss`); a loss with only a functional form has one
-    term per sample.
-    """
-    cls = type(loss)
-    core = cls.terms if cls.terms is not None else cls.fn
-    config = loss.get_config()
-    names = set(inspect.signature(core).parameters) - {"labels", "embeddings", "distance"}
-    arguments = {name: config[name] for name in names if name in config}
-
-    def terms(labels, embeddings):
-        if cls.terms is None:
-            values = cls.fn(labels, embeddings, distance=loss.distance, **arguments)
-            return values, ops.ones_like(values)
-        return cls.terms(labels, embeddings, distance=loss.distance, **arguments)
-
-    return terms
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -45,23 +21,26 @@ class CrossBatchMemoryModel(keras.Model):
     embeddings and labels in a `tfmetric.layers.CrossBatchMemory` ring buffer
     (saved with the model) and, at each training step, evaluates the compiled
     in-batch loss (any `tfmetric.losses` in-batch loss: `TripletLoss`,
-    `MultiSimilarityLoss`, `ContrastiveLoss`, ...) on the current batch
-    followed by the memory, keeping the current batch's rows: every anchor of
-    the batch is mined against the batch and the `memory_size` stored
-    embeddings (constants: gradients reach the current batch only), and the
-    loss reduces the terms of the batch's anchors as the loss' `reduction`
-    says (e.g. their mean). The batch is then enqueued. The memory joins the loss once it is full
-    (`memory_size / batch_size` steps, XBM's warm-up); until then the loss is
-    the plain in-batch loss. Evaluation (`evaluate`) uses the plain in-batch
-    loss and leaves the memory unchanged.
+    `MultiSimilarityLoss`, `ContrastiveLoss`, ...) with the current batch's
+    samples as anchors and, as references, the batch followed by the memory
+    (`InBatchLoss.reference_terms`): every anchor of the batch is mined
+    against the batch and the stored embeddings (constants: gradients reach
+    the current batch only), and the loss reduces the terms of the batch's
+    anchors as the loss' `reduction` says (e.g. their mean). Slots not yet
+    written (the first `memory_size / batch_size` steps) are left out. The
+    batch is then enqueued. Evaluation (`evaluate`) uses the plain in-batch
+    loss and leaves the memory unchanged. The loss' current arguments are
+    read at each step, so a `tfmetric.callbacks.MiningSchedule` drives it as
+    it drives a plain model (without a retrace for `TripletLoss`).
+    `NPairsLoss` has no memory form (its N-pair structure lives within one
+    batch) and is refused by `compile`.
 
     It is a functional model with the embedder's input and output: `predict`
     returns embeddings. Under a `tf.distribute` strategy each replica gathers
     the global batch, mines its own rows against the global batch plus the
     memory, and enqueues the global batch once (the memory is mirrored).
 
-    The loss runs on `B + memory_size` samples, so its matrices are
-    `(B + M)²`; keep `M` to a few thousand.
+    The loss' matrices are `(B, B + M)`: memory O(B·M), forward and backward.
 
     Args:
         embedder: A Keras model with one defined input, mapping inputs to
@@ -108,8 +87,7 @@ class CrossBatchMemoryModel(keras.Model):
         self.embedder = embedder
         self.memory_size = memory_size
         self.memory = CrossBatchMemory(memory_size, outputs.shape[-1], name="memory")
-        self._reduction = None
-        self._terms = None
+        self._memory_loss = None
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         if loss is not None and not isinstance(loss, InBatchLoss):
@@ -117,10 +95,10 @@ class CrossBatchMemoryModel(keras.Model):
                 "`loss` must be an in-batch loss of `tfmetric.losses` (labels, embeddings); got "
                 f"{loss!r}."
             )
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
         if loss is not None:
-            self._reduction = loss.reduction
-            self._terms = _loss_terms(loss)
+            loss.check_references_supported()
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        self._memory_loss = loss
 
     def get_compile_config(self):
         # `compile` passes the user's loss on, so Keras' own compile config holds it.
@@ -134,7 +112,7 @@ class CrossBatchMemoryModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if not training or self._terms is None:
+        if not training or self._memory_loss is None:
             return super().compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
@@ -161,35 +139,29 @@ class CrossBatchMemoryModel(keras.Model):
         self.memory.enqueue(labels, embeddings)
         # This replica's share of the loss over the (global) batch's terms, as InBatchLoss.
         total = reduction_lib.reduce_terms(
-            values, counts, self._reduction, sample_weight, context, all_counts
+            values, counts, self._memory_loss.reduction, sample_weight, context, all_counts
         )
         for extra in self.losses:
             total = total + self._aggregate_additional_loss(extra)
         return total
 
     def memory_terms(self, labels, embeddings):
-        """Loss terms of a batch against itself and the memory (if full): `(values, counts)`.
+        """Loss terms of a batch against itself and the memory: `(values, counts)`.
 
-        Rows of the batch in the compiled loss' terms evaluated on the batch
-        followed by the memory (`[embeddings; memory]`, labels alike): the
-        sum of each sample's terms and their number. While the memory is not
-        full, the plain in-batch terms.
+        The compiled loss' `reference_terms` with the batch as anchors and,
+        as references, the batch followed by the memory's written slots: the
+        sum of each sample's terms and their number.
         """
-        size = ops.shape(embeddings)[0]
         memory_labels, memory_embeddings = self.memory()
-        all_labels = ops.concatenate([labels, memory_labels], axis=0)
-        all_embeddings = ops.concatenate([embeddings, memory_embeddings], axis=0)
-        with_values, with_counts = self._terms(all_labels, all_embeddings)
-        plain_values, plain_counts = self._terms(labels, embeddings)
-        # Both are computed (the batch-only one is the cheap one): a `cond` whose branch
-        # holds a loss's `while_loop` has a gradient XLA cannot compile.
-        full = self.memory.is_full()
-        with_counts = ops.cast(with_counts[:size], "float32")
-        plain_counts = ops.cast(plain_counts, "float32")
-        return (
-            ops.where(full, with_values[:size], plain_values),
-            ops.where(full, with_counts, plain_counts),
+        written = ops.less(ops.arange(self.memory_size, dtype="int64"), self.memory.count)
+        values, counts = self._memory_loss.reference_terms(
+            labels,
+            embeddings,
+            ref_labels=memory_labels,
+            ref_embeddings=ops.stop_gradient(memory_embeddings),
+            ref_valid=written,
         )
+        return values, ops.cast(counts, "float32")
 
     def memory_values(self, labels, embeddings):
         """Per-sample loss values of a batch against itself and the memory: sums / counts."""
