@@ -5,24 +5,11 @@ import math
 import keras
 from keras import ops
 
-from tfmetric._src import validation
+from tfmetric._src import distribute, validation
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 
 __all__ = ["MomentumContrastModel"]
-
-
-def _check_one_replica():
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        raise ValueError(
-            "`MomentumContrastModel` trains on one replica; its momentum update and queue are "
-            "not mirrored across replicas (use it outside a multi-replica `tf.distribute` "
-            "strategy)."
-        )
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -44,8 +31,16 @@ class MomentumContrastModel(keras.Model):
        `queue_size` slots (saved with the model).
 
     It is a functional model of `encoder`: `predict` returns query
-    embeddings. `compile` needs no loss. Runs with `jit_compile=True`; one
-    replica (no `tf.distribute` strategy).
+    embeddings. `compile` needs no loss. Runs with `jit_compile=True`.
+
+    Under a `tf.distribute` strategy (as MoCo's own multi-GPU code), each
+    replica holds a slice of the global batch `[queries; keys]`: it embeds
+    its rows with both encoders, all-gathers the momentum keys and ids, and
+    scores its own queries against their keys and the queue; the loss is
+    the mean over the global batch's queries (each replica returns its
+    share), so training matches one device on the global batch. Every
+    replica then enqueues the global batch's keys once, and the momentum
+    update runs on every replica's copy of the (mirrored) weights.
 
     Args:
         encoder: Keras model with one defined input, mapping inputs to `(B, D)`.
@@ -120,7 +115,16 @@ class MomentumContrastModel(keras.Model):
         return x[size:], ids, size
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        _check_one_replica()
+        context = distribute.replica_context()
+        if context is not None:
+            loss = self._replica_loss(context, x, y, y_pred, training)
+        else:
+            loss = self._loss(x, y, y_pred, training)
+        for extra in self.losses:
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    def _loss(self, x, y, y_pred, training):
         keys_input, ids, size = self._split(x, y)
         self.queue.check_batch_size(None if x.shape[0] is None else x.shape[0] // 2)
         queries = y_pred[:size]
@@ -133,18 +137,80 @@ class MomentumContrastModel(keras.Model):
         if training:
             # Read above, written here: the next step sees this batch's keys.
             self.queue.enqueue(ids if ids is not None else ops.full((size,), -1, "int64"), keys)
-        loss = ops.mean(values)
-        for extra in self.losses:
-            loss = loss + self._aggregate_additional_loss(extra)
-        return loss
+        return ops.mean(values)
+
+    def _replica_loss(self, context, x, y, y_pred, training):
+        """This replica's share of the loss over the global batch `[queries; keys]`.
+
+        The replica holds global rows `offset ... offset + n - 1`; rows below
+        `B` (half the global batch) are queries, row `B + i` is the key of
+        query `i`.
+        """
+        import tensorflow as tf
+
+        local = ops.shape(x)[0]
+        sizes = distribute.all_gather(context, tf.reshape(local, [1]))
+        total = ops.sum(sizes)
+        before = tf.range(context.num_replicas_in_sync) < context.replica_id_in_sync_group
+        offset = tf.reduce_sum(tf.where(before, sizes, 0))
+        half = total // 2
+        # Every row through the momentum encoder (the key rows are another replica's too).
+        keys = distribute.all_gather(
+            context, ops.cast(self.momentum_encoder(x, training=False), "float32")
+        )
+        keys = ops.stop_gradient(keys)
+        if y is None:
+            ids = queue_batch_ids = None
+        else:
+            all_ids = distribute.all_gather(context, ops.reshape(ops.cast(y, "int64"), (-1,)))
+            queue_batch_ids = all_ids[:half]
+        rows = offset + ops.arange(local, dtype=offset.dtype)
+        is_query = ops.less(rows, half)
+        partner = ops.where(is_query, rows + half, rows)  # the row's key (itself for key rows)
+        if y is not None:
+            ids = ops.take(all_ids, rows)
+        queue_ids, queue = self.queue()
+        valid = ops.less(ops.arange(self.queue_size, dtype="int64"), self.queue.count)
+        values = momentum_contrast_loss(
+            y_pred, ops.take(keys, partner, axis=0), queue, self.temperature, ids, queue_ids,
+            valid,
+        )
+        if training:
+            batch_keys = keys[half:]
+            self.queue.check_batch_size(batch_keys.shape[0])
+            if queue_batch_ids is None:
+                queue_batch_ids = ops.full((ops.shape(batch_keys)[0],), -1, "int64")
+            self.queue.enqueue(queue_batch_ids, batch_keys)
+        # The mean over the global batch's queries: this replica's share.
+        return ops.divide_no_nan(
+            ops.sum(ops.where(is_query, values, 0.0)), ops.cast(half, "float32")
+        )
 
     def train_step(self, data):
         logs = super().train_step(data)
-        m = self.momentum
-        for target, source in zip(self.momentum_encoder.weights, self.encoder.weights,
-                                  strict=True):
-            target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
+        self._momentum_update()
         return logs
+
+    def _momentum_update(self):
+        """Moves every momentum weight towards the encoder's, on every replica's copy."""
+        m = self.momentum
+        pairs = list(zip(self.momentum_encoder.weights, self.encoder.weights, strict=True))
+        context = distribute.replica_context()
+        if context is None:
+            for target, source in pairs:
+                target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
+            return
+
+        def ema(target, source):
+            return target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
+
+        def update(strategy):
+            # Cross-replica context: each device's copy moves towards that device's copy of
+            # the encoder weights (identical after the optimizer's all-reduced step).
+            for target, source in pairs:
+                strategy.extended.update(target.value, ema, args=(source.value,), group=False)
+
+        context.merge_call(update)
 
     def get_config(self):
         return {

@@ -52,6 +52,14 @@ class TwoTowerModel(keras.Model):
       `"candidate_log_probability"` (log of each candidate's sampling
       probability), subtracted from its logits (Yi et al. 2019).
 
+    Under a `tf.distribute` strategy, each replica's in-batch softmax uses
+    the candidates of its own share of the batch as negatives (as TensorFlow
+    Recommenders' `Retrieval` task does): with R replicas, the loss is the
+    mean of R in-batch losses over B/R pairs each, not one loss over the
+    global batch's B pairs (which would need an all-gather of both towers'
+    embeddings; CLIP's implementation gathers). Scale the global batch with
+    the number of replicas to keep the negatives per query.
+
     `query_tower` and `candidate_tower` embed single inputs; `retrieve` ranks
     a candidate gallery for queries and `export_towers` writes a query and a
     candidate SavedModel, the query one with a `retrieve` signature over a
