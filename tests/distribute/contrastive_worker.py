@@ -101,6 +101,24 @@ def two_tower_reference(x, kernels, shards):
     }
 
 
+def too_small_for_the_global_batch(views, ids):
+    """Memories that hold one replica's shard but not the global batch: the errors."""
+    errors = []
+    encoder = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    xbm = tfmetric.models.CrossBatchMemoryModel(encoder, memory_size=6)  # global batch: 8
+    xbm.compile(optimizer="sgd", loss=tfmetric.losses.ContrastiveLoss(), jit_compile=False)
+    moco = tfmetric.models.MomentumContrastModel(encoder, queue_size=3)  # global keys: 4
+    moco.compile(optimizer="sgd", jit_compile=False)
+    dataset = tf.data.Dataset.from_tensor_slices((views, ids)).batch(8, drop_remainder=True)
+    for model in (xbm, moco):
+        try:
+            model.fit(dataset, epochs=1, verbose=0)
+            errors.append(None)
+        except ValueError as error:
+            errors.append(str(error))
+    return errors
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -130,8 +148,10 @@ def main():
     with strategy.scope():
         moco_mirrored = moco(views, ids, moco_kernel)
         tower_mirrored = two_tower_mirrored(x, kernels)
+        small_memory_errors = too_small_for_the_global_batch(views, ids)
     report = {
         "replicas": strategy.num_replicas_in_sync,
+        "small_memory_errors": small_memory_errors,
         "moco": {"mirrored": moco_mirrored, "single": moco(views, ids, moco_kernel)},
         "two_tower": {
             "mirrored": tower_mirrored,

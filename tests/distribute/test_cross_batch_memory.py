@@ -68,6 +68,14 @@ def test_mirrored_moco_matches_one_device_and_enqueues_the_global_keys_once(cont
 
 
 @pytest.mark.slow
+def test_memory_smaller_than_the_global_batch_is_refused_under_a_strategy(contrastive_report):
+    # Each replica's shard (4 samples, 2 keys) would fit; the global batch (8, 4 keys) does not.
+    xbm, moco = contrastive_report["small_memory_errors"]
+    assert "`memory_size` (6) must be at least the (global) batch size (8)" in (xbm or "")
+    assert "(3) must be at least the (global) batch size (4)" in (moco or "")
+
+
+@pytest.mark.slow
 def test_mirrored_two_tower_uses_each_replicas_own_batch_as_negatives(contrastive_report):
     # Documented per-replica semantics (as TensorFlow Recommenders' Retrieval task): each
     # replica's in-batch softmax over its own half; the step follows the mean of the two.

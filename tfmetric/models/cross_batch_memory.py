@@ -126,10 +126,13 @@ class CrossBatchMemoryModel(keras.Model):
         embeddings = ops.cast(y_pred, "float32")
         context = distribute.replica_context()
         local_labels = labels
+        global_size = embeddings.shape[0]
         if context is not None:
+            if global_size is not None:
+                global_size *= context.num_replicas_in_sync
             labels = distribute.all_gather(context, labels)
             embeddings = distribute.all_gather(context, embeddings)
-        self.memory.check_batch_size(embeddings.shape[0])
+        self.memory.check_batch_size(global_size)
         values, counts = self.memory_terms(labels, embeddings)
         all_counts = None
         if context is not None:

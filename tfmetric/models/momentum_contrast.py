@@ -175,9 +175,11 @@ class MomentumContrastModel(keras.Model):
             y_pred, ops.take(keys, partner, axis=0), queue, self.temperature, ids, queue_ids,
             valid,
         )
+        if x.shape[0] is not None:
+            # The global batch's keys must fit in the queue (each replica holds a shard).
+            self.queue.check_batch_size(x.shape[0] * context.num_replicas_in_sync // 2)
         if training:
             batch_keys = keys[half:]
-            self.queue.check_batch_size(batch_keys.shape[0])
             if queue_batch_ids is None:
                 queue_batch_ids = ops.full((ops.shape(batch_keys)[0],), -1, "int64")
             self.queue.enqueue(queue_batch_ids, batch_keys)
