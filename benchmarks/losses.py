@@ -6,11 +6,14 @@ measured in the same run, is the same step for `sum(euclidean_distances(x))`:
 the pairwise GEMM every loss needs, forward and backward. Batches are P×K
 ("PK") batches with K samples per class, as mining losses are trained on.
 
-Each (loss, B) runs in its own process so that the peak resident memory
-(`ru_maxrss`) is that configuration's own.
+Each (loss, B) runs in its own process, which times the loss and the floor in
+alternating rounds (one floor step, one loss step, back to back) so that both
+see the same load on a shared machine; the ratio is the median of the
+per-round ratios, in wall-clock and in process CPU time. The peak resident
+memory (`ru_maxrss`) is taken before the floor is compiled: the loss's own.
 
-    python benchmarks/losses.py                      # B = 256 ... 8192
-    python benchmarks/losses.py --sizes 256,1024 --repeats 3
+    python benchmarks/losses.py                      # B = 1024 ... 8192
+    python benchmarks/losses.py --sizes 1024 --rounds 5 --losses Triplet,Lifted
 """
 
 import argparse
@@ -23,6 +26,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 FLOOR = "floor: euclidean GEMM + sum"
 
@@ -44,7 +48,8 @@ def _losses():
     return losses
 
 
-def _worker(name, size, dim, samples_per_class, repeats):
+def _steps(name, size, dim, samples_per_class):
+    """The compiled forward+backward steps of the loss `name` and of the floor, with their inputs."""
     import numpy as np
     import tensorflow as tf
 
@@ -55,31 +60,73 @@ def _worker(name, size, dim, samples_per_class, repeats):
     labels = tf.constant(np.arange(size) // samples_per_class, "int32")
     x = tf.constant(rng.normal(size=(size, dim)).astype("float32"))
 
-    @tf.function(jit_compile=True)
-    def step(embeddings, y):
-        with tf.GradientTape() as tape:
-            tape.watch(embeddings)
-            if loss is None:
-                value = tf.reduce_sum(distances.Euclidean()(embeddings))
-            else:
-                value = loss(y, embeddings)
-        return value, tape.gradient(value, embeddings)
+    def compiled(fn):
+        @tf.function(jit_compile=True)
+        def step(embeddings, y):
+            with tf.GradientTape() as tape:
+                tape.watch(embeddings)
+                value = fn(y, embeddings)
+            return value, tape.gradient(value, embeddings)
 
-    start = time.perf_counter()
+        return step
+
+    def floor_fn(y, e):
+        return tf.reduce_sum(distances.Euclidean()(e))
+
+    floor = compiled(floor_fn)
+    step = compiled(floor_fn if loss is None else loss)  # the floor's row: two copies
+    return step, floor, x, labels
+
+
+def _time(step, x, labels):
+    """Wall and process-CPU seconds of one step (its result fetched)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     value, grad = step(x, labels)
     grad.numpy()
+    return time.perf_counter() - wall, time.process_time() - cpu, value, grad
+
+
+def _worker(name, size, dim, samples_per_class, rounds):
+    """Times the loss `name` and the floor in alternating rounds, in one process.
+
+    The loss is compiled and run first, so the peak resident memory recorded
+    before the floor is compiled is the loss's own (plus TensorFlow's). Each
+    round times one floor step and one loss step back to back (their order
+    alternating), so both see the same machine load; the ratio is the median
+    of the per-round ratios.
+    """
+    import numpy as np
+
+    step, floor, x, labels = _steps(name, size, dim, samples_per_class)
+    start = time.perf_counter()
+    _, _, value, grad = _time(step, x, labels)
     compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value, grad = step(x, labels)
-        grad.numpy()
-        times.append(time.perf_counter() - start)
+    _time(step, x, labels)
     finite = bool(np.isfinite(value.numpy()) and np.all(np.isfinite(grad.numpy())))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    _time(floor, x, labels)
+    _time(floor, x, labels)
+    wall, cpu, floor_wall, floor_cpu = [], [], [], []
+    for r in range(rounds):
+        pair = (floor, step) if r % 2 == 0 else (step, floor)
+        for which in pair:
+            w, c, _, _ = _time(which, x, labels)
+            (floor_wall if which is floor else wall).append(w)
+            (floor_cpu if which is floor else cpu).append(c)
+    wall, cpu, floor_wall, floor_cpu = map(np.asarray, (wall, cpu, floor_wall, floor_cpu))
     print(
         json.dumps(
-            {"ms": 1000 * float(np.median(times)), "peak_mib": peak, "compile_s": compile_s, "finite": finite}
+            {
+                "ms": 1000 * float(np.median(wall)),
+                "floor_ms": 1000 * float(np.median(floor_wall)),
+                "ratio": float(np.median(wall / floor_wall)),
+                "cpu_ms": 1000 * float(np.median(cpu)),
+                "floor_cpu_ms": 1000 * float(np.median(floor_cpu)),
+                "cpu_ratio": float(np.median(cpu / floor_cpu)),
+                "peak_mib": peak,
+                "compile_s": compile_s,
+                "finite": finite,
+            }
         )
     )
 
@@ -96,55 +143,65 @@ def _machine():
     return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, XLA (jit_compile=True), CPU"
 
 
+def _load():
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="256,512,1024,2048,4096,8192")
+    parser.add_argument("--sizes", default="1024,2048,4096,8192")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--samples_per_class", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7, help="alternating floor/loss rounds")
     parser.add_argument("--losses", default="", help="comma-separated substrings selecting losses")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     parser.add_argument("--worker", nargs=2, metavar=("LOSS", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker[0], int(args.worker[1]), args.dim, args.samples_per_class, args.repeats)
+        _worker(args.worker[0], int(args.worker[1]), args.dim, args.samples_per_class, args.rounds)
         return
 
     names = list(_losses())
     if args.losses:
         wanted = args.losses.split(",")
-        names = [FLOOR] + [n for n in names if n != FLOOR and any(w in n for w in wanted)]
+        names = [n for n in names if n != FLOOR and any(w in n for w in wanted)]
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"Machine: {_machine()}")
-    print(f"D = {args.dim}, P×K batches with K = {args.samples_per_class}, median of {args.repeats} steps")
+    print(
+        f"D = {args.dim}, P×K batches with K = {args.samples_per_class}; {args.rounds} rounds of "
+        "(floor step, loss step) in one process per row, medians; load average at start "
+        f"{_load()} (1/5/15 min)"
+    )
     print()
-    print("| loss | B | fwd+bwd ms | × floor | peak RSS MiB | finite |")
-    print("|---|---:|---:|---:|---:|:---:|")
+    print(
+        "| loss | B | fwd+bwd ms | floor ms | × floor | CPU ms | floor CPU ms | × floor (CPU) "
+        "| peak RSS MiB | finite |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for size in sizes:
-        floor_ms = None
         for name in names:
             command = [
                 sys.executable, __file__, "--worker", name, str(size), "--dim", str(args.dim),
-                "--samples_per_class", str(args.samples_per_class), "--repeats", str(args.repeats),
+                "--samples_per_class", str(args.samples_per_class), "--rounds", str(args.rounds),
             ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                r = json.loads(done.stdout.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
-                print(f"| {name} | {size} | timeout > {args.timeout:.0f} s | | | |", flush=True)
+                print(f"| {name} | {size} | timeout > {args.timeout:.0f} s | | | | | | | |", flush=True)
                 continue
             except (IndexError, json.JSONDecodeError):
                 reason = (done.stderr.strip().splitlines() or ["no output"])[-1][:80]
-                print(f"| {name} | {size} | failed: {reason} | | | |", flush=True)
+                print(f"| {name} | {size} | failed: {reason} | | | | | | | |", flush=True)
                 continue
-            if name == FLOOR:
-                floor_ms = result["ms"]
-            ratio = f"{result['ms'] / floor_ms:.2f}" if floor_ms else ""
             print(
-                f"| {name} | {size} | {result['ms']:.1f} | {ratio} | {result['peak_mib']:.0f} | "
-                f"{'yes' if result['finite'] else 'NO'} |",
+                f"| {name} | {size} | {r['ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.2f} | "
+                f"{r['cpu_ms']:.1f} | {r['floor_cpu_ms']:.1f} | {r['cpu_ratio']:.2f} | "
+                f"{r['peak_mib']:.0f} | {'yes' if r['finite'] else 'NO'} |",
                 flush=True,
             )
+    print()
+    print(f"Load average at the end: {_load()}")
 
 
 if __name__ == "__main__":

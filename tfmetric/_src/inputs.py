@@ -212,5 +212,9 @@ def first_occurrence_ids(labels):
     The result lies in `[0, B)`, so it survives Keras' cast of `y_true` to
     float32 exactly, whatever the magnitude of the original label values.
     """
+    size = ops.shape(labels)[0]
     same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
-    return ops.argmax(ops.cast(same, "int32"), axis=1)
+    # The first matching column by an integer min (a `(value, index)` argmax
+    # reduction is far slower under XLA on CPU).
+    columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
+    return ops.min(ops.where(same, columns, size), axis=1)

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import reduction, references, validation
+from tfmetric._src import reduction, references, triplet_mining, validation
 from tfmetric.losses import batch
 
 POSITIVE_MINING = ("hard", "easy")
@@ -17,20 +17,15 @@ def _check_margin(margin):
     return None if margin is None else validation.check_number(margin, "margin")
 
 
-def _take(matrix, columns):
-    """`matrix[i, columns[i]]` for every row `i`."""
-    return ops.squeeze(ops.take_along_axis(matrix, ops.expand_dims(columns, 1), axis=1), 1)
-
-
 def _mine(dist, positive, negative, positive_mining, negative_mining):
     """Column of each anchor's mined positive and negative (masked row passes, O(B²))."""
     const = ops.stop_gradient(dist)
-    hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
+    hardest_positive = triplet_mining.row_argmax(const, positive)
     if positive_mining == "hard":
         chosen_positive = hardest_positive
     else:
-        chosen_positive = ops.argmin(ops.where(positive, const, float("inf")), axis=1)
-    farthest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
+        chosen_positive = triplet_mining.row_argmin(const, positive)
+    farthest_negative = triplet_mining.row_argmax(const, negative)
     if negative_mining == "easy":
         return chosen_positive, farthest_negative
     if negative_mining == "hard":
@@ -38,9 +33,9 @@ def _mine(dist, positive, negative, positive_mining, negative_mining):
     else:
         # Semi-hard: farther than the anchor's hardest positive (whatever the
         # positive mining), else the farthest negative.
-        d_hardest = ops.expand_dims(_take(const, hardest_positive), 1)
+        d_hardest = ops.expand_dims(triplet_mining.take_columns(const, hardest_positive), 1)
         farther = ops.logical_and(negative, ops.greater(const, d_hardest))
-    nearest = ops.argmin(ops.where(farther, const, float("inf")), axis=1)
+    nearest = triplet_mining.row_argmin(const, farther)
     found = ops.any(farther, axis=1)
     return chosen_positive, ops.where(found, nearest, farthest_negative)
 
@@ -72,7 +67,7 @@ def _anchor_terms(
     )
     dist = distance.dissimilarity(embeddings, columns)
     p, n = _mine(dist, positive, negative, positive_mining, negative_mining)
-    d_ap, d_an = _take(dist, p), _take(dist, n)
+    d_ap, d_an = triplet_mining.take_columns(dist, p), triplet_mining.take_columns(dist, n)
     if pn and columns is None:
         size = ops.shape(dist)[0]
         d_pn = ops.take(

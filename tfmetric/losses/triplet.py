@@ -28,11 +28,11 @@ def _hard_mining(dist, labels, margin, soft_margin, easy=False, masks=None):
         positive, negative = masks
         valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
     if easy:
-        hardest_positive = ops.argmin(ops.where(positive, const, float("inf")), axis=1)
-        hardest_negative = ops.argmax(ops.where(negative, const, -float("inf")), axis=1)
+        hardest_positive = triplet_mining.row_argmin(const, positive)
+        hardest_negative = triplet_mining.row_argmax(const, negative)
     else:
-        hardest_positive = ops.argmax(ops.where(positive, const, -float("inf")), axis=1)
-        hardest_negative = ops.argmin(ops.where(negative, const, float("inf")), axis=1)
+        hardest_positive = triplet_mining.row_argmax(const, positive)
+        hardest_negative = triplet_mining.row_argmin(const, negative)
     # Gathering the two entries (rather than reducing with max/min) keeps the
     # backward pass to two O(B) scatters.
     gap = triplet_mining.take_columns(dist, hardest_positive) - triplet_mining.take_columns(
