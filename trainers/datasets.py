@@ -152,17 +152,24 @@ def load_tfrecord(pattern, image_size, image_key="image", label_key="label"):
         label_key: tf.io.FixedLenFeature([], tf.int64),
     }
     images, labels = [], []
-    try:
-        for record in tf.data.TFRecordDataset(files):
-            example = tf.io.parse_single_example(record, spec)
-            image = tf.io.decode_image(example[image_key], expand_animations=False)
-            images.append(image.numpy())
-            labels.append(int(example[label_key]))
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        _fail(
-            f"`--dataset=tfrecord:{pattern}`: cannot parse the records as Examples with an "
-            f"encoded image `{image_key}` and an int64 `{label_key}`: {error.message}"
-        )
+    for file in files:
+        try:
+            for record in tf.data.TFRecordDataset(file):
+                example = tf.io.parse_single_example(record, spec)
+                image = tf.io.decode_image(example[image_key], expand_animations=False)
+                images.append(image.numpy())
+                labels.append(int(example[label_key]))
+        except tf.errors.DataLossError as error:
+            _fail(
+                f"`--dataset=tfrecord:{pattern}`: the file {file!r} is truncated or corrupt: "
+                f"{error.message}"
+            )
+        except tf.errors.InvalidArgumentError as error:
+            _fail(
+                f"`--dataset=tfrecord:{pattern}`: cannot parse the records of {file!r} as "
+                f"Examples with an encoded image `{image_key}` and an int64 `{label_key}`: "
+                f"{error.message}"
+            )
     if not images:
         _fail(f"`--dataset=tfrecord:{pattern}`: the files hold no records.")
     y, class_names = _relabel(labels)

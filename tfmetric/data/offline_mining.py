@@ -33,6 +33,19 @@ def _is_schedule(mining):
     return hasattr(mining, "mining_variable") and hasattr(mining, "require_modes")
 
 
+def check_arguments(refresh_every, pool_size, distance):
+    """Checks the mining arguments of a sampler even when `mining` is None (never ignored).
+
+    Raises:
+        ValueError: naming `refresh_every` (not an integer >= 1), `pool_size`
+            (not None or an integer >= 2) or `distance` (an unknown distance).
+    """
+    validation.check_int(refresh_every, "refresh_every")
+    if pool_size is not None:
+        validation.check_int(pool_size, "pool_size", 2)
+    distances_lib.get(distance)
+
+
 def check_mining(mining, embedder, index, pool_size, refresh_every):
     """Validates the offline-mining arguments of a sampler; returns `(pool_size, refresh_every)`.
 

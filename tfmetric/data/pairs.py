@@ -84,8 +84,10 @@ def pair_dataset(
     """
     index = _sampling.ClassIndex(x, y)
     batch_size = validation.check_int(batch_size, "batch_size")
-    if isinstance(positive_fraction, bool) or not 0.0 <= positive_fraction <= 1.0:
+    positive_fraction = validation.check_number(positive_fraction, "positive_fraction")
+    if positive_fraction > 1.0:
         raise ValueError(f"`positive_fraction` must be in [0, 1]; got {positive_fraction!r}.")
+    offline_mining.check_arguments(refresh_every, pool_size, distance)
     positives = int(round(positive_fraction * batch_size))
     if positives and index.eligible_np.size == 0:
         raise ValueError(

@@ -14,6 +14,7 @@ string labels are numbered in sorted order and the names kept in
 """
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -283,9 +284,10 @@ def _check_images(paths, channels):
 def tfrecord_source(filenames, parse_fn):
     """A `Source` of TFRecord files.
 
-    The serialized records are read once into memory; `parse_fn` runs in the
-    graph, once on every record here to read the labels and per batch after
-    sampling to produce the inputs.
+    The serialized records are read once into memory, file by file; `parse_fn`
+    runs in the graph, once on every record here to read the labels and per
+    batch after sampling to produce the inputs. A truncated or corrupt file,
+    or a record `parse_fn` cannot parse, is reported here with the file's name.
 
     Args:
         filenames: A path or a list of paths of TFRecord files.
@@ -297,7 +299,9 @@ def tfrecord_source(filenames, parse_fn):
         A `Source`.
 
     Raises:
-        ValueError: for no file, a missing file or an empty set of records.
+        ValueError: for no file, a missing file, a truncated or corrupt file
+            or a record `parse_fn` fails on (naming the file), or an empty set
+            of records.
     """
     if isinstance(filenames, (str, os.PathLike)):
         filenames = [filenames]
@@ -307,18 +311,65 @@ def tfrecord_source(filenames, parse_fn):
     missing = [f for f in filenames if not os.path.isfile(f)]
     if missing:
         raise ValueError(f"`filenames` not found: {missing}.")
-    records = tf.data.TFRecordDataset(filenames)
-    chunks = list(records.batch(np.iinfo(np.int32).max).as_numpy_iterator())
-    if not chunks:
+    chunks = [_read_records(f) for f in filenames]
+    serialized = np.concatenate([c for c in chunks if c.size] or [np.zeros(0, object)])
+    if not serialized.size:
         raise ValueError(f"`filenames` hold no record: {filenames}.")
-    serialized = chunks[0]
-    labels = (
-        records.map(lambda s: parse_fn(s)[1], num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+        labels = _parse_labels(serialized, parse_fn)
+    except tf.errors.OpError as error:
+        # Only on failure: parse file by file to name the file that fails.
+        for filename, records in zip(filenames, chunks, strict=True):
+            if records.size:
+                try:
+                    _parse_labels(records, parse_fn)
+                except tf.errors.OpError as file_error:
+                    raise ValueError(
+                        f"`parse_fn` fails on a record of {filename!r}: "
+                        f"{_first_line(file_error.message)}"
+                    ) from None
+        raise ValueError(f"`parse_fn` fails on the records: {_first_line(error.message)}") from None
+    return Source(serialized, labels, decode=lambda s: parse_fn(s)[0])
+
+
+def _read_records(filename):
+    """Every serialized record of one TFRecord file, with errors naming the file."""
+    try:
+        batches = list(
+            tf.data.TFRecordDataset(filename).batch(np.iinfo(np.int32).max).as_numpy_iterator()
+        )
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(
+            f"TFRecord file {filename!r} is truncated or corrupt: {_first_line(error.message)}"
+        ) from None
+    records = batches[0] if batches else np.zeros(0, object)
+    # TensorFlow reads a file cut inside a record's 12-byte header as if it ended
+    # there: every record is framed by 16 bytes, so the sizes must add up.
+    expected = 16 * len(records) + sum(len(r) for r in records.tolist())
+    size = os.path.getsize(filename)
+    if size != expected:
+        raise ValueError(
+            f"TFRecord file {filename!r} is truncated or corrupt: {size} bytes, but its "
+            f"{len(records)} complete records take {expected}."
+        )
+    return records
+
+
+def _parse_labels(serialized, parse_fn):
+    return (
+        tf.data.Dataset.from_tensor_slices(serialized)
+        .map(lambda s: parse_fn(s)[1], num_parallel_calls=tf.data.AUTOTUNE)
         .batch(serialized.shape[0])
         .get_single_element()
         .numpy()
     )
-    return Source(serialized, labels, decode=lambda s: parse_fn(s)[0])
+
+
+def _first_line(message):
+    """A TensorFlow error message without its graph-function context."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = message.split("\n")[0].strip()
+    return re.sub(r"\s*\[Op:\w+\].*$", "", message)
 
 
 def read_images(paths, image_size=(64, 64), channels=3):

@@ -112,7 +112,7 @@ def triplet_dataset(
     """
     index = _sampling.ClassIndex(x, y)
     batch_size = validation.check_int(batch_size, "batch_size")
-    refresh_every = validation.check_int(refresh_every, "refresh_every")
+    offline_mining.check_arguments(refresh_every, pool_size, distance)
     if index.eligible_np.size == 0:
         raise ValueError(
             "Triplets need classes with at least 2 samples (K >= 2) to form positives; "
