@@ -7,6 +7,7 @@ saved `.keras` file and the exported SavedModel need no custom code.
 """
 
 import inspect
+import os
 
 import keras
 import numpy as np
@@ -64,10 +65,26 @@ def _key(name):
     return str(name).lower().replace("-", "").replace("_", "")
 
 
-def check(name):
-    """Raises a ValueError listing the valid names when `name` is not a backbone."""
+def check(name, weights=None):
+    """Raises a ValueError listing the valid names when `name` is not a backbone.
+
+    `weights` (`--weights`) is checked too: only `keras.applications`
+    backbones take weights, `"imagenet"` or an existing weights file.
+    """
     if _key(name) not in {_key(n) for n in names()}:
         raise ValueError(f"Unknown `--backbone` {name!r}; expected one of {names()}.")
+    if weights is None:
+        return
+    if _key(name) in (_key(SMALL_CNN), _key(MLP)):
+        raise ValueError(
+            f"`--weights={weights}` is for keras.applications backbones (resnet50, ...); "
+            f"`--backbone={name}` starts from random weights: drop `--weights`."
+        )
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise ValueError(
+            f"`--weights` must be 'imagenet' or an existing weights file; {weights!r} does not "
+            "exist."
+        )
 
 
 def _family(constructor):

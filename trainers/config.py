@@ -31,6 +31,10 @@ PROJECTIONS = ("pca", "tsne")
 LOG_LEVELS = ("quiet", "info", "debug")
 KINDS = ("embedding", "proxy", "siamese", "triplet")
 SIAMESE_HEADS = ("distance", "weighted_l1")
+# Sanity bounds: larger values are a typo, not a run (a 4096 x 4096 batch of images is
+# tens of gigabytes).
+MAX_IMAGE_SIZE = 4096
+MAX_EMBEDDING_DIM = 65536
 # Offline mining modes of triplet networks (no `--mining`: random triplets).
 TRIPLET_MINING = ("easy", "semi-hard", "hard")
 
@@ -323,7 +327,14 @@ def _check_values(config):
     unknown = sorted(set(config.tflite_variant_list()) - set(VARIANTS))
     if unknown:
         raise ValueError(f"`--tflite_variants` {unknown} are not among {list(VARIANTS)}.")
-    backbones.check(config.backbone)
+    backbones.check(config.backbone, config.weights)
+    _check_strings(config)
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"`--seed` must be in [0, 2**32); got {config.seed}.")
+    for name, high in (("image_size", MAX_IMAGE_SIZE), ("embedding_dim", MAX_EMBEDDING_DIM)):
+        if getattr(config, name) > high:
+            raise ValueError(f"`--{name}` must be <= {high}; got {getattr(config, name)}.")
+    _check_unused(config)
     losses.check_arguments(config.loss_entry(), config.loss_arguments())
     if config.views == 1 or config.views < 0:
         raise ValueError(
@@ -338,6 +349,41 @@ def _check_values(config):
     check_optimizer(config.optimizer)
     if config.strategy == "multi_worker":
         distribution.cluster_spec()  # raises on a missing or malformed TF_CONFIG
+
+
+def _check_strings(config):
+    """Settings that name something must not be empty; `--distance` must be a distance."""
+    for name in ("tfrecord_image_key", "tfrecord_label_key", "tfds_split", "tfds_data_dir",
+                 "model_dir", "distance", "mining", "tpu", "loss", "curriculum"):
+        value = getattr(config, name)
+        if value is not None and not value.strip():
+            raise ValueError(f"`--{name}` must not be empty; got {value!r}.")
+    if config.distance is not None:
+        from tfmetric import distances
+
+        try:
+            distances.get(config.distance)
+        except ValueError as error:
+            raise ValueError(f"`--distance`: {error}") from None
+
+
+def _check_unused(config):
+    """Settings that the rest of the run would ignore are an error, never silently dropped."""
+    mines_offline = config.kind == "triplet" and (config.mining or config.curriculum)
+    for name in ("refresh_every", "mining_pool"):
+        if getattr(config, name) is not None and not mines_offline:
+            raise ValueError(
+                f"`--{name}` is for the offline mining of --model_kind=triplet (with --mining "
+                f"or --curriculum); got --model_kind={config.kind} "
+                f"{'without mining' if config.kind == 'triplet' else ''}".rstrip() + "."
+            )
+    if config.tpu is not None and config.strategy != "tpu":
+        raise ValueError(f"`--tpu` is for --strategy=tpu; got --strategy={config.strategy}.")
+    if config.pairs_file is not None and config.protocol == "pairs":
+        import os
+
+        if not os.path.isfile(config.pairs_file):
+            raise ValueError(f"`--pairs_file` {config.pairs_file!r} does not exist.")
 
 
 def optimizer_classes():

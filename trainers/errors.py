@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class WorkerLost(RuntimeError):
     """A multi-worker run lost contact with a worker: every worker must be restarted."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the embeddings became NaN or infinite: training stopped (exit status 4)."""

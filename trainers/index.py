@@ -271,15 +271,95 @@ def _print_results(results, as_json):
                   f"{json.dumps(match.metadata)}")
 
 
+def check_flags(command, values):
+    """Checks the flags of `command` before any work (no model loaded, no store opened).
+
+    Args:
+        command: `"build"` or `"query"`.
+        values: `{flag name: value}`.
+
+    Raises:
+        InputError: naming the flag, for a missing or unreadable file, a
+            malformed catalogue, store or filter, a flag the command does not
+            use, or a value out of range.
+    """
+    model = values.get("model")
+    if not model and (command == "build" or values.get("image") is not None):
+        raise InputError(f"`--model` is required for `{command}`: the .keras embedder.")
+    if model and not os.path.isfile(model):
+        raise InputError(f"`--model` {model!r} is not a file (a .keras embedder is needed).")
+    store = values.get("store")
+    if not store:
+        raise InputError("`--store` is required: a SQLite file path or redis://HOST:PORT.")
+    if store.startswith("redis://"):
+        url = urlparse(store)
+        try:
+            url.port  # noqa: B018 (raises on a port that is not a number in range)
+            int(url.path.strip("/") or 0)
+        except ValueError:
+            raise InputError(
+                f"`--store` {store!r} must be redis://HOST:PORT[/DB] (integer port and DB)."
+            ) from None
+    else:
+        parent = os.path.dirname(os.path.abspath(store))
+        if os.path.isdir(store) or not os.path.isdir(parent):
+            raise InputError(f"`--store` {store!r} must be a SQLite file in an existing folder.")
+        if command == "query" and not os.path.isfile(store):
+            raise InputError(f"`--store` {store!r} does not exist: run `build` first.")
+    used = {
+        "build": ("catalogue", "metadata", "distance"),
+        "query": ("item", "image", "k", "where", "json"),
+    }
+    defaults = {"k": 5, "where": [], "json": False}
+    other = "query" if command == "build" else "build"
+    for name in used[other]:
+        if values.get(name) not in (None, defaults.get(name)):
+            raise InputError(f"`--{name}` is a flag of `{other}`, not of `{command}`.")
+    if command == "build":
+        catalogue = values.get("catalogue")
+        if not catalogue:
+            raise InputError("`--catalogue` is required for build.")
+        kind, _, path = catalogue.partition(":")
+        if catalogue != "digits" and kind not in ("directory", "npz"):
+            raise InputError(
+                f"`--catalogue` must be directory:PATH, digits or npz:PATH; got {catalogue!r}."
+            )
+        if kind == "directory" and not os.path.isdir(path):
+            raise InputError(f"`--catalogue` {catalogue!r}: no such folder.")
+        if kind == "npz" and not os.path.isfile(path):
+            raise InputError(f"`--catalogue` {catalogue!r}: no such file.")
+        metadata = values.get("metadata")
+        if metadata is not None and not os.path.isfile(metadata):
+            raise InputError(f"`--metadata` {metadata!r} does not exist.")
+        if values.get("distance") is not None:
+            from tfmetric import distances
+
+            try:
+                distances.get(values["distance"])
+            except ValueError as error:
+                raise InputError(f"`--distance`: {error}") from None
+    else:
+        k = values.get("k", 5)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"`--k` must be an integer >= 1; got {k!r}.")
+        if values.get("item") is None and values.get("image") is None:
+            raise InputError("Give `--item` (a stored item id) or `--image` (an image file).")
+        image = values.get("image")
+        if image is not None and not os.path.isfile(image):
+            raise InputError(f"`--image` {image!r} does not exist.")
+        _parse_where(values.get("where") or [])
+
+
 def main(argv):
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in ("build", "query"):
         print("usage: python -m trainers.index build|query --flags (see --help)", file=sys.stderr)
         return 2
     try:
+        names = ("model", "store", "catalogue", "metadata", "distance", "item", "image", "k",
+                 "where", "json")  # fmt: skip
+        check_flags(commands[0], {name: FLAGS[name].value for name in names})
         if commands[0] == "build":
-            if not FLAGS.catalogue:
-                raise InputError("`--catalogue` is required for build.")
             count = build(FLAGS.model, FLAGS.catalogue, FLAGS.store, FLAGS.model_version,
                           FLAGS.namespace, FLAGS.metadata, FLAGS.distance)
             print(f"The store {FLAGS.store} holds {count} items.")

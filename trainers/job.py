@@ -18,9 +18,9 @@ import numpy as np
 
 from trainers import outputs
 from trainers.config import RunConfig
-from trainers.errors import InputError, WorkerLost
+from trainers.errors import InputError, TrainingDiverged, WorkerLost
 
-__all__ = ["InputError", "WorkerLost", "run"]
+__all__ = ["InputError", "TrainingDiverged", "WorkerLost", "run"]
 
 
 def prepare_model_dir(model_dir, current, overwrite):
@@ -208,7 +208,8 @@ def run(config):
         raise TypeError(f"`config` must be a trainers.RunConfig; got {type(config).__name__}.")
     from trainers import console
 
-    with console.quiet_output(config.log_level, expected=(InputError, WorkerLost)):
+    with console.quiet_output(config.log_level,
+                              expected=(InputError, WorkerLost, TrainingDiverged)):  # fmt: skip
         return _start(config)
 
 
@@ -271,6 +272,8 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     kind = config.kind
     # Everything that can fail on the data or a loss value is checked before training.
     try:
+        with strategy.scope():  # the loss's argument values, before the data are read
+            losses_lib.build(config.loss_entry(), config.loss_arguments(), 2)
         data, train, test, evaluate_protocol = protocols.load_and_split(config)
         num_train_classes = len(np.unique(train.y))
         classes_per_batch = config.classes_per_batch or min(10, num_train_classes)
@@ -317,14 +320,16 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     # A learned head is the distance of the trained model (its weights as they are now).
     eval_distance = distances_lib.get(head) if head is not None else distance
 
+    divergence = DivergenceStop()
     callbacks = [
+        divergence,
         keras.callbacks.CSVLogger(os.path.join(out_dir, outputs.HISTORY_FILE), append=True),
         keras.callbacks.BackupAndRestore(
             os.path.join(out_dir, outputs.BACKUP_DIR), double_checkpoint=True
         ),
     ]
     if is_chief:  # held-out numbers in the logs; the other workers only train
-        callbacks.insert(0, HeldOutRetrieval(embedder, test.x, test.y, eval_distance))
+        callbacks.insert(0, HeldOutRetrieval(embedder, test.x, test.y, eval_distance, divergence))
     if schedule is not None:
         callbacks.append(schedule)
     if tensorboard_installed():
@@ -348,6 +353,8 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             "with the same flags: training resumes from the last epoch's checkpoint in "
             f"{os.path.join(config.model_dir, outputs.BACKUP_DIR)}."
         ) from None
+    if divergence.diverged is not None:
+        raise TrainingDiverged(divergence.message(config))
     train_seconds = time.time() - train_started
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if not is_chief:
@@ -513,13 +520,19 @@ def _held_out_retrieval_class():
         model kind and under any strategy.
         """
 
-        def __init__(self, embedder, x, y, distance):
+        def __init__(self, embedder, x, y, distance, divergence=None):
             super().__init__()
             self.embedder, self.x, self.y, self.distance = embedder, x, y, distance
+            self.divergence = divergence
 
         def on_epoch_end(self, epoch, logs=None):
+            embeddings = embed(self.embedder, self.x)
+            if not np.all(np.isfinite(embeddings)):
+                if self.divergence is not None:  # it stops the run and says so
+                    self.divergence.record(epoch, None, "the held-out embeddings became NaN/Inf")
+                return
             scores = metrics.evaluate_retrieval(
-                embed(self.embedder, self.x), self.y, distance=self.distance,
+                embeddings, self.y, distance=self.distance,
                 metrics=("map_at_r", "precision_at_1"),
             )  # fmt: skip
             if logs is not None:
@@ -528,5 +541,53 @@ def _held_out_retrieval_class():
     return HeldOutRetrieval
 
 
-def HeldOutRetrieval(embedder, x, y, distance):  # noqa: N802 (a callback factory)
-    return _held_out_retrieval_class()(embedder, x, y, distance)
+def HeldOutRetrieval(embedder, x, y, distance, divergence=None):  # noqa: N802 (a factory)
+    return _held_out_retrieval_class()(embedder, x, y, distance, divergence)
+
+
+def _divergence_stop_class():
+    import keras
+
+    class DivergenceStop(keras.callbacks.TerminateOnNaN):
+        """Keras' `TerminateOnNaN`, recording where the loss became NaN or infinite.
+
+        Training stops gracefully (`model.stop_training`) at the first batch
+        whose loss is not finite; `message(config)` then says so, naming the
+        learning rate and the optimizer, and the run ends with
+        `TrainingDiverged` instead of evaluating NaN embeddings.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.diverged = None
+            self._epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+        def on_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                self.record(self._epoch, batch, f"the loss became {float(loss)}")
+
+        def record(self, epoch, batch, what):
+            """Stops training: `what` happened at `epoch` (and `batch`, or None)."""
+            if self.diverged is None:
+                self.diverged = (epoch, batch, what)
+            self.model.stop_training = True
+
+        def message(self, config):
+            epoch, batch, what = self.diverged
+            where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+            return (
+                f"training diverged: {what} at {where} "
+                f"(--learning_rate={config.learning_rate:g}, --optimizer={config.optimizer}, "
+                f"--schedule={config.schedule}). Lower --learning_rate (e.g. 10x smaller) and run "
+                "again with --overwrite; no model or report was written."
+            )
+
+    return DivergenceStop
+
+
+def DivergenceStop():  # noqa: N802 (a callback factory)
+    return _divergence_stop_class()()

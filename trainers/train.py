@@ -165,7 +165,8 @@ def main(argv):
     # Before anything imports TensorFlow: its native log level is read at import, and
     # what it prints at import goes to the hidden stream.
     console.prepare_environment(FLAGS.log_level)
-    with console.quiet_output(FLAGS.log_level, expected=(errors.InputError, errors.WorkerLost)):
+    expected = (errors.InputError, errors.WorkerLost, errors.TrainingDiverged)
+    with console.quiet_output(FLAGS.log_level, expected=expected):
         try:
             config = RunConfig.from_flags(FLAGS)
         except (ValueError, TypeError) as error:
@@ -185,6 +186,9 @@ def run():
         except errors.InputError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except errors.TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(4)
         except errors.WorkerLost as error:
             print(f"error: {error}", file=sys.stderr)
             sys.stdout.flush()
