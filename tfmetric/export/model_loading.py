@@ -21,6 +21,8 @@ def load_keras_file(path):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`model` must be a keras.Model or a path to a .keras file; got {path!r}.")
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`model` {path!r} is a directory, not a .keras file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`model` file {path!r} does not exist.")
     if not path.endswith(".keras"):

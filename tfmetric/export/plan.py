@@ -295,7 +295,7 @@ def plan_export(
         model = model_loading.load_keras_file(path)
         loss = model_loading.saved_loss(path)
     embedder, input_shape, dim = model_loading.resolve_embedder(model)
-    name = name or source_name or embedder.name
+    name = name if name is not None else (source_name or embedder.name)
     if distance is None:
         distance, distance_source = model_loading.trained_distance(model, loss)
     else:

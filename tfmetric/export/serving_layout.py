@@ -256,6 +256,10 @@ def export_for_serving(
         tflite=tflite,
         parity=parity,
     )
+    if not isinstance(serving_base_path, str) or not serving_base_path.strip():
+        raise TypeError(
+            f"`serving_base_path` must be a non-empty path string; got {serving_base_path!r}."
+        )
     if not isinstance(plan.name, str) or not _NAME_PATTERN.match(plan.name):
         raise ValueError(
             f"`name` must be letters, digits, '_', '-' or '.', starting with a letter or "
