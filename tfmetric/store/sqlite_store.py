@@ -61,6 +61,15 @@ class SQLiteStore(ItemStore):
         path = os.fspath(path)
         if os.path.isdir(path):
             raise ValueError(f"`path` {path!r} is a folder, not a store file.")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"`path` {path!r}: the folder {folder!r} does not exist.")
+        if os.path.isfile(path) and os.path.getsize(path):
+            with open(path, "rb") as handle:
+                header = handle.read(16)
+            if header != b"SQLite format 3\x00":
+                # SQLite would take a short foreign file for an empty database and overwrite it.
+                raise ValueError(f"`path` {path!r} is not a tfmetric store: not a SQLite database.")
         self.path = path
         try:
             self._connection = sqlite3.connect(path, isolation_level=None)

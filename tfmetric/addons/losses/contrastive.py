@@ -1,8 +1,9 @@
 """Contrastive loss on precomputed pair distances (TensorFlow Addons' form)."""
 
+import numpy as np
 from keras import ops
 
-from tfmetric._src import validation
+from tfmetric._src import inputs, validation
 from tfmetric.addons.losses import _common
 
 
@@ -14,6 +15,29 @@ def _align(y_true, y_pred):
     elif pred_rank == true_rank + 1 and y_pred.shape[-1] == 1:
         y_pred = ops.squeeze(y_pred, -1)
     return y_true, y_pred
+
+
+def _check_pairs(similar, distance):
+    """One label in [0, 1] per distance (values checked when known: eagerly, not under a trace).
+
+    Labels are 0/1 as in TensorFlow Addons; soft labels in between keep working
+    (the loss stays >= 0), values outside would make it negative.
+    """
+    if (
+        None not in similar.shape
+        and None not in distance.shape
+        and tuple(similar.shape) != tuple(distance.shape)
+    ):
+        raise ValueError(
+            f"`y_true` has shape {tuple(similar.shape)} but `y_pred` has shape "
+            f"{tuple(distance.shape)}; give one pair label per distance."
+        )
+    labels = inputs.static_value(similar)
+    if labels is not None and not np.all((labels >= 0) & (labels <= 1)):
+        bad = np.unique(labels[~((labels >= 0) & (labels <= 1))])[:5].tolist()
+        raise ValueError(
+            f"`y_true` must hold pair labels in [0, 1] (1 = similar, 0 = not); got {bad}."
+        )
 
 
 @_common.registered("contrastive_loss")
@@ -50,6 +74,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
     distance = ops.cast(y_pred, "float32")
     similar = ops.cast(ops.convert_to_tensor(y_true), "float32")
     similar, distance = _align(similar, distance)
+    _check_pairs(similar, distance)
     values = similar * ops.square(distance) + (1.0 - similar) * ops.square(
         ops.relu(margin - distance)
     )
