@@ -3,10 +3,10 @@
 import inspect
 import os
 
+import backend_ops
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfmetric
 
@@ -26,13 +26,16 @@ def _embeddings(dtype="float32", seed=0):
 
 
 def _value_and_gradients(head, embeddings, labels=LABELS):
-    dtype = tf.as_dtype(embeddings.dtype)
-    variable = tf.Variable(tf.cast(embeddings, "float32"))
-    with tf.GradientTape() as tape:
-        values = head(tf.cast(variable, dtype), labels)
-        loss = tf.reduce_mean(values)
-    grads = tape.gradient(loss, [variable] + [v.value for v in head.trainable_variables])
-    return values, grads
+    """Per-sample values and the gradients of their mean wrt the embeddings and the head's weights."""
+    dtype = keras.backend.standardize_dtype(embeddings.dtype)
+    values = head(embeddings, labels)
+    mean, (d_embeddings, d_weights) = backend_ops.value_and_grad_with_variables(
+        lambda e: keras.ops.mean(head(keras.ops.cast(e, dtype), labels)),
+        keras.ops.convert_to_numpy(keras.ops.cast(embeddings, "float32")),
+        head.trainable_variables,
+    )
+    np.testing.assert_allclose(float(mean), np.mean(np.asarray(values)), rtol=1e-6)
+    return values, [d_embeddings, *d_weights]
 
 
 def _assert_finite(values, grads):
@@ -110,10 +113,10 @@ def test_batch_without_positive_pairs_is_finite(name):
 @pytest.mark.parametrize("name", HEADS)
 def test_low_precision_embeddings_match_float32(name, dtype):
     head = HEADS[name]()
-    embeddings = tf.cast(_embeddings() * 30.0, dtype)
+    embeddings = keras.ops.cast(_embeddings() * 30.0, dtype)
     low = head(embeddings, LABELS)
     assert keras.backend.standardize_dtype(low.dtype) == "float32"
-    full = head(tf.cast(embeddings, "float32"), LABELS)
+    full = head(keras.ops.cast(embeddings, "float32"), LABELS)
     np.testing.assert_allclose(np.asarray(low), np.asarray(full), rtol=1e-6)
     _assert_finite(*_value_and_gradients(head, embeddings))
 
@@ -127,7 +130,7 @@ def test_heads_stay_float32_under_a_mixed_policy(policy):
         head.build((None, 5))
         assert head.compute_dtype == "float32"
         assert keras.backend.standardize_dtype(head.proxies.dtype) == "float32"
-        values, grads = _value_and_gradients(head, tf.cast(_embeddings(), policy[6:]))
+        values, grads = _value_and_gradients(head, keras.ops.cast(_embeddings(), policy[6:]))
         _assert_finite(values, grads)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -137,7 +140,7 @@ def test_compiled_call_with_xla():
     head = tfmetric.layers.SubCenterArcFace(4, centers=2)
     head.build((None, 5))
     eager = head(_embeddings(), LABELS)
-    compiled = tf.function(lambda e, y: head(e, y), jit_compile=True)(_embeddings(), LABELS)
+    compiled = backend_ops.jit(lambda e, y: head(e, y))(_embeddings(), LABELS)
     np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-5, atol=1e-5)
 
 

@@ -60,6 +60,7 @@ def _model(momentum=0.9, queue_size=6, seed=0):
     return model
 
 
+@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
 def test_steps_use_the_queue_then_update_by_exact_ema_and_enqueue_keys():
     model = _model()
     encoder, momentum = model.encoder, model.momentum_encoder
@@ -96,6 +97,7 @@ def test_steps_use_the_queue_then_update_by_exact_ema_and_enqueue_keys():
     assert int(model.queue.count.numpy()) == 9
 
 
+@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
 def test_trains_on_two_view_batches_under_xla_and_round_trips(tmp_path):
     model = _model(momentum=0.99, queue_size=16)
     model.compile(optimizer="adam", jit_compile=True)
@@ -130,6 +132,10 @@ def test_bad_input_is_named():
         tfmetric.losses.momentum_contrast_loss(np.ones((2, 3)), np.ones((2, 3)), np.ones((4, 3)), 0)
     with pytest.raises(ValueError, match="keys"):
         tfmetric.losses.momentum_contrast_loss(np.ones((2, 3)), np.ones((3, 3)), np.ones((4, 3)))
+
+
+@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
+def test_bad_batches_are_named_when_training():
     model = _model(queue_size=2)
     dataset = tf.data.Dataset.from_tensor_slices(
         (np.zeros((12, 4), "float32"), np.zeros(12, "int64"))

@@ -2,10 +2,10 @@ import inspect
 import json
 import os
 
+import backend_ops
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 import tfmetric
@@ -46,10 +46,9 @@ def test_paired_distance_matches_definition(name):
 @pytest.mark.parametrize("name", ["euclidean", "cosine", "manhattan", "minkowski3"])
 def test_paired_distance_has_finite_gradient_at_zero(name):
     distance = tfmetric.distances.Minkowski(3) if name == "minkowski3" else name
-    x = tf.Variable(np.ones((3, 4), "float32"))
-    with tf.GradientTape() as tape:
-        value = tf.reduce_sum(paired_distance(distance, x, tf.ones((3, 4))))
-    assert np.all(np.isfinite(tape.gradient(value, x).numpy()))
+    ones = np.ones((3, 4), "float32")
+    grad = backend_ops.grad(lambda x: ops.sum(paired_distance(distance, x, ones)), ones)
+    assert np.all(np.isfinite(grad))
 
 
 def test_paired_distance_custom_distance_uses_diagonal():

@@ -2,10 +2,10 @@ import inspect
 import json
 import os
 
+import backend_ops
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfmetric
 from tfmetric.losses import TripletMarginLoss, triplet_margin_loss
@@ -51,12 +51,12 @@ def test_triplet_margin_loss_similarity():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_no_nan_for_identical_embeddings_in_low_precision(dtype):
-    triplets = tf.Variable(tf.ones((4, 3, 5), dtype))
-    with tf.GradientTape() as tape:
-        value = tf.reduce_mean(TripletMarginLoss()(None, triplets))
-    grad = tape.gradient(value, triplets)
+    triplets = np.ones((4, 3, 5), backend_ops.numpy_dtype(dtype))
+    value, grad = backend_ops.value_and_grad(
+        lambda t: keras.ops.mean(TripletMarginLoss()(None, t)), triplets
+    )
     assert float(value) == pytest.approx(1.0)
-    assert np.all(np.isfinite(tf.cast(grad, "float32").numpy()))
+    assert np.all(np.isfinite(grad.astype("float32")))
 
 
 def test_loss_config_round_trip():

@@ -104,6 +104,7 @@ def test_keras_round_trip_and_config(tmp_path):
     assert config["max_logit_scale"] == 50.0 and config["temperature"] == 0.05
 
 
+@pytest.mark.tf_only  # SavedModel export
 def test_export_towers_with_retrieve_signature(tmp_path):
     query, item = _towers()
     model = tfmetric.models.TwoTowerModel(query, item)

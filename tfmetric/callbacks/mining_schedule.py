@@ -208,7 +208,15 @@ class MiningSchedule(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         loss = self._target()
-        if callable(getattr(loss, "use_variables", None)) and self._bound_loss is not loss:
+        # Under JAX a compiled step reads only the model's state: a variable of the
+        # callback would be frozen at its traced value, so the loss keeps plain
+        # attributes and each change retraces the step (on_epoch_begin).
+        bindable = keras.backend.backend() == "tensorflow"
+        if (
+            bindable
+            and callable(getattr(loss, "use_variables", None))
+            and self._bound_loss is not loss
+        ):
             loss.use_variables(
                 margin=self.margin_variable if self._drives(loss, "margin") else None,
                 mining=self.mining_variable if self._drives(loss, "mining") else None,

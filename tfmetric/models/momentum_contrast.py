@@ -188,7 +188,15 @@ class MomentumContrastModel(keras.Model):
             ops.sum(ops.where(is_query, values, 0.0)), ops.cast(half, "float32")
         )
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        if keras.backend.backend() != "tensorflow":
+            # JAX's train step is stateless (`train_step(state, data)`): the momentum
+            # update below is written for TensorFlow's variables.
+            raise NotImplementedError(
+                "MomentumContrastModel trains with the TensorFlow backend only "
+                f"(KERAS_BACKEND={keras.backend.backend()!r}); see docs/backends.md."
+            )
+        (data,) = args
         logs = super().train_step(data)
         self._momentum_update()
         return logs

@@ -1,0 +1,114 @@
+"""Gradients with whatever backend Keras runs on, for tests that hold under every backend.
+
+`value_and_grad(fn, x)` is `tf.GradientTape` under TensorFlow and `jax.value_and_grad`
+under JAX: the library code runs as a user's training step would run it, and the test
+asserts the same numbers under both.
+"""
+
+import keras
+import numpy as np
+
+
+def backend():
+    return keras.backend.backend()
+
+
+def value_and_grad(fn, *args, argnums=0):
+    """`(fn(*args), d fn / d args[argnums])` as numpy arrays, with the active backend.
+
+    Args:
+        fn: A function of backend tensors returning a scalar tensor.
+        *args: numpy arrays (or backend tensors, or lists of them); their dtype is kept
+            (float16 stays float16).
+        argnums: Index, or tuple of indices, of the arguments to differentiate.
+
+    Returns:
+        `(value, gradient)`, or `(value, (gradients...))` when `argnums` is a tuple;
+        the gradient has the argument's dtype.
+    """
+    value, grads = gradient_function(fn, argnums)(*args)
+    if isinstance(argnums, tuple):
+        return _numpy(value), tuple(_numpy_tree(g) for g in grads)
+    return _numpy(value), _numpy_tree(grads)
+
+
+def gradient_function(fn, argnums=0):
+    """A traceable `args -> (fn(*args), gradients)` (can be wrapped in `jit`)."""
+    several = isinstance(argnums, tuple)
+    indices = argnums if several else (argnums,)
+    if backend() == "jax":
+        import jax
+
+        def jax_step(*args):
+            args = jax.tree_util.tree_map(keras.ops.convert_to_tensor, args)
+            value, grads = jax.value_and_grad(fn, argnums=indices)(*args)
+            return value, (grads if several else grads[0])
+
+        return jax_step
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        def tf_step(*args):
+            args = tf.nest.map_structure(tf.convert_to_tensor, args)
+            with tf.GradientTape() as tape:
+                for i in indices:
+                    tape.watch(tf.nest.flatten(args[i]))
+                value = fn(*args)
+            grads = tape.gradient(value, [args[i] for i in indices])
+            if any(g is None for g in tf.nest.flatten(grads)):
+                raise AssertionError("The value does not depend on a differentiated argument.")
+            return value, (tuple(grads) if several else grads[0])
+
+        return tf_step
+    raise NotImplementedError(f"No gradient helper for the {backend()!r} backend.")
+
+
+def value_and_grad_with_variables(fn, x, variables):
+    """`(fn(x), (d/dx, [d/dv for v in variables]))`: Keras variables as differentiable inputs.
+
+    `fn` calls layers that read `variables`; their values are bound through a
+    `keras.StatelessScope`, which works under every backend.
+    """
+    variables = list(variables)
+
+    def bound(x, values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return fn(x)
+
+    return value_and_grad(bound, x, [v.value for v in variables], argnums=(0, 1))
+
+
+def jit(fn):
+    """`fn` compiled with XLA by the active backend (`tf.function(jit_compile=True)`, `jax.jit`)."""
+    if backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
+
+
+def grad(fn, *args, argnums=0):
+    """`d fn / d args[argnums]` as numpy (see `value_and_grad`)."""
+    return value_and_grad(fn, *args, argnums=argnums)[1]
+
+
+def _numpy_tree(x):
+    if isinstance(x, (list, tuple)):
+        return [_numpy(v) for v in x]
+    return _numpy(x)
+
+
+def _numpy(x):
+    x = keras.ops.convert_to_numpy(x)
+    return np.asarray(x)
+
+
+def numpy_dtype(name):
+    """The numpy dtype of `name` (`"bfloat16"` is ml_dtypes', as both backends use)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
