@@ -13,7 +13,7 @@ def backend():
     return keras.backend.backend()
 
 
-def value_and_grad(fn, *args, argnums=0):
+def value_and_grad(fn, *args, argnums=0, unconnected="raise"):
     """`(fn(*args), d fn / d args[argnums])` as numpy arrays, with the active backend.
 
     Args:
@@ -21,18 +21,20 @@ def value_and_grad(fn, *args, argnums=0):
         *args: numpy arrays (or backend tensors, or lists of them); their dtype is kept
             (float16 stays float16).
         argnums: Index, or tuple of indices, of the arguments to differentiate.
+        unconnected: `"raise"` (an argument the value does not depend on is an error
+            under TensorFlow) or `"zero"` (its gradient is zeros, as JAX gives).
 
     Returns:
         `(value, gradient)`, or `(value, (gradients...))` when `argnums` is a tuple;
         the gradient has the argument's dtype.
     """
-    value, grads = gradient_function(fn, argnums)(*args)
+    value, grads = gradient_function(fn, argnums, unconnected)(*args)
     if isinstance(argnums, tuple):
         return _numpy(value), tuple(_numpy_tree(g) for g in grads)
     return _numpy(value), _numpy_tree(grads)
 
 
-def gradient_function(fn, argnums=0):
+def gradient_function(fn, argnums=0, unconnected="raise"):
     """A traceable `args -> (fn(*args), gradients)` (can be wrapped in `jit`)."""
     several = isinstance(argnums, tuple)
     indices = argnums if several else (argnums,)
@@ -54,7 +56,11 @@ def gradient_function(fn, argnums=0):
                 for i in indices:
                     tape.watch(tf.nest.flatten(args[i]))
                 value = fn(*args)
-            grads = tape.gradient(value, [args[i] for i in indices])
+            grads = tape.gradient(
+                value,
+                [args[i] for i in indices],
+                unconnected_gradients="zero" if unconnected == "zero" else "none",
+            )
             if any(g is None for g in tf.nest.flatten(grads)):
                 raise AssertionError("The value does not depend on a differentiated argument.")
             return value, (tuple(grads) if several else grads[0])

@@ -247,6 +247,7 @@ def test_npairs_is_refused_with_the_reason():
         model.compile(optimizer="sgd", loss=tfmetric.losses.NPairsLoss())
 
 
+@pytest.mark.tf_only  # inspects the TensorFlow graph
 def test_memory_terms_hold_no_square_of_batch_plus_memory():
     batch, memory = 7, 61
     embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
