@@ -147,7 +147,7 @@ def test_learned_distances_and_models():
     _raises(lambda: tfmetric.models.ProxyModel("embedder", tfmetric.layers.CosFace(3)), "embedder")
     _raises(lambda: tfmetric.models.ProxyModel(embedder, "head"), "head")
     _raises(lambda: tfmetric.models.SiameseModel(None), "embedder")
-    _raises(lambda: tfmetric.models.SiameseModel(embedder, head="mlp"), "head")
+    _raises(lambda: tfmetric.models.SiameseModel(embedder, scorer="mlp"), "scorer")
     _raises(lambda: tfmetric.models.SiameseModel(embedder, distance="nope"), "distance")
     _raises(lambda: tfmetric.models.TripletModel(embedder, distance="nope"), "distance")
 

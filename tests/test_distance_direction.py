@@ -33,6 +33,40 @@ def test_direction_views_of_a_distance_and_a_similarity():
     assert inner.from_closeness(-np.inf) == -np.inf
 
 
+def test_direction_of_distances_scorers_and_plain_scores():
+    distances = tfmetric.distances
+    assert distances.direction_of("cosine") == distances.Cosine()
+    assert distances.direction_of(distances.SIMILARITY) is distances.SIMILARITY
+    assert distances.direction_of(tfmetric.layers.WeightedL1()).kind == "similarity"
+    assert distances.direction_of(tfmetric.layers.Mahalanobis()).kind == "distance"
+
+    class Scorer(keras.layers.Layer):
+        is_similarity = True
+
+    assert distances.direction_of(Scorer()) is distances.SIMILARITY
+    assert distances.direction_of(keras.layers.Dense(1)) is None
+    with pytest.raises(ValueError, match="distance"):
+        distances.direction_of("nope")
+    for direction, kind, rule in (
+        (distances.SIMILARITY, "similarity", "score >= threshold"),
+        (distances.get("inner_product"), "similarity", "score >= threshold"),
+        (distances.DISSIMILARITY, "distance", "score <= threshold"),
+        (distances.get("euclidean"), "distance", "score <= threshold"),
+    ):
+        assert (direction.kind, direction.match_rule) == (kind, rule)
+
+
+def test_within_decides_as_the_written_comparison():
+    values = np.array([0.1, 0.5, 0.9], "float32")
+    threshold = np.float32(0.5)
+    euclidean, inner = tfmetric.distances.get("euclidean"), tfmetric.distances.get("inner_product")
+    np.testing.assert_array_equal(euclidean.within(values, threshold), [True, True, False])
+    np.testing.assert_array_equal(inner.within(values, threshold), [False, True, True])
+    np.testing.assert_array_equal(
+        np.asarray(inner.within(keras.ops.convert_to_tensor(values), threshold)), [0, 1, 1]
+    )
+
+
 def test_euclidean_views():
     x = np.array([[3.0, 4.0], [0.0, 2.0]], "float32")
     np.testing.assert_allclose(tfmetric.distances.get("euclidean").euclidean_view(x), x)

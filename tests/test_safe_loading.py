@@ -75,8 +75,8 @@ def test_proxy_model_loads_safely(tmp_path, head):
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: tfmetric.models.SiameseModel(_embedder(), head=tfmetric.layers.Mahalanobis()),
-        lambda: tfmetric.models.SiameseModel(_embedder(), head=tfmetric.layers.WeightedL1()),
+        lambda: tfmetric.models.SiameseModel(_embedder(), scorer=tfmetric.layers.Mahalanobis()),
+        lambda: tfmetric.models.SiameseModel(_embedder(), scorer=tfmetric.layers.WeightedL1()),
         lambda: tfmetric.models.SiameseModel(_embedder(), distance="cosine"),
         lambda: tfmetric.models.TripletModel(_embedder()),
     ],

@@ -26,6 +26,9 @@ from keras import ops
 from tfmetric._src import numerics
 
 __all__ = [
+    "DISSIMILARITY",
+    "SIMILARITY",
+    "Direction",
     "Distance",
     "Euclidean",
     "SquaredEuclidean",
@@ -35,6 +38,7 @@ __all__ = [
     "Minkowski",
     "Jaccard",
     "FittedMahalanobis",
+    "direction_of",
     "get",
     "serialize",
 ]
@@ -62,8 +66,126 @@ def _zero_diagonal(matrix):
     return ops.where(ops.eye(n, dtype="bool"), 0.0, matrix)
 
 
+class Direction:
+    """Which way a score points: the direction questions of a distance or a pair scorer.
+
+    Every `Distance` is a `Direction`; `SIMILARITY` and `DISSIMILARITY` are the
+    two directions of scores that are not distances (a pair scorer's output,
+    values read from a file). Callers turn values into "larger is closer"
+    scores (`to_closeness`) or "smaller is closer" values (`to_dissimilarity`)
+    instead of branching on the direction themselves.
+
+    Attributes:
+        is_similarity: `True` when larger values mean closer embeddings.
+    """
+
+    is_similarity = False
+
+    @property
+    def kind(self):
+        """`"similarity"` when larger values mean closer, else `"distance"`."""
+        return "similarity" if self.is_similarity else "distance"
+
+    @property
+    def match_rule(self):
+        """How a value is compared with a threshold to be a match, as text.
+
+        `"score >= threshold"` for a similarity, `"score <= threshold"` for a
+        distance.
+        """
+        return "score >= threshold" if self.is_similarity else "score <= threshold"
+
+    def to_closeness(self, values):
+        """Maps values of this distance to scores where larger means closer.
+
+        Distances are negated, similarities kept. The map is its own inverse:
+        `from_closeness(to_closeness(v)) == v`. Works on tensors, numpy arrays
+        and Python numbers.
+        """
+        return values if self.is_similarity else -values
+
+    def from_closeness(self, scores):
+        """Maps scores of `to_closeness` back to values of this distance."""
+        return self.to_closeness(scores)
+
+    def to_dissimilarity(self, values):
+        """Maps values of this distance to dissimilarities (smaller means closer).
+
+        Distances are kept, similarities negated, so a loss or a search written
+        for distances serves both: a margin `m` on `d(a, p) - d(a, n)` becomes a
+        margin on `s(a, n) - s(a, p)`. Its own inverse.
+        """
+        return -values if self.is_similarity else values
+
+    def farther_by(self, a, b):
+        """How much farther values `a` are than values `b`: `a - b`, or `b - a` for a similarity."""
+        return self.to_dissimilarity(a - b)
+
+    def margin_bounds(self, margin):
+        """`(near, far)` values of a margin loss: positives pulled to `near`, negatives pushed past `far`.
+
+        `(0, margin)` for a distance; `(margin, 0)` for a similarity (a
+        positive pair is close enough once its similarity reaches `margin`, a
+        negative pair once it is at most 0).
+        """
+        return (margin, 0.0) if self.is_similarity else (0.0, margin)
+
+    def within(self, values, threshold):
+        """Whether `values` are at least as close as `threshold`.
+
+        `values <= threshold` for a distance, `>=` for a similarity. Works on tensors, numpy arrays and Python numbers; exact (negation
+        loses nothing), so it decides exactly as the written comparison would.
+        """
+        return self.to_closeness(values) >= self.to_closeness(threshold)
+
+
+class _FixedDirection(Direction):
+    def __init__(self, is_similarity):
+        self.is_similarity = bool(is_similarity)
+
+    def __repr__(self):
+        return "tfmetric.distances." + ("SIMILARITY" if self.is_similarity else "DISSIMILARITY")
+
+
+SIMILARITY = _FixedDirection(True)
+"""The direction of scores where larger means closer (a `Direction`)."""
+DISSIMILARITY = _FixedDirection(False)
+"""The direction of values where smaller means closer (a `Direction`)."""
+
+
+def direction_of(obj):
+    """The `Direction` of a distance or of a pair scorer, or `None` when it does not say.
+
+    Args:
+        obj: A `Distance` (or anything `get` accepts), a learned-distance layer
+            (its distance view), or any object with a boolean `is_similarity`
+            attribute (e.g. a custom pair scorer layer).
+
+    Returns:
+        A `Direction`, or `None` for an object that does not tell its direction.
+
+    Raises:
+        ValueError: for a name or config dict that `get` rejects.
+
+    Example:
+
+    >>> tfmetric.distances.direction_of("inner_product").kind
+    'similarity'
+    >>> tfmetric.distances.direction_of(object()) is None
+    True
+    """
+    if isinstance(obj, Direction):
+        return obj
+    if isinstance(obj, (str, dict)) or callable(getattr(obj, "as_distance", None)):
+        return get(obj)
+    flag = getattr(obj, "is_similarity", None)
+    if isinstance(flag, (bool, np.bool_)):
+        return SIMILARITY if flag else DISSIMILARITY
+    return None
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
-class Distance:
+class Distance(Direction):
     """Base class of pairwise distances.
 
     Subclasses implement `pairwise(x, y)` on float32 `(n, d)` and `(m, d)`
@@ -71,13 +193,15 @@ class Distance:
     omitted it computes the distances within `x`, with an exact zero (and zero
     gradient) on the diagonal for true distances.
 
+    Direction questions (`to_closeness`, `to_dissimilarity`, `farther_by`,
+    `margin_bounds`, `within`, `kind`) come from `Direction`.
+
     Attributes:
         name: The registered short name of the distance.
         is_similarity: `True` when larger values mean closer embeddings.
     """
 
     name = None
-    is_similarity = False
 
     def __call__(self, x, y=None):
         x = _prepare(x, "x")
@@ -121,28 +245,6 @@ class Distance:
         """Row-wise form of `pairwise` on prepared float32 inputs."""
         return ops.diagonal(self.pairwise(x, y))
 
-    def to_closeness(self, values):
-        """Maps values of this distance to scores where larger means closer.
-
-        Distances are negated, similarities kept. The map is its own inverse:
-        `from_closeness(to_closeness(v)) == v`. Works on tensors, numpy arrays
-        and Python numbers.
-        """
-        return values if self.is_similarity else -values
-
-    def from_closeness(self, scores):
-        """Maps scores of `to_closeness` back to values of this distance."""
-        return self.to_closeness(scores)
-
-    def to_dissimilarity(self, values):
-        """Maps values of this distance to dissimilarities (smaller means closer).
-
-        Distances are kept, similarities negated, so a loss or a search written
-        for distances serves both: a margin `m` on `d(a, p) - d(a, n)` becomes a
-        margin on `s(a, n) - s(a, p)`. Its own inverse.
-        """
-        return -values if self.is_similarity else values
-
     def closeness(self, x, y=None):
         """The matrix of `to_closeness` scores: larger means closer."""
         return self.to_closeness(self(x, y))
@@ -162,10 +264,6 @@ class Distance:
         matrix = self(x, y)
         return matrix if self.is_similarity else 1.0 - matrix
 
-    def farther_by(self, a, b):
-        """How much farther values `a` are than values `b`: `a - b`, or `b - a` for a similarity."""
-        return self.to_dissimilarity(a - b)
-
     def euclidean_view(self, x):
         """Embeddings whose euclidean distances order pairs as this distance does, or `None`.
 
@@ -175,15 +273,6 @@ class Distance:
         when no such view exists (manhattan, inner product, ...).
         """
         return None
-
-    def margin_bounds(self, margin):
-        """`(near, far)` values of a margin loss: positives pulled to `near`, negatives pushed past `far`.
-
-        `(0, margin)` for a distance; `(margin, 0)` for a similarity (a
-        positive pair is close enough once its similarity reaches `margin`, a
-        negative pair once it is at most 0).
-        """
-        return (margin, 0.0) if self.is_similarity else (0.0, margin)
 
     def get_config(self):
         return {}

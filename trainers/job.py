@@ -90,7 +90,7 @@ def build_training_model(kind, entry, loss, embedder, optimizer, jit_compile, di
 
     `embedding`: the embedder with the in-batch loss; `proxy`: a `ProxyModel`
     with the head; `siamese`: a `SiameseModel` (distance, or a `WeightedL1`
-    head) with its pair loss; `triplet`: a `TripletModel` with
+    pair scorer) with its pair loss; `triplet`: a `TripletModel` with
     `TripletMarginLoss`.
     """
     from tfmetric import layers, models
@@ -100,8 +100,8 @@ def build_training_model(kind, entry, loss, embedder, optimizer, jit_compile, di
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
         return model
     if kind == "siamese":
-        head = layers.WeightedL1(name="weighted_l1") if siamese_head == "weighted_l1" else None
-        model = models.SiameseModel(embedder, distance=distance or "euclidean", head=head,
+        scorer = layers.WeightedL1(name="weighted_l1") if siamese_head == "weighted_l1" else None
+        model = models.SiameseModel(embedder, distance=distance or "euclidean", scorer=scorer,
                                     name="siamese")  # fmt: skip
     elif kind == "triplet":
         model = models.TripletModel(embedder, distance=distance or "euclidean", name="triplet")
@@ -242,7 +242,7 @@ def _set_mixed_precision(policy):
 
 
 def _training_distance(config, kind, loss):
-    """The distance the model trains with (and is evaluated with, unless it has a learned head)."""
+    """The distance the model trains with (and is evaluated with, unless it has a pair scorer)."""
     if kind == "proxy":
         return config.distance or "cosine"
     if kind == "siamese":
@@ -251,7 +251,7 @@ def _training_distance(config, kind, loss):
 
 
 def _scores_of_pairs(model, x, i, j, batch_size=512):
-    """The Siamese model's own score of each pair `(x[i], x[j])` (distance or head), by direct calls."""
+    """The Siamese model's own score of each pair `(x[i], x[j])` (distance or scorer), by direct calls."""
     x = np.asarray(x, np.float32)
     parts = [
         np.asarray(model([x[i[s : s + batch_size]], x[j[s : s + batch_size]]], training=False))
@@ -316,9 +316,9 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     except ValueError as error:
         raise InputError(str(error)) from None
 
-    head = getattr(model, "head", None) if kind == "siamese" else None
-    # A learned head is the distance of the trained model (its weights as they are now).
-    eval_distance = distances_lib.get(head) if head is not None else distance
+    scorer = model.scorer if kind == "siamese" else None
+    # A learned-distance scorer is the distance of the trained model (its weights as they are now).
+    eval_distance = distances_lib.get(scorer) if scorer is not None else distance
 
     divergence = DivergenceStop()
     callbacks = [
@@ -381,14 +381,17 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
 
     # Pair verification on held-out pairs (the threshold's accuracy cross-validated on them).
     i, j, same = evaluation.sample_pairs(test.y, seed=config.seed)
+    eval_view = distances_lib.get(eval_distance)
     if kind == "siamese":
         scores = _scores_of_pairs(model, test.x, i, j)
-        similarity = head is not None or model.distance.is_similarity
     else:
-        eval_view = distances_lib.get(eval_distance)
         scores = metrics.paired_distances(test_embeddings[i], test_embeddings[j], eval_view)
-        similarity = eval_view.is_similarity
-    numbers.update(evaluation.pair_verification(scores, same, similarity, seed=config.seed))
+    # Verified on "larger is closer" scores; the threshold is reported in the scores' own terms.
+    verification = evaluation.pair_verification(
+        eval_view.to_closeness(np.asarray(scores, np.float64)), same, True, seed=config.seed
+    )
+    verification["threshold"] = float(eval_view.from_closeness(verification["threshold"]))
+    numbers.update(verification)
     raw_scores = metrics.paired_distances(raw[i], raw[j])
     baseline.update(evaluation.pair_verification(raw_scores, same, False, seed=config.seed))
     progress.update(pair_roc_auc=numbers["pair_roc_auc"])
@@ -459,7 +462,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
                              "index": cluster.task_index}  # fmt: skip
     if config.export and is_chief:
         progress = console.Progress("export", 1)
-        # A Siamese network is exported whole (its distance or learned head with it).
+        # A Siamese network is exported whole (its distance or pair scorer with it).
         report["export"] = exporting.export(
             pair_model_path or model_path, os.path.join(out_dir, outputs.EXPORT_DIR), train, test,
             None if kind == "siamese" else distance, config.seed, config.tflite_variant_list(),

@@ -91,7 +91,7 @@ def siamese_model():
         [keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)],
         name="pair_embedder",
     )
-    model = tfmetric.models.SiameseModel(embedder, head=tfmetric.layers.WeightedL1())
+    model = tfmetric.models.SiameseModel(embedder, scorer=tfmetric.layers.WeightedL1())
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
     x1, x2, same = blob_pairs(x, y, per_sample=4, seed=0)
     model.fit((x1, x2), same, batch_size=64, epochs=10, verbose=0)

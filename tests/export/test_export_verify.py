@@ -65,11 +65,11 @@ def _best_accuracy(same, scores):
 
 @pytest.fixture(scope="module")
 def image_siamese(image_model, image_validation, tmp_path_factory):
-    """A Siamese image model with a WeightedL1 head, exported with a gallery."""
+    """A Siamese image model with a WeightedL1 scorer, exported with a gallery."""
     embedder, x, y = image_model
     keras.utils.set_random_seed(1)
     head = tfmetric.layers.WeightedL1()
-    model = tfmetric.models.SiameseModel(embedder, head=head)
+    model = tfmetric.models.SiameseModel(embedder, scorer=head)
     model.predict((x[:2], x[:2]), verbose=0)
     head.feature_weights.assign(np.linspace(0.5, 2.0, 6).astype("float32"))
     head.bias.assign(1.0)
@@ -90,7 +90,7 @@ def image_siamese(image_model, image_validation, tmp_path_factory):
 @pytest.mark.slow
 def test_verify_in_a_process_without_tfmetric(image_siamese):
     result, model, x, y, gallery_inputs, root = image_siamese
-    embedder, head = model.embedder, model.head
+    embedder, head = model.embedder, model.scorer
     x1, x2 = x, np.roll(x, 3, axis=0)
 
     def png(batch):
@@ -123,7 +123,7 @@ def test_verify_in_a_process_without_tfmetric(image_siamese):
     keras_scores = np.asarray(model.predict((x1, x2), verbose=0))
     np.testing.assert_allclose(keras_scores, expected, rtol=1e-5, atol=1e-6)
     threshold = metadata["verify"]["threshold"]
-    assert metadata["verify"]["kind"] == "siamese_head"
+    assert metadata["verify"]["kind"] == "siamese_scorer"
     assert metadata["verify"]["is_match"] == "score >= threshold"
     for prefix in ("verify", "verify_images"):
         np.testing.assert_allclose(out[f"{prefix}/score"], keras_scores, atol=1e-5)
@@ -134,7 +134,7 @@ def test_verify_in_a_process_without_tfmetric(image_siamese):
     scores = _weighted_l1(head, e1[:, None], gallery[None])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :3]
     np.testing.assert_array_equal(out["retrieve/indices"], order)
-    assert metadata["distance_source"] == "head"
+    assert metadata["distance_source"] == "scorer"
 
 
 def test_threshold_is_calibrated_on_the_validation_pairs(image_siamese, replay_warmup):
@@ -149,7 +149,7 @@ def test_threshold_is_calibrated_on_the_validation_pairs(image_siamese, replay_w
     np.testing.assert_array_equal(np.bincount(first), np.full(len(y), 4))
     assert calibration["matching_pairs"] == int(same.sum()) == 2 * len(y)
 
-    scores = _weighted_l1(model.head, np.asarray(model.embedder(x[first])),
+    scores = _weighted_l1(model.scorer, np.asarray(model.embedder(x[first])),
                           np.asarray(model.embedder(x[second])))  # fmt: skip
     threshold = result.metadata["verify"]["threshold"]
     best = _best_accuracy(same, scores)
@@ -184,7 +184,7 @@ def test_tflite_verify_models_and_parity(tflite_siamese, siamese_model):
         f"{kind}_{v}" for kind in ("embedder", "verify") for v in ("fp32", "fp16", "int8")
     )
     x1, x2 = x, x[::-1].copy()
-    expected = _weighted_l1(model.head, np.asarray(model.embedder(x1)),
+    expected = _weighted_l1(model.scorer, np.asarray(model.embedder(x1)),
                             np.asarray(model.embedder(x2)))  # fmt: skip
     threshold = result.metadata["verify"]["threshold"]
     runner = Interpreter(model_path=result.tflite["verify_fp32"]).get_signature_runner()
@@ -203,7 +203,7 @@ def test_tflite_verify_models_and_parity(tflite_siamese, siamese_model):
     assert section["targets"]["int8"] == {"agreement": 0.98}
     # The report's figures match an independent run of the int8 file.
     first, second, same = tfmetric.export.label_pairs(y)
-    keras_scores = _weighted_l1(model.head, np.asarray(model.embedder(x[first])),
+    keras_scores = _weighted_l1(model.scorer, np.asarray(model.embedder(x[first])),
                                 np.asarray(model.embedder(x[second])))  # fmt: skip
     int8 = Interpreter(model_path=result.tflite["verify_int8"]).get_signature_runner()
     got = int8(x1=x[first], x2=x[second])

@@ -7,6 +7,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+import tfmetric
 from tfmetric import index as index_lib
 
 matplotlib.use("Agg")
@@ -217,8 +218,26 @@ def test_similarity_index_thresholds_are_similarities():
     calibration = index_lib.calibrate(index, queries, labels, {"precision": 1.0})
     np.testing.assert_allclose(calibration.curve.thresholds, [0.9, 0.5, 0.2])
     assert calibration.thresholds["precision"] == pytest.approx(0.5)
-    assert calibration.is_similarity
+    assert calibration.direction.kind == "similarity"
     assert index_lib.match(index, queries, threshold=0.5).tolist() == [0, 1, -1]
+    # The same curve from the values alone, given their distance (or direction).
+    nearest, values = np.array([0, 1, 0]), np.array([0.9, 0.5, 0.2])
+    for distance in ("inner_product", tfmetric.distances.SIMILARITY):
+        curve = index_lib.calibration_curve(nearest, values, labels, distance)
+        np.testing.assert_allclose(curve.thresholds, [0.9, 0.5, 0.2])
+        np.testing.assert_allclose(curve.precision, [1.0, 1.0, 2 / 3])
+
+
+def test_deprecated_is_similarity_still_works_with_a_warning():
+    nearest, values, labels = np.array([0, 1, 0]), np.array([0.9, 0.5, 0.2]), np.array([0, 1, 1])
+    with pytest.warns(DeprecationWarning, match="distance="):
+        curve = index_lib.calibration_curve(nearest, values, labels, is_similarity=True)
+    np.testing.assert_allclose(curve.thresholds, [0.9, 0.5, 0.2])
+    calibration = index_lib.Calibration({}, {}, curve, tfmetric.distances.get("inner_product"))
+    with pytest.warns(DeprecationWarning, match="direction"):
+        assert calibration.is_similarity is True
+    with pytest.raises(ValueError, match="`distance` only"), pytest.warns(DeprecationWarning):
+        index_lib.calibration_curve(nearest, values, labels, "cosine", is_similarity=True)
 
 
 def _reference_curve(nearest, distances, labels):

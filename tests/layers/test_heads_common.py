@@ -158,6 +158,14 @@ def test_out_of_range_labels_raise(name):
             head(_embeddings(), labels)
 
 
+@pytest.mark.parametrize("name", HEADS)
+def test_head_contract_one_value_per_sample_and_matching_batches(name):
+    head = HEADS[name]()
+    assert tuple(head(_embeddings(), LABELS).shape) == (len(LABELS),)
+    with pytest.raises(ValueError, match=r"`labels`.*6"):
+        head(_embeddings(), LABELS[:5])
+
+
 def test_bad_inputs_raise():
     head = tfmetric.layers.CosFace(4)
     with pytest.raises(ValueError, match="`labels`"):

@@ -154,7 +154,7 @@ def test_config_and_keras_file_round_trip(make, tmp_path):
     model = keras.Model([x1, x2], layer(x1, x2))
     for variable in layer.trainable_variables:
         variable.assign(variable + 0.25)
-    path = os.path.join(tmp_path, "siamese_head.keras")
+    path = os.path.join(tmp_path, "pair_scorer.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
     a, b = _data(n=4, m=4)
@@ -189,14 +189,14 @@ def test_bad_arguments_and_inputs():
         (lambda: tfmetric.layers.Mahalanobis(units=2), "mse"),
     ],
 )
-def test_siamese_head_trains_and_round_trips(make, loss, tmp_path):
+def test_siamese_scorer_trains_and_round_trips(make, loss, tmp_path):
     rng = np.random.default_rng(0)
     x1, x2 = rng.normal(size=(32, 3)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
     same = (rng.random(32) < 0.5).astype("float32")
     x2[same == 1] = x1[same == 1] + 0.05 * rng.normal(size=(int(same.sum()), 3))
     head = make()
     model = tfmetric.models.SiameseModel(
-        keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)]), head=head
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)]), scorer=head
     )
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
     model((x1[:1], x2[:1]))

@@ -140,6 +140,24 @@ def test_bad_arguments():
         model.fit(_data(size=8)[0], epochs=1, verbose=0)
 
 
+class LogitsHead(keras.layers.Layer):
+    """Breaks the head contract: returns `(B, C)` logits instead of per-sample losses."""
+
+    def build(self, embeddings_shape, labels_shape=None):
+        self.kernel = self.add_weight(shape=(embeddings_shape[-1], 4))
+
+    def call(self, embeddings, labels):
+        return keras.ops.matmul(embeddings, self.kernel)
+
+
+def test_head_returning_another_shape_than_per_sample_losses_is_a_clear_error():
+    model = tfmetric.models.ProxyModel(_embedder(), LogitsHead())
+    model.compile(optimizer="adam")
+    x, labels = _data(size=8)
+    with pytest.raises(ValueError, match=r"`head` must return one loss value per sample.*\(8, 4\)"):
+        model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
+
+
 def test_config_holds_every_argument_and_rebuilds():
     model = tfmetric.models.ProxyModel(_embedder(), tfmetric.layers.ProxyAnchor(4), name="proxy")
     config = model.get_config()

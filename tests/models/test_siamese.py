@@ -115,7 +115,7 @@ def _embedder(dim_in=6, dim_out=3):
 
 
 @keras.saving.register_keras_serializable(package="tfmetric_tests")
-class TinyHead(keras.layers.Layer):
+class TinyScorer(keras.layers.Layer):
     """sigmoid(b - w·|e1 - e2|): a per-pair probability, for tests only."""
 
     def build(self, e1_shape, e2_shape):
@@ -126,11 +126,8 @@ class TinyHead(keras.layers.Layer):
         return ops.sigmoid(self.b - ops.sum(self.w * ops.abs(e1 - e2), axis=-1, keepdims=True))
 
 
-def _heads():
-    heads = [("none", lambda: None), ("tiny", TinyHead)]
-    if hasattr(tfmetric.layers, "WeightedL1"):
-        heads.append(("weighted_l1", tfmetric.layers.WeightedL1))
-    return heads
+def _scorers():
+    return [("none", lambda: None), ("tiny", TinyScorer), ("weighted_l1", tfmetric.layers.WeightedL1)]
 
 
 def test_outputs_are_distances_of_shared_embeddings():
@@ -145,16 +142,16 @@ def test_outputs_are_distances_of_shared_embeddings():
     assert len(model.trainable_weights) == len(embedder.trainable_weights)
 
 
-@pytest.mark.parametrize("head_name, make_head", _heads())
-def test_fit_with_jit_and_keras_round_trip(tmp_path, head_name, make_head):
+@pytest.mark.parametrize("scorer_name, make_scorer", _scorers())
+def test_fit_with_jit_and_keras_round_trip(tmp_path, scorer_name, make_scorer):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)).astype("float32")
     y = np.repeat(np.arange(4), 10)
     x += 2.0 * y[:, None]
     data = tfmetric.data.pair_dataset(x, y, batch_size=16, seed=0)
-    head = make_head()
-    model = SiameseModel(_embedder(), head=head)
-    loss = PairContrastiveLoss() if head is None else keras.losses.BinaryCrossentropy()
+    scorer = make_scorer()
+    model = SiameseModel(_embedder(), scorer=scorer)
+    loss = PairContrastiveLoss() if scorer is None else keras.losses.BinaryCrossentropy()
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, jit_compile=True)
     history = model.fit(data, steps_per_epoch=15, epochs=3, verbose=0)
     losses = history.history["loss"]
@@ -163,7 +160,7 @@ def test_fit_with_jit_and_keras_round_trip(tmp_path, head_name, make_head):
     (x1, x2), _ = next(iter(data))
     before = model.predict((x1, x2), verbose=0)
     assert before.shape == (16,)
-    if head is not None:
+    if scorer is not None:
         assert np.all((before >= 0) & (before <= 1))
     path = os.path.join(tmp_path, "siamese.keras")
     model.save(path)
@@ -179,19 +176,54 @@ def test_fit_with_jit_and_keras_round_trip(tmp_path, head_name, make_head):
 
 
 def test_config_has_every_argument():
-    model = SiameseModel(_embedder(), distance=tfmetric.distances.Minkowski(3), head=TinyHead())
+    model = SiameseModel(_embedder(), distance=tfmetric.distances.Minkowski(3), scorer=TinyScorer())
     config = model.get_config()
-    assert {"embedder", "distance", "head"} <= set(config)
+    assert {"embedder", "distance", "scorer"} <= set(config)
     clone = SiameseModel.from_config(config)
     assert clone.distance == tfmetric.distances.Minkowski(3)
-    assert isinstance(clone.head, TinyHead)
+    assert isinstance(clone.scorer, TinyScorer)
+
+
+def test_head_is_a_deprecated_alias_of_scorer():
+    scorer = TinyScorer()
+    with pytest.warns(DeprecationWarning, match="scorer"):
+        model = SiameseModel(_embedder(), head=scorer)
+    assert model.scorer is scorer
+    with pytest.warns(DeprecationWarning, match="scorer"):
+        assert model.head is scorer
+    with pytest.raises(ValueError, match="scorer"):
+        SiameseModel(_embedder(), scorer=TinyScorer(), head=TinyScorer())
+    # A configuration written before the rename (the scorer under "head") still loads.
+    config = model.get_config()
+    config["head"] = config.pop("scorer")
+    clone = SiameseModel.from_config(config)
+    assert isinstance(clone.scorer, TinyScorer)
+
+
+class _BatchScorer(keras.layers.Layer):
+    """Breaks the pair scorer contract: one value per embedding of both batches."""
+
+    def call(self, e1, e2):
+        return ops.concatenate([ops.sum(e1, axis=1), ops.sum(e2, axis=1)], axis=0)
+
+
+def test_scorer_mixing_the_two_batches_is_a_clear_error():
+    # Its symbolic output (None,) looks right; the traced batch of 3 pairs gives (6,).
+    with pytest.raises(ValueError, match=r"`scorer` must return one value per pair.*\(6,\)"):
+        SiameseModel(_embedder(), scorer=_BatchScorer())
+
+
+@pytest.mark.parametrize("make", [tfmetric.layers.WeightedL1, tfmetric.layers.Mahalanobis])
+def test_learned_distance_scorer_rejects_batches_of_different_sizes(make):
+    with pytest.raises(ValueError, match="`x1` and `x2` must have the same batch size; got 3 and 2"):
+        make()(np.ones((3, 4), "float32"), np.ones((2, 4), "float32"))
 
 
 def test_bad_arguments():
     with pytest.raises(TypeError, match="embedder"):
         SiameseModel(lambda x: x)
-    with pytest.raises(TypeError, match="head"):
-        SiameseModel(_embedder(), head=lambda a, b: a)
+    with pytest.raises(TypeError, match="scorer"):
+        SiameseModel(_embedder(), scorer=lambda a, b: a)
     with pytest.raises(ValueError, match="distance"):
         SiameseModel(_embedder(), distance="nope")
     model = SiameseModel(_embedder())

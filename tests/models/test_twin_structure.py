@@ -144,9 +144,9 @@ def test_input_dtype_follows_the_embedder():
     assert model.predict([x, x], verbose=0).shape == (3,)
 
 
-def test_head_of_the_wrong_shape_is_an_error_at_construction():
-    with pytest.raises(ValueError, match=r"`head` must return one value per pair.*\(None, 2\)"):
-        SiameseModel(_embedder(), head=WideHead())
+def test_scorer_of_the_wrong_shape_is_an_error_at_construction():
+    with pytest.raises(ValueError, match=r"`scorer` must return one value per pair.*\(None, 2\)"):
+        SiameseModel(_embedder(), scorer=WideHead())
 
 
 def test_multi_input_embedder_is_an_error():

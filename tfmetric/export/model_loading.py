@@ -138,8 +138,9 @@ def is_siamese(model):
 def trained_distance(model, loss=None):
     """The distance the embeddings of `model` were trained with, and where it came from.
 
-    In order: a Siamese model's learned head (`tfmetric.layers.WeightedL1`,
-    `Mahalanobis`: the head's distance view, with its trained weights); a
+    In order: a Siamese model's learned-distance scorer
+    (`tfmetric.layers.WeightedL1`, `Mahalanobis`: the scorer's distance view,
+    with its trained weights); a
     Siamese model's `distance` (it computes the pair values the loss sees); the
     `distance` of the compiled loss (`TripletMarginLoss(distance="cosine")`
     trains a `TripletModel`'s embeddings with the cosine distance whatever the
@@ -152,7 +153,7 @@ def trained_distance(model, loss=None):
 
     Returns:
         `(distance, source)`: a `tfmetric.distances.Distance` and one of
-        `"head"`, `"model"`, `"loss"`, `"default"`.
+        `"scorer"`, `"model"`, `"loss"`, `"default"`.
 
     Example:
 
@@ -164,9 +165,9 @@ def trained_distance(model, loss=None):
     (Cosine(), 'loss')
     """
     if is_siamese(model):
-        head = getattr(model, "head", None)
-        if head is not None and callable(getattr(head, "as_distance", None)):
-            return head.as_distance(), "head"
+        scorer = model.scorer
+        if scorer is not None and callable(getattr(scorer, "as_distance", None)):
+            return scorer.as_distance(), "scorer"
         return distances_lib.get(model.distance), "model"
     if loss is None and getattr(model, "compiled", False):
         loss = getattr(model, "loss", None)

@@ -109,7 +109,7 @@ class ExportPlan:
         distance: The `tfmetric.distances.Distance` of `retrieve`, of
             `verify` for non-Siamese models and of the parity metrics.
         distance_source: Where the distance came from: `"argument"`,
-            `"head"`, `"model"`, `"loss"` or `"default"`.
+            `"scorer"`, `"model"`, `"loss"` or `"default"`.
         l2_normalize: Whether the exported embeddings are L2-normalised.
         image_spec: The `ImageSpec` of the `*_images` signatures, or `None`.
         gallery: The `Gallery` of `retrieve`, or `None`.
@@ -195,7 +195,8 @@ class ExportPlan:
             "source_model": self.embedder.name,
             "embedding_dim": self.embedding_dim,
             "distance": distances_lib.serialize(self.distance),
-            "distance_is_similarity": bool(self.distance.is_similarity),
+            "distance_is_similarity": self.distance.kind == "similarity",
+            "distance_kind": self.distance.kind,
             "distance_source": self.distance_source,
             "normalization": {
                 "l2_normalize_in_export": bool(self.l2_normalize),

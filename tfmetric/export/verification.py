@@ -1,7 +1,7 @@
 """The `verify` signature: one score per pair of inputs and the decision at a calibrated threshold.
 
-A `tfmetric.models.SiameseModel` is verified by the model itself (its learned
-head, e.g. `tfmetric.layers.WeightedL1`, or its `distance`); any other embedder
+A `tfmetric.models.SiameseModel` is verified by the model itself (its pair
+scorer, e.g. `tfmetric.layers.WeightedL1`, or its `distance`); any other embedder
 by the export's distance between the two (exported) embeddings. The threshold
 is calibrated on validation pairs with `tfmetric.metrics.best_threshold`
 (maximum accuracy by default), then moved half-way to the next observed score,
@@ -10,6 +10,8 @@ so that no validation pair sits exactly on it.
 
 import numpy as np
 import tensorflow as tf
+
+from tfmetric import distances as distances_lib
 
 __all__ = ["VerifyOptions", "VerifyPlan"]
 
@@ -70,18 +72,19 @@ class VerifyPlan:
     """The resolved `verify` decision: the score, its direction, the threshold.
 
     Attributes:
-        kind: `"siamese_head"`, `"siamese_distance"` or `"distance"`.
+        kind: `"siamese_scorer"`, `"siamese_distance"` or `"distance"`.
         score: Callable `(x1, x2) -> (batch,)` float32 scores, eager or traced.
-        similarity: `True` when a larger score means "match".
+        direction: The `tfmetric.distances.Direction` of the scores (a
+            distance, or `tfmetric.distances.SIMILARITY`, ...).
         threshold: The decision threshold (a float).
         calibration: Dict describing how the threshold was chosen.
         siamese: The Siamese model (tracked by the SavedModel), or `None`.
     """
 
-    def __init__(self, kind, score, similarity, threshold, calibration, siamese=None):
+    def __init__(self, kind, score, direction, threshold, calibration, siamese=None):
         self.kind = kind
         self.score = score
-        self.similarity = similarity
+        self.direction = direction
         self.threshold = threshold
         self.calibration = calibration
         self.siamese = siamese
@@ -89,10 +92,8 @@ class VerifyPlan:
     def decide(self, scores):
         """`is_match` for scores (numpy or tf): `>=` the threshold for similarities, else `<=`."""
         if isinstance(scores, np.ndarray):
-            threshold = np.float32(self.threshold)
-            return scores >= threshold if self.similarity else scores <= threshold
-        threshold = tf.constant(self.threshold, tf.float32)
-        return scores >= threshold if self.similarity else scores <= threshold
+            return self.direction.within(scores, np.float32(self.threshold))
+        return self.direction.within(scores, tf.constant(self.threshold, tf.float32))
 
     def score_numpy(self, x1, x2, batch_size=256):
         """Scores of pairs in batches, as a float32 numpy array."""
@@ -106,45 +107,50 @@ class VerifyPlan:
     def to_json(self):
         return {
             "kind": self.kind,
-            "score": "similarity" if self.similarity else "distance",
-            "is_match": "score >= threshold" if self.similarity else "score <= threshold",
+            "score": self.direction.kind,
+            "is_match": self.direction.match_rule,
             "threshold": self.threshold,
             "calibration": self.calibration,
         }
 
 
 def _direction(kind, model, distance, same, scores):
-    """Whether larger scores mean "match", and how that was decided."""
-    if kind == "siamese_head":
-        head = model.head
-        if hasattr(head, "is_similarity"):
-            return bool(head.is_similarity), "head"
+    """The `Direction` of the scores, and how it was decided."""
+    if kind == "siamese_scorer":
+        direction = distances_lib.direction_of(model.scorer)
+        if direction is not None:
+            return direction, "scorer"
         if same is None:
             raise ValueError(
-                "The Siamese model's head does not say whether larger scores mean a match "
-                "(no `is_similarity` attribute); give labelled `validation` data to find out."
+                "The Siamese model's scorer does not say whether larger scores mean a match "
+                "(it is no learned distance and has no boolean `is_similarity` attribute); give "
+                "labelled `validation` data to find out."
             )
         from tfmetric.metrics import roc_auc
 
-        return roc_auc(same, scores, similarity=True) >= 0.5, "validation pairs"
-    return bool(distance.is_similarity), "distance"
+        larger_match = roc_auc(same, scores, similarity=True) >= 0.5
+        return (
+            distances_lib.SIMILARITY if larger_match else distances_lib.DISSIMILARITY
+        ), "validation pairs"
+    return distance, "distance"
 
 
-def _calibrate(same, scores, similarity, metric):
+def _calibrate(same, scores, direction, metric):
+    """The threshold of best `metric` on the validation pairs, in the scores' own direction."""
     from tfmetric.metrics import best_threshold
 
-    threshold, value = best_threshold(same, scores, metric, similarity)
+    closeness = direction.to_closeness(scores)
+    threshold, value = best_threshold(same, closeness, metric, True)
     # Half-way to the next score on the "no match" side: same decisions on the
     # validation pairs, none of them on the threshold itself.
-    beyond = scores[scores < threshold] if similarity else scores[scores > threshold]
+    beyond = closeness[closeness < threshold]
     if np.isfinite(threshold) and len(beyond):
-        nearest = beyond.max() if similarity else beyond.min()
-        threshold = 0.5 * (threshold + float(nearest))
+        threshold = 0.5 * (threshold + float(beyond.max()))
     elif not np.isfinite(threshold):
-        # "Never a match" was best: just past the extreme score.
-        edge = float(scores.max() if similarity else scores.min())
-        threshold = edge + (1.0 if similarity else -1.0) * max(abs(edge), 1.0) * 1e-3
-    return float(threshold), float(value)
+        # "Never a match" was best: just past the closest score.
+        edge = float(closeness.max())
+        threshold = edge + max(abs(edge), 1.0) * 1e-3
+    return float(direction.from_closeness(threshold)), float(value)
 
 
 def plan_verify(options, model, siamese, embed, distance, pairs):
@@ -159,7 +165,7 @@ def plan_verify(options, model, siamese, embed, distance, pairs):
         pairs: `(x1, x2, same)` validation pairs, or `None`.
     """
     if siamese:
-        kind = "siamese_distance" if model.head is None else "siamese_head"
+        kind = "siamese_distance" if model.scorer is None else "siamese_scorer"
 
         def score(x1, x2):
             return _as_float32_vector(model([x1, x2], training=False))
@@ -182,12 +188,12 @@ def plan_verify(options, model, siamese, embed, distance, pairs):
         scores = plan.score_numpy(x1, x2)
         if not np.all(np.isfinite(scores)):
             raise ValueError("The model's `verify` scores of the validation pairs hold NaN or Inf.")
-    similarity, direction_source = _direction(kind, model, distance, same, scores)
+    direction, direction_source = _direction(kind, model, distance, same, scores)
     if options.threshold is not None:
         threshold = options.threshold
         calibration = {"source": "given"}
         if same is not None:
-            decisions = scores >= threshold if similarity else scores <= threshold
+            decisions = direction.within(scores, threshold)
             calibration["accuracy"] = float(np.mean(decisions == same))
     elif pairs is None:
         raise ValueError(
@@ -195,7 +201,7 @@ def plan_verify(options, model, siamese, embed, distance, pairs):
             "validation pairs) to calibrate it, or `verify=VerifyOptions(threshold=...)`."
         )
     else:
-        threshold, value = _calibrate(same, scores, similarity, options.metric)
+        threshold, value = _calibrate(same, scores, direction, options.metric)
         calibration = {
             "source": "validation pairs",
             "pairs": int(len(same)),
@@ -204,4 +210,4 @@ def plan_verify(options, model, siamese, embed, distance, pairs):
             options.metric: value,
         }
     calibration["direction_from"] = direction_source
-    return VerifyPlan(kind, score, similarity, threshold, calibration, model if siamese else None)
+    return VerifyPlan(kind, score, direction, threshold, calibration, model if siamese else None)

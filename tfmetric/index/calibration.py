@@ -19,9 +19,11 @@ precision = tp / (tp + fp), recall = tp / (tp + fn), F1 their harmonic mean
 
 import dataclasses
 import numbers
+import warnings
 
 import numpy as np
 
+from tfmetric import distances as distances_lib
 from tfmetric._src import inputs, validation
 from tfmetric.index.lookups import format_table
 
@@ -59,14 +61,25 @@ class Calibration:
         values: `{metric: {"precision": p, "recall": r, "f1": f}}`, the
             metrics at each of those thresholds.
         curve: The full `CalibrationCurve`.
-        is_similarity: `True` when thresholds are similarities (match when
-            `>=`).
+        direction: The `tfmetric.distances.Direction` of the thresholds (the
+            index's distance): `direction.within(value, threshold)` is a match.
     """
 
     thresholds: dict
     values: dict
     curve: CalibrationCurve
-    is_similarity: bool = False
+    direction: distances_lib.Direction = distances_lib.DISSIMILARITY
+
+    @property
+    def is_similarity(self):
+        """Deprecated: whether thresholds are similarities; use `direction.kind`."""
+        warnings.warn(
+            "`Calibration.is_similarity` is deprecated: use `calibration.direction` "
+            "(e.g. `direction.kind == 'similarity'`).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.direction.kind == "similarity"
 
     def __str__(self):
         rows = []
@@ -98,15 +111,19 @@ def _rates(tp, fp, fn):
     return precision, recall, f1
 
 
-def calibration_curve(nearest_labels, distances, labels, is_similarity=False):
+def calibration_curve(nearest_labels, distances, labels, distance=None, *, is_similarity=None):
     """Precision / recall / F1 of nearest-neighbour matching at every threshold.
 
     Args:
         nearest_labels: Label of each query's nearest neighbour, shape `(q,)`.
         distances: Distance (or similarity) to that neighbour, shape `(q,)`.
         labels: True label of each query, shape `(q,)`.
-        is_similarity: `True` when larger values are closer. Defaults to
-            `False`.
+        distance: What `distances` are values of: a distance name, config or
+            `tfmetric.distances.Distance`, or a `tfmetric.distances.Direction`
+            (`tfmetric.distances.SIMILARITY` when larger values are closer).
+            Defaults to `None`: smaller values are closer.
+        is_similarity: Deprecated (a `DeprecationWarning`): `True` is
+            `distance=tfmetric.distances.SIMILARITY`.
 
     Returns:
         A `CalibrationCurve` (see the module docstring for the definitions).
@@ -127,12 +144,13 @@ def calibration_curve(nearest_labels, distances, labels, is_similarity=False):
         )
     if not np.all(np.isfinite(scores)):
         raise ValueError("`distances` contains NaN or infinite values.")
-    oriented = -scores if is_similarity else scores
+    direction = _direction(distance, is_similarity)
+    oriented = direction.to_dissimilarity(scores)
     cuts = np.unique(oriented)
     tp, fp, fn, tn = _counts(nearest == labels, oriented, cuts)
     precision, recall, f1 = _rates(tp, fp, fn)
     return CalibrationCurve(
-        thresholds=-cuts if is_similarity else cuts,
+        thresholds=direction.to_dissimilarity(cuts),
         precision=precision,
         recall=recall,
         f1=f1,
@@ -141,6 +159,25 @@ def calibration_curve(nearest_labels, distances, labels, is_similarity=False):
         false_negatives=fn,
         true_negatives=tn,
     )
+
+
+def _direction(distance, is_similarity):
+    """The `Direction` of `calibration_curve`'s values, from `distance` or the deprecated flag."""
+    if is_similarity is not None:
+        warnings.warn(
+            "`calibration_curve(is_similarity=...)` is deprecated: pass `distance=` (the index's "
+            "distance, or tfmetric.distances.SIMILARITY).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if distance is not None:
+            raise ValueError("Give `distance` only; `is_similarity` is deprecated.")
+        if not isinstance(is_similarity, (bool, np.bool_)):
+            raise TypeError(f"`is_similarity` must be a bool; got {is_similarity!r}.")
+        return distances_lib.SIMILARITY if is_similarity else distances_lib.DISSIMILARITY
+    if distance is None:
+        return distances_lib.DISSIMILARITY
+    return distances_lib.direction_of(distance) or distances_lib.get(distance)
 
 
 def _choose(curve, metric, target):
@@ -209,14 +246,13 @@ def calibrate(index, queries, labels, targets=None):
         raise ValueError(f"`targets` keys must be among {list(METRICS)}; got {sorted(targets)}.")
     nearest, distances = _nearest(index, queries)
     labels = inputs.check_label_array(labels, "labels", len(nearest), "queries")
-    similarity = bool(index.distance.is_similarity)
-    curve = calibration_curve(nearest, distances, labels, is_similarity=similarity)
+    curve = calibration_curve(nearest, distances, labels, index.distance)
     thresholds, values = {}, {}
     for metric, target in targets.items():
         i = _choose(curve, metric, target)
         thresholds[metric] = float(curve.thresholds[i])
         values[metric] = {m: float(getattr(curve, m)[i]) for m in METRICS}
-    return Calibration(thresholds, values, curve, similarity)
+    return Calibration(thresholds, values, curve, index.distance)
 
 
 def match(index, queries, threshold, unknown=-1):
@@ -244,8 +280,7 @@ def match(index, queries, threshold, unknown=-1):
     if isinstance(unknown, bool) or not isinstance(unknown, numbers.Integral):
         raise ValueError(f"`unknown` must be an integer label; got {unknown!r}.")
     nearest, distances = _nearest(index, queries)
-    to_closeness = index.distance.to_closeness
-    close = to_closeness(distances) >= to_closeness(threshold)
+    close = index.distance.within(distances, threshold)
     return np.where(close, nearest, np.int64(unknown))
 
 
@@ -311,7 +346,7 @@ def plot_calibration(calibration, ax=None):
     for metric, threshold in calibration.thresholds.items():
         ax.axvline(threshold, linestyle="--", color="gray")
         ax.annotate(metric, (threshold, 0.02), rotation=90, fontsize=8)
-    ax.set_xlabel("similarity threshold" if calibration.is_similarity else "distance threshold")
+    ax.set_xlabel(f"{calibration.direction.kind} threshold")
     ax.set_ylim(0.0, 1.05)
     ax.legend()
     return ax.figure

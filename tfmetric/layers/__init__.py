@@ -1,13 +1,18 @@
-"""Trainable layers: proxy-based loss heads and learned distances.
+"""Trainable layers: loss heads (proxy-based) and learned distances (pair scorers).
 
-Loss heads (`ArcFace`, `CosFace`, `SubCenterArcFace`, `NormalizedSoftmax`,
-`ProxyAnchor`, `ProxyNCA`) hold trainable class proxies; called on
-`(embeddings, labels)` they return per-sample loss values. Train them with
-`tfmetric.models.ProxyModel(embedder, head)`.
+A **head** means one contract in tfmetric: a layer called as
+`head(embeddings, labels)` on embeddings `(B, D)` and integer labels `(B,)`
+that returns float32 per-sample loss values `(B,)`; the loss is their mean.
+The heads (`ArcFace`, `CosFace`, `SubCenterArcFace`, `NormalizedSoftmax`,
+`ProxyAnchor`, `ProxyNCA`, all `ProxyHead`s) hold trainable class proxies.
+Train them with `tfmetric.models.ProxyModel(embedder, head)`, which rejects a
+head whose output is not `(B,)`.
 
-Learned distances (`Mahalanobis`, `WeightedL1`) are Siamese heads called on
-two embedding batches and, through `tfmetric.distances.get(layer)`, distances.
-`PairedDistance` is the distance node of `tfmetric.models.SiameseModel`.
+A **pair scorer** is the other contract: `scorer(e1, e2)` on two embedding
+batches of the same shape `(B, D)` returns one score per pair `(B,)`. Learned
+distances (`Mahalanobis`, `WeightedL1`) are pair scorers (the `scorer` of
+`tfmetric.models.SiameseModel`) and, through `tfmetric.distances.get(layer)`,
+distances. `PairedDistance` is the distance node of `SiameseModel`.
 
 `CrossBatchMemory` is the ring buffer of past embeddings of
 `tfmetric.models.CrossBatchMemoryModel`. `InBatchLogits` scores a batch of queries against its candidates (two-tower models).

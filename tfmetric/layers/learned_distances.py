@@ -2,16 +2,19 @@
 
 A learned distance is a Keras layer with two uses:
 
-- as a **Siamese head**, called on two embedding batches of the same shape
-  `(B, D)`: `head(x1, x2)` returns one float32 value per pair, shape `(B,)`;
+- as a **pair scorer** (the `scorer` of `tfmetric.models.SiameseModel`),
+  called on two embedding batches of the same shape `(B, D)`:
+  `layer(x1, x2)` returns one float32 value per pair, shape `(B,)`; batches of
+  different sizes are a `ValueError`;
 - as a **distance**, through `tfmetric.distances.get(layer)` (or
   `layer.as_distance()`): a `tfmetric.distances.Distance` whose matrix
   `distance(x, y)` of shape `(n, m)` uses the layer's current weights, so that
-  retrieval and metrics use what the Siamese model learned. Its
-  `is_similarity` says the direction.
+  retrieval and metrics use what the Siamese model learned. The distance
+  view answers the direction questions (`to_closeness`, `kind`, ...;
+  `tfmetric.distances.direction_of(layer)`).
 
-The weights train only where the layer is part of a model (e.g. as the head
-of a Siamese model); a loss given a learned distance does not own its
+The weights train only where the layer is part of a model (e.g. as the
+scorer of a Siamese model); a loss given a learned distance does not own its
 weights. A distance view serialises the layer's configuration, not its
 weights (those live in the model that holds the layer).
 """
@@ -134,7 +137,7 @@ class Mahalanobis(LearnedDistanceLayer):
     transformed embeddings: O(n·m + (n + m)·D·units), no `(n, m, D)` tensor.
     The square root has a zero gradient where two embeddings coincide.
 
-    As a Siamese head, `layer(x1, x2)` returns the distance of each pair
+    As a pair scorer, `layer(x1, x2)` returns the distance of each pair
     `(x1[i], x2[i])`, shape `(B,)`. As a distance (`is_similarity = False`),
     `tfmetric.distances.get(layer)(x, y)` returns the `(n, m)` matrix.
 
@@ -199,17 +202,17 @@ class Mahalanobis(LearnedDistanceLayer):
 
 @keras.saving.register_keras_serializable(package="tfmetric")
 class WeightedL1(LearnedDistanceLayer):
-    """Learned weighted L1 similarity with a sigmoid (Koch et al.'s Siamese head).
+    """Learned weighted L1 similarity with a sigmoid (Koch et al.'s Siamese pair scorer).
 
     `p(x, y) = sigmoid(b - sum_k a_k |x_k - y_k|)`: the probability that `x`
     and `y` belong to the same class, with trainable feature weights
     `a_k >= 0` (kept non-negative by a constraint, and used as `|a_k|`) and
     bias `b`. Koch et al. write `sigmoid(sum_k a_k |x_k - y_k| + b)` with free
     weights; fixing the sign makes `sum_k a_k |x_k - y_k|` a weighted L1
-    distance, so the head is a similarity (`is_similarity = True`). The
+    distance, so the scorer is a similarity (`is_similarity = True`). The
     weights start at `1 / D` and the bias at 0.
 
-    As a Siamese head, `layer(x1, x2)` returns `p` for each pair, shape `(B,)`,
+    As a pair scorer, `layer(x1, x2)` returns `p` for each pair, shape `(B,)`,
     to train with binary cross-entropy (`layer.logits(x1, x2)` gives the
     values before the sigmoid). As a distance, `tfmetric.distances.get(layer)`
     returns the `(n, m)` matrix of `p`, computed as a manhattan distance
@@ -225,8 +228,8 @@ class WeightedL1(LearnedDistanceLayer):
     >>> x2 = np.array([[0.0, 0.0], [3.0, 1.0]], "float32")
     >>> np.round(np.asarray(layer(x1, x2)), 4).tolist()  # sigmoid(0), sigmoid(-1)
     [0.5, 0.2689]
-    >>> tfmetric.distances.get(layer).is_similarity
-    True
+    >>> tfmetric.distances.get(layer).kind
+    'similarity'
 
     Reference:
         Koch et al., "Siamese Neural Networks for One-shot Image Recognition",

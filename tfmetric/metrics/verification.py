@@ -2,10 +2,11 @@
 
 Every function takes `same`, whether each pair shares a label (booleans or
 0/1), and `scores`, one value per pair: a distance (smaller means "same") or,
-with `similarity=True`, a similarity (larger means "same"). Pass
-`similarity=tfmetric.distances.get(name).is_similarity` for values computed
-with a tfmetric distance, or use `evaluate_verification`, which computes the
-pair distances and the direction itself. Curves come from scikit-learn's
+with `similarity=True`, a similarity (larger means "same"). For values
+computed with a tfmetric distance, pass `distance.to_closeness(values)` with
+`similarity=True` (and map a threshold back with `distance.from_closeness`),
+or use `evaluate_verification`, which computes the pair distances and the
+direction itself. Curves come from scikit-learn's
 `roc_curve`, with every threshold kept.
 
 Reference:

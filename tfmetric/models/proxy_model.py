@@ -6,6 +6,25 @@ from keras import ops
 __all__ = ["ProxyModel"]
 
 
+def _per_sample_losses(head, embeddings, labels):
+    """`head(embeddings, labels)` as float32 per-sample values `(B,)`; a clear error otherwise.
+
+    The head contract: one loss value per sample. A head returning logits
+    `(B, C)`, a scalar or a different batch would otherwise be averaged into
+    a wrong loss without a word.
+    """
+    values = head(embeddings, labels)
+    shape = tuple(getattr(values, "shape", ()))
+    batch = embeddings.shape[0]
+    if len(shape) != 1 or (shape[0] is not None and batch is not None and shape[0] != batch):
+        raise ValueError(
+            "`head` must return one loss value per sample, shape (batch,); "
+            f"{type(head).__name__} returns shape {shape} for embeddings of shape "
+            f"{tuple(embeddings.shape)}."
+        )
+    return ops.cast(values, "float32")
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
 class ProxyModel(keras.Model):
     """An embedder trained with a loss head whose class proxies train with it.
@@ -26,8 +45,10 @@ class ProxyModel(keras.Model):
         embedder: A Keras model (or layer) mapping inputs to `(B, D)`
             embeddings. A built functional/sequential model builds the head at
             once; otherwise it is built on the first call.
-        head: A head called as `head(embeddings, labels)` that returns
-            per-sample losses `(B,)`, e.g. `tfmetric.layers.ArcFace`.
+        head: A head: a Keras layer called as `head(embeddings, labels)`
+            that returns per-sample losses `(B,)`, e.g.
+            `tfmetric.layers.ArcFace`. Another output shape is a `ValueError`
+            at the first training step.
         **kwargs: Keras model arguments (`name`, ...).
 
     Example:
@@ -102,7 +123,7 @@ class ProxyModel(keras.Model):
                 "ProxyModel needs integer class labels `y` to compute its loss: "
                 "`model.fit(x, labels)`."
             )
-        values = ops.cast(self.head(y_pred, y), "float32")
+        values = _per_sample_losses(self.head, y_pred, y)
         if sample_weight is not None:
             values = values * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
         loss = ops.mean(values)

@@ -1,5 +1,7 @@
 """Siamese network: one shared embedding tower applied to the two inputs of a pair."""
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -13,19 +15,29 @@ __all__ = ["SiameseModel"]
 _NAMES = ("x1", "x2")
 
 
-def _pair_scores(head, e1, e2):
-    """`head(e1, e2)` as one value per pair, `(B,)`; a clear error for any other shape."""
-    scores = head(e1, e2)
-    shape = tuple(getattr(scores, "shape", ()))
-    if len(shape) == 2 and shape[-1] == 1:
-        return ops.squeeze(scores, axis=-1)
-    if len(shape) != 1:
+def _check_scores_shape(scorer, shape, embedding_shape):
+    batch = embedding_shape[0]
+    if shape not in ((batch,), (batch, 1)):
         raise ValueError(
-            f"`head` must return one value per pair, shape (batch,) or (batch, 1); "
-            f"{type(head).__name__} returns shape {shape} for embeddings of shape "
-            f"{tuple(e1.shape)}."
+            f"`scorer` must return one value per pair, shape (batch,) or (batch, 1); "
+            f"{type(scorer).__name__} returns shape {shape} for embeddings of shape "
+            f"{embedding_shape}."
         )
-    return scores
+
+
+def _pair_scores(scorer, e1, e2):
+    """`scorer(e1, e2)` as one value per pair, `(B,)`; a clear error for any other shape.
+
+    The symbolic batch is usually unknown, so the scorer is also traced on a
+    batch of 3 pairs: a scorer mixing the two batches is caught too.
+    """
+    scores = scorer(e1, e2)
+    _check_scores_shape(scorer, tuple(scores.shape), tuple(e1.shape))
+    if e1.shape[-1] is not None:
+        probe = keras.KerasTensor((3, e1.shape[-1]), dtype=e1.dtype)
+        spec = scorer.compute_output_spec(probe, probe)
+        _check_scores_shape(scorer, tuple(spec.shape), tuple(probe.shape))
+    return ops.squeeze(scores, axis=-1) if len(scores.shape) == 2 else scores
 
 
 _PAIR_LABEL_LOSS_NAMES = ("binary_crossentropy", "bce", "binary_focal_crossentropy")
@@ -74,21 +86,30 @@ class SiameseModel(keras.Model):
 
     A functional model (like keras-hub's task models): two `keras.Input`s
     `x1` and `x2`, the one `embedder` called on each, then a distance layer
-    (`tfmetric.layers.PairedDistance`) or a `head`. `summary()` and
+    (`tfmetric.layers.PairedDistance`) or a pair `scorer`. `summary()` and
     `keras.utils.plot_model` show the shared tower with its two inbound
     connections. `model.predict([x1, x2])` (or `{"x1": ..., "x2": ...}`)
     returns one value per pair, shape `(B,)`:
 
-    - without `head`: the distance `d(embedder(x1), embedder(x2))` (a
+    - without `scorer`: the distance `d(embedder(x1), embedder(x2))` (a
       similarity for similarity "distances" such as `"inner_product"`). Train
       it with `tfmetric.losses.PairContrastiveLoss` on `((x1, x2), same)` batches from
       `tfmetric.data.pair_dataset`, where **`same` = 1 for similar pairs**.
-    - with `head`: `head(embedder(x1), embedder(x2))`, for instance a learned
-      weighted L1 distance followed by a sigmoid (Koch et al. 2015,
+    - with `scorer`: `scorer(embedder(x1), embedder(x2))`, for instance a
+      learned weighted L1 distance followed by a sigmoid (Koch et al. 2015,
       `tfmetric.layers.WeightedL1`) giving the probability that the pair is
       similar, trained with `keras.losses.BinaryCrossentropy()` on the same
-      labels. Any Keras layer called on two embedding batches and returning
-      `(B,)` or `(B, 1)` works; another shape is an error here.
+      labels.
+
+    The pair scorer contract: a Keras layer called as `scorer(e1, e2)` on two
+    embedding batches of the same shape `(B, D)`, returning one score per pair,
+    shape `(B,)` (or `(B, 1)`, squeezed). Another output shape is a
+    `ValueError` when the model is built. Learned distances
+    (`tfmetric.layers.Mahalanobis`, `WeightedL1`) are pair scorers that also
+    tell their direction (`tfmetric.distances.direction_of(scorer)`); the
+    export reads it to decide `is_match`. (A "head", in tfmetric, is the other
+    contract: `head(embeddings, labels)` returning per-sample loss values, as
+    `tfmetric.models.ProxyModel` trains.)
 
     The input shape and dtype come from the embedder's own `keras.Input`
     (a functional or `Sequential` embedder); for a subclassed embedder or a
@@ -98,8 +119,9 @@ class SiameseModel(keras.Model):
     Attributes:
         embedder: The shared tower: embed single inputs with it for retrieval.
         distance: The `tfmetric.distances.Distance` of the distance layer
-            (used when there is no head).
-        head: The head layer, or `None`.
+            (used when there is no scorer).
+        scorer: The pair scorer layer, or `None`. (`head` is a deprecated
+            alias.)
 
     The model saves to `.keras` and loads without `custom_objects`, with
     `safe_mode=True`.
@@ -108,13 +130,14 @@ class SiameseModel(keras.Model):
         embedder: A Keras model or layer mapping a batch of inputs to
             embeddings `(B, D)`.
         distance: Name, config or `tfmetric.distances.Distance` used without
-            a head. Defaults to `"euclidean"`.
-        head: Optional Keras layer `head(e1, e2) -> (B,)` replacing the
-            distance. Defaults to `None`.
+            a scorer. Defaults to `"euclidean"`.
+        scorer: Optional pair scorer, a Keras layer `scorer(e1, e2) -> (B,)`
+            replacing the distance. Defaults to `None`.
         input_shape: Shape of one input sample, without the batch axis.
             Defaults to `None`: the embedder's input shape.
         input_dtype: Dtype of the inputs. Defaults to `None`: the embedder's
             input dtype, else `"float32"`.
+        head: Deprecated alias of `scorer` (a `DeprecationWarning`).
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -138,33 +161,55 @@ class SiameseModel(keras.Model):
         self,
         embedder,
         distance="euclidean",
-        head=None,
+        scorer=None,
         input_shape=None,
         input_dtype=None,
+        head=None,
         **kwargs,
     ):
         # === Layers ===
+        if head is not None:
+            if scorer is not None:
+                raise ValueError("Give `scorer` only; `head` is its deprecated alias.")
+            warnings.warn(
+                "`SiameseModel(head=...)` is deprecated: use `scorer=...` (a pair scorer; "
+                "\"head\" names the (embeddings, labels) -> loss layers of ProxyModel).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            scorer = head
         embedder = shared_tower.check_embedder(embedder)
         distance = distances_lib.get(distance)
-        if head is not None and not isinstance(head, keras.layers.Layer):
-            raise TypeError(f"`head` must be a Keras layer or None; got {type(head).__name__}.")
+        if scorer is not None and not isinstance(scorer, keras.layers.Layer):
+            raise TypeError(
+                "`scorer` must be a Keras layer called as `scorer(e1, e2)` or None; got "
+                f"{type(scorer).__name__}."
+            )
         shape, dtype = shared_tower.input_spec(embedder, input_shape, input_dtype)
 
         # === Functional model ===
         inputs = shared_tower.branch_inputs(_NAMES, shape, dtype)
         e1, e2 = (embedder(x) for x in inputs)
-        if head is None:
+        if scorer is None:
             scores = PairedDistance(distance, name="distance")(e1, e2)
         else:
-            scores = _pair_scores(head, e1, e2)
+            scores = _pair_scores(scorer, e1, e2)
         super().__init__(inputs=inputs, outputs=scores, **kwargs)
 
         # === Config ===
         self.embedder = embedder
         self.distance = distance
-        self.head = head
+        self.scorer = scorer
         self._input_shape_arg = None if input_shape is None else tuple(input_shape)
         self._input_dtype_arg = input_dtype
+
+    @property
+    def head(self):
+        """Deprecated alias of `scorer`."""
+        warnings.warn(
+            "`SiameseModel.head` is deprecated: use `scorer`.", DeprecationWarning, stacklevel=2
+        )
+        return self.scorer
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         inputs = shared_tower.unpack_inputs(inputs, _NAMES)
@@ -199,7 +244,9 @@ class SiameseModel(keras.Model):
             "trainable": self.trainable,
             "embedder": keras.saving.serialize_keras_object(self.embedder),
             "distance": distances_lib.serialize(self.distance),
-            "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
+            "scorer": None
+            if self.scorer is None
+            else keras.saving.serialize_keras_object(self.scorer),
             "input_shape": self._input_shape_arg,
             "input_dtype": self._input_dtype_arg,
         }
@@ -208,8 +255,11 @@ class SiameseModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
-        if config.get("head") is not None:
-            config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        # Files saved before the rename hold the scorer under "head".
+        scorer = config.pop("scorer", None) or config.pop("head", None)
+        config.pop("head", None)
+        if scorer is not None:
+            config["scorer"] = keras.saving.deserialize_keras_object(scorer)
         if config.get("input_shape") is not None:
             config["input_shape"] = tuple(config["input_shape"])
         return cls(**config)
