@@ -112,12 +112,6 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
         has_negative = ops.less(count, size)
         negative = negative_mask(labels)
 
-        def kth_positive(k):
-            # The k-th positive: the k-th member of the label's block, skipping self.
-            slot = start + k
-            slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
-            return ops.take(order, ops.minimum(slot, size - 1))
-
         def negatives():
             return negative_mask(labels)
 
@@ -130,9 +124,6 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
         has_negative = ops.any(negative, axis=1)
         running = ops.cumsum(positive_int, axis=1)
         negative_float = ops.cast(negative, "float32")
-
-        def kth_positive(k):
-            return row_argmax(running, ops.logical_and(positive, ops.equal(running, k + 1)))
 
         def negatives():
             return negative
@@ -149,8 +140,16 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
         return ops.relu(x), ops.cast(ops.greater(x, 0.0), "float32")
 
     def body(k, value, grad, nonzero):
-        valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
-        current = kth_positive(k)
+        if masks is None:
+            # The k-th positive: the k-th member of the label's block, skipping self.
+            slot = start + k
+            slot = slot + ops.cast(ops.greater_equal(slot, position), "int32")
+            valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
+            current = ops.take(order, ops.minimum(slot, size - 1))
+        else:
+            # The k-th positive column: where the running count of positives reaches k + 1.
+            valid = ops.logical_and(ops.greater(num_positive, k), has_negative)
+            current = row_argmax(running, ops.logical_and(positive, ops.equal(running, k + 1)))
         d_ap = take_columns(const, current)
         if semi_hard:
             farther = ops.logical_and(negatives(), ops.greater(const, ops.expand_dims(d_ap, 1)))
