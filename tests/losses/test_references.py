@@ -180,7 +180,7 @@ def test_scheduled_triplet_mining_with_references_follows_the_variable():
     mode = tf.Variable(0, dtype=tf.int32)
     loss.use_variables(mining=mode, modes=MINING_MODES)
 
-    @tf.function(jit_compile=True)
+    @tf.function  # XLA with a schedule: tests/models/test_cross_batch_memory.py
     def value(embeddings):
         with tf.GradientTape() as tape:
             tape.watch(embeddings)
