@@ -118,6 +118,7 @@ _BAD_ARGUMENTS = [
     ({"verify": "yes"}, "verify"),
     ({"parity": 3}, "parity"),
     ({"serving_base_path": 5}, "serving_base_path"),
+    ({"l2_normalize": "yes"}, "l2_normalize"),
 ]
 
 
@@ -130,6 +131,26 @@ def test_bad_export_arguments_fail_before_anything_is_written(
         export.export_for_serving(embedder, out, **kwargs)
     assert named in str(error.value), error.value
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda: export.ParityOptions(latency_runs=-1), "latency_runs"),
+        (lambda: export.ParityOptions(require="yes"), "require"),
+        (lambda: export.TFLiteOptions(["fp32"], retrieval="no"), "retrieval"),
+        (lambda: export.TFLiteOptions(["fp32"], verify=1), "verify"),
+        (lambda: export.VerifyOptions(threshold=math.nan), "threshold"),
+        (lambda: export.VerifyOptions(metric="auc"), "metric"),
+        (lambda: export.ImageSpec(0, 8), "height"),
+        (lambda: export.ImageSpec(8, 8, channels=4), "channels"),
+        (lambda: export.ImageSpec(8, 8, scaling="zscore"), "scaling"),
+    ],
+)
+def test_export_options_check_their_arguments(make, named):
+    with pytest.raises((ValueError, TypeError)) as error:
+        make()
+    assert_names(error.value, named)
 
 
 def test_output_that_is_a_file_or_foreign_folder(embedder, tmp_path):

@@ -281,3 +281,18 @@ def test_class_balanced_batches_are_balanced():
         assert counts.tolist() == [2, 2, 2]
         rows = [int(np.flatnonzero((_X == row).all(axis=1))[0]) for row in x.numpy()]
         np.testing.assert_array_equal(_Y[rows], y.numpy())
+
+
+@given(content=st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode)))
+def test_pairs_file_of_any_content_is_read_or_named(tmp_path_factory, content):
+    from tfmetric.metrics import read_pairs_file
+
+    folder = tmp_path_factory.mktemp("pairs")
+    path = folder / "pairs.txt"
+    path.write_bytes(content)
+    try:
+        pairs = read_pairs_file(path, folder, check_images=False)
+    except ValueError as error:
+        assert str(path) in str(error), error
+        return
+    assert len(pairs.same) > 0  # only a well-formed file is read

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from tfmetric._src import files
+from tfmetric._src import files, validation
 
 __all__ = ["TARGETS", "ParityOptions", "format_report", "parity_report"]
 
@@ -58,7 +58,7 @@ class ParityOptions:
         ):
             raise ValueError(f"`latency_runs` must be an integer >= 0; got {latency_runs!r}.")
         self.latency_runs = int(latency_runs)
-        self.require = bool(require)
+        self.require = validation.check_bool(require, "require")
 
     @classmethod
     def from_argument(cls, parity):

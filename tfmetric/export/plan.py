@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import validation as checks
 from tfmetric.export import gallery as gallery_lib
 from tfmetric.export import inputs as inputs_lib
 from tfmetric.export import model_loading, verification
@@ -302,6 +303,7 @@ def plan_export(
     else:
         distance, distance_source = distances_lib.get(distance), "argument"
     top_k = _check_top_k(top_k)
+    l2_normalize = checks.check_bool(l2_normalize, "l2_normalize")
     image_spec = _image_spec(image_spec, input_shape)
     tflite = TFLiteOptions.from_argument(tflite)
     parity = ParityOptions.from_argument(parity)

@@ -21,6 +21,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src import validation
+
 __all__ = ["VARIANTS", "LiteRTRunner", "TFLiteOptions", "convert_tflite"]
 
 VARIANTS = ("fp32", "fp16", "dynamic_int8", "int8")
@@ -62,8 +64,8 @@ class TFLiteOptions:
 
     def __init__(self, variants=(), retrieval=True, verify=True, representative=None):
         self.variants = check_variants(variants)
-        self.retrieval = bool(retrieval)
-        self.verify = bool(verify)
+        self.retrieval = validation.check_bool(retrieval, "retrieval")
+        self.verify = validation.check_bool(verify, "verify")
         self.representative = representative
 
     @classmethod

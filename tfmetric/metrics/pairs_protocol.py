@@ -85,8 +85,14 @@ def read_pairs_file(pairs_file, image_folder, extension="jpg", check_images=True
         raise ValueError(f"`pairs_file` {pairs_file!r} does not exist.")
     if not os.path.isdir(image_folder):
         raise ValueError(f"`image_folder` {image_folder!r} does not exist or is not a folder.")
-    with open(pairs_file, encoding="utf-8") as handle:
-        lines = [(n, line.split()) for n, line in enumerate(handle, 1) if line.strip()]
+    try:
+        with open(pairs_file, encoding="utf-8") as handle:
+            lines = [(n, line.split()) for n, line in enumerate(handle, 1) if line.strip()]
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"`pairs_file` {pairs_file!r} is not a text pairs file (byte {error.start} is not "
+            "UTF-8)."
+        ) from None
     if not lines:
         raise ValueError(f"`pairs_file` {pairs_file!r} is empty.")
     header = lines[0][1]

@@ -230,7 +230,7 @@ class TwoTowerModel(keras.Model):
                     gallery=tower_gallery,
                     distance="inner_product",
                     top_k=top_k,
-                    l2_normalize=self.normalize,
+                    l2_normalize=bool(self.normalize),
                 )
                 os.replace(target, path)
                 files.give_normal_modes(path)
