@@ -82,8 +82,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (tmp_path / f".tmp-{os.getpid()}-live").mkdir()
     (tmp_path / ".tmp-notapid").write_text("x")
     (tmp_path / "kept").write_text("x")
-    assert files.remove_stale_temporaries(tmp_path) == []  # too recent: maybe still written
-    removed = files.remove_stale_temporaries(tmp_path, now=time.time() + 60)
+    removed = files.remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted([f".tmp-{dead_pid}-abc", f".tmp-{dead_pid}-defreport.json"])
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f".tmp-{os.getpid()}-live", ".tmp-notapid", "kept"]
@@ -120,7 +119,7 @@ def test_stale_temporaries_rules(tmp_path):
     other_host = "0" * 8 if host != "0" * 8 else "1" * 8
     names = {
         f".tmp-{dead}@{host}-old.npz": (60, True),  # killed writer, untouched: removed
-        f".tmp-{dead}@{host}-new.npz": (1, False),  # just touched: kept for now
+        f".tmp-{dead}@{host}-new.npz": (0, True),  # its process is gone: removed at once
         f".tmp-{live}@{host}-old.npz": (3600, False),  # a live writer: never removed
         f".tmp-{dead}@{other_host}-a.npz": (3600, False),  # another host, 1 h: kept
         f".tmp-{dead}@{other_host}-b.npz": (3 * 86400, True),  # another host, 3 days: removed
@@ -135,16 +134,23 @@ def test_stale_temporaries_rules(tmp_path):
     (stale_dir / "sub" / "f").write_text("x")
     for path in (stale_dir / "sub" / "f", stale_dir / "sub", stale_dir):
         _age(path, 60)
-    busy_dir = tmp_path / f".tmp-{dead}@{host}-busy"
+    busy_dir = tmp_path / f".tmp-{dead}@{other_host}-busy"  # from elsewhere, idle for 3 days
     (busy_dir / "sub").mkdir(parents=True)
-    _age(busy_dir, 60)
-    (busy_dir / "sub" / "f").write_text("being written")  # recent change deep inside: kept
+    _age(busy_dir, 3 * 86400)
+    (busy_dir / "sub" / "f").write_text("being written")  # but a recent change inside: kept
     removed = files.remove_stale_temporaries(tmp_path)
     expected = sorted([n for n, (_, gone) in names.items() if gone] + [stale_dir.name])
     assert sorted(removed) == expected
     assert sorted(os.listdir(tmp_path)) == sorted(
         [n for n, (_, gone) in names.items() if not gone] + [busy_dir.name]
     )
+
+
+def test_host_tag_tells_process_id_namespaces_apart(monkeypatch):
+    tag = files._host_tag()
+    assert len(tag) == 8 and tag == files._host_tag()
+    monkeypatch.setattr(files.socket, "gethostname", lambda: "another-host")
+    assert files._host_tag() != tag
 
 
 def test_a_later_save_removes_what_a_killed_save_left(tmp_path):
@@ -154,7 +160,6 @@ def test_a_later_save_removes_what_a_killed_save_left(tmp_path):
 
     stale = tmp_path / f".tmp-{_dead_pid()}@{files._host_tag()}-abcindex.npz"
     stale.write_bytes(b"half an index")
-    _age(stale, 60)
     index = ExactIndex()
     index.add(np.eye(3, dtype="float32"))
     index.save(tmp_path / "index.npz")
@@ -191,7 +196,7 @@ def test_really_killed_writer_is_cleaned_but_a_running_one_is_not(tmp_path):
         killed.kill()
         killed.wait()
         for tmp in (running_tmp, killed_tmp):
-            _age(tmp, 60)  # both untouched for a minute
+            _age(tmp, 3 * 86400)  # both untouched for days: the process decides, not the age
         files.write_text(tmp_path / "c.txt", "x")
         assert not os.path.exists(killed_tmp)
         assert os.path.exists(running_tmp)  # a concurrent writer's file is never removed

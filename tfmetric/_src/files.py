@@ -9,16 +9,16 @@ would have (0666 / 0777 minus the umask), so another user (a TF Serving
 container, a teammate) can read it.
 
 Every temporary has one name pattern, `.tmp-<pid>@<host>-<random><suffix>`
-(`<host>` a short hash of the host name): `remove_stale_temporaries` finds
-them, and every atomic write and temporary directory first removes the stale
-ones of its directory (left by a killed writer: a killed `ExactIndex.save`, a
-killed export), so a later write cleans what an earlier one left. A
-temporary is stale when its writer ran on this host, is no longer running
-and the temporary has not been touched for `STALE_AFTER_SECONDS`; one written
-on another host (a shared directory: its process id means nothing here) only
-after `FOREIGN_STALE_AFTER_SECONDS` untouched. A concurrent writer's
-temporary is never removed: its process is alive (or, on another host, it is
-being written).
+(`<host>` a short hash of the host name and its process-id namespace):
+`remove_stale_temporaries` finds them, and every atomic write and temporary
+directory first removes the stale ones of its directory (left by a killed
+writer: a killed `ExactIndex.save`, a killed export), so a later write cleans
+what an earlier one left. A temporary is stale when its writer ran on this
+host (in this process-id namespace) and is no longer running; one written
+elsewhere (a shared directory, another container: its process id means
+nothing here) only after `FOREIGN_STALE_AFTER_SECONDS` untouched. A
+concurrent writer's temporary is never removed: its process is alive (or,
+elsewhere, it is being written).
 
 `read_npz` is the one reader of `.npz` archives: a missing, empty, truncated
 or garbage file raises an error naming the file, never numpy's or zipfile's.
@@ -38,7 +38,6 @@ import zipfile
 import numpy as np
 
 TEMPORARY_PREFIX = ".tmp-"
-STALE_AFTER_SECONDS = 10.0
 FOREIGN_STALE_AFTER_SECONDS = 24 * 3600.0
 _TEMPORARY = re.compile(r"\.tmp-([0-9]+)(?:@([0-9a-f]{8}))?-")
 
@@ -60,7 +59,12 @@ def directory_mode():
 
 
 def _host_tag():
-    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+    """Where process ids mean the same: the host name and the process-id namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # Linux: containers differ here
+    except OSError:
+        namespace = ""
+    return hashlib.sha1(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:8]
 
 
 def _temporary_name():
@@ -168,11 +172,10 @@ def remove_stale_temporaries(directory, now=None):
     """Removes the temporaries in `directory` that killed writers left behind.
 
     A temporary (`.tmp-<pid>@<host>-...`) is stale when its process ran on
-    this host, is no longer running, and nothing in it changed for
-    `STALE_AFTER_SECONDS`; one from another host when nothing in it changed for
-    `FOREIGN_STALE_AFTER_SECONDS`. Those of running processes (this one
-    included) are kept: they may be writing right now; so are entries of any
-    other name.
+    this host (same process-id namespace) and is no longer running; one from
+    elsewhere when nothing in it changed for `FOREIGN_STALE_AFTER_SECONDS`.
+    Those of running processes (this one included) are kept: they may be
+    writing right now; so are entries of any other name.
 
     Args:
         directory: The directory to clean (a missing one is ignored).
@@ -195,7 +198,7 @@ def remove_stale_temporaries(directory, now=None):
         pid, entry_host = int(match.group(1)), match.group(2)
         path = os.path.join(directory, entry)
         if entry_host in (None, host):
-            if _alive(pid) or _last_change(path) > now - STALE_AFTER_SECONDS:
+            if _alive(pid):
                 continue
         elif _last_change(path) > now - FOREIGN_STALE_AFTER_SECONDS:
             continue
