@@ -14,6 +14,7 @@ from sklearn import metrics as sk_metrics
 
 from tfmetric import distances as distances_lib
 from tfmetric import metrics
+from tfmetric.index import ExactIndex
 
 RETRIEVAL_KEYS = ("precision_at_1", "map_at_r", "r_precision")
 VERIFICATION_KEYS = ("roc_auc", "eer")
@@ -26,17 +27,22 @@ def _dissimilarity(distance, queries, references):
 
 
 def nearest_neighbors(embeddings, k, distance="euclidean"):
-    """Indices `(N, k)` of each sample's k nearest other samples, closest first."""
-    distance = distances_lib.get(distance)
+    """Indices `(N, k)` of each sample's k nearest other samples, closest first.
+
+    Exact search of `tfmetric.index.ExactIndex` for `k + 1` neighbours, the
+    sample itself then dropped (or the farthest one, where duplicates of the
+    sample fill the `k + 1`).
+    """
     x = np.asarray(embeddings, np.float32)
-    k = min(k, len(x) - 1)
-    out = np.empty((len(x), k), np.int64)
-    for start in range(0, len(x), _CHUNK):
-        d = _dissimilarity(distance, x[start : start + _CHUNK], x)
-        rows = np.arange(d.shape[0])
-        d[rows, start + rows] = np.inf
-        out[start : start + _CHUNK] = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return out
+    k = max(0, min(k, len(x) - 1))
+    if k == 0:
+        return np.zeros((len(x), 0), np.int64)
+    index = ExactIndex(distance)
+    index.add(x)
+    ids, _, _ = index.search(x, k + 1)
+    own = ids == np.arange(len(x))[:, None]
+    others_first = np.argsort(own, axis=1, kind="stable")
+    return np.take_along_axis(ids, others_first, axis=1)[:, :k].astype(np.int64)
 
 
 def verification_pairs(labels, max_pairs=200_000, seed=0):

@@ -5,7 +5,7 @@ import pytest
 from metric_references import metrics_from_relevance, ranked_relevance
 
 import tfmetric
-from tfmetric.metrics import _ranking, _topk
+from tfmetric.metrics import _topk
 
 FAMILY = [
     "precision_at_1",
@@ -36,7 +36,7 @@ def _check(q, ql, g, gl, distance="euclidean"):
 def test_top_k_path_matches_full_sort_reference(distance, integer, leave_one_out, monkeypatch):
     # Small integers give many exact ties, also across the top-K boundary; a tiny
     # element budget forces several gallery blocks and query chunks.
-    monkeypatch.setattr(_ranking, "ELEMENT_BUDGET", 256)
+    monkeypatch.setattr(_topk, "ELEMENT_BUDGET", 256)
     monkeypatch.setattr(_topk, "MAX_QUERY_CHUNK", 16)
     rng = np.random.default_rng(7)
     make = (lambda n: rng.integers(-2, 3, size=(n, 3))) if integer else (

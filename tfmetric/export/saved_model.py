@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
+from tfmetric._src import topk
 
 __all__ = ["METADATA_FILENAME", "exact_search", "save_embedder", "write_saved_model"]
 
@@ -60,11 +61,14 @@ class _ExportModule(tf.Module):
 def exact_search(queries, gallery, distance, k):
     """Top-`k` gallery rows for each query: `(distances, indices)`, nearest first.
 
-    Exact brute-force search in float32; with a similarity (`inner_product`)
-    the returned values are similarities, largest first. Ties keep the lower
-    gallery row first.
+    Exact brute-force search in float32 (`tfmetric._src.topk`, the search of
+    `tfmetric.index.ExactIndex`, traced to plain TensorFlow ops); with a
+    similarity (`inner_product`) the returned values are similarities, largest
+    first. Ties keep the lower gallery row first.
     """
-    values, indices = tf.math.top_k(distance.closeness(queries, gallery), k=k)
+    values, indices = topk.top_k_blocks(
+        queries, gallery[None], lambda q, block, _: distance.closeness(q, block), k
+    )
     return distance.from_closeness(values), indices
 
 

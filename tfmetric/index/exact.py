@@ -1,58 +1,10 @@
-"""Exact (brute-force) nearest-neighbour search: chunked matmul + top-k under XLA."""
+"""Exact (brute-force) nearest-neighbour search: chunked matmul + top-k (`tfmetric._src.topk`)."""
 
 import keras
-import numpy as np
-from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, validation
-from tfmetric._src import compile as backend_compile
+from tfmetric._src import topk, validation
 from tfmetric.index.base import Index
-
-_COMPILED = cache.FunctionCache()
-
-
-def _search_fn(distance, k):
-    """A compiled `(queries, gallery blocks, valid) -> (scores, positions)`.
-
-    Scores are oriented so that larger is closer (negated distances). The
-    gallery arrives as `(blocks, block_size, d)`; a while loop keeps the best
-    `k` so far and merges each block's top-k into it. `tf.math.top_k` puts the
-    lower index first among equal values, and earlier blocks come first in
-    the merge, so ties go to the embedding added first.
-    """
-    return _COMPILED.get((distance, k), lambda: _build_search(distance, k))
-
-
-def _build_search(distance, k):
-
-    def search(queries, blocks, valid):
-        num_blocks, block_size = blocks.shape[0], blocks.shape[1]
-        chunk = queries.shape[0]
-
-        def body(i, best_scores, best_positions):
-            scores = distance.closeness(queries, blocks[i])
-            scores = ops.where(valid[i][None, :], scores, -np.inf)
-            top_scores, top = ops.top_k(scores, k)
-            merged_scores = ops.concatenate([best_scores, top_scores], axis=1)
-            merged = ops.concatenate(
-                [best_positions, ops.cast(top, "int32") + i * block_size], axis=1
-            )
-            best_scores, chosen = ops.top_k(merged_scores, k)
-            return i + 1, best_scores, ops.take_along_axis(merged, chosen, axis=1)
-
-        _, best_scores, best_positions = ops.while_loop(
-            lambda i, *_: i < num_blocks,
-            body,
-            (
-                ops.convert_to_tensor(0, "int32"),
-                ops.full((chunk, k), -np.inf, "float32"),
-                ops.zeros((chunk, k), "int32"),
-            ),
-        )
-        return distance.from_closeness(best_scores), best_positions
-
-    return backend_compile.backend_jit(search)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -94,32 +46,17 @@ class ExactIndex(Index):
     def _changed(self):
         self._blocks = None
 
-    def _gallery_blocks(self, k):
-        block = max(k, min(self.gallery_chunk_size, self.size))
-        if self._blocks is None or self._blocks[0].shape[1] != block:
-            num_blocks = -(-self.size // block)
-            pad = num_blocks * block - self.size
-            padded = np.concatenate(
-                [self._embeddings, np.zeros((pad, self.dim), np.float32)]
-            ).reshape(num_blocks, block, self.dim)
-            valid = (np.arange(num_blocks * block) < self.size).reshape(num_blocks, block)
-            self._blocks = (backend_compile.tensor(padded), backend_compile.tensor(valid))
+    def _gallery_blocks(self):
+        if self._blocks is None:
+            self._blocks = topk.tensor_blocks(self._embeddings, self.gallery_chunk_size)
         return self._blocks
 
     def _search(self, queries, k):
-        search = _search_fn(self.distance, k)
-        blocks, valid = self._gallery_blocks(k)
-        chunk = min(self.query_chunk_size, len(queries))
-        distances, positions = [], []
-        for begin in range(0, len(queries), chunk):
-            part = queries[begin : begin + chunk]
-            rows = len(part)
-            if rows < chunk:
-                part = np.concatenate([part, np.zeros((chunk - rows, self.dim), np.float32)])
-            d, p = search(backend_compile.tensor(part), blocks, valid)
-            distances.append(backend_compile.numpy(d)[:rows])
-            positions.append(backend_compile.numpy(p)[:rows])
-        return np.concatenate(positions).astype(np.int64), np.concatenate(distances)
+        blocks, valid = self._gallery_blocks()
+        positions, distances = topk.search_blocks(
+            queries, blocks, valid, self.distance, k, self.query_chunk_size
+        )
+        return positions, distances
 
     def get_config(self):
         return {

@@ -17,18 +17,19 @@ one ranks before it):
 - the rank of the first relevant reference is read from the top `K` when one is
   there, else counted in the second pass (`1 + #{non-relevant <= its distance}`).
 
-The second pass over the gallery runs (under `ops.cond`) only for a chunk of
-queries that needs it. Per chunk of queries (XLA-compiled by the Keras backend:
-`tf.function(jit_compile=True)` or `jax.jit`; static shapes) the
-gallery is scanned in blocks with a running top-`K+1` merge, so memory is
-O(chunk × block) whatever the gallery size.
+Per chunk of queries, one compiled call (XLA through the Keras backend:
+`tf.function(jit_compile=True)` or `jax.jit`; static shapes) runs the search
+of `tfmetric._src.topk` (gallery in blocks, running top-`K+1` merge: memory
+O(chunk × block) whatever the gallery size) and the ranks within the top `K`.
+The second pass over the gallery is a separate compiled function, called
+(and compiled) only for a chunk with a query that needs it.
 """
 
 import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache
+from tfmetric._src import cache, topk
 from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
@@ -37,131 +38,113 @@ from tfmetric.metrics import _ranking
 # path of `_ranking` is used instead.
 MAX_K = 1024
 MAX_QUERY_CHUNK = 256
+# Largest number of elements of one (chunk, gallery block) matrix: 2**25 float32
+# = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
+ELEMENT_BUDGET = 1 << 25
 
 _COMPILED = cache.FunctionCache()
 
 
-def _compiled_fn(distance, k):
-    return _COMPILED.get((distance, k), lambda: _build_fn(distance, k))
+def _own_position(q_self, block_size, i):
+    """`(chunk, block)` mask of each query's own position in gallery block `i`."""
+    position = i * block_size + ops.arange(block_size, dtype="int32")
+    return ops.equal(position[None, :], q_self[:, None])
 
 
-def _build_fn(distance, k):
-    inf = np.float32(np.inf)
+def _compiled_search(distance, k):
+    return _COMPILED.get(("search", distance, k), lambda: _build_search(distance, k))
 
-    def block_distances(q, q_self, block, valid_block, i):
-        block_size = block.shape[0]
-        d = distance.dissimilarity(q, block)
-        position = i * block_size + ops.arange(block_size, dtype="int32")
-        excluded = ops.logical_or(
-            ops.logical_not(valid_block)[None, :], ops.equal(position[None, :], q_self[:, None])
-        )
-        return ops.where(excluded, inf, d), excluded
 
-    def chunk_fn(q, q_id, q_self, blocks, block_ids, valid):
-        num_blocks, block_size = blocks.shape[0], blocks.shape[1]
-        chunk = q.shape[0]
-        k1 = k + 1
-        flat_ids = ops.reshape(block_ids, [-1])
+def _build_search(distance, k):
+    """Top-`K+1` search and ranks within the top `K` of a chunk of queries."""
 
-        def scan(i, best, best_pos, p1):
-            block, ids, ok = blocks[i], block_ids[i], valid[i]
-            d, excluded = block_distances(q, q_self, block, ok, i)
-            same = ops.logical_and(ops.equal(ids[None, :], q_id[:, None]), ~excluded)
-            p1 = ops.minimum(p1, ops.min(ops.where(same, d, inf), axis=1))
-            neg, pos = ops.top_k(-d, k1)
-            merged = ops.concatenate([best, neg], axis=1)
-            merged_pos = ops.concatenate(
-                [best_pos, ops.cast(pos, "int32") + i * block_size], axis=1
-            )
-            best, chosen = ops.top_k(merged, k1)
-            return i + 1, best, ops.take_along_axis(merged_pos, chosen, axis=1), p1
+    def search(q, q_id, q_self, blocks, block_ids, valid):
+        def score_fn(queries, block, i):
+            # Closeness with the query itself (leave-one-out) at -inf; padding
+            # is masked by `top_k_blocks`.
+            scores = distance.closeness(queries, block)
+            return ops.where(_own_position(q_self, block.shape[0], i), -np.inf, scores)
 
-        _, neg_top, top_pos, p1 = ops.while_loop(
-            lambda i, *_: i < num_blocks,
-            scan,
-            (
-                ops.convert_to_tensor(0, "int32"),
-                ops.full((chunk, k1), -inf, "float32"),
-                ops.zeros((chunk, k1), "int32"),
-                ops.full((chunk,), inf, "float32"),
-            ),
-        )
-        top_d = -neg_top  # ascending
+        top_closeness, top_pos = topk.top_k_blocks(q, blocks, score_fn, k + 1, valid)
+        top_d = -top_closeness  # dissimilarities, ascending
         finite = ops.isfinite(top_d)
-        rel = ops.logical_and(ops.equal(ops.take(flat_ids, top_pos), q_id[:, None]), finite)
-        d_k, rel_k, finite_k = top_d[:, :k], rel[:, :k], finite[:, :k]
-        nonrel_k = ops.logical_and(finite_k, ~rel_k)
+        top_ids = ops.take(ops.reshape(block_ids, [-1]), ops.maximum(top_pos, 0))
+        rel = ops.logical_and(ops.equal(top_ids, q_id[:, None]), finite)
+        d_k, rel_k = top_d[:, :k], rel[:, :k]
+        nonrel_k = ops.logical_and(finite[:, :k], ~rel_k)
         boundary = d_k[:, -1]
         tie_across = ops.logical_and(ops.equal(boundary, top_d[:, k]), finite[:, k])
-        any_rel = ops.any(rel_k, axis=1)
-        has_relevant = ops.isfinite(p1)
-        need = ops.any(ops.logical_or(tie_across, ops.logical_and(has_relevant, ~any_rel)))
-
-        def count_pass():
-            def body(i, below_first, below_boundary):
-                d, excluded = block_distances(q, q_self, blocks[i], valid[i], i)
-                other = ops.logical_and(
-                    ops.not_equal(block_ids[i][None, :], q_id[:, None]), ~excluded
-                )
-                below_first += ops.sum(
-                    ops.cast(ops.logical_and(other, d <= p1[:, None]), "int32"), axis=1
-                )
-                below_boundary += ops.sum(
-                    ops.cast(ops.logical_and(other, d <= boundary[:, None]), "int32"), axis=1
-                )
-                return i + 1, below_first, below_boundary
-
-            zeros = ops.zeros((chunk,), "int32")
-            _, below_first, below_boundary = ops.while_loop(
-                lambda i, *_: i < num_blocks,
-                body,
-                (ops.convert_to_tensor(0, "int32"), zeros, zeros),
-            )
-            return below_first, below_boundary
-
-        def no_pass():
-            zeros = ops.zeros((chunk,), "int32")
-            return zeros, zeros
-
-        below_first, below_boundary = ops.cond(need, count_pass, no_pass)
-        # Non-relevant references of the top K at a distance <= each slot's.
-        le = d_k[:, None, :] <= d_k[:, :, None]
-        nonrel_before = ops.sum(
-            ops.cast(ops.logical_and(le, nonrel_k[:, None, :]), "int32"), axis=2
+        # Non-relevant references of the top K at a distance <= each slot's: the
+        # running count at the last slot of its run of equal distances (the
+        # distances are sorted), the largest running count of the run.
+        chunk = d_k.shape[0]
+        starts = ops.concatenate(
+            [ops.ones((chunk, 1), "bool"), ops.not_equal(d_k[:, 1:], d_k[:, :-1])], axis=1
         )
+        runs = ops.cumsum(ops.cast(starts, "int32"), axis=1) - 1
+        runs = runs + k * ops.arange(chunk, dtype="int32")[:, None]
+        running = ops.reshape(ops.cumsum(ops.cast(nonrel_k, "int32"), axis=1), [-1])
+        run_end = ops.segment_max(running, ops.reshape(runs, [-1]), num_segments=chunk * k)
+        nonrel_before = ops.take(run_end, runs)
+        at_boundary = ops.equal(d_k, boundary[:, None])
         nonrel_at_boundary = ops.sum(
             ops.cast(ops.logical_and(nonrel_k, d_k <= boundary[:, None]), "int32"), axis=1
         )
-        outside = ops.where(tie_across, below_boundary - nonrel_at_boundary, 0)
-        extra = ops.where(ops.equal(d_k, boundary[:, None]), outside[:, None], 0)
-        j = ops.cumsum(ops.cast(rel_k, "int32"), axis=1)
-        rank = j + nonrel_before + extra
-        big = np.int32(np.iinfo(np.int32).max)
-        first_in_top = ops.min(ops.where(rel_k, rank, big), axis=1)
-        first_rank = ops.where(any_rel, first_in_top, 1 + below_first)
-        first_rank = ops.where(has_relevant, first_rank, 0)
-        return first_rank, rank, rel_k
+        rank = ops.cumsum(ops.cast(rel_k, "int32"), axis=1) + nonrel_before
+        return rank, rel_k, at_boundary, boundary, tie_across, nonrel_at_boundary
 
-    return backend_compile.backend_jit(chunk_fn)
+    return backend_compile.backend_jit(search)
 
 
-def _blocks(gallery, gallery_ids, block_size):
-    """`(blocks, block_size, d)` gallery, its ids and a validity mask (the tail padded)."""
-    n, dim = gallery.shape
-    num_blocks = -(-n // block_size)
-    pad = num_blocks * block_size - n
-    valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
-    gallery = np.concatenate([gallery, np.zeros((pad, dim), gallery.dtype)])
-    ids = np.concatenate([gallery_ids, np.full(pad, -2, np.int32)])
-    return (
-        gallery.reshape(num_blocks, block_size, dim),
-        ids.reshape(num_blocks, block_size),
-        valid.reshape(num_blocks, block_size),
-    )
+def _compiled_count(distance):
+    return _COMPILED.get(("count", distance), lambda: _build_count(distance))
+
+
+def _build_count(distance):
+    """The second pass: non-relevant references up to the first relevant one and the boundary."""
+    inf = np.float32(np.inf)
+
+    def count(q, q_id, q_self, boundary, blocks, block_ids, valid):
+        num_blocks, block_size = blocks.shape[0], blocks.shape[1]
+        chunk = q.shape[0]
+
+        def block_pass(body, init):
+            start = ops.convert_to_tensor(0, "int32")
+            return ops.while_loop(lambda i, *_: i < num_blocks, body, (start,) + init)[1:]
+
+        def block_distances(i):
+            d = distance.dissimilarity(q, blocks[i])
+            excluded = ops.logical_or(
+                ops.logical_not(valid[i])[None, :], _own_position(q_self, block_size, i)
+            )
+            return ops.where(excluded, inf, d), excluded
+
+        def first_body(i, p1):
+            d, excluded = block_distances(i)
+            same = ops.logical_and(ops.equal(block_ids[i][None, :], q_id[:, None]), ~excluded)
+            return i + 1, ops.minimum(p1, ops.min(ops.where(same, d, inf), axis=1))
+
+        (p1,) = block_pass(first_body, (ops.full((chunk,), inf, "float32"),))
+
+        def count_body(i, below_first, below_boundary):
+            d, excluded = block_distances(i)
+            other = ops.logical_and(ops.not_equal(block_ids[i][None, :], q_id[:, None]), ~excluded)
+            below_first += ops.sum(
+                ops.cast(ops.logical_and(other, d <= p1[:, None]), "int32"), axis=1
+            )
+            below_boundary += ops.sum(
+                ops.cast(ops.logical_and(other, d <= boundary[:, None]), "int32"), axis=1
+            )
+            return i + 1, below_first, below_boundary
+
+        zeros = ops.zeros((chunk,), "int32")
+        return tuple(block_pass(count_body, (zeros, zeros)))
+
+    return backend_compile.backend_jit(count)
 
 
 def _sizes(num_queries, gallery_size, k):
-    """(query chunk, gallery block): chunk × block within `_ranking.ELEMENT_BUDGET`.
+    """(query chunk, gallery block): chunk × block within `ELEMENT_BUDGET`.
 
     The query chunk stays large (the distance block is a real matrix product,
     not a memory-bound matrix-vector one) and the gallery is cut into as few
@@ -169,7 +152,7 @@ def _sizes(num_queries, gallery_size, k):
     """
     chunk = max(1, min(MAX_QUERY_CHUNK, 1 << (max(1, num_queries) - 1).bit_length()))
     total = max(gallery_size, k + 1)
-    max_block = max(k + 1, _ranking.ELEMENT_BUDGET // chunk)
+    max_block = max(k + 1, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
     return chunk, max(k + 1, -(-block // 8) * 8)
@@ -208,8 +191,10 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         q_self = np.full(len(query), -1, np.int32)
     k = int(max(1, num_relevant.max()))
     chunk, block = _sizes(len(query), len(gallery), k)
-    blocks, block_ids, valid = (backend_compile.tensor(a) for a in _blocks(gallery, g_id, block))
-    chunk_fn = _compiled_fn(distance, k)
+    blocks, valid, block_ids = (
+        backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, g_id)
+    )
+    search = _compiled_search(distance, k)
     first_rank = np.zeros(len(query), np.int64)
     r_hits = np.zeros(len(query), np.int64)
     map_at_r_sum = np.zeros(len(query), np.float64)
@@ -219,16 +204,31 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         def padded(a, fill=0, begin=begin, stop=stop):
             return _ranking.padded_chunk(a, begin, stop, chunk, fill)
 
-        first, rank, rel = chunk_fn(
-            padded(query), padded(q_id, -1), padded(q_self, -1), blocks, block_ids, valid
+        inputs = (padded(query), padded(q_id, -1), padded(q_self, -1))
+        outputs = search(*inputs, blocks, block_ids, valid)
+        rank, rel, at_boundary, boundary, tie_across, nonrel_at_boundary = (
+            backend_compile.numpy(value) for value in outputs
         )
         n = stop - begin
-        rank = backend_compile.numpy(rank)[:n].astype(np.float64)
-        rel = backend_compile.numpy(rel)[:n]
-        r = num_relevant[begin:stop, None]
-        within = rel & (rank <= r)
+        r = num_relevant[begin:stop]
+        rank, rel, tie_across = rank[:n].astype(np.int64), rel[:n], tie_across[:n]
+        any_rel = rel.any(axis=1)
+        missing = (r > 0) & ~any_rel
+        below_first = np.zeros(n, np.int64)
+        if tie_across.any() or missing.any():
+            below_first, below_boundary = (
+                backend_compile.numpy(value)[:n]
+                for value in _compiled_count(distance)(
+                    *inputs, backend_compile.tensor(boundary), blocks, block_ids, valid
+                )
+            )
+            outside = np.where(tie_across, below_boundary - nonrel_at_boundary[:n], 0)
+            rank += np.where(at_boundary[:n], outside[:, None], 0)
+        big = np.iinfo(np.int64).max
+        first = np.where(any_rel, np.where(rel, rank, big).min(axis=1), 1 + below_first)
+        first_rank[begin:stop] = np.where(r > 0, first, 0)
+        within = rel & (rank <= r[:, None])
         j = np.cumsum(rel, axis=1)
-        first_rank[begin:stop] = backend_compile.numpy(first)[:n]
         r_hits[begin:stop] = within.sum(axis=1)
         map_at_r_sum[begin:stop] = np.where(within, j / np.maximum(rank, 1.0), 0.0).sum(axis=1)
     return _ranking.Ranks(

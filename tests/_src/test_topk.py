@@ -1,0 +1,80 @@
+"""The one exact top-k search against a numpy stable-argsort reference."""
+
+import numpy as np
+import pytest
+
+import tfmetric
+from tfmetric._src import topk
+
+
+def _reference(queries, gallery, k, similarity=False, exclude_self=False):
+    """Stable argsort of the float64 distances: ties keep the lower gallery row first."""
+    if similarity:
+        scores = queries.astype(np.float64) @ gallery.T.astype(np.float64)
+    else:
+        diff = queries[:, None, :].astype(np.float64) - gallery[None, :, :]
+        scores = -np.sqrt(np.sum(diff**2, axis=2))
+    if exclude_self:
+        scores[np.arange(len(queries)), np.arange(len(queries))] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(scores, order, axis=1)
+    found = np.isfinite(values)
+    positions = np.where(found, order, -1)
+    values = values if similarity else -values
+    return positions, values, found
+
+
+@pytest.fixture(scope="module")
+def integer_data():
+    # Small integer coordinates: many exact ties, distances exact in float32.
+    rng = np.random.default_rng(3)
+    queries = rng.integers(-2, 3, size=(13, 3)).astype(np.float32)
+    gallery = rng.integers(-2, 3, size=(29, 3)).astype(np.float32)
+    return queries, gallery
+
+
+@pytest.mark.parametrize("block", [29, 8, 3])
+@pytest.mark.parametrize("k", [1, 7, 29])
+def test_search_matches_stable_argsort_with_ties(integer_data, block, k):
+    queries, gallery = integer_data
+    distance = tfmetric.distances.get("euclidean")
+    positions, values = topk.search(queries, gallery, distance, k, 5, block)
+    expected_positions, expected_values, _ = _reference(queries, gallery, k)
+    _, full, _ = _reference(queries, gallery, len(gallery))
+    assert np.any(full[:, k - 1] == full[:, min(k, len(gallery) - 1)])  # ties at the cut
+    np.testing.assert_array_equal(positions, expected_positions)
+    np.testing.assert_allclose(values, expected_values, rtol=1e-6)
+
+
+def test_k_larger_than_the_gallery_pads_with_no_result(integer_data):
+    queries, gallery = integer_data
+    distance = tfmetric.distances.get("euclidean")
+    positions, values = topk.search(queries, gallery[:5], distance, 8, 4, 2)
+    expected_positions, expected_values, _ = _reference(queries, gallery[:5], 5)
+    np.testing.assert_array_equal(positions[:, :5], expected_positions)
+    np.testing.assert_allclose(values[:, :5], expected_values, rtol=1e-6)
+    assert np.all(positions[:, 5:] == -1)
+    assert np.all(values[:, 5:] == np.inf)
+
+
+def test_similarity_and_leave_one_out(integer_data):
+    queries, _ = integer_data
+    distance = tfmetric.distances.get("inner_product")
+    positions, values = topk.search(queries, queries, distance, 13, 4, 5, exclude_self=True)
+    expected_positions, expected_values, found = _reference(
+        queries, queries, 13, similarity=True, exclude_self=True
+    )
+    assert not found[:, -1].any()  # 12 other queries, then no result
+    np.testing.assert_array_equal(positions, expected_positions)
+    np.testing.assert_array_equal(values[:, :12], expected_values[:, :12])
+    assert np.all(values[:, 12] == -np.inf)
+    assert not np.any(positions == np.arange(13)[:, None])
+
+
+def test_gallery_blocks_pad_and_mask():
+    gallery = np.arange(10, dtype=np.float32).reshape(5, 2)
+    blocks, valid, ids = topk.gallery_blocks(gallery, 2, np.arange(5))
+    assert blocks.shape == (3, 2, 2) and valid.shape == (3, 2)
+    np.testing.assert_array_equal(valid.ravel(), [1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(ids.ravel(), [0, 1, 2, 3, 4, -1])
+    np.testing.assert_array_equal(blocks.reshape(6, 2)[:5], gallery)

@@ -1,0 +1,176 @@
+"""Exact top-k search over a gallery scanned in blocks: the one implementation.
+
+`top_k_blocks` is written with `keras.ops`, so the same code is traced by
+`tf.function` (the exact index and the metrics under TensorFlow, and the
+SavedModel's `retrieve` signature, a plain TensorFlow graph), compiled by XLA
+(`tf.function(jit_compile=True)`) or by `jax.jit`. Per gallery block it takes
+a matrix of scores (larger is closer), its `k` best columns with `top_k`, and
+merges them into the best `k` so far: memory is O(queries × block), whatever
+the gallery size. `top_k` puts the lower index first among equal scores and
+earlier blocks come first in the merge, so ties go to the lower gallery
+position, as a stable sort would.
+
+`search` drives it from numpy: queries in chunks of fixed shape (the last one
+padded), the gallery in blocks of equal size (the last one padded and masked).
+"""
+
+import numpy as np
+from keras import ops
+
+from tfmetric._src import cache
+from tfmetric._src import compile as backend_compile
+
+_COMPILED = cache.FunctionCache()
+# Gallery blocks beyond which the scan is a loop rather than unrolled.
+UNROLL = 8
+
+
+def _block_top_k(scores, k):
+    """`top_k(scores, k)`, with `-inf` columns appended when a block is narrower than `k`."""
+    width = scores.shape[1]
+    if width < k:
+        scores = ops.pad(scores, [[0, 0], [0, k - width]], constant_values=-np.inf)
+    values, positions = ops.top_k(scores, k)
+    return values, ops.cast(positions, "int32")
+
+
+def top_k_blocks(queries, blocks, score_fn, k, valid=None):
+    """The `k` best gallery positions of each query, best first.
+
+    Args:
+        queries: `(queries, d)` tensor (the first dimension may be unknown).
+        blocks: `(num_blocks, block, d)` tensor: the gallery cut into blocks,
+            position `i * block + j` being row `j` of block `i`.
+        score_fn: `score_fn(queries, block, i)` -> `(queries, block)` scores,
+            larger is closer (`-inf` for an excluded item); `i` is the block
+            number (a Python int or a scalar int32 tensor).
+        k: Number of results (static); may exceed the number of items.
+        valid: Optional `(num_blocks, block)` bool tensor; `False` marks
+            padding, never returned.
+
+    Returns:
+        `(scores, positions)`, each `(queries, k)`: scores sorted descending,
+        ties by increasing position; where fewer than `k` items have a finite
+        score, the remaining slots hold `-inf` and position `-1`.
+    """
+    num_blocks, block_size = blocks.shape[0], blocks.shape[1]
+    inf = np.float32(np.inf)
+
+    def block_scores(i):
+        scores = score_fn(queries, blocks[i], i)
+        if valid is not None:
+            scores = ops.where(valid[i][None, :], scores, -inf)
+        return scores
+
+    def body(i, best, best_positions):
+        scores, positions = _block_top_k(block_scores(i), k)
+        merged = ops.concatenate([best, scores], axis=1)
+        merged_positions = ops.concatenate([best_positions, positions + i * block_size], axis=1)
+        best, chosen = ops.top_k(merged, k)
+        return i + 1, best, ops.take_along_axis(merged_positions, chosen, axis=1)
+
+    best, best_positions = _block_top_k(block_scores(0), k)
+    if num_blocks <= UNROLL:
+        # A few blocks: unrolled (XLA runs the blocks of a while loop slower).
+        for i in range(1, num_blocks):
+            _, best, best_positions = body(i, best, best_positions)
+    else:
+        _, best, best_positions = ops.while_loop(
+            lambda i, *_: i < num_blocks,
+            body,
+            (ops.convert_to_tensor(1, "int32"), best, best_positions),
+        )
+    return best, ops.where(ops.isfinite(best), best_positions, -1)
+
+
+def gallery_blocks(gallery, block_size, *extra):
+    """Numpy `(blocks, valid, *extra_blocks)`: `gallery` `(n, d)` cut into equal blocks.
+
+    The tail is zero-padded and marked invalid; each array of `extra` (one
+    value per gallery row, e.g. labels) is cut the same way, padded with `-1`.
+    """
+    n = len(gallery)
+    num_blocks = max(1, -(-n // block_size))
+    pad = num_blocks * block_size - n
+
+    def cut(array, fill):
+        if pad:
+            tail = np.full((pad,) + array.shape[1:], fill, array.dtype)
+            array = np.concatenate([array, tail])
+        return array.reshape((num_blocks, block_size) + array.shape[1:])
+
+    valid = cut(np.ones(n, bool), False)
+    return (cut(gallery, 0), valid) + tuple(cut(np.asarray(a), -1) for a in extra)
+
+
+def _search_fn(distance, k, exclude_self):
+    key = (distance, k, exclude_self)
+    return _COMPILED.get(key, lambda: _build_search(distance, k, exclude_self))
+
+
+def _build_search(distance, k, exclude_self):
+    def search(queries, query_positions, blocks, valid):
+        block_size = blocks.shape[1]
+
+        def score_fn(q, block, i):
+            scores = distance.closeness(q, block)
+            if exclude_self:
+                position = i * block_size + ops.arange(block_size, dtype="int32")
+                same = ops.equal(position[None, :], query_positions[:, None])
+                scores = ops.where(same, -np.inf, scores)
+            return scores
+
+        scores, positions = top_k_blocks(queries, blocks, score_fn, k, valid)
+        return distance.from_closeness(scores), positions
+
+    return backend_compile.backend_jit(search)
+
+
+def tensor_blocks(gallery, block_size):
+    """`(blocks, valid)` backend tensors of `gallery` cut into blocks of `block_size` rows."""
+    block_size = max(1, min(block_size, len(gallery)))
+    return tuple(backend_compile.tensor(a) for a in gallery_blocks(gallery, block_size))
+
+
+def search_blocks(queries, blocks, valid, distance, k, query_chunk=1024, exclude_self=False):
+    """Exact `k` nearest gallery rows of each query, nearest first (numpy in, numpy out).
+
+    Args:
+        queries: `(m, d)` float32 array.
+        blocks: `(num_blocks, block, d)` gallery tensor of `tensor_blocks`.
+        valid: `(num_blocks, block)` bool tensor of `tensor_blocks`.
+        distance: A `tfmetric.distances.Distance`.
+        k: Number of neighbours.
+        query_chunk: Queries per compiled call.
+        exclude_self: Query `i` never returns gallery row `i` (the queries
+            are the gallery: leave-one-out).
+
+    Returns:
+        `(positions, values)`: `(m, k)` int64 gallery rows (`-1` past the
+        last item) and the distance values (similarities for a similarity,
+        largest first; `inf` (`-inf` for a similarity) past the last item).
+        Ties keep the lower row first.
+    """
+    fn = _search_fn(distance, int(k), bool(exclude_self))
+    chunk = max(1, min(query_chunk, len(queries)))
+    values, positions = [], []
+    for begin in range(0, len(queries), chunk):
+        part = queries[begin : begin + chunk]
+        rows = len(part)
+        own = np.arange(begin, begin + chunk, dtype=np.int32)
+        if rows < chunk:
+            part = np.concatenate([part, np.zeros((chunk - rows,) + part.shape[1:], part.dtype)])
+        v, p = fn(backend_compile.tensor(part), backend_compile.tensor(own), blocks, valid)
+        values.append(backend_compile.numpy(v)[:rows])
+        positions.append(backend_compile.numpy(p)[:rows])
+    if not values:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(positions).astype(np.int64), np.concatenate(values)
+
+
+def search(
+    queries, gallery, distance, k, query_chunk=1024, gallery_block=16384, exclude_self=False
+):
+    """`search_blocks` on `gallery` `(n, d)` cut into blocks of `gallery_block` rows."""
+    blocks, valid = tensor_blocks(gallery, gallery_block)
+    return search_blocks(queries, blocks, valid, distance, k, query_chunk, exclude_self)
