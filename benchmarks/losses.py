@@ -86,7 +86,7 @@ def _time(step, x, labels):
     return time.perf_counter() - wall, time.process_time() - cpu, value, grad
 
 
-def _worker(name, size, dim, samples_per_class, rounds):
+def _worker(name, size, dim, samples_per_class, rounds, peak_is_own=True):
     """Times the loss `name` and the floor in alternating rounds, in one process.
 
     The loss is compiled and run first, so the peak resident memory recorded
@@ -103,7 +103,7 @@ def _worker(name, size, dim, samples_per_class, rounds):
     compile_s = time.perf_counter() - start
     _time(step, x, labels)
     finite = bool(np.isfinite(value.numpy()) and np.all(np.isfinite(grad.numpy())))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak_is_own else None
     _time(floor, x, labels)
     _time(floor, x, labels)
     wall, cpu, floor_wall, floor_cpu = [], [], [], []
@@ -114,21 +114,17 @@ def _worker(name, size, dim, samples_per_class, rounds):
             (floor_wall if which is floor else wall).append(w)
             (floor_cpu if which is floor else cpu).append(c)
     wall, cpu, floor_wall, floor_cpu = map(np.asarray, (wall, cpu, floor_wall, floor_cpu))
-    print(
-        json.dumps(
-            {
-                "ms": 1000 * float(np.median(wall)),
-                "floor_ms": 1000 * float(np.median(floor_wall)),
-                "ratio": float(np.median(wall / floor_wall)),
-                "cpu_ms": 1000 * float(np.median(cpu)),
-                "floor_cpu_ms": 1000 * float(np.median(floor_cpu)),
-                "cpu_ratio": float(np.median(cpu / floor_cpu)),
-                "peak_mib": peak,
-                "compile_s": compile_s,
-                "finite": finite,
-            }
-        )
-    )
+    return {
+        "ms": 1000 * float(np.median(wall)),
+        "floor_ms": 1000 * float(np.median(floor_wall)),
+        "ratio": float(np.median(wall / floor_wall)),
+        "cpu_ms": 1000 * float(np.median(cpu)),
+        "floor_cpu_ms": 1000 * float(np.median(floor_cpu)),
+        "cpu_ratio": float(np.median(cpu / floor_cpu)),
+        "peak_mib": peak,
+        "compile_s": compile_s,
+        "finite": finite,
+    }
 
 
 def _machine():
@@ -155,10 +151,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="alternating floor/loss rounds")
     parser.add_argument("--losses", default="", help="comma-separated substrings selecting losses")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
+    parser.add_argument(
+        "--one_process", action="store_true",
+        help="run every row in this process (faster on a loaded machine; no peak memory column)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("LOSS", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker[0], int(args.worker[1]), args.dim, args.samples_per_class, args.rounds)
+        result = _worker(
+            args.worker[0], int(args.worker[1]), args.dim, args.samples_per_class, args.rounds
+        )
+        print(json.dumps(result))
         return
 
     names = list(_losses())
@@ -185,8 +188,13 @@ def main():
                 "--samples_per_class", str(args.samples_per_class), "--rounds", str(args.rounds),
             ]
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-                r = json.loads(done.stdout.strip().splitlines()[-1])
+                if args.one_process:
+                    r = _worker(name, size, args.dim, args.samples_per_class, args.rounds, False)
+                else:
+                    done = subprocess.run(
+                        command, capture_output=True, text=True, timeout=args.timeout
+                    )
+                    r = json.loads(done.stdout.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
                 print(f"| {name} | {size} | timeout > {args.timeout:.0f} s | | | | | | | |", flush=True)
                 continue
@@ -197,7 +205,8 @@ def main():
             print(
                 f"| {name} | {size} | {r['ms']:.1f} | {r['floor_ms']:.1f} | {r['ratio']:.2f} | "
                 f"{r['cpu_ms']:.1f} | {r['floor_cpu_ms']:.1f} | {r['cpu_ratio']:.2f} | "
-                f"{r['peak_mib']:.0f} | {'yes' if r['finite'] else 'NO'} |",
+                f"{'' if r['peak_mib'] is None else round(r['peak_mib'])} | "
+                f"{'yes' if r['finite'] else 'NO'} |",
                 flush=True,
             )
     print()
