@@ -178,6 +178,24 @@ def test_save_and_restore_keep_the_memory(tmp_path):
             getattr(loaded.memory, name).numpy(), getattr(model.memory, name).numpy()
         )
     assert loaded.memory_size == 5
+    # The restored loss sees the restored memory: the wrapped ring (slots 0-1 rewritten) and the
+    # batch, with every slot written.
+    labels = np.array([0, 5, 6])
+    batch = RNG.normal(size=(3, DIM)).astype("float32")
+    memory_labels = np.array([5, 6, 2, 3, 4])
+    memory = loaded.memory.embeddings.numpy()
+    np.testing.assert_array_equal(loaded.memory.labels.numpy(), memory_labels)
+    np.testing.assert_allclose(
+        loaded.memory_values(labels, batch),
+        contrastive_rows(
+            labels,
+            batch,
+            np.concatenate([labels, memory_labels]),
+            np.concatenate([batch, memory]),
+            1.0,
+        ),
+        rtol=1e-5,
+    )
     # The compiled loss comes back and training continues from the restored memory.
     assert isinstance(loaded.loss, tfmetric.losses.ContrastiveLoss) and loaded.loss.margin == 1.0
     loaded.fit(RNG.normal(size=(4, 4)).astype("float32"), np.arange(4) % 2, verbose=0)
