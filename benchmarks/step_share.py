@@ -103,7 +103,7 @@ def measure(name, input_shape, backbone, batch, samples_per_class, rounds, loss_
                 100 * np.median(cpus[:, 1] / cpus[:, 0]),
             )
         )
-        print("| {} | {} | {:.1f} | {:.2f} | {:.1f}% | {:.1f} | {:.2f} | {:.1f}% |".format(*rows[-1]),
+        print("| {} | {} | {:.1f} | {:.2f} | {:.2f}% | {:.1f} | {:.2f} | {:.2f}% |".format(*rows[-1]),
               flush=True)
     return rows
 
