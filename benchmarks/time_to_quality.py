@@ -96,8 +96,11 @@ if args["phases"]:
     for attr in ("plot_training_curves", "plot_projection", "plot_roc", "plot_neighbors"):
         _timed(outputs, attr, "plots")
     _timed(outputs, "write_projector", "projector")
-    _timed(exporting, "export", "export: plan, SavedModel, warm-up")
-    _timed(tflite, "convert_tflite", "export: TFLite conversions")
+    _timed(exporting, "export", "export: plan, warm-up, publish")
+    _timed(tflite, "convert_loaded", "export: TFLite conversions")
+    from tfmetric.export import saved_model
+
+    _timed(saved_model, "write_saved_model", "export: SavedModel")
     _timed(serving_layout, "_parity", "export: parity")
 if args["momentum"] is not None:
     backbones.BN_MOMENTUM = args["momentum"]

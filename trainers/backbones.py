@@ -133,7 +133,7 @@ def set_batch_norm_momentum(model, momentum=BN_MOMENTUM):
     return count
 
 
-def small_cnn(x, width=64):
+def small_cnn(x, width=32):
     """A small convolutional trunk sized for 8x8 to 64x64 images."""
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     for i, filters in enumerate((width, 2 * width)):

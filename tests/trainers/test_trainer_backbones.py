@@ -85,3 +85,14 @@ def test_unknown_backbone_lists_the_valid_names():
     backbones.check("mobilenet_v2")
     with pytest.raises(ValueError, match="--embedding_dim"):
         backbones.build_embedder((8, 8, 1), embedding_dim=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["ResNet50", "DenseNet121", "EfficientNetB0"])
+def test_every_application_family_gets_the_short_run_batch_norm_momentum(backbone):
+    # One application per preprocessing family (caffe, torch, in-model): each is built with
+    # its own BatchNormalization momentum (0.99 in Keras), which the trainer replaces.
+    model = backbones.build_embedder((32, 32, 3), backbone=backbone, embedding_dim=8)
+    batch_norms = _batch_norms(model)
+    assert len(batch_norms) > 10
+    assert {layer.momentum for layer in batch_norms} == {backbones.BN_MOMENTUM}

@@ -16,7 +16,7 @@ def backend_jit(fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=True, reduce_retracing=False)
+        return tf.function(fn, jit_compile=True, reduce_retracing=False, autograph=False)
     if backend == "jax":
         import jax
 

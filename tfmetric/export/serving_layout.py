@@ -301,10 +301,11 @@ def _write_tflite(tmp_dir, plan):
         return files
     directory = os.path.join(tmp_dir, "tflite")
     os.makedirs(directory)
+    loaded = tf.saved_model.load(tmp_dir)  # once for every variant
     for target in plan.tflite:
         try:
-            content = tflite.convert_tflite(
-                tmp_dir, target.variant, target.signature, plan.representative_for(target.signature)
+            content = tflite.convert_loaded(
+                loaded, target.variant, target.signature, plan.representative_for(target.signature)
             )
         except Exception as error:
             raise RuntimeError(

@@ -109,10 +109,17 @@ def convert_tflite(saved_model_dir, variant, signature="serving_default", repres
             representative set.
     """
     check_variants([variant])
+    return convert_loaded(
+        tf.saved_model.load(os.fspath(saved_model_dir)), variant, signature, representative
+    )
+
+
+def convert_loaded(loaded, variant, signature="serving_default", representative=None):
+    """`convert_tflite` of an already loaded SavedModel (several variants load it once)."""
+    check_variants([variant])
     # Converting the loaded concrete function (rather than `from_saved_model`)
     # freezes the Keras 3 variables into constants; `from_saved_model` keeps
     # them as uninitialised resource variables.
-    loaded = tf.saved_model.load(os.fspath(saved_model_dir))
     if signature not in loaded.signatures:
         raise ValueError(
             f"`signature` {signature!r} is not in the SavedModel; it has {list(loaded.signatures)}."
