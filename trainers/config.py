@@ -30,7 +30,7 @@ MIXED_PRECISION_POLICIES = ("auto", "mixed_float16", "mixed_bfloat16")
 PROJECTIONS = ("pca", "tsne")
 LOG_LEVELS = ("quiet", "info", "debug")
 KINDS = ("embedding", "proxy", "siamese", "triplet")
-SIAMESE_HEADS = ("distance", "weighted_l1")
+PAIR_SCORERS = ("distance", "weighted_l1")
 # Sanity bounds: larger values are a typo, not a run (a 4096 x 4096 batch of images is
 # tens of gigabytes).
 MAX_IMAGE_SIZE = 4096
@@ -77,7 +77,7 @@ class RunConfig:
     embedding_dim: int = _setting(64)
     l2_normalize: bool = _setting(True)
     model_kind: str | None = _setting(None)
-    siamese_head: str = _setting("distance")
+    pair_scorer: str = _setting("distance")
     # Loss.
     loss: str | None = _setting(None)
     margin: float | None = _setting(None)
@@ -162,7 +162,7 @@ class RunConfig:
         """The registry entry of the loss (or head) this run trains with."""
         from trainers import kinds
 
-        return kinds.loss_entry(self.kind, self.loss, self.siamese_head)
+        return kinds.loss_entry(self.kind, self.loss, self.pair_scorer)
 
     def loss_arguments(self):
         """The loss or head arguments the run sets: the named settings and `loss_args`."""
@@ -297,7 +297,7 @@ def _check_values(config):
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"`--{name}` must be finite; got {value}.")
-    _choice(config, "siamese_head", SIAMESE_HEADS)
+    _choice(config, "pair_scorer", PAIR_SCORERS)
     if config.model_kind is not None:
         _choice(config, "model_kind", KINDS)
     for name, low in (("batch_size", 2), ("refresh_every", 1), ("mining_pool", 2)):
@@ -312,8 +312,8 @@ def _check_values(config):
             f"`--batch_size` sets pairs or triplets per batch (--model_kind=siamese or triplet); "
             f"--model_kind={kind} trains on --classes_per_batch x --samples_per_class batches."
         )
-    if config.siamese_head != "distance" and kind != "siamese":
-        raise ValueError(f"`--siamese_head` is for --model_kind=siamese; got --model_kind={kind}.")
+    if config.pair_scorer != "distance" and kind != "siamese":
+        raise ValueError(f"`--pair_scorer` is for --model_kind=siamese; got --model_kind={kind}.")
     if kind == "triplet" and config.mining is not None and config.mining not in TRIPLET_MINING:
         raise ValueError(
             f"`--mining` of --model_kind=triplet is the offline mining mode, one of "

@@ -85,7 +85,7 @@ def make_optimizer(name, learning_rate, schedule, total_steps):
 
 
 def build_training_model(kind, entry, loss, embedder, optimizer, jit_compile, distance=None,
-                         siamese_head="distance"):  # fmt: skip
+                         pair_scorer="distance"):  # fmt: skip
     """Compiles the model that trains, by kind.
 
     `embedding`: the embedder with the in-batch loss; `proxy`: a `ProxyModel`
@@ -100,7 +100,7 @@ def build_training_model(kind, entry, loss, embedder, optimizer, jit_compile, di
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
         return model
     if kind == "siamese":
-        scorer = layers.WeightedL1(name="weighted_l1") if siamese_head == "weighted_l1" else None
+        scorer = layers.WeightedL1(name="weighted_l1") if pair_scorer == "weighted_l1" else None
         model = models.SiameseModel(embedder, distance=distance or "euclidean", scorer=scorer,
                                     name="siamese")  # fmt: skip
     elif kind == "triplet":
@@ -301,7 +301,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             )
             distance = _training_distance(config, kind, loss)
             model = build_training_model(
-                kind, entry, loss, embedder, optimizer, jit_compile, distance, config.siamese_head
+                kind, entry, loss, embedder, optimizer, jit_compile, distance, config.pair_scorer
             )
         schedule = _curriculum(config)
         dataset = pipeline.training_data(

@@ -6,9 +6,9 @@
   `tfmetric.models.ProxyModel`, on the same batches.
 - `siamese`: a `tfmetric.models.SiameseModel` on labelled pairs
   (`tfmetric.data.pair_dataset`): the distance of the two embeddings with
-  `tfmetric.losses.PairContrastiveLoss` (`--siamese_head=distance`), or Koch et
+  `tfmetric.losses.PairContrastiveLoss` (`--pair_scorer=distance`), or Koch et
   al.'s learned weighted L1 head with binary cross-entropy
-  (`--siamese_head=weighted_l1`).
+  (`--pair_scorer=weighted_l1`).
 - `triplet`: a `tfmetric.models.TripletModel` on explicit triplets
   (`tfmetric.data.triplet_dataset`) with `tfmetric.losses.TripletMarginLoss`:
   random triplets, or mined offline (`--mining=easy|semi-hard|hard`), or a
@@ -19,9 +19,9 @@ loss `embedding`.
 """
 
 from trainers import losses
-from trainers.config import KINDS, SIAMESE_HEADS, TRIPLET_MINING
+from trainers.config import KINDS, PAIR_SCORERS, TRIPLET_MINING
 
-__all__ = ["KINDS", "SIAMESE_HEADS", "TRIPLET_MINING", "loss_entry", "parse_curriculum",
+__all__ = ["KINDS", "PAIR_SCORERS", "TRIPLET_MINING", "loss_entry", "parse_curriculum",
            "resolve_kind"]  # fmt: skip
 
 DEFAULT_LOSS = {"embedding": "triplet", "proxy": "arc_face"}
@@ -42,11 +42,11 @@ def resolve_kind(model_kind, loss):
     return "proxy" if losses.lookup(loss).is_head else "embedding"
 
 
-def _twin_key(kind, siamese_head):
-    return (kind, siamese_head if kind == "siamese" else None)
+def _twin_key(kind, pair_scorer):
+    return (kind, pair_scorer if kind == "siamese" else None)
 
 
-def loss_entry(kind, loss, siamese_head="distance"):
+def loss_entry(kind, loss, pair_scorer="distance"):
     """The registry `Entry` of the loss a kind trains with.
 
     Raises:
@@ -57,9 +57,9 @@ def loss_entry(kind, loss, siamese_head="distance"):
     import importlib
 
     if kind in ("siamese", "triplet"):
-        name, module, cls_name = TWIN_LOSSES[_twin_key(kind, siamese_head)]
+        name, module, cls_name = TWIN_LOSSES[_twin_key(kind, pair_scorer)]
         if loss is not None and losses._key(loss) not in (losses._key(name), losses._key(cls_name)):
-            head = f" --siamese_head={siamese_head}" if kind == "siamese" else ""
+            head = f" --pair_scorer={pair_scorer}" if kind == "siamese" else ""
             raise ValueError(
                 f"`--model_kind={kind}`{head} trains with `--loss={name}`; got `--loss={loss}`."
             )

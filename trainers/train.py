@@ -4,7 +4,7 @@ r"""Trains, evaluates and exports a metric-learning embedder.
     python -m trainers.train --dataset=tfds:cars196 --protocol=classes \
         --backbone=resnet50 --weights=imagenet --image_size=224 --loss=multi_similarity
     python -m trainers.train --loss=arcface --scale=30 --margin=0.3
-    python -m trainers.train --model_kind=siamese --siamese_head=weighted_l1
+    python -m trainers.train --model_kind=siamese --pair_scorer=weighted_l1
     python -m trainers.train --model_kind=triplet --curriculum=0:easy,3:semi-hard,6:hard
 
 The flags make a `trainers.RunConfig` (checked before any TensorFlow op), then
@@ -45,9 +45,9 @@ from trainers.config import (
     KINDS,
     LOG_LEVELS,
     MIXED_PRECISION_POLICIES,
+    PAIR_SCORERS,
     PROJECTIONS,
     SCHEDULES,
-    SIAMESE_HEADS,
     STRATEGIES,
     RunConfig,
     defaults,
@@ -86,9 +86,11 @@ flags.DEFINE_enum("model_kind", _D["model_kind"], list(KINDS),
                   "embedding: in-batch loss on PxK batches; proxy: a proxy head (ArcFace...); "
                   "siamese: SiameseModel on labelled pairs; triplet: TripletModel on explicit "
                   "triplets. Default: proxy for a head --loss, else embedding.")
-flags.DEFINE_enum("siamese_head", _D["siamese_head"], list(SIAMESE_HEADS),
-                  "siamese: distance (+ pair contrastive loss) or weighted_l1 (Koch et al.'s "
-                  "learned head + binary cross-entropy).")
+flags.DEFINE_enum("pair_scorer", _D["pair_scorer"], list(PAIR_SCORERS),
+                  "siamese: what scores a pair: distance (the embedding distance + pair "
+                  "contrastive loss) or weighted_l1 (Koch et al.'s learned scorer + binary "
+                  "cross-entropy).")
+flags.DEFINE_alias("siamese_head", "pair_scorer")  # its former name
 # Loss.
 flags.DEFINE_string("loss", _D["loss"],
                     "A tfmetric loss or head by name (an unknown name lists them). Default: "

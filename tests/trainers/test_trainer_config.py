@@ -29,6 +29,18 @@ def test_flags_and_config_share_names_and_defaults():
     assert parsed.loss_args == {"soft_margin": True, "mining": "hard"} and parsed.epochs == 3
 
 
+def test_former_siamese_head_flag_sets_the_pair_scorer():
+    for scorer_flag in ("--siamese_head=weighted_l1", "--pair_scorer=weighted_l1"):
+        argv = ["train", "--model_kind=siamese", scorer_flag]
+        flags.FLAGS(argv)
+        try:
+            parsed = trainers.RunConfig.from_flags(flags.FLAGS)
+        finally:
+            flags.FLAGS.unparse_flags()
+        assert parsed.pair_scorer == "weighted_l1"
+    assert trainers.RunConfig().pair_scorer == "distance"
+
+
 def test_identity_holds_what_defines_a_run():
     identity = trainers.RunConfig(epochs=3, model_dir="elsewhere", export=False).identity()
     assert identity["epochs"] == 3 and identity["loss"] is None and identity["model_kind"] is None
@@ -68,9 +80,9 @@ def test_identity_holds_what_defines_a_run():
         ({"model_kind": "triplet", "curriculum": "0-hard"}, ValueError, "must look like"),
         ({"curriculum": "0:medium"}, ValueError, r"\['medium'\] are not among"),
         ({"batch_size": 32}, ValueError, "--classes_per_batch x --samples_per_class"),
-        ({"siamese_head": "weighted_l1"}, ValueError, "for --model_kind=siamese"),
+        ({"pair_scorer": "weighted_l1"}, ValueError, "for --model_kind=siamese"),
         ({"model_kind": "siamese", "positive_fraction": 1.0}, ValueError, "--positive_fraction"),
-        ({"model_kind": "siamese", "siamese_head": "weighted_l1", "margin": 1.0}, ValueError,
+        ({"model_kind": "siamese", "pair_scorer": "weighted_l1", "margin": 1.0}, ValueError,
          "takes no argument margin"),
         ({"tflite_variants": "fp32,int4"}, ValueError, r"\['int4'\] are not among"),
         ({"cluster_timeout": -1}, ValueError, "--cluster_timeout"),

@@ -88,7 +88,7 @@ def test_proxy_kind(tmp_path, monkeypatch):
 @pytest.mark.parametrize("head", ["distance", "weighted_l1"])
 def test_siamese_kind(tmp_path, monkeypatch, head):
     report, model_dir = _run_interrupted_then_resumed(
-        tmp_path, monkeypatch, model_kind="siamese", siamese_head=head, batch_size=16
+        tmp_path, monkeypatch, model_kind="siamese", pair_scorer=head, batch_size=16
     )
     _check_common(report, model_dir, "siamese")
     expected = {"distance": "PairContrastiveLoss", "weighted_l1": "BinaryCrossentropy"}[head]
