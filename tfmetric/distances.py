@@ -14,16 +14,29 @@ All distances:
   upcast), so mixed-precision models get stable losses;
 - have finite gradients when two embeddings coincide (the square root of the
   euclidean distance and the p-th root of Minkowski are guarded);
+- are scale-safe: inputs are divided by a power of two near their largest
+  magnitude before anything is squared (Minkowski: by each pair's largest
+  coordinate difference), so values are correct for embeddings from 1e-30 to
+  1e30, not only where `||x||²` fits in float32. Squared euclidean distances
+  and inner products are themselves squares of such magnitudes: they overflow
+  to Inf past about 1e19, as their true values do;
+- check their inputs: a wrong rank, a non-numeric dtype, no features, or
+  (in eager calls) a NaN/Inf value raise a `ValueError`/`TypeError` naming
+  `x` or `y`. Inside a traced or XLA-compiled function values are unknown:
+  a NaN input gives NaN distances (never a plausible number such as 0), which
+  `keras.callbacks.TerminateOnNaN` stops. See docs/validation.md.
 - use no tensor larger than `n * m` (Minkowski, manhattan and weighted Jaccard
   distances run a loop over feature blocks with a hand-written gradient
   instead of materialising the `(n, m, d)` difference tensor).
 """
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
 
-from tfmetric._src import numerics
+from tfmetric._src import inputs, numerics
 
 __all__ = [
     "DISSIMILARITY",
@@ -58,7 +71,31 @@ def _prepare(x, name):
     dtype = keras.backend.standardize_dtype(x.dtype)
     if dtype == "bool" or dtype.startswith("complex") or dtype == "string":
         raise TypeError(f"`{name}` must hold numbers; got dtype {dtype}.")
+    if x.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must have at least one feature; got shape {tuple(x.shape)}."
+        )
+    values = inputs.static_value(x)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
     return ops.cast(x, "float32")
+
+
+def _joint_scale(x, y):
+    """A power of two near the largest magnitude in `x` and `y` (no gradient)."""
+    return numerics.power_of_two_scale(
+        ops.maximum(numerics.max_abs(x), numerics.max_abs(y))
+    )
+
+
+def _scaled_squared_euclidean(x, y):
+    """`(||x/s - y/s||², s)` for the joint power-of-two scale `s`: no overflow or underflow."""
+    scale = _joint_scale(x, y)
+    x, y = x / scale, y / scale
+    x_sq = ops.sum(ops.square(x), axis=1, keepdims=True)
+    y_sq = ops.sum(ops.square(y), axis=1, keepdims=True)
+    squared = x_sq + ops.transpose(y_sq) - 2.0 * ops.matmul(x, ops.transpose(y))
+    return ops.maximum(squared, 0.0), scale
 
 
 def _zero_diagonal(matrix):
@@ -307,13 +344,11 @@ class SquaredEuclidean(Distance):
     name = "squared_euclidean"
 
     def pairwise(self, x, y):
-        x_sq = ops.sum(ops.square(x), axis=1, keepdims=True)
-        y_sq = ops.sum(ops.square(y), axis=1, keepdims=True)
-        squared = x_sq + ops.transpose(y_sq) - 2.0 * ops.matmul(x, ops.transpose(y))
-        return ops.maximum(squared, 0.0)
+        squared, scale = _scaled_squared_euclidean(x, y)
+        return squared * scale * scale
 
     def rowwise(self, x, y):
-        return ops.sum(ops.square(x - y), axis=1)
+        return numerics.row_norm(x - y, squared=True)
 
     def euclidean_view(self, x):
         return x
@@ -337,10 +372,11 @@ class Euclidean(SquaredEuclidean):
     name = "euclidean"
 
     def pairwise(self, x, y):
-        return numerics.safe_sqrt(super().pairwise(x, y))
+        squared, scale = _scaled_squared_euclidean(x, y)
+        return numerics.safe_sqrt(squared) * scale
 
     def rowwise(self, x, y):
-        return numerics.safe_sqrt(super().rowwise(x, y))
+        return numerics.row_norm(x - y)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -404,61 +440,91 @@ def _feature_blocks(x, block):
     return ops.reshape(ops.transpose(x), (-1, block, ops.shape(x)[0]))
 
 
+def _nan_pairs(x, y):
+    """`(n, m)` mask of the pairs where `x[i]` or `y[j]` holds a NaN."""
+    nan_x = ops.any(ops.isnan(x), axis=1)
+    nan_y = ops.any(ops.isnan(y), axis=1)
+    return ops.logical_or(ops.expand_dims(nan_x, 1), ops.expand_dims(nan_y, 0))
+
+
 def _minkowski(x, y, p):
-    """Minkowski distance with O(n * m) memory in forward and backward."""
+    """Minkowski distance with O(n * m) memory in forward and backward.
+
+    For `p > 1` the sum of powers is kept relative to each pair's largest
+    coordinate difference so far (rescaled, as a streaming log-sum-exp is, when
+    a block holds a larger one): every power is of a ratio in `[0, 1]`, so no
+    `p` overflows or underflows the result; `p = inf` is the exact Chebyshev
+    distance (the largest difference).
+    """
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
     if n is None or m is None or d is None:
         block = 1
     else:
         block = int(max(1, min(d, _BLOCK_ELEMENTS // max(1, n * m))))
+    chebyshev = p == float("inf")
 
-    def diff_power(xb, yb):
-        # xb: (block, n), yb: (block, m) -> |x - y|^p summed over the block.
-        diff = ops.abs(ops.expand_dims(xb, 2) - ops.expand_dims(yb, 1))
-        return ops.sum(diff if p == 1 else ops.power(diff, p), axis=0)
+    def abs_diff(xb, yb):
+        # xb: (block, n), yb: (block, m) -> (block, n, m)
+        return ops.abs(ops.expand_dims(xb, 2) - ops.expand_dims(yb, 1))
+
+    def safe(values):
+        # NaN counts as positive, so that it propagates (never becomes 0).
+        positive = ops.logical_not(ops.less_equal(values, 0.0))
+        return positive, ops.where(positive, values, 1.0)
 
     @ops.custom_gradient
     def minkowski(x, y):
         xs, ys = _feature_blocks(x, block), _feature_blocks(y, block)
         blocks = ops.shape(xs)[0]
+        zeros = ops.zeros((ops.shape(x)[0], ops.shape(y)[0]), "float32")
 
-        def body(i, total):
-            return i + 1, total + diff_power(xs[i], ys[i])
+        if p == 1:
 
-        _, total = ops.while_loop(
-            lambda i, total: i < blocks,
-            body,
-            (0, ops.zeros((ops.shape(x)[0], ops.shape(y)[0]), "float32")),
+            def body(i, peak, total):
+                return i + 1, peak, total + ops.sum(abs_diff(xs[i], ys[i]), axis=0)
+
+        else:
+
+            def body(i, peak, total):
+                diff = abs_diff(xs[i], ys[i])
+                new_peak = ops.maximum(peak, ops.max(diff, axis=0))
+                if chebyshev:
+                    return i + 1, new_peak, total
+                _, divisor = safe(new_peak)
+                total = total * ops.power(peak / divisor, p) + ops.sum(
+                    ops.power(diff / ops.expand_dims(divisor, 0), p), axis=0
+                )
+                return i + 1, new_peak, total
+
+        _, peak, total = ops.while_loop(
+            lambda i, peak, total: i < blocks, body, (0, zeros, zeros)
         )
         if p == 1:
             out = total
+        elif chebyshev:
+            # An XLA max ignores NaN: NaN inputs are put back explicitly.
+            out = ops.where(_nan_pairs(x, y), float("nan"), peak)
         else:
-            positive = ops.greater(total, 0.0)
-            out = ops.where(
-                positive, ops.power(ops.where(positive, total, 1.0), 1.0 / p), 0.0
-            )
+            positive, _ = safe(total)
+            # total lies in [1, d] where peak > 0 (the largest ratio is 1).
+            out = ops.where(positive, peak * ops.power(ops.where(positive, total, 1.0), 1.0 / p), 0.0)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # d out_ij / d x_ik = out_ij^(1-p) |x_ik - y_jk|^(p-1) sign(x_ik - y_jk)
-            if p == 1:
-                h = upstream
-            else:
-                positive = ops.greater(out, 0.0)
-                h = ops.where(
-                    positive,
-                    upstream * ops.power(ops.where(positive, out, 1.0), 1.0 - p),
-                    0.0,
-                )
+            # d out_ij / d x_ik = sign(x_ik - y_jk) (|x_ik - y_jk| / out_ij)^(p-1), a ratio in
+            # [0, 1]; for p = inf, sign(x_ik - y_jk) where |x_ik - y_jk| is the largest difference.
+            positive, divisor = safe(out)
+            h = ops.where(positive, upstream, 0.0)
 
             def block_grad(blocks_xy):
                 xb, yb = blocks_xy
                 diff = ops.expand_dims(xb, 2) - ops.expand_dims(yb, 1)
-                g = ops.sign(diff)
-                if p != 1:
-                    g = g * ops.power(ops.abs(diff), p - 1.0)
-                g = g * ops.expand_dims(h, 0)
+                g = ops.sign(diff) * ops.expand_dims(h, 0)
+                if chebyshev:
+                    g = ops.where(ops.equal(ops.abs(diff), ops.expand_dims(out, 0)), g, 0.0)
+                elif p != 1:
+                    g = g * ops.power(ops.abs(diff) / ops.expand_dims(divisor, 0), p - 1.0)
                 return ops.sum(g, axis=2), -ops.sum(g, axis=1)
 
             gx, gy = ops.map(block_grad, (xs, ys))
@@ -475,12 +541,15 @@ def _minkowski(x, y, p):
 class Minkowski(Distance):
     """Minkowski distance `(sum_k |x_k - y_k|^p)^(1/p)` for `p >= 1`.
 
-    `p=1` is the manhattan distance and `p=2` the euclidean one (computed
-    through the euclidean matrix product). Other values of `p` loop over
-    feature blocks so that memory stays O(n * m) forward and backward.
+    `p=1` is the manhattan distance, `p=2` the euclidean one (computed
+    through the euclidean matrix product) and `p=float("inf")` the Chebyshev
+    distance `max_k |x_k - y_k|` (exactly). Other values of `p` loop over
+    feature blocks so that memory stays O(n * m) forward and backward; the
+    powers are taken of ratios to each pair's largest difference, so large
+    `p` (100, 1000) neither overflows nor underflows.
 
     Args:
-        p: The order, a number `>= 1`. Defaults to `2.0`.
+        p: The order, a number `>= 1` or `float("inf")`. Defaults to `2.0`.
 
     Example:
 
@@ -488,13 +557,15 @@ class Minkowski(Distance):
     >>> d = tfmetric.distances.Minkowski(p=3)
     >>> np.round(np.asarray(d([[0.0, 0.0]], [[1.0, 2.0]])), 5).tolist()
     [[2.08008]]
+    >>> np.asarray(tfmetric.distances.Minkowski(p=float("inf"))([[0.0, 0.0]], [[4.0, 1.0]])).tolist()
+    [[4.0]]
     """
 
     name = "minkowski"
 
     def __init__(self, p=2.0):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 1:
-            raise ValueError(f"`p` must be a number >= 1; got {p!r}.")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not p >= 1:
+            raise ValueError(f"`p` must be a number >= 1 or float('inf'); got {p!r}.")
         self.p = float(p)
 
     def pairwise(self, x, y):
@@ -505,11 +576,18 @@ class Minkowski(Distance):
     def rowwise(self, x, y):
         if self.p == 2.0:
             return Euclidean().rowwise(x, y)
-        total = ops.sum(ops.power(ops.abs(x - y), self.p), axis=1)
+        diff = ops.abs(x - y)
         if self.p == 1.0:
-            return total
-        positive = ops.greater(total, 0.0)
-        return ops.where(positive, ops.power(ops.where(positive, total, 1.0), 1.0 / self.p), 0.0)
+            return ops.sum(diff, axis=1)
+        peak = ops.max(diff, axis=1, initial=0.0)
+        if self.p == float("inf"):
+            # An XLA max ignores NaN: NaN inputs are put back explicitly.
+            return ops.where(ops.any(ops.isnan(diff), axis=1), float("nan"), peak)
+        # A sum of powers of ratios in [0, 1]; the constant peak leaves the gradient exact.
+        divisor = ops.stop_gradient(ops.where(ops.greater(peak, 0.0), peak, 1.0))
+        total = ops.sum(ops.power(diff / divisor[:, None], self.p), axis=1)
+        zero = ops.less_equal(total, 0.0)  # NaN is not: it propagates
+        return ops.where(zero, 0.0, divisor * ops.power(ops.where(zero, 1.0, total), 1.0 / self.p))
 
     def euclidean_view(self, x):
         return x if self.p == 2.0 else None
@@ -587,11 +665,13 @@ class Jaccard(Distance):
 
     @staticmethod
     def _ratio(numerator, denominator):
-        positive = ops.greater(denominator, 0.0)
-        ratio = numerator / ops.where(positive, denominator, 1.0)
-        return ops.clip(ops.where(positive, ratio, 0.0), 0.0, 1.0)
+        zero = ops.less_equal(denominator, 0.0)  # NaN is not: it propagates
+        ratio = numerator / ops.where(zero, 1.0, denominator)
+        return ops.clip(ops.where(zero, 0.0, ratio), 0.0, 1.0)
 
     def pairwise(self, x, y):
+        scale = _joint_scale(x, y)  # the ratios are scale-free; this keeps the squares finite
+        x, y = x / scale, y / scale
         if self.weighted:
             x, y = ops.relu(x), ops.relu(y)
             l1 = _minkowski(x, y, 1.0)
@@ -607,6 +687,10 @@ class Jaccard(Distance):
         return self._ratio(union - dot, union)
 
     def rowwise(self, x, y):
+        scale = numerics.power_of_two_scale(
+            ops.maximum(numerics.max_abs(x, axis=1), numerics.max_abs(y, axis=1))
+        )[:, None]
+        x, y = x / scale, y / scale
         if self.weighted:
             x, y = ops.relu(x), ops.relu(y)
             l1 = ops.sum(ops.abs(x - y), axis=1)
@@ -745,7 +829,7 @@ class FittedMahalanobis(Distance):
         return Euclidean().pairwise(self._whiten(x), self._whiten(y))
 
     def rowwise(self, x, y):
-        return numerics.safe_sqrt(ops.sum(ops.square(self._whiten(x - y)), axis=1))
+        return numerics.row_norm(self._whiten(x - y))
 
     def get_config(self):
         return {"inverse_covariance": self.inverse_covariance.tolist()}

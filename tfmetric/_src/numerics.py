@@ -1,18 +1,63 @@
-"""NaN-free numeric building blocks (backend-agnostic, `keras.ops`)."""
+"""NaN-free, scale-safe numeric building blocks (backend-agnostic, `keras.ops`).
+
+Scale safety: a float32 square overflows past 1.8e19 and underflows below
+1e-19, so norms and distances are computed on inputs divided by a power of
+two near their largest magnitude (`power_of_two_scale`) and scaled back.
+Dividing by a power of two is exact, so for ordinary magnitudes the results
+are bitwise those of the plain formulas; from 1e-30 to 1e30 they stay
+correct where the plain formulas return 0, Inf or NaN.
+"""
 
 from keras import ops
 
 NORM_EPSILON = 1e-12
 
+# float32 exponents of normal numbers: 2**-126 .. 2**127.
+_MIN_EXPONENT, _MAX_EXPONENT = -126.0, 127.0
+
 
 def safe_sqrt(squared):
-    """Square root with a zero (not infinite) gradient at 0."""
-    positive = ops.greater(squared, 0.0)
-    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), 0.0)
+    """Square root with a zero (not infinite) gradient at 0; NaN stays NaN."""
+    nonpositive = ops.less_equal(squared, 0.0)
+    return ops.where(nonpositive, 0.0, ops.sqrt(ops.where(nonpositive, 1.0, squared)))
+
+
+def power_of_two_scale(magnitude):
+    """A power of two within a factor 2 of `magnitude` (1 where it is 0 or not finite).
+
+    Dividing by it and multiplying back are exact in floating point. It
+    carries no gradient: every caller uses it on a function that is
+    homogeneous in its inputs, whose gradient the scaling does not change.
+    """
+    usable = ops.logical_and(ops.greater(magnitude, 0.0), ops.isfinite(magnitude))
+    exponent = ops.floor(ops.log2(ops.where(usable, magnitude, 1.0)))
+    scale = ops.exp2(ops.clip(exponent, _MIN_EXPONENT, _MAX_EXPONENT))
+    return ops.stop_gradient(scale)
+
+
+def max_abs(x, axis=None, keepdims=False):
+    """The largest absolute value of `x` (0 for an empty tensor)."""
+    return ops.max(ops.abs(x), axis=axis, keepdims=keepdims, initial=0.0)
+
+
+def row_norm(x, squared=False):
+    """The L2 norm (or its square) of each row of a `(n, d)` tensor, shape `(n,)`, scale-safe."""
+    scale = power_of_two_scale(max_abs(x, axis=1))
+    sq = ops.sum(ops.square(x / ops.expand_dims(scale, 1)), axis=1)
+    if squared:
+        return sq * scale * scale
+    return safe_sqrt(sq) * scale
 
 
 def l2_normalize(x, axis=-1):
-    """L2 normalisation along `axis` with a finite value and gradient at zero."""
+    """L2 normalisation along `axis` with a finite value and gradient at zero.
+
+    Each slice is first divided by a power of two near its largest entry, so
+    its norm lies in `[1, 2 sqrt(d)]`: slices of any magnitude from 1e-30 to
+    1e38 are normalised exactly (the epsilon guards only zero slices, which
+    stay zero).
+    """
+    x = x / power_of_two_scale(max_abs(x, axis=axis, keepdims=True))
     sq_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x * ops.rsqrt(ops.maximum(sq_norm, NORM_EPSILON))
 
