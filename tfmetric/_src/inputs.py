@@ -3,8 +3,11 @@
 `check_labels` / `check_label_array` are the one label validator of tfmetric:
 integer class labels of shape `(n,)` or `(n, 1)`; floating-point labels are
 accepted when their values are integers (`[0., 1., 2.]`), and any other
-dtype or a non-integer value raises a `ValueError` naming the argument.
-Values are only known eagerly: inside a traced function float labels are cast.
+dtype or a non-integer value raises a `ValueError` naming the argument, as
+does a float label too large for its dtype to tell consecutive integers apart
+(beyond 2**24 in float32, 2**53 in float64: 2**70 and 2**70 + 1 are the same
+number there, and int64 cannot hold them). Values are only known eagerly:
+inside a traced function float labels are cast.
 """
 
 import keras
@@ -45,6 +48,27 @@ def _non_integer_error(name, values):
     )
 
 
+def _exact_integer_limit(dtype):
+    """`2**(mantissa bits + 1)`: below it a float dtype holds every integer exactly."""
+    return 2.0 ** (np.finfo(dtype).nmant + 1) if dtype != "bfloat16" else 2.0**8
+
+
+def _check_float_label_values(name, values, dtype):
+    """Float labels must be integers that `dtype` (and int64) represent exactly."""
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values) & (values == np.round(values))):
+        raise _non_integer_error(name, values)
+    limit = _exact_integer_limit(dtype)
+    too_large = np.abs(values) >= limit
+    if np.any(too_large):
+        raise ValueError(
+            f"`{name}` holds float labels as large as {values[too_large].flat[0]:.6g}: {dtype} "
+            f"cannot tell integers beyond 2**{int(np.log2(limit))} apart, so distinct classes "
+            "could merge. Pass integer labels (e.g. `labels.astype('int64')`) or renumber the "
+            "classes."
+        )
+
+
 def check_labels(labels, name="labels", size=None, size_name="embeddings"):
     """Validates class labels as a tensor; returns int32/int64 labels of shape `(n,)`.
 
@@ -64,9 +88,7 @@ def check_labels(labels, name="labels", size=None, size_name="embeddings"):
     if _is_float(dtype):
         values = static_value(labels)
         if values is not None and values.size:
-            values = values.astype(np.float64)
-            if not np.all(np.isfinite(values) & (values == np.round(values))):
-                raise _non_integer_error(name, values)
+            _check_float_label_values(name, values, dtype)
         labels = ops.cast(labels, "int64")
     elif not dtype.startswith(("int", "uint")):
         raise _label_dtype_error(name, dtype)
@@ -94,9 +116,8 @@ def check_label_array(labels, name="labels", size=None, size_name="embeddings"):
     """
     labels = np.asarray(labels)
     if labels.dtype != bool and np.issubdtype(labels.dtype, np.floating):
-        values = labels.astype(np.float64)
-        if not np.all(np.isfinite(values) & (values == np.round(values))):
-            raise _non_integer_error(name, values)
+        if labels.size:
+            _check_float_label_values(name, labels, labels.dtype.name)
     elif labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise _label_dtype_error(name, labels.dtype)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -121,7 +142,8 @@ def check_embeddings(embeddings, name="embeddings", allow_empty=True):
 
     Raises:
         ValueError: naming `name` for a wrong rank, a non-floating dtype, an
-            empty batch (unless `allow_empty`) or NaN/Inf values.
+            empty batch (unless `allow_empty`), no features (D = 0) or NaN/Inf
+            values.
     """
     embeddings = ops.convert_to_tensor(embeddings)
     if len(embeddings.shape) != 2:
@@ -134,6 +156,10 @@ def check_embeddings(embeddings, name="embeddings", allow_empty=True):
         raise ValueError(f"`{name}` must be floating-point embeddings; got dtype {dtype}.")
     if embeddings.shape[0] == 0 and not allow_empty:
         raise ValueError(f"`{name}` is empty (batch size 0); it needs samples.")
+    if embeddings.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must have at least one feature; got shape {tuple(embeddings.shape)}."
+        )
     embeddings = ops.cast(embeddings, "float32")
     values = static_value(embeddings)
     if values is not None and not np.all(np.isfinite(values)):

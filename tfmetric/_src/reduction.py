@@ -22,9 +22,11 @@ running the whole global batch. A replica that mines only its own shard
 as Keras' own losses do.
 """
 
+import keras
+import numpy as np
 from keras import ops
 
-from tfmetric._src import distribute
+from tfmetric._src import distribute, inputs
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
@@ -45,8 +47,17 @@ def mean_form(values, counts):
 
 
 def sample_weights(sample_weight, size):
-    """`sample_weight` (scalar, `(B,)` or `(B, 1)`) as float32 of shape `(B,)`."""
-    weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+    """`sample_weight` (scalar, `(B,)` or `(B, 1)`) as float32 of shape `(B,)`.
+
+    Raises:
+        ValueError: naming `sample_weight` for another shape, a length other
+            than the batch size (where both are known) or, where values are
+            known, NaN/Inf weights.
+    """
+    weights = ops.convert_to_tensor(sample_weight)
+    if not keras.backend.standardize_dtype(weights.dtype).startswith(("float", "bfloat", "int", "uint")):
+        raise ValueError(f"`sample_weight` must hold numbers; got dtype {weights.dtype}.")
+    weights = ops.cast(weights, "float32")
     if len(weights.shape) == 2 and weights.shape[1] == 1:
         weights = ops.reshape(weights, (-1,))
     if len(weights.shape) > 1:
@@ -54,6 +65,14 @@ def sample_weights(sample_weight, size):
             "`sample_weight` must be a scalar or have shape (batch,) or (batch, 1); got "
             f"shape {tuple(weights.shape)}."
         )
+    if len(weights.shape) == 1 and isinstance(size, int) and weights.shape[0] not in (None, 1, size):
+        raise ValueError(
+            f"`sample_weight` has {weights.shape[0]} weights but the batch has {size} samples; "
+            "pass one weight per sample (or a scalar)."
+        )
+    values = inputs.static_value(weights)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise ValueError("`sample_weight` contains NaN or infinite values.")
     return ops.broadcast_to(weights, (size,))
 
 

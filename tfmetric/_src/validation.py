@@ -2,9 +2,16 @@
 
 import numbers
 
+import numpy as np
 
-def check_number(value, name, allow_zero=True, allow_negative=False):
-    """Validates a finite real number and returns it as a float.
+# Arguments are used in float32 (losses and heads compute in it): a number
+# that is finite in float64 can be infinite (1e39) or zero (1e-50) there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def check_number(value, name, allow_zero=True, allow_negative=False, maximum=None):
+    """Validates a real number usable in float32 and returns it as a float.
 
     Args:
         value: The argument's value.
@@ -12,10 +19,15 @@ def check_number(value, name, allow_zero=True, allow_negative=False):
         allow_zero: Whether 0 is accepted. Defaults to `True`.
         allow_negative: Whether negative values are accepted. Defaults to
             `False`.
+        maximum: The largest accepted magnitude, for arguments whose use
+            (a square, an exponential) overflows float32 before its largest
+            value; `None` for float32's largest value. Defaults to `None`.
 
     Raises:
-        ValueError: for a non-number (bools included), NaN, an infinity, or a
-            value out of the accepted range.
+        ValueError: for a non-number (bools included), NaN, an infinity, a
+            value out of the accepted range, a magnitude beyond float32
+            (`1e39`) or a nonzero magnitude below its smallest normal number
+            (`1e-50`, which would become 0 or lose its precision).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number; got {value!r}.")
@@ -24,11 +36,22 @@ def check_number(value, name, allow_zero=True, allow_negative=False):
         raise ValueError(f"`{name}` must be a number; got {value!r}.")
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"`{name}` must be finite; got {value!r}.")
-    if allow_negative:
-        return value
-    if value < 0 or (not allow_zero and value == 0):
+    if not allow_negative and (value < 0 or (not allow_zero and value == 0)):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be {bound}; got {value!r}.")
+    if not allow_zero and value == 0:
+        raise ValueError(f"`{name}` must be nonzero; got {value!r}.")
+    limit = FLOAT32_MAX if maximum is None else min(float(maximum), FLOAT32_MAX)
+    if abs(value) > limit:
+        raise ValueError(
+            f"`{name}` must have a magnitude of at most {limit:.3g} (it is used in float32); "
+            f"got {value!r}."
+        )
+    if value != 0 and abs(value) < FLOAT32_TINY:
+        raise ValueError(
+            f"`{name}` must be 0 or have a magnitude of at least {FLOAT32_TINY:.3g} (float32's "
+            f"smallest normal number: it is used in float32); got {value!r}."
+        )
     return value
 
 

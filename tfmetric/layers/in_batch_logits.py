@@ -5,17 +5,9 @@ import math
 import keras
 from keras import ops
 
-from tfmetric._src import numerics
+from tfmetric._src import numerics, validation
 
 __all__ = ["InBatchLogits"]
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number; got {value!r}.")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be > 0 and finite; got {value!r}.")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -63,8 +55,8 @@ class InBatchLogits(keras.layers.Layer):
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.temperature = _check_positive(temperature, "temperature")
-        self.max_logit_scale = _check_positive(max_logit_scale, "max_logit_scale")
+        self.temperature = validation.check_positive(temperature, "temperature")
+        self.max_logit_scale = validation.check_positive(max_logit_scale, "max_logit_scale")
         if 1.0 / self.temperature > self.max_logit_scale * (1 + 1e-6):
             raise ValueError(
                 f"`max_logit_scale` ({max_logit_scale}) must be >= 1 / `temperature` "

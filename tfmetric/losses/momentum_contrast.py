@@ -1,10 +1,8 @@
 """MoCo's InfoNCE: queries against their keys and a queue of past keys."""
 
-import math
-
 from keras import ops
 
-from tfmetric._src import numerics
+from tfmetric._src import numerics, validation
 
 __all__ = ["momentum_contrast_loss"]
 
@@ -47,10 +45,7 @@ def momentum_contrast_loss(
         He et al., "Momentum Contrast for Unsupervised Visual Representation
         Learning", CVPR 2020.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        temperature > 0 and math.isfinite(temperature)
-    ):
-        raise ValueError(f"`temperature` must be > 0 and finite; got {temperature!r}.")
+    temperature = validation.check_positive(temperature, "temperature")
     queries = numerics.l2_normalize(ops.cast(queries, "float32"))
     keys = ops.stop_gradient(numerics.l2_normalize(ops.cast(keys, "float32")))
     queue = ops.stop_gradient(numerics.l2_normalize(ops.cast(queue, "float32")))

@@ -9,10 +9,11 @@ pair from a binary "same" label (1 = similar) and the pair's distance.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import validation
+from tfmetric._src import inputs, validation
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = ["PairContrastiveLoss", "pair_contrastive_loss", "paired_distance"]
@@ -44,21 +45,30 @@ def paired_distance(distance, x, y):
     return distances_lib.get(distance).paired(x, y)
 
 
-def _check_binary_labels(labels, size):
+def _check_binary_labels(labels, size, name="y_true", size_name="y_pred"):
     labels = ops.convert_to_tensor(labels)
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if dtype == "string" or dtype.startswith("complex"):
-        raise ValueError(f"`y_true` must hold 0/1 pair labels; got dtype {dtype}.")
+        raise ValueError(f"`{name}` must hold 0/1 pair labels; got dtype {dtype}.")
     if len(labels.shape) == 2 and labels.shape[1] == 1:
         labels = ops.reshape(labels, (-1,))
     if len(labels.shape) != 1:
         raise ValueError(
-            f"`y_true` must be pair labels of shape (batch,) or (batch, 1); got {tuple(labels.shape)}."
+            f"`{name}` must be pair labels of shape (batch,) or (batch, 1); got {tuple(labels.shape)}."
         )
     if labels.shape[0] is not None and size is not None and labels.shape[0] != size:
         raise ValueError(
-            f"`y_true` has {labels.shape[0]} labels but `y_pred` has {size} distances."
+            f"`{name}` has {labels.shape[0]} labels but `{size_name}` has {size} distances."
         )
+    values = inputs.static_value(labels)
+    if values is not None and values.size:
+        values = values.astype(np.float64)
+        if not np.all((values >= 0.0) & (values <= 1.0)):
+            bad = values[~((values >= 0.0) & (values <= 1.0))].flat[0]
+            raise ValueError(
+                f"`{name}` must hold pair labels 1 (similar) / 0 (dissimilar), or soft labels "
+                f"in [0, 1]; got {float(bad)!r}."
+            )
     return ops.cast(labels, "float32")
 
 
@@ -74,6 +84,9 @@ def _as_pair_values(values, name="y_pred"):
             f"`{name}` must be pair distances of shape (batch,) or (batch, 1); got "
             f"{tuple(values.shape)}."
         )
+    known = inputs.static_value(values)
+    if known is not None and not np.all(np.isfinite(known)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
     return ops.cast(values, "float32")
 
 
@@ -90,7 +103,8 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
 
     Args:
         labels: Pair labels, shape `(B,)` or `(B, 1)`: 1 = similar, 0 =
-            dissimilar.
+            dissimilar (soft labels in `[0, 1]` allowed; others are an error
+            where values are known).
         distances: Pair distances (smaller = closer), shape `(B,)` or
             `(B, 1)`, e.g. the output of `tfmetric.models.SiameseModel`.
         margin: Non-negative margin for dissimilar pairs. Defaults to `1.0`.
@@ -110,8 +124,8 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
         Invariant Mapping", CVPR 2006.
     """
     margin = margin_value(margin)
-    distances = _as_pair_values(distances)
-    labels = _check_binary_labels(labels, distances.shape[0])
+    distances = _as_pair_values(distances, "distances")
+    labels = _check_binary_labels(labels, distances.shape[0], "labels", "distances")
     pull = ops.square(distances)
     push = ops.square(ops.relu(margin - distances))
     return labels * pull + (1.0 - labels) * push
