@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
 
 NON_FINITE = (math.nan, math.inf, -math.inf)
@@ -40,3 +41,12 @@ def assert_names(error, *names):
     """Asserts that an exception's message names at least one of `names` (as `` `name` ``)."""
     message = str(error)
     assert any(f"`{name}`" in message for name in names), message
+
+
+def examples(ci):
+    """Settings for a test whose examples are expensive: `ci` examples in the CI profile.
+
+    The `dev` profile runs 30 times as many. Use as a decorator above `@given`.
+    """
+    scale = 1 if settings().max_examples <= 20 else 30
+    return settings(max_examples=ci * scale)

@@ -8,6 +8,11 @@ import numpy as np
 # that is finite in float64 can be infinite (1e39) or zero (1e-50) there.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+# The largest magnitude whose square is finite in float32 (for squared margins).
+SQUARE_MAX = float(np.sqrt(np.finfo(np.float32).max))
+# The largest scale of cosine logits (|cos| <= 1, cosine margins <= 2): logits
+# and their differences in a softmax stay finite in float32.
+LOGIT_SCALE_MAX = FLOAT32_MAX / 8.0
 
 
 def check_number(value, name, allow_zero=True, allow_negative=False, maximum=None):
@@ -43,9 +48,9 @@ def check_number(value, name, allow_zero=True, allow_negative=False, maximum=Non
         raise ValueError(f"`{name}` must be nonzero; got {value!r}.")
     limit = FLOAT32_MAX if maximum is None else min(float(maximum), FLOAT32_MAX)
     if abs(value) > limit:
+        why = " (it is used in float32)" if maximum is None else ""
         raise ValueError(
-            f"`{name}` must have a magnitude of at most {limit:.3g} (it is used in float32); "
-            f"got {value!r}."
+            f"`{name}` must have a magnitude of at most {limit:.3g}{why}; got {value!r}."
         )
     if value != 0 and abs(value) < FLOAT32_TINY:
         raise ValueError(

@@ -46,8 +46,11 @@ class ProxyAnchor(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, margin=0.1, alpha=32.0, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.margin = validation.check_number(margin, "margin")
-        self.alpha = validation.check_positive(alpha, "alpha")
+        # A cosine margin: cosines differ by at most 2.
+        self.margin = validation.check_number(margin, "margin", maximum=2.0)
+        self.alpha = validation.check_number(
+            alpha, "alpha", allow_zero=False, maximum=validation.LOGIT_SCALE_MAX
+        )
 
     def loss_from_cosine(self, cosine, one_hot):
         positive = ops.greater(one_hot, 0.0)

@@ -70,7 +70,7 @@ class ProxyHead(keras.layers.Layer):
         )
 
     def _prepare(self, embeddings, labels):
-        embeddings = inputs.check_embeddings(embeddings, "embeddings")
+        embeddings = inputs.check_embeddings(embeddings, "embeddings", allow_empty=False)
         labels = inputs.check_labels(labels, "labels", embeddings.shape[0], "embeddings")
         values = inputs.static_value(labels)
         if (

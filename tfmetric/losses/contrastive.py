@@ -59,7 +59,7 @@ def _contrastive_terms(
     With references (`tfmetric._src.references`), each sample's pairs are
     those with the batch and the valid references.
     """
-    margin = validation.check_number(margin, "margin")
+    margin = validation.check_number(margin, "margin", maximum=validation.SQUARE_MAX)
     distance = distances_lib.get(distance)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     columns, positive, negative = references.prepare(
@@ -128,7 +128,7 @@ class ContrastiveLoss(batch.InBatchLoss):
             dtype=dtype,
             cross_replica=cross_replica,
         )
-        self.margin = validation.check_number(margin, "margin")
+        self.margin = validation.check_number(margin, "margin", maximum=validation.SQUARE_MAX)
 
     def _loss_arguments(self):
         return {"margin": self.margin}

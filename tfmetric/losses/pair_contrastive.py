@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, validation
+from tfmetric._src import inputs, reduction, validation
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = ["PairContrastiveLoss", "pair_contrastive_loss", "paired_distance"]
@@ -123,7 +123,7 @@ def pair_contrastive_loss(labels, distances, margin=1.0):
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an
         Invariant Mapping", CVPR 2006.
     """
-    margin = margin_value(margin)
+    margin = margin_value(margin, maximum=validation.SQUARE_MAX)
     distances = _as_pair_values(distances, "distances")
     labels = _check_binary_labels(labels, distances.shape[0], "labels", "distances")
     pull = ops.square(distances)
@@ -162,11 +162,13 @@ class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
         self, margin=1.0, reduction="sum_over_batch_size", name="pair_contrastive_loss", dtype=None
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = validation.check_number(margin, "margin")
+        self.margin = validation.check_number(margin, "margin", maximum=validation.SQUARE_MAX)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = _as_pair_values(y_pred)
         y_true = _check_binary_labels(y_true, y_pred.shape[0])
+        if sample_weight is not None:
+            sample_weight = reduction.sample_weights(sample_weight, ops.shape(y_pred)[0])
         return super().__call__(y_true, y_pred, sample_weight)
 
     def call(self, y_true, y_pred):

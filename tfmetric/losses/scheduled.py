@@ -9,10 +9,13 @@ from tfmetric._src import validation
 __all__ = ["ScheduledArguments", "margin_value"]
 
 
-def margin_value(margin):
-    """A validated float margin, or a scheduled margin tensor/variable passed through as float32."""
+def margin_value(margin, maximum=None):
+    """A validated float margin, or a scheduled margin tensor/variable passed through as float32.
+
+    `maximum` bounds the magnitude where the loss squares the margin.
+    """
     if isinstance(margin, numbers.Number):
-        return validation.check_number(margin, "margin")
+        return validation.check_number(margin, "margin", maximum=maximum)
     return ops.cast(ops.convert_to_tensor(margin), "float32")
 
 

@@ -7,10 +7,11 @@ negative)` triplets that the data pipeline already formed
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import validation
+from tfmetric._src import inputs, reduction, validation
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = ["TripletMarginLoss", "triplet_margin_loss"]
@@ -27,6 +28,9 @@ def _split_triplets(embeddings):
     dtype = keras.backend.standardize_dtype(embeddings.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {dtype}.")
+    values = inputs.static_value(embeddings)
+    if values is not None and not np.all(np.isfinite(values)):
+        raise ValueError("`y_pred` contains NaN or infinite values.")
     embeddings = ops.cast(embeddings, "float32")
     return embeddings[:, 0], embeddings[:, 1], embeddings[:, 2]
 
@@ -123,7 +127,10 @@ class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
         self.squared = bool(squared)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred)
         _split_triplets(y_pred)
+        if sample_weight is not None:
+            sample_weight = reduction.sample_weights(sample_weight, ops.shape(y_pred)[0])
         # The triplets are explicit: labels only need the batch size for reduction.
         return super().__call__(ops.zeros((ops.shape(y_pred)[0],)), y_pred, sample_weight)
 
