@@ -40,7 +40,7 @@ def poisoned(draw, array):
 def assert_names(error, *names):
     """Asserts that an exception's message names at least one of `names` (as `` `name` ``)."""
     message = str(error)
-    assert any(f"`{name}`" in message for name in names), message
+    assert any(f"`{name}`" in message or f"`{name}=" in message for name in names), message
 
 
 def examples(ci):

@@ -245,6 +245,6 @@ def test_every_hostile_value_is_rejected_or_gives_finite_losses(cls, argument):
         except ValueError as error:
             assert_names(error, argument)
             continue
-        assert math.isfinite(value) and abs(value) <= 3.5e38, value
+        assert math.isfinite(value) and abs(value) <= 1e30, value
         result = np.asarray(_call(loss, batch))
         assert np.all(np.isfinite(result)), (value, result)

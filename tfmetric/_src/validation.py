@@ -2,17 +2,14 @@
 
 import numbers
 
-import numpy as np
-
 # Arguments are used in float32 (losses and heads compute in it): a number
-# that is finite in float64 can be infinite (1e39) or zero (1e-50) there.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)
-# The largest magnitude whose square is finite in float32 (for squared margins).
-SQUARE_MAX = float(np.sqrt(np.finfo(np.float32).max))
-# The largest scale of cosine logits (|cos| <= 1, cosine margins <= 2): logits
-# and their differences in a softmax stay finite in float32.
-LOGIT_SCALE_MAX = FLOAT32_MAX / 8.0
+# that is finite in float64 can be infinite (1e39) or zero (1e-50) there, and
+# loss terms built from an argument are summed over a batch. Magnitudes of
+# arguments are therefore kept within [1e-30, 1e30] (the range of embeddings
+# tfmetric supports); squared ones within 1e15.
+ARGUMENT_MAX = 1e30
+ARGUMENT_MIN = 1e-30
+SQUARE_MAX = 1e15
 
 
 def check_number(value, name, allow_zero=True, allow_negative=False, maximum=None):
@@ -24,15 +21,15 @@ def check_number(value, name, allow_zero=True, allow_negative=False, maximum=Non
         allow_zero: Whether 0 is accepted. Defaults to `True`.
         allow_negative: Whether negative values are accepted. Defaults to
             `False`.
-        maximum: The largest accepted magnitude, for arguments whose use
-            (a square, an exponential) overflows float32 before its largest
-            value; `None` for float32's largest value. Defaults to `None`.
+        maximum: A tighter bound on the magnitude than `1e30`, for arguments
+            whose use (a square, a cosine margin) needs one. Defaults to
+            `None`.
 
     Raises:
         ValueError: for a non-number (bools included), NaN, an infinity, a
-            value out of the accepted range, a magnitude beyond float32
-            (`1e39`) or a nonzero magnitude below its smallest normal number
-            (`1e-50`, which would become 0 or lose its precision).
+            value out of the accepted range, a magnitude above `1e30` (or
+            `maximum`; `1e39` is infinite in float32) or, for an argument that
+            must be nonzero, below `1e-30` (`1e-50` is 0 in float32).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number; got {value!r}.")
@@ -46,16 +43,16 @@ def check_number(value, name, allow_zero=True, allow_negative=False, maximum=Non
         raise ValueError(f"`{name}` must be {bound}; got {value!r}.")
     if not allow_zero and value == 0:
         raise ValueError(f"`{name}` must be nonzero; got {value!r}.")
-    limit = FLOAT32_MAX if maximum is None else min(float(maximum), FLOAT32_MAX)
+    limit = ARGUMENT_MAX if maximum is None else min(float(maximum), ARGUMENT_MAX)
     if abs(value) > limit:
-        why = " (it is used in float32)" if maximum is None else ""
         raise ValueError(
-            f"`{name}` must have a magnitude of at most {limit:.3g}{why}; got {value!r}."
+            f"`{name}` must have a magnitude of at most {limit:.3g} (it is used in float32 "
+            f"computations whose results must stay finite); got {value!r}."
         )
-    if value != 0 and abs(value) < FLOAT32_TINY:
+    if not allow_zero and abs(value) < ARGUMENT_MIN:
         raise ValueError(
-            f"`{name}` must be 0 or have a magnitude of at least {FLOAT32_TINY:.3g} (float32's "
-            f"smallest normal number: it is used in float32); got {value!r}."
+            f"`{name}` must have a magnitude of at least {ARGUMENT_MIN:.3g} (it is used in "
+            f"float32, where smaller values vanish or overflow what they divide); got {value!r}."
         )
     return value
 

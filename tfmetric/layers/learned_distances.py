@@ -187,8 +187,7 @@ class Mahalanobis(LearnedDistanceLayer):
         return ops.matmul(x, ops.cast(self.kernel, "float32"))
 
     def paired(self, x1, x2):
-        squared = ops.sum(ops.square(self.transform(x1 - x2)), axis=1)
-        return squared if self.squared else numerics.safe_sqrt(squared)
+        return numerics.row_norm(self.transform(x1 - x2), squared=self.squared)
 
     def pairwise(self, x, y):
         distance = distances_lib.SquaredEuclidean() if self.squared else distances_lib.Euclidean()

@@ -92,9 +92,7 @@ class ArcFace(proxy_head.ProxyHead):
     def __init__(self, num_classes, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
         super().__init__(num_classes, **kwargs)
         self.margin = _check_angular_margin(margin)
-        self.scale = validation.check_number(
-            scale, "scale", allow_zero=False, maximum=validation.LOGIT_SCALE_MAX
-        )
+        self.scale = validation.check_positive(scale, "scale")
         self.easy_margin = bool(easy_margin)
 
     def loss_from_cosine(self, cosine, one_hot):
@@ -179,9 +177,7 @@ class CosFace(proxy_head.ProxyHead):
         super().__init__(num_classes, **kwargs)
         # A cosine margin: cosines differ by at most 2.
         self.margin = validation.check_number(margin, "margin", maximum=2.0)
-        self.scale = validation.check_number(
-            scale, "scale", allow_zero=False, maximum=validation.LOGIT_SCALE_MAX
-        )
+        self.scale = validation.check_positive(scale, "scale")
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = self.scale * (cosine - self.margin * one_hot)

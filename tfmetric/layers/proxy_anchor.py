@@ -48,9 +48,7 @@ class ProxyAnchor(proxy_head.ProxyHead):
         super().__init__(num_classes, **kwargs)
         # A cosine margin: cosines differ by at most 2.
         self.margin = validation.check_number(margin, "margin", maximum=2.0)
-        self.alpha = validation.check_number(
-            alpha, "alpha", allow_zero=False, maximum=validation.LOGIT_SCALE_MAX
-        )
+        self.alpha = validation.check_positive(alpha, "alpha")
 
     def loss_from_cosine(self, cosine, one_hot):
         positive = ops.greater(one_hot, 0.0)

@@ -41,9 +41,7 @@ class ProxyNCA(proxy_head.ProxyHead):
 
     def __init__(self, num_classes, scale=9.0, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.scale = validation.check_number(
-            scale, "scale", allow_zero=False, maximum=validation.LOGIT_SCALE_MAX
-        )
+        self.scale = validation.check_positive(scale, "scale")
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = -self.scale * (2.0 - 2.0 * cosine)
