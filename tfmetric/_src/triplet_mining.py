@@ -17,7 +17,9 @@ def _first_column(matrix, target):
     size = ops.shape(matrix)[1]
     columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
     hit = ops.equal(matrix, ops.expand_dims(target, 1))
-    return ops.min(ops.where(hit, columns, size), axis=1)
+    # No hit (a NaN row): the last column, as an XLA gather would clamp it, so gathers and
+    # scatters stay in range outside XLA too and a NaN row still gives NaN.
+    return ops.minimum(ops.min(ops.where(hit, columns, size), axis=1), size - 1)
 
 
 def row_argmin(matrix, mask):
