@@ -94,8 +94,8 @@ def test_pair_contrastive_class_reduces_and_configs():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"labels": np.ones(3), "distances": np.ones((3, 2), "float32")}, "y_pred"),
-        ({"labels": np.ones(4), "distances": np.ones(3, "float32")}, "y_true"),
+        ({"labels": np.ones(3), "distances": np.ones((3, 2), "float32")}, "`distances`"),
+        ({"labels": np.ones(4), "distances": np.ones(3, "float32")}, "`labels`"),
         ({"labels": np.ones(3), "distances": np.ones(3, "float32"), "margin": -1}, "margin"),
     ],
 )
