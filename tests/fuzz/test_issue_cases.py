@@ -160,3 +160,18 @@ def test_float_labels_too_large_to_tell_apart():
 @pytest.mark.parametrize("weights", [np.ones(3), np.ones((8, 2)), np.array([1.0] * 7 + [np.nan])])
 def test_sample_weight_of_the_wrong_length_or_nan(loss, weights):
     _raises(lambda: loss(LABELS, E, sample_weight=weights), "sample_weight")
+
+
+@pytest.mark.parametrize("name", ["contrastive_loss", "npairs_loss"])
+def test_a_loss_that_overflows_float32_says_so_eagerly(name):
+    # Squares of 1e20-sized embeddings exceed float32: an eager call raises naming
+    # `embeddings` (was: Inf or NaN returned silently); the class form too.
+    labels = np.repeat(np.arange(4), 2)
+    embeddings = np.random.default_rng(0).normal(size=(8, 4)).astype("float32") * np.float32(1e20)
+    fn = getattr(tfmetric.losses, name)
+    with pytest.raises(ValueError, match="overflowed float32 for these `embeddings`"):
+        fn(labels, embeddings)
+    assert np.all(np.isfinite(np.asarray(fn(labels, embeddings * np.float32(1e-20)))))
+    if name == "contrastive_loss":
+        with pytest.raises(ValueError, match="`embeddings`"):
+            tfmetric.losses.ContrastiveLoss()(labels, embeddings)

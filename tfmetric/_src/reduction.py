@@ -36,12 +36,37 @@ def valid_terms(values, valid):
     return ops.where(valid, values, 0.0), ops.cast(valid, "float32")
 
 
+def check_finite_terms(values):
+    """Raises when known (eager) loss terms overflowed float32.
+
+    Inputs are checked finite before a loss runs, so a non-finite term means
+    the embeddings are too large for the loss (a square or an inner product
+    beyond float32's range, about 3.4e38). Traced steps cannot raise: there
+    the term is Inf (docs/validation.md gives the supported ranges).
+
+    Raises:
+        ValueError: naming `embeddings`, for NaN or infinite terms.
+    """
+    known = inputs.static_value(values)
+    if known is not None and not np.all(np.isfinite(known)):
+        raise ValueError(
+            "The loss overflowed float32 for these `embeddings`: they are too large for it "
+            "(squared distances or inner products beyond 3.4e38; see docs/validation.md for "
+            "the supported magnitudes). Scale the embeddings down or L2-normalise them."
+        )
+    return values
+
+
 def mean_form(values, counts):
     """Per-sample values whose batch mean is the loss `sum(values) / sum(counts)`.
 
     The form of the functional losses: `np.mean` of the result is the loss,
     Keras' default reduction of it too.
+
+    Raises:
+        ValueError: for known (eager) terms that overflowed float32.
     """
+    check_finite_terms(values)
     size = ops.cast(ops.shape(values)[0], "float32")
     return values * size / ops.maximum(ops.sum(counts), 1.0)
 
@@ -87,7 +112,11 @@ def reduce_terms(values, counts, reduction, sample_weight=None, context=None, al
         context: The replica context when `values` are this replica's rows of
             a global batch, else `None`.
         all_counts: With `context`, the counts of every row of the global batch.
+
+    Raises:
+        ValueError: for known (eager) terms that overflowed float32.
     """
+    check_finite_terms(values)
     if sample_weight is not None:
         weights = sample_weights(sample_weight, ops.shape(values)[0])
         values = values * weights
