@@ -1,11 +1,13 @@
 """MoCo: InfoNCE against a numpy reference, the exact EMA update, the key queue, bad input."""
 
+import functools
 import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import numeric_gradient
 
 import tfmetric
 
@@ -56,48 +58,76 @@ def _model(momentum=0.9, queue_size=6, seed=0):
     model = tfmetric.models.MomentumContrastModel(
         encoder, queue_size=queue_size, momentum=momentum, temperature=0.5
     )
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=True)
     return model
 
 
-@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
-def test_steps_use_the_queue_then_update_by_exact_ema_and_enqueue_keys():
+def _dense_moco_loss(weights, xq, keys, queue, temperature, ids, queue_ids):
+    """The mean InfoNCE loss of queries `xq @ kernel + bias` (`weights` = [kernel; bias])."""
+    queries = xq @ weights[:-1] + weights[-1]
+    return moco_reference(queries, keys, queue, temperature, ids, queue_ids).mean()
+
+
+def moco_steps_reference(kernel, bias, batches, ids, momentum, queue_size, temperature, lr):
+    """N MoCo steps in float64 from He et al.'s Algorithm 1, the encoder a dense layer.
+
+    Each step embeds the queries with the query encoder θq and the keys with
+    the key encoder θk, takes an SGD step of θq on the InfoNCE loss against the
+    keys and the queue (gradient by central differences; keys carry none),
+    then sets θk ← m·θk + (1−m)·θq and enqueues the keys, dequeuing the oldest
+    past `queue_size`. Returns the per-step losses, θq, θk and the queue
+    (keys and ids, oldest first).
+    """
+    query = [np.asarray(kernel, np.float64), np.asarray(bias, np.float64)]
+    key = [w.copy() for w in query]  # θk starts as a copy of θq
+    queue, queue_ids, losses = [], [], []
+    for xb, yb in zip(batches, ids, strict=True):
+        xq, xk = np.asarray(xb[: len(yb)], np.float64), np.asarray(xb[len(yb):], np.float64)
+        keys = xk @ key[0] + key[1]
+        loss = functools.partial(
+            _dense_moco_loss, xq=xq, keys=keys, queue=np.reshape(queue, (-1, keys.shape[1])),
+            temperature=temperature, ids=yb, queue_ids=np.asarray(queue_ids),
+        )
+        weights = np.concatenate([query[0], query[1][None]])
+        losses.append(loss(weights))
+        weights = weights - lr * numeric_gradient(loss, weights)
+        query = [weights[:-1], weights[-1]]
+        key = [momentum * k + (1 - momentum) * q for k, q in zip(key, query, strict=True)]
+        queue, queue_ids = queue + list(keys), queue_ids + list(yb)
+        queue, queue_ids = queue[-queue_size:], queue_ids[-queue_size:]
+    return np.array(losses), query, key, np.array(queue), np.array(queue_ids)
+
+
+def test_steps_update_the_momentum_encoder_by_ema_and_enqueue_keys_fifo():
+    """4 compiled `fit` steps of 3 samples x 2 views, a queue of 6: it wraps round twice."""
     model = _model()
     encoder, momentum = model.encoder, model.momentum_encoder
     for target, source in zip(momentum.weights, encoder.weights, strict=True):
         np.testing.assert_array_equal(target.numpy(), source.numpy())  # starts as a copy
-    x = RNG.normal(size=(3, 6, 4)).astype("float32")  # 3 steps of 3 samples x 2 views
-    ids = np.array([[0, 1, 2], [3, 4, 0], [1, 5, 6]])
-    queue_keys, queue_ids = [], []
-    for step in range(3):
-        xb, yb = x[step], np.tile(ids[step], 2)
-        old_momentum = [w.numpy().copy() for w in momentum.weights]
-        queries = encoder.predict(xb[:3], verbose=0)
-        keys = momentum.predict(xb[3:], verbose=0)
-        queue = model.queue.embeddings.numpy().copy()
-        valid = np.arange(6) < len(queue_keys)
-        expected = moco_reference(
-            queries, keys, queue, 0.5, ids[step], model.queue.labels.numpy(), valid
-        ).mean()
-        loss = model.train_on_batch(xb, yb)
-        np.testing.assert_allclose(loss, expected, rtol=1e-5)
-        for target, source, old in zip(momentum.weights, encoder.weights, old_momentum,
-                                       strict=True):
-            np.testing.assert_allclose(
-                target.numpy(), 0.9 * old + 0.1 * source.numpy(), rtol=1e-6, atol=1e-7
-            )
-        queue_keys.extend(keys)
-        queue_ids.extend(ids[step])
-        filled = min(len(queue_keys), 6)
-        slots = [p % 6 for p in range(len(queue_keys))][-filled:]
-        np.testing.assert_allclose(
-            model.queue.embeddings.numpy()[slots], np.array(queue_keys)[-filled:], rtol=1e-5
-        )
-        np.testing.assert_array_equal(model.queue.labels.numpy()[slots], queue_ids[-filled:])
-    assert int(model.queue.count.numpy()) == 9
+    steps, batch = 4, 3
+    x = RNG.normal(size=(steps, 2 * batch, 4)).astype("float32")
+    ids = np.array([[0, 1, 2], [3, 4, 0], [1, 5, 6], [2, 7, 3]])
+    losses, query, key, queue, queue_ids = moco_steps_reference(
+        *[w.numpy() for w in encoder.weights], x, ids, 0.9, 6, 0.5, 0.5
+    )
+    history = model.fit(
+        x.reshape(-1, 4), np.concatenate([np.tile(i, 2) for i in ids]), batch_size=2 * batch,
+        shuffle=False, epochs=1, verbose=0,
+    )
+    np.testing.assert_allclose(history.history["loss"][0], losses.mean(), rtol=1e-5)
+    for weight, expected in zip(encoder.weights, query, strict=True):
+        np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5, atol=1e-6)
+    for weight, expected in zip(momentum.weights, key, strict=True):
+        np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5, atol=1e-6)
+    count = int(model.queue.count.numpy())
+    assert count == steps * batch
+    oldest_first = (count + np.arange(6)) % 6  # the ring's slots, oldest entry first
+    np.testing.assert_allclose(
+        model.queue.embeddings.numpy()[oldest_first], queue, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(model.queue.labels.numpy()[oldest_first], queue_ids)
 
 
-@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
 def test_trains_on_two_view_batches_under_xla_and_round_trips(tmp_path):
     model = _model(momentum=0.99, queue_size=16)
     model.compile(optimizer="adam", jit_compile=True)
@@ -113,7 +143,13 @@ def test_trains_on_two_view_batches_under_xla_and_round_trips(tmp_path):
     path = os.path.join(tmp_path, "moco.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(loaded.queue.embeddings.numpy(), model.queue.embeddings.numpy())
+    for name in ("embeddings", "labels", "count"):
+        np.testing.assert_array_equal(
+            getattr(loaded.queue, name).numpy(), getattr(model.queue, name).numpy()
+        )
+    assert not np.allclose(  # trained: the momentum encoder lags the encoder
+        model.momentum_encoder.weights[0].numpy(), model.encoder.weights[0].numpy()
+    )
     for target, source in zip(loaded.momentum_encoder.weights, model.momentum_encoder.weights,
                               strict=True):
         np.testing.assert_array_equal(target.numpy(), source.numpy())
@@ -134,7 +170,6 @@ def test_bad_input_is_named():
         tfmetric.losses.momentum_contrast_loss(np.ones((2, 3)), np.ones((3, 3)), np.ones((4, 3)))
 
 
-@pytest.mark.tf_only  # MomentumContrastModel trains under TensorFlow only
 def test_bad_batches_are_named_when_training():
     model = _model(queue_size=2)
     dataset = tf.data.Dataset.from_tensor_slices(

@@ -31,7 +31,10 @@ class MomentumContrastModel(keras.Model):
        `queue_size` slots (saved with the model).
 
     It is a functional model of `encoder`: `predict` returns query
-    embeddings. `compile` needs no loss. Runs with `jit_compile=True`.
+    embeddings. `compile` needs no loss. Runs with `jit_compile=True`, under
+    TensorFlow and under JAX (Keras' stateless `train_step`: the momentum
+    update and the enqueue return the new state of the momentum weights and
+    the queue).
 
     Under a `tf.distribute` strategy (as MoCo's own multi-GPU code), each
     replica holds a slice of the global batch `[queries; keys]`: it embeds
@@ -101,7 +104,7 @@ class MomentumContrastModel(keras.Model):
         self.momentum_encoder = keras.models.clone_model(encoder)
         self.momentum_encoder.trainable = False
         for target, source in zip(self.momentum_encoder.weights, encoder.weights, strict=True):
-            target.assign(source)
+            target.assign(ops.copy(source))  # own buffers (JAX donates the state)
         self.queue = CrossBatchMemory(self.queue_size, outputs.shape[-1], name="queue")
 
     def _split(self, x, y):
@@ -189,36 +192,58 @@ class MomentumContrastModel(keras.Model):
         )
 
     def train_step(self, *args):
-        if keras.backend.backend() != "tensorflow":
-            # JAX's train step is stateless (`train_step(state, data)`): the momentum
-            # update below is written for TensorFlow's variables.
-            raise NotImplementedError(
-                "MomentumContrastModel trains with the TensorFlow backend only "
-                f"(KERAS_BACKEND={keras.backend.backend()!r}); see docs/backends.md."
-            )
+        if keras.backend.backend() == "jax":
+            return self._stateless_train_step(*args)
         (data,) = args
         logs = super().train_step(data)
         self._momentum_update()
         return logs
 
+    def _stateless_train_step(self, state, data):
+        """JAX's stateless step: Keras' own step, then the momentum update on the new state.
+
+        Keras' step (`jax.value_and_grad` of `stateless_call` and the loss, then the
+        optimizer's `stateless_apply`) returns the new variables; the queue's enqueue
+        in `compute_loss` is among its non-trainable ones. `_momentum_update` then
+        runs in a `keras.StatelessScope` over that state, so its `assign`s (the same
+        code as TensorFlow's path) give the momentum weights' new values, which go
+        back in the state.
+        """
+        logs, state = super().train_step(state, data)
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        mapping = list(zip(self.trainable_variables, trainable, strict=True))
+        mapping += list(zip(self.non_trainable_variables, non_trainable, strict=True))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._momentum_update()
+        non_trainable = [
+            scope.get_current_value(variable) for variable in self.non_trainable_variables
+        ]
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _ema(self, target, source):
+        """A momentum weight's next value: `m * target + (1 - m) * source` (He et al., Eq. 2)."""
+        m = self.momentum
+        return m * target + (1.0 - m) * ops.cast(source, target.dtype)
+
     def _momentum_update(self):
         """Moves every momentum weight towards the encoder's, on every replica's copy."""
-        m = self.momentum
         pairs = list(zip(self.momentum_encoder.weights, self.encoder.weights, strict=True))
         context = distribute.replica_context()
         if context is None:
             for target, source in pairs:
-                target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
+                target.assign(self._ema(target, source))
             return
 
-        def ema(target, source):
-            return target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
+        def assign_ema(target, source):
+            return target.assign(self._ema(target, source))
 
         def update(strategy):
             # Cross-replica context: each device's copy moves towards that device's copy of
             # the encoder weights (identical after the optimizer's all-reduced step).
             for target, source in pairs:
-                strategy.extended.update(target.value, ema, args=(source.value,), group=False)
+                strategy.extended.update(
+                    target.value, assign_ema, args=(source.value,), group=False
+                )
 
         context.merge_call(update)
 
