@@ -269,3 +269,77 @@ def test_low_precision_inputs_are_upcast():
     )
     scores = _ranking_only(x, y)
     np.testing.assert_allclose(scores["map_at_r"], expected["map_at_r"], rtol=1e-5)
+
+
+def _assert_matches_reference(x, y, gallery=None, gallery_labels=None, distance="euclidean"):
+    similarity = tfmetric.distances.get(distance).is_similarity
+    expected = metrics_from_relevance(
+        ranked_relevance(x, y, gallery, gallery_labels, distance, similarity)
+    )
+    scores = _ranking_only(x, y, gallery, gallery_labels, distance=distance, k=(1, 5))
+    for name in RANKING:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-6, err_msg=name)
+
+
+def test_crowded_grid_cells_are_counted_exactly(monkeypatch):
+    # One far relevant reference stretches each query's grid: the other relevant
+    # distances share a few cells, more than the first compiled probes cover, so
+    # chunks are run again with more probes; non-relevant references lie between
+    # them and exactly on them.
+    used = []
+    compiled = _ranking._compiled_kernels
+
+    def spy(distance, window, cells, steps):
+        used.append(steps)
+        return compiled(distance, window, cells, steps)
+
+    monkeypatch.setattr(_ranking, "_compiled_kernels", spy)
+    rng = np.random.default_rng(5)
+    gallery = np.concatenate(
+        [
+            rng.normal(size=(30, 3)) * 0.1,  # class 0, near the origin
+            [[50.0, 0.0, 0.0]],  # class 0, far
+            rng.normal(size=(30, 3)) * 0.1,  # class 1, mixed in
+        ]
+    ).astype(np.float32)
+    gallery[40] = gallery[3]  # a non-relevant reference at a relevant distance
+    labels = np.array([0] * 31 + [1] * 30)
+    query = np.zeros((4, 3), np.float32)
+    query[1] = gallery[3]
+    _assert_matches_reference(query, np.zeros(4, np.int64), gallery, labels)
+    assert max(used) > _ranking.INITIAL_STEPS
+    _assert_matches_reference(gallery, labels)
+
+
+def test_degenerate_grids():
+    # Every relevant reference at one distance (span 0), R = 1, a query without
+    # relevant references in a chunk with others, and coinciding points.
+    gallery = np.array(
+        [[1, 0], [-1, 0], [0, 1], [0, -1], [1, 0], [2, 0], [0, 0], [0, 0]], np.float32
+    )
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 3])
+    query = np.zeros((3, 2), np.float32)
+    with pytest.warns(UserWarning, match="R = 0"):
+        scores = _ranking_only(query, np.array([0, 2, 9]), gallery, labels)
+    # Query label 0: 4 relevant at distance 1; closer non-relevant (two at 0) and
+    # one more at distance 1 (pessimistic): ranks 3..7 hold 4 relevant of 5.
+    # Query label 2: its single relevant at distance 0 ties another at 0: rank 2.
+    ap_0 = (1 / 4 + 2 / 5 + 3 / 6 + 4 / 7) / 4
+    np.testing.assert_allclose(scores["mean_average_precision"], (ap_0 + 1 / 2) / 2, rtol=1e-6)
+    with pytest.warns(UserWarning, match="R = 0"):
+        _assert_matches_reference(gallery, labels)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_concurrent_chunks_match_reference(monkeypatch, workers):
+    # Many small chunks, run by one thread or by several at once.
+    from tfmetric._src import chunks
+
+    monkeypatch.setattr(_ranking, "ELEMENT_BUDGET", 256)
+    monkeypatch.setattr(chunks, "MAX_WORKERS", workers)
+    monkeypatch.setattr(chunks.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(90, 5)).astype(np.float32)
+    y = rng.integers(0, 6, size=90)
+    assert _ranking._chunk_size(90, 90 + 30) <= 8
+    _assert_matches_reference(x, y, distance="cosine")

@@ -14,14 +14,30 @@ references do not change any metric). The result is a deterministic lower
 bound of the metric that an arbitrary tie-break would give.
 
 Computation, per chunk of queries (XLA-compiled, fixed chunk shape, last chunk
-padded): the `(chunk, gallery)` distance block; the relevant references of a
-query are a contiguous block once the gallery is sorted by label, so their
-distances are gathered into a `(chunk, max R)` tensor and sorted; a binary
-search of every non-relevant distance into that sorted row gives how many
-relevant references are strictly closer, and a per-row histogram plus a
-cumulative sum gives `#non-relevant <= p_j` for every `j`. Memory is
-O(chunk × (gallery + max R)); the `(queries, gallery)` matrix is never built
-and nothing is sorted but the relevant distances.
+padded; chunks run concurrently on the CPU cores, `tfmetric._src.chunks`):
+
+1. the `(chunk, gallery)` distance block; the relevant references of a query
+   are a contiguous block once the gallery is sorted by label, so their
+   distances are gathered into a `(chunk, max R)` row and sorted (`p`);
+2. for every other reference, `below = #{j : p_j < d}` — the number of
+   relevant distances strictly smaller — by a grid lookup: a uniform grid of
+   `CELLS_PER_RELEVANT * max R` cells over `[p_1, p_R]` per query, a table
+   of where each cell's relevant distances start in `p`, then a binary search
+   among the relevant distances of the reference's own cell only. The cell of
+   a value is a monotone function of it, so relevant distances in lower cells
+   are smaller and those in higher cells larger: the count is exact. The
+   search takes `steps = bit_length(most relevant distances in one cell)`
+   probes; a chunk with a fuller cell than the compiled `steps` allows is run
+   again with more (the kernel reports its fullest cell);
+3. a per-query histogram of `below` and its cumulative sum give
+   `#non-relevant <= p_j` for every `j` (a separate compiled call: fused
+   with step 2, XLA's scatter recomputes step 2 inside a serial loop).
+
+Memory is O(chunk × (gallery + cells)); the `(queries, gallery)` matrix is
+never built and nothing is sorted but the relevant distances. Work per
+(query, reference) pair: the distance, one table lookup, `steps` probes and
+one histogram increment — against `log2(max R)` probes for a plain binary
+search.
 """
 
 import warnings
@@ -31,12 +47,18 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, inputs
+from tfmetric._src import cache, chunks, inputs
 from tfmetric._src import compile as backend_compile
 
 # Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
 ELEMENT_BUDGET = 1 << 23
 MAX_QUERY_CHUNK = 1024
+# Grid cells per relevant reference (step 2 of the module docstring), and the
+# most cells of one chunk's table (chunk × cells int32).
+CELLS_PER_RELEVANT = 16
+CELL_BUDGET = 1 << 21
+# Probes compiled first; a chunk with a fuller cell is run again with more.
+INITIAL_STEPS = 2
 
 _COMPILED = cache.FunctionCache()
 
@@ -90,61 +112,87 @@ def padded_chunk(array, begin, stop, size, fill=0):
     return backend_compile.tensor(part)
 
 
-def _count_below(sorted_rows, values, width):
-    """`searchsorted(sorted_rows, values, side="left")` as an unrolled binary search.
-
-    XLA lowers `tf.searchsorted` to a broadcast comparison, O(chunk × gallery ×
-    width) work and memory; this takes O(chunk × gallery × log(width)) with no
-    temporary larger than `values`.
-    """
-    flat = ops.reshape(sorted_rows, [-1])
-    base = (ops.arange(sorted_rows.shape[0], dtype="int32") * width)[:, None]
-    count = ops.zeros(values.shape, "int32")
-    step = 1 << (width.bit_length() - 1)
-    while step:
-        candidate = count + step
-        probe = ops.take(flat, base + ops.minimum(candidate, width) - 1)
-        count = ops.where(ops.logical_and(candidate <= width, probe < values), candidate, count)
-        step //= 2
-    return count
-
-
-def _compiled_chunk_fn(distance, window):
+def _compiled_kernels(distance, window, cells, steps):
     distance = distances_lib.get(distance)
-    return _COMPILED.get((distance, window), lambda: _build_chunk_fn(distance, window))
+    key = (distance, window, cells, steps)
+    return _COMPILED.get(key, lambda: _build_kernels(distance, window, cells, steps))
 
 
-def _build_chunk_fn(distance_fn, window):
+def _build_kernels(distance_fn, window, cells, steps):
+    """`(below_fn, score_fn)`: steps 1-2 and step 3 of the module docstring."""
+    inf = np.float32(np.inf)
 
-    def chunk_fn(q, q_id, q_start, q_count, q_self, g, g_id):
+    def relevant_rows(q_count, q_self):
+        slots = ops.arange(window, dtype="int32")
+        num_relevant = q_count - ops.cast(q_self >= 0, "int32")
+        return slots, num_relevant, slots[None, :] < num_relevant[:, None]
+
+    def below_fn(q, q_id, q_start, q_count, q_self, g, g_id):
         chunk = q.shape[0]
         gallery_size = g.shape[0]
         d = distance_fn.dissimilarity(q, g)
-        inf = np.float32(np.inf)
-        slots = ops.arange(window, dtype="int32")
+        slots, num_relevant, valid = relevant_rows(q_count, q_self)
         block = q_start[:, None] + slots[None, :]
         in_block = ops.logical_and(
             slots[None, :] < q_count[:, None], ops.not_equal(block, q_self[:, None])
         )
         relevant = ops.take_along_axis(d, ops.minimum(block, gallery_size - 1), axis=1)
         relevant = ops.sort(ops.where(in_block, relevant, inf), axis=1)
+        # The grid over [p_1, p_R] of each query. Without two distinct finite
+        # relevant distances every finite value falls in the first cell (a tiny
+        # positive scale: no `inf * 0`, so no NaN; +inf lands in the last).
+        any_relevant = num_relevant[:, None] > 0
+        last = ops.maximum(num_relevant - 1, 0)[:, None]
+        lo = ops.where(any_relevant, relevant[:, :1], 0.0)
+        hi = ops.where(any_relevant, ops.take_along_axis(relevant, last, axis=1), 0.0)
+        span = hi - lo
+        usable = ops.logical_and(ops.isfinite(span), span > 0)
+        lo = ops.where(ops.isfinite(lo), lo, 0.0)
+        scale = ops.where(usable, ops.minimum(cells / ops.where(usable, span, 1.0), 1e30), 1e-30)
+
+        def cell_of(x):
+            # Monotone in x (a subtraction, a positive scale, clip, floor).
+            offset = (x - lo) * scale
+            return ops.cast(ops.floor(ops.clip(offset, 0.0, cells - 1.0)), "int32")
+
+        row = ops.arange(chunk, dtype="int32")[:, None]
+        relevant_cell = ops.where(valid, cell_of(ops.where(valid, relevant, lo)), cells)
+        per_cell = ops.segment_sum(
+            ops.ones((chunk * window,), "int32"),
+            ops.reshape(relevant_cell + row * (cells + 1), [-1]),
+            num_segments=chunk * (cells + 1),
+        )
+        per_cell = ops.reshape(per_cell, (chunk, cells + 1))[:, :cells]
+        cell_start = ops.reshape(ops.cumsum(per_cell, axis=1) - per_cell, [-1])
+        below = ops.take(cell_start, cell_of(d) + row * cells)
+        flat = ops.reshape(relevant, [-1])
+        extra = ops.zeros_like(below)
+        step = (1 << (steps - 1)) if steps else 0
+        while step:
+            probe_at = below + extra + (step - 1)
+            probe = ops.take(flat, ops.minimum(probe_at, window - 1) + row * window)
+            closer = ops.logical_and(probe_at < window, probe < d)
+            extra = ops.where(closer, extra + step, extra)
+            step //= 2
+        # Relevant references and the query itself go to the histogram's last
+        # bin, which no rank reads.
         same = ops.equal(g_id[None, :], q_id[:, None])
-        others = ops.where(same, inf, d)
-        # Number of relevant distances strictly below each non-relevant distance;
-        # masked entries (+inf) land past the last real relevant slot.
-        below = _count_below(relevant, others, window)
-        segments = below + (window + 1) * ops.arange(chunk, dtype="int32")[:, None]
+        below = ops.where(same, window, below + extra)
+        return below, ops.max(per_cell)
+
+    def score_fn(below, q_count, q_self):
+        chunk, gallery_size = below.shape
+        slots, num_relevant, valid = relevant_rows(q_count, q_self)
+        row = ops.arange(chunk, dtype="int32")[:, None]
         hist = ops.segment_sum(
             ops.ones((chunk * gallery_size,), "int32"),
-            ops.reshape(segments, [-1]),
+            ops.reshape(below + (window + 1) * row, [-1]),
             num_segments=chunk * (window + 1),
         )
         hist = ops.reshape(hist, (chunk, window + 1))
         others_before = ops.cast(ops.cumsum(hist, axis=1)[:, :window], "float32")
         position = ops.cast(slots + 1, "float32")[None, :]
         rank = position + others_before
-        num_relevant = q_count - ops.cast(q_self >= 0, "int32")
-        valid = slots[None, :] < num_relevant[:, None]
         precision = ops.where(valid, position / rank, 0.0)
         within_r = ops.logical_and(valid, rank <= ops.cast(num_relevant, "float32")[:, None])
         return (
@@ -154,7 +202,7 @@ def _build_chunk_fn(distance_fn, window):
             ops.sum(precision, axis=1),
         )
 
-    return backend_compile.backend_jit(chunk_fn)
+    return backend_compile.backend_jit(below_fn), backend_compile.backend_jit(score_fn)
 
 
 def _chunk_size(num_queries, width):
@@ -194,27 +242,29 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
         q_self = np.full(len(query), -1, np.int32)
     window = int(max(1, q_count.max()))
     chunk = _chunk_size(len(query), gallery.shape[0] + window)
-    chunk_fn = _compiled_chunk_fn(distance, window)
+    cells = max(1, min(CELLS_PER_RELEVANT * window, CELL_BUDGET // chunk))
     g = backend_compile.tensor(sorted_gallery)
     g_ids = backend_compile.tensor(g_id)
-    per_query = ([], [], [], [])
-    for begin in range(0, len(query), chunk):
-        stop = min(begin + chunk, len(query))
+    steps = [INITIAL_STEPS]  # grows (shared by the chunks) when a cell is fuller
 
-        def padded(a, fill=0, begin=begin, stop=stop):
+    def work(begin, stop):
+        def padded(a, fill=0):
             return padded_chunk(a, begin, stop, chunk, fill)
 
-        outputs = chunk_fn(
-            padded(query),
-            padded(q_id, -1),
-            padded(q_start),
-            padded(q_count),
-            padded(q_self, -1),
-            g,
-            g_ids,
-        )
-        for store, value in zip(per_query, outputs, strict=True):
-            store.append(backend_compile.numpy(value)[: stop - begin])
+        args = (padded(query), padded(q_id, -1), padded(q_start), padded(q_count))
+        args += (padded(q_self, -1), g, g_ids)
+        while True:
+            used = steps[0]
+            below_fn, score_fn = _compiled_kernels(distance, window, cells, used)
+            below, most = below_fn(*args)
+            most = int(backend_compile.numpy(most))
+            if most < (1 << used):
+                break
+            steps[0] = max(steps[0], most.bit_length())
+        outputs = score_fn(below, args[3], args[4])
+        return [backend_compile.numpy(value)[: stop - begin] for value in outputs]
+
+    per_query = zip(*chunks.map_chunks(work, len(query), chunk), strict=True)
     first_rank, r_hits, map_at_r_sum, ap_sum = (np.concatenate(s) for s in per_query)
     num_relevant = q_count - (q_self >= 0)
     return Ranks(
