@@ -17,7 +17,7 @@ padded), the gallery in blocks of equal size (the last one padded and masked).
 import numpy as np
 from keras import ops
 
-from tfmetric._src import cache
+from tfmetric._src import cache, chunks
 from tfmetric._src import compile as backend_compile
 
 _COMPILED = cache.FunctionCache()
@@ -153,18 +153,20 @@ def search_blocks(queries, blocks, valid, distance, k, query_chunk=1024, exclude
     """
     fn = _search_fn(distance, int(k), bool(exclude_self))
     chunk = max(1, min(query_chunk, len(queries)))
-    values, positions = [], []
-    for begin in range(0, len(queries), chunk):
-        part = queries[begin : begin + chunk]
+
+    def work(begin, stop):
+        part = queries[begin:stop]
         rows = len(part)
         own = np.arange(begin, begin + chunk, dtype=np.int32)
         if rows < chunk:
             part = np.concatenate([part, np.zeros((chunk - rows,) + part.shape[1:], part.dtype)])
         v, p = fn(backend_compile.tensor(part), backend_compile.tensor(own), blocks, valid)
-        values.append(backend_compile.numpy(v)[:rows])
-        positions.append(backend_compile.numpy(p)[:rows])
-    if not values:
+        return backend_compile.numpy(v)[:rows], backend_compile.numpy(p)[:rows]
+
+    per_chunk = chunks.map_chunks(work, len(queries), chunk)
+    if not per_chunk:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    values, positions = zip(*per_chunk, strict=True)
     return np.concatenate(positions).astype(np.int64), np.concatenate(values)
 
 

@@ -50,8 +50,9 @@ from tfmetric import distances as distances_lib
 from tfmetric._src import cache, chunks, inputs
 from tfmetric._src import compile as backend_compile
 
-# Largest number of elements of one (chunk, gallery) block; 2**23 float32 = 32 MiB.
-ELEMENT_BUDGET = 1 << 23
+# Largest number of elements of one (chunk, gallery) block; 2**24 float32 = 64 MiB
+# (a few such blocks per chunk in flight: distances, counts).
+ELEMENT_BUDGET = 1 << 24
 MAX_QUERY_CHUNK = 1024
 # Grid cells per relevant reference (step 2 of the module docstring), and the
 # most cells of one chunk's table (chunk × cells int32).
@@ -119,7 +120,13 @@ def _compiled_kernels(distance, window, cells, steps):
 
 
 def _build_kernels(distance_fn, window, cells, steps):
-    """`(below_fn, score_fn)`: steps 1-2 and step 3 of the module docstring."""
+    """`(grid_fn, below_fn, score_fn)`: steps 1, 2 and 3 of the module docstring.
+
+    Three compiled calls, each one's outputs materialised: fused into one
+    program, XLA recomputes the grid's cumulative sums for every reference
+    (in the lookup's loop) and the search inside the histogram's serial
+    scatter, several times the work.
+    """
     inf = np.float32(np.inf)
 
     def relevant_rows(q_count, q_self):
@@ -127,9 +134,13 @@ def _build_kernels(distance_fn, window, cells, steps):
         num_relevant = q_count - ops.cast(q_self >= 0, "int32")
         return slots, num_relevant, slots[None, :] < num_relevant[:, None]
 
-    def below_fn(q, q_id, q_start, q_count, q_self, g, g_id):
-        chunk = q.shape[0]
-        gallery_size = g.shape[0]
+    def cell_of(x, lo, scale):
+        # Monotone in x (a subtraction, a positive scale, clip, floor).
+        offset = (x - lo) * scale
+        return ops.cast(ops.floor(ops.clip(offset, 0.0, cells - 1.0)), "int32")
+
+    def grid_fn(q, q_start, q_count, q_self, g):
+        chunk, gallery_size = q.shape[0], g.shape[0]
         d = distance_fn.dissimilarity(q, g)
         slots, num_relevant, valid = relevant_rows(q_count, q_self)
         block = q_start[:, None] + slots[None, :]
@@ -149,22 +160,21 @@ def _build_kernels(distance_fn, window, cells, steps):
         usable = ops.logical_and(ops.isfinite(span), span > 0)
         lo = ops.where(ops.isfinite(lo), lo, 0.0)
         scale = ops.where(usable, ops.minimum(cells / ops.where(usable, span, 1.0), 1e30), 1e-30)
-
-        def cell_of(x):
-            # Monotone in x (a subtraction, a positive scale, clip, floor).
-            offset = (x - lo) * scale
-            return ops.cast(ops.floor(ops.clip(offset, 0.0, cells - 1.0)), "int32")
-
         row = ops.arange(chunk, dtype="int32")[:, None]
-        relevant_cell = ops.where(valid, cell_of(ops.where(valid, relevant, lo)), cells)
+        relevant_cell = ops.where(valid, cell_of(ops.where(valid, relevant, lo), lo, scale), cells)
         per_cell = ops.segment_sum(
             ops.ones((chunk * window,), "int32"),
             ops.reshape(relevant_cell + row * (cells + 1), [-1]),
             num_segments=chunk * (cells + 1),
         )
         per_cell = ops.reshape(per_cell, (chunk, cells + 1))[:, :cells]
-        cell_start = ops.reshape(ops.cumsum(per_cell, axis=1) - per_cell, [-1])
-        below = ops.take(cell_start, cell_of(d) + row * cells)
+        cell_start = ops.cumsum(per_cell, axis=1) - per_cell
+        return d, relevant, lo, scale, cell_start, ops.max(per_cell)
+
+    def below_fn(d, relevant, lo, scale, cell_start, q_id, g_id):
+        chunk = d.shape[0]
+        row = ops.arange(chunk, dtype="int32")[:, None]
+        below = ops.take(ops.reshape(cell_start, [-1]), cell_of(d, lo, scale) + row * cells)
         flat = ops.reshape(relevant, [-1])
         extra = ops.zeros_like(below)
         step = (1 << (steps - 1)) if steps else 0
@@ -177,8 +187,7 @@ def _build_kernels(distance_fn, window, cells, steps):
         # Relevant references and the query itself go to the histogram's last
         # bin, which no rank reads.
         same = ops.equal(g_id[None, :], q_id[:, None])
-        below = ops.where(same, window, below + extra)
-        return below, ops.max(per_cell)
+        return ops.where(same, window, below + extra)
 
     def score_fn(below, q_count, q_self):
         chunk, gallery_size = below.shape
@@ -202,7 +211,7 @@ def _build_kernels(distance_fn, window, cells, steps):
             ops.sum(precision, axis=1),
         )
 
-    return backend_compile.backend_jit(below_fn), backend_compile.backend_jit(score_fn)
+    return tuple(backend_compile.backend_jit(fn) for fn in (grid_fn, below_fn, score_fn))
 
 
 def _chunk_size(num_queries, width):
@@ -253,14 +262,14 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
 
         args = (padded(query), padded(q_id, -1), padded(q_start), padded(q_count))
         args += (padded(q_self, -1), g, g_ids)
-        while True:
-            used = steps[0]
-            below_fn, score_fn = _compiled_kernels(distance, window, cells, used)
-            below, most = below_fn(*args)
-            most = int(backend_compile.numpy(most))
-            if most < (1 << used):
-                break
+        grid_fn = _compiled_kernels(distance, window, cells, 0)[0]
+        *grid, most = grid_fn(args[0], args[2], args[3], args[4], g)
+        most = int(backend_compile.numpy(most))
+        if most >= (1 << steps[0]):
             steps[0] = max(steps[0], most.bit_length())
+        # Any `steps` >= bit_length(most) is exact; the shared one avoids compiling more.
+        _, below_fn, score_fn = _compiled_kernels(distance, window, cells, steps[0])
+        below = below_fn(*grid, args[1], g_ids)
         outputs = score_fn(below, args[3], args[4])
         return [backend_compile.numpy(value)[: stop - begin] for value in outputs]
 

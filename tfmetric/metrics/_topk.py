@@ -29,7 +29,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, topk
+from tfmetric._src import cache, chunks, topk
 from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
@@ -195,13 +195,9 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, g_id)
     )
     search = _compiled_search(distance, k)
-    first_rank = np.zeros(len(query), np.int64)
-    r_hits = np.zeros(len(query), np.int64)
-    map_at_r_sum = np.zeros(len(query), np.float64)
-    for begin in range(0, len(query), chunk):
-        stop = min(begin + chunk, len(query))
 
-        def padded(a, fill=0, begin=begin, stop=stop):
+    def work(begin, stop):
+        def padded(a, fill=0):
             return _ranking.padded_chunk(a, begin, stop, chunk, fill)
 
         inputs = (padded(query), padded(q_id, -1), padded(q_self, -1))
@@ -226,11 +222,20 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
             rank += np.where(at_boundary[:n], outside[:, None], 0)
         big = np.iinfo(np.int64).max
         first = np.where(any_rel, np.where(rel, rank, big).min(axis=1), 1 + below_first)
-        first_rank[begin:stop] = np.where(r > 0, first, 0)
         within = rel & (rank <= r[:, None])
         j = np.cumsum(rel, axis=1)
-        r_hits[begin:stop] = within.sum(axis=1)
-        map_at_r_sum[begin:stop] = np.where(within, j / np.maximum(rank, 1.0), 0.0).sum(axis=1)
+        return (
+            np.where(r > 0, first, 0),
+            within.sum(axis=1),
+            np.where(within, j / np.maximum(rank, 1.0), 0.0).sum(axis=1),
+        )
+
+    per_chunk = chunks.map_chunks(work, len(query), chunk)
+    columns = zip(*per_chunk, strict=True)
+    first_rank, r_hits, map_at_r_sum = (
+        np.concatenate(parts).astype(dtype)
+        for parts, dtype in zip(columns, (np.int64, np.int64, np.float64), strict=True)
+    )
     return _ranking.Ranks(
         num_relevant,
         first_rank,
