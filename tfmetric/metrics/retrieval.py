@@ -33,8 +33,9 @@ Without `mean_average_precision`, the metrics come from an exact top-k search
 with k = max R (`tfmetric.metrics._topk`, gallery scanned in blocks: memory
 O(chunk × block)), as fast as a faiss k-NN search; the full-ranking mAP counts,
 for every reference, the relevant references closer than it
-(`tfmetric.metrics._ranking`, memory O(chunk × (gallery + max R))), several
-times slower: ask for it only when needed.
+(`tfmetric.metrics._ranking`: a grid lookup and a few probes per pair, memory
+O(chunk × (gallery + max R))), about 1.5-2x the top-k path's time: ask for it
+only when needed. Chunks of queries run concurrently on the CPU cores.
 """
 
 import numpy as np
