@@ -1,8 +1,8 @@
 """Gradients with whatever backend Keras runs on, for tests that hold under every backend.
 
-`value_and_grad(fn, x)` is `tf.GradientTape` under TensorFlow and `jax.value_and_grad`
-under JAX: the library code runs as a user's training step would run it, and the test
-asserts the same numbers under both.
+`value_and_grad(fn, x)` is `tf.GradientTape` under TensorFlow, `jax.value_and_grad`
+under JAX and `torch.autograd.grad` under PyTorch: the library code runs as a user's
+training step would run it, and the test asserts the same numbers under every backend.
 """
 
 import keras
@@ -66,6 +66,26 @@ def gradient_function(fn, argnums=0, unconnected="raise"):
             return value, (tuple(grads) if several else grads[0])
 
         return tf_step
+    if backend() == "torch":
+        import torch
+
+        def torch_step(*args):
+            args = list(args)
+            for i in indices:
+                args[i] = _torch_leaves(args[i])
+            value = fn(*args)
+            leaves = [leaf for i in indices for leaf in _flatten(args[i])]
+            flat = torch.autograd.grad(value, leaves, allow_unused=True)
+            if any(g is None for g in flat) and unconnected != "zero":
+                raise AssertionError("The value does not depend on a differentiated argument.")
+            flat = iter(
+                torch.zeros_like(leaf) if g is None else g
+                for g, leaf in zip(flat, leaves, strict=True)
+            )
+            grads = tuple(_unflatten(args[i], flat) for i in indices)
+            return value, (grads if several else grads[0])
+
+        return torch_step
     raise NotImplementedError(f"No gradient helper for the {backend()!r} backend.")
 
 
@@ -85,11 +105,16 @@ def value_and_grad_with_variables(fn, x, variables):
 
 
 def jit(fn):
-    """`fn` compiled with XLA by the active backend (`tf.function(jit_compile=True)`, `jax.jit`)."""
+    """`fn` compiled with XLA by the active backend (`tf.function(jit_compile=True)`, `jax.jit`).
+
+    Under PyTorch `fn` runs eagerly, as `tfmetric/_src/compile.py` runs the kernels.
+    """
     if backend() == "jax":
         import jax
 
         return jax.jit(fn)
+    if backend() == "torch":
+        return fn
     import tensorflow as tf
 
     return tf.function(fn, jit_compile=True)
@@ -98,6 +123,26 @@ def jit(fn):
 def grad(fn, *args, argnums=0):
     """`d fn / d args[argnums]` as numpy (see `value_and_grad`)."""
     return value_and_grad(fn, *args, argnums=argnums)[1]
+
+
+def _torch_leaves(x):
+    """Fresh leaf tensors requiring gradients, with the structure (list/tuple) of `x`."""
+    if isinstance(x, (list, tuple)):
+        return [_torch_leaves(v) for v in x]
+    x = keras.ops.convert_to_tensor(x)
+    return x.detach().clone().requires_grad_(True)
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        return [leaf for v in x for leaf in _flatten(v)]
+    return [x]
+
+
+def _unflatten(structure, flat):
+    if isinstance(structure, (list, tuple)):
+        return [_unflatten(v, flat) for v in structure]
+    return next(flat)
 
 
 def _numpy_tree(x):

@@ -53,10 +53,10 @@ def test_gradient_finite_for_coinciding_embeddings(distance):
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "manhattan", distances.Minkowski(3)])
 def test_gradient_matches_finite_differences(distance):
     x, y = _data(n=3, m=4, d=5, seed=1)
-    weights = np.random.default_rng(2).normal(size=(3, 4))
+    weights = np.random.default_rng(2).normal(size=(3, 4)).astype("float32")
     ref_name = ("minkowski", 3.0) if isinstance(distance, distances.Minkowski) else distance
     _, (gx, gy) = backend_ops.value_and_grad(
-        lambda a, b: keras.ops.sum(distances.get(distance)(a, b) * weights), x, y, argnums=(0, 1)
+        lambda a, b: keras.ops.sum(distances.get(distance)(a, b) * keras.ops.convert_to_tensor(weights)), x, y, argnums=(0, 1)
     )
     num_x = numeric_gradient(lambda a: np.sum(pairwise(a, y, ref_name) * weights), x)
     num_y = numeric_gradient(lambda b: np.sum(pairwise(x, b, ref_name) * weights), y)

@@ -62,7 +62,7 @@ def _pk_batch(p=4, k=3, d=5, seed=0):
 
 
 def _value(fn, labels, x, **kwargs):
-    return float(np.mean(fn(labels, x, **kwargs)))
+    return float(np.mean(keras.ops.convert_to_numpy(fn(labels, x, **kwargs))))
 
 
 @pytest.mark.parametrize("pn", [False, True], ids=["triplet", "pn"])

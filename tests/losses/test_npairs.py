@@ -50,7 +50,7 @@ def test_matches_reference(labels, distance):
     x = rng.normal(size=(len(labels), 5)).astype("float32")
     expected = reference(labels, x, distance)
     values = tfmetric.losses.npairs_loss(labels, x, distance=distance)
-    np.testing.assert_allclose(np.mean(values), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.mean(keras.ops.convert_to_numpy(values)), expected, rtol=1e-4, atol=1e-5)
     loss = tfmetric.losses.NPairsLoss(distance=distance)
     np.testing.assert_allclose(float(loss(labels, x)), expected, rtol=1e-4, atol=1e-5)
 

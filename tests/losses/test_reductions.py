@@ -11,6 +11,7 @@ contrastive); the identities are checked for every in-batch loss.
 
 import inspect
 
+import keras
 import numpy as np
 import pytest
 from references import pairwise
@@ -110,7 +111,8 @@ def test_reductions_are_consistent_for_every_loss(cls):
     assert summed == pytest.approx(np.sum(WEIGHTS * none), rel=1e-5, abs=1e-6)
     # The default reduction is the functional form's mean (tested against the papers).
     mean = float(cls()(LABELS, X))
-    assert mean == pytest.approx(float(np.mean(cls.fn(LABELS, X, **_arguments(cls)))), rel=1e-5)
+    functional = keras.ops.convert_to_numpy(cls.fn(LABELS, X, **_arguments(cls)))
+    assert mean == pytest.approx(float(np.mean(functional)), rel=1e-5)
     # Uniform weights leave the weighted mean at the loss; scaling all weights changes nothing.
     for weights in (np.ones_like(WEIGHTS), np.full_like(WEIGHTS, 3.0)):
         value = float(cls(reduction="mean_with_sample_weight")(LABELS, X, sample_weight=weights))

@@ -93,7 +93,8 @@ def _loss_value(loss, data):
     labels, x, ref_labels, refs, valid = data
     values, counts = loss.reference_terms(labels, x, ref_labels, refs, valid)
     assert values.shape == (B,) and counts.shape == (B,)
-    return float(np.sum(values) / np.sum(counts)), np.asarray(values), np.asarray(counts)
+    values, counts = keras.ops.convert_to_numpy(values), keras.ops.convert_to_numpy(counts)
+    return float(np.sum(values) / np.sum(counts)), values, counts
 
 
 def test_contrastive_with_references_matches_the_definition():
