@@ -34,15 +34,15 @@ def _value_and_gradients(head, embeddings, labels=LABELS):
         keras.ops.convert_to_numpy(keras.ops.cast(embeddings, "float32")),
         head.trainable_variables,
     )
-    np.testing.assert_allclose(float(mean), np.mean(np.asarray(values)), rtol=1e-6)
+    np.testing.assert_allclose(float(mean), np.mean(keras.ops.convert_to_numpy(values)), rtol=1e-6)
     return values, [d_embeddings, *d_weights]
 
 
 def _assert_finite(values, grads):
-    assert np.all(np.isfinite(np.asarray(values)))
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(values)))
     for grad in grads:
         assert grad is not None
-        assert np.all(np.isfinite(np.asarray(grad)))
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(grad)))
 
 
 @pytest.mark.parametrize("name", HEADS)
@@ -75,10 +75,10 @@ def test_keras_file_round_trip(name, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded.head) is type(model.head)
     assert loaded.head.get_config() == model.head.get_config()
-    np.testing.assert_array_equal(np.asarray(loaded.head.proxies), np.asarray(model.head.proxies))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.head.proxies), keras.ops.convert_to_numpy(model.head.proxies))
     embeddings = _embeddings()[:, :3]
     np.testing.assert_allclose(
-        np.asarray(loaded.head(embeddings, LABELS)), np.asarray(model.head(embeddings, LABELS))
+        keras.ops.convert_to_numpy(loaded.head(embeddings, LABELS)), keras.ops.convert_to_numpy(model.head(embeddings, LABELS))
     )
 
 
@@ -94,7 +94,7 @@ def test_duplicate_and_zero_embeddings_are_finite(name):
 def test_embedding_on_a_proxy_and_on_its_antipode_is_finite(name):
     head = HEADS[name]()
     head.build((None, 5))
-    proxies = np.asarray(head.proxies)
+    proxies = keras.ops.convert_to_numpy(head.proxies)
     embeddings = np.stack(
         [proxies[0], -proxies[0], proxies[-1], -proxies[-1], 10 * proxies[1], proxies[2]]
     )
@@ -117,7 +117,7 @@ def test_low_precision_embeddings_match_float32(name, dtype):
     low = head(embeddings, LABELS)
     assert keras.backend.standardize_dtype(low.dtype) == "float32"
     full = head(keras.ops.cast(embeddings, "float32"), LABELS)
-    np.testing.assert_allclose(np.asarray(low), np.asarray(full), rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(low), keras.ops.convert_to_numpy(full), rtol=1e-6)
     _assert_finite(*_value_and_gradients(head, embeddings))
 
 
@@ -141,7 +141,7 @@ def test_compiled_call_with_xla():
     head.build((None, 5))
     eager = head(_embeddings(), LABELS)
     compiled = backend_ops.jit(lambda e, y: head(e, y))(_embeddings(), LABELS)
-    np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(compiled), keras.ops.convert_to_numpy(eager), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_classes", [1, 0, 2.5, True, "3"])
@@ -179,5 +179,5 @@ def test_bad_inputs_raise():
 def test_labels_of_shape_batch_by_one():
     head = tfmetric.layers.CosFace(4)
     np.testing.assert_allclose(
-        np.asarray(head(_embeddings(), LABELS[:, None])), np.asarray(head(_embeddings(), LABELS))
+        keras.ops.convert_to_numpy(head(_embeddings(), LABELS[:, None])), keras.ops.convert_to_numpy(head(_embeddings(), LABELS))
     )

@@ -51,8 +51,8 @@ def test_mahalanobis_matches_reference(units, squared):
     distance = tfmetric.distances.get(layer)
     assert isinstance(distance, tfmetric.distances.Distance)
     assert distance.is_similarity is False
-    np.testing.assert_allclose(np.asarray(distance(x, y)), expected, rtol=1e-4, atol=1e-4)
-    pairs = np.asarray(layer(x[:4], y))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(distance(x, y)), expected, rtol=1e-4, atol=1e-4)
+    pairs = keras.ops.convert_to_numpy(layer(x[:4], y))
     np.testing.assert_allclose(pairs, np.diag(expected[:4]), rtol=1e-4, atol=1e-4)
 
 
@@ -60,8 +60,8 @@ def test_mahalanobis_starts_as_the_euclidean_distance():
     x, y = _data()
     distance = tfmetric.distances.get(tfmetric.layers.Mahalanobis())
     euclidean = tfmetric.distances.get("euclidean")
-    np.testing.assert_allclose(np.asarray(distance(x, y)), np.asarray(euclidean(x, y)), atol=1e-5)
-    within = np.asarray(distance(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(distance(x, y)), keras.ops.convert_to_numpy(euclidean(x, y)), atol=1e-5)
+    within = keras.ops.convert_to_numpy(distance(x))
     np.testing.assert_array_equal(np.diag(within), 0.0)
 
 
@@ -76,11 +76,11 @@ def test_weighted_l1_matches_reference(seed):
     expected = _weighted_l1_reference(x, y, weights, 0.7)
     distance = tfmetric.distances.get(layer)
     assert distance.is_similarity is True
-    np.testing.assert_allclose(np.asarray(distance(x, y)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(distance(x, y)), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        np.asarray(layer(x[:4], y)), np.diag(expected[:4]), rtol=1e-5, atol=1e-6
+        keras.ops.convert_to_numpy(layer(x[:4], y)), np.diag(expected[:4]), rtol=1e-5, atol=1e-6
     )
-    logits = np.asarray(layer.logits(x[:4], y))
+    logits = keras.ops.convert_to_numpy(layer.logits(x[:4], y))
     np.testing.assert_allclose(1.0 / (1.0 + np.exp(-logits)), np.diag(expected[:4]), rtol=1e-5)
 
 
@@ -92,7 +92,7 @@ def test_weighted_l1_weights_stay_non_negative_in_training():
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="binary_crossentropy")
     a, b = _data(n=8, m=8)
     model.fit([a, b], np.ones(8), epochs=3, verbose=0)
-    assert np.all(np.asarray(layer.feature_weights) >= 0.0)
+    assert np.all(keras.ops.convert_to_numpy(layer.feature_weights) >= 0.0)
 
 
 @pytest.mark.parametrize("make", [tfmetric.layers.Mahalanobis, tfmetric.layers.WeightedL1])
@@ -120,7 +120,7 @@ def test_low_precision_inputs_are_computed_in_float32(make, dtype):
     x, y = _data(n=4)
     low = layer(keras.ops.cast(x, dtype), keras.ops.cast(y, dtype))
     assert keras.backend.standardize_dtype(low.dtype) == "float32"
-    assert np.all(np.isfinite(np.asarray(low)))
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(low)))
     matrix = tfmetric.distances.get(layer)(keras.ops.cast(x, dtype), keras.ops.cast(y, dtype))
     assert keras.backend.standardize_dtype(matrix.dtype) == "float32"
 
@@ -169,7 +169,7 @@ def test_distance_view_compiles_with_xla():
     distance = tfmetric.distances.get(layer)
     eager = distance(x, y)
     compiled = backend_ops.jit(lambda a, b: distance(a, b))(x, y)
-    np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(compiled), keras.ops.convert_to_numpy(eager), rtol=1e-6)
 
 
 def test_bad_arguments_and_inputs():
@@ -204,7 +204,7 @@ def test_siamese_scorer_trains_and_round_trips(make, loss, tmp_path):
     assert kernel
     model.fit((x1, x2), same if loss != "mse" else 3.0 * (1.0 - same), epochs=3, verbose=0)
     assert any(
-        not np.allclose(a, np.asarray(b))
+        not np.allclose(a, keras.ops.convert_to_numpy(b))
         for a, b in zip(kernel, head.trainable_variables, strict=True)
     )
     path = os.path.join(tmp_path, "siamese.keras")

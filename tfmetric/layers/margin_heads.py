@@ -36,6 +36,8 @@ def additive_angular_logits(cosine, one_hot, margin, scale, easy_margin=False):
     with the angle; with `easy_margin=True` the margin is applied only where
     `cos(theta) > 0`.
     """
+    cosine = ops.convert_to_tensor(cosine)
+    one_hot = ops.cast(one_hot, cosine.dtype)
     target = ops.sum(cosine * one_hot, axis=1)
     sine = ops.sqrt(ops.maximum(1.0 - ops.square(target), _SIN_EPSILON))
     with_margin = target * math.cos(margin) - sine * math.sin(margin)
