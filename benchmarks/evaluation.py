@@ -23,12 +23,14 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 DIM = 128
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's tfmetric, not an installed one
+
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 FAMILY = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
 ANN_NOISE = 0.5
 SECTION = "## Evaluation"
@@ -317,21 +319,6 @@ def _table(results):
     return "\n".join(lines) + "\n"
 
 
-def _write_section(text, path):
-    """Replaces (or appends) the `## Evaluation` section of RESULTS.md, atomically."""
-    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if end < 0 else old[end:])
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(handle, "w") as f:
-        f.write(new)
-    os.replace(temporary, path)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
@@ -380,7 +367,7 @@ def main():
     table = _table(results)
     print(table)
     if args.write:
-        _write_section(table, os.path.join(os.path.dirname(__file__), "RESULTS.md"))
+        _results.replace_section(SECTION, table)
 
 
 if __name__ == "__main__":

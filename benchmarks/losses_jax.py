@@ -22,8 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's tfmetric
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 HEADING = "## Losses speed under JAX"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 FLOOR = "floor: euclidean GEMM + sum"
 
 
@@ -116,10 +117,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        with open(RESULTS) as f:
-            content = f.read()
-        with open(RESULTS, "w") as f:
-            f.write(content.rstrip("\n") + f"\n\n{HEADING}\n\n{text}")
+        _results.append_section(HEADING, f"{HEADING}\n\n{text}")
 
 
 if __name__ == "__main__":

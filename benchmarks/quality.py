@@ -20,10 +20,13 @@ learning rate, normalisation) are listed in `CONFIGS` and printed in the table.
 import argparse
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
@@ -42,7 +45,6 @@ except ImportError:  # proxy heads not available: in-batch losses only
     pass
 
 HEADING = "## Quality (digits)"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 L = tfmetric.losses
 # name -> (paper, loss factory, learning rate, True: L2-normalise the embeddings,
@@ -231,22 +233,6 @@ def _table(rows, baseline, args):
     return "\n".join(lines)
 
 
-def _write(section):
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        end = len(text) if end < 0 else end + 1
-        rest = "\n" + text[end:] if end < len(text) else ""
-        text = text[:start] + section.rstrip("\n") + "\n" + rest
-    temporary = RESULTS + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, RESULTS)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -294,7 +280,7 @@ def main():
                 "",
             ]
         )
-        _write(section)
+        _results.replace_section(HEADING, section)
 
 
 if __name__ == "__main__":

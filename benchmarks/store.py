@@ -33,6 +33,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 SECTION = "## Item store"
 QUERIES = 200
 
@@ -192,19 +194,7 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-        with open(results) as f:
-            text = f.read()
-        if SECTION in text:
-            head, rest = text.split(SECTION, 1)
-            tail = rest.split("\n## ", 1)
-            text = head + table + ("\n## " + tail[1] if len(tail) == 2 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + table
-        temporary = results + ".tmp"
-        with open(temporary, "w") as f:
-            f.write(text)
-        os.replace(temporary, results)
+        _results.replace_section(SECTION, table)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import sys
 import tempfile
 import time
 
+import _results  # benchmarks/_results.py, beside this script
+
 HEADING = "## Time to quality (trainer main job)"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CHILD = r"""
@@ -272,21 +273,7 @@ def main():
         text += f"\nPhases of the first run ({rows[0][0]}):\n\n" + phase_table(rows[0][2]) + "\n"
     print(text)
     if args.write:
-        _write(text)
-
-
-def _write(text):
-    with open(RESULTS) as f:
-        content = f.read()
-    section = f"{HEADING}\n\n{text}"
-    if HEADING in content:
-        start = content.index(HEADING)
-        end = content.find("\n## ", start + len(HEADING))
-        content = content[:start] + section + ("" if end < 0 else content[end:])
-    else:
-        content = content.rstrip("\n") + "\n\n" + section
-    with open(RESULTS, "w") as f:
-        f.write(content)
+        _results.replace_section(HEADING, f"{HEADING}\n\n{text}")
 
 
 if __name__ == "__main__":
