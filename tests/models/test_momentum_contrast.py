@@ -15,7 +15,7 @@ RNG = np.random.default_rng(0)
 
 
 def _unit(x):
-    x = np.asarray(x, np.float64)
+    x = keras.ops.convert_to_numpy(x).astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

@@ -47,7 +47,7 @@ def test_fit_with_xla_lowers_the_loss_and_trains_the_proxies(name):
     first, last = history.history["loss"][0], history.history["loss"][-1]
     assert np.isfinite(last)
     assert last < first - 0.1 * abs(first)
-    assert not np.allclose(np.asarray(model.head.proxies), proxies)
+    assert not np.allclose(keras.ops.convert_to_numpy(model.head.proxies), proxies)
 
 
 def test_predict_returns_embeddings_and_embedder_exports_without_head():
@@ -97,7 +97,7 @@ def test_mixed_precision_at_scale_64_is_finite(policy):
         assert model.head.compute_dtype == "float32"
         history = model.fit(x * 100.0, labels, batch_size=16, epochs=2, verbose=0)
         assert np.all(np.isfinite(history.history["loss"]))
-        assert all(np.all(np.isfinite(np.asarray(v))) for v in model.trainable_variables)
+        assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous)
 
@@ -110,9 +110,9 @@ def test_sample_weight_and_regularisation_enter_the_loss():
     )
     model = tfmetric.models.ProxyModel(embedder, head)
     embeddings = model(x)
-    values = np.asarray(head(embeddings, labels))
+    values = keras.ops.convert_to_numpy(head(embeddings, labels))
     weights = np.linspace(0.0, 2.0, 8).astype("float32")
-    penalty = 0.1 * np.sum(np.square(np.asarray(embedder.layers[0].kernel)))
+    penalty = 0.1 * np.sum(np.square(keras.ops.convert_to_numpy(embedder.layers[0].kernel)))
     loss = model.compute_loss(x, labels, embeddings, sample_weight=weights)
     np.testing.assert_allclose(float(loss), np.mean(values * weights) + penalty, rtol=1e-5)
 

@@ -13,10 +13,14 @@ from tfmetric.losses import PairContrastiveLoss, pair_contrastive_loss, paired_d
 from tfmetric.models import SiameseModel
 
 
+def _float64(x):
+    return keras.ops.convert_to_numpy(x).astype(np.float64)
+
+
 def _np_distance(a, b, name):
     """Textbook per-pair distances, float64, one row at a time."""
     out = []
-    for u, v in zip(np.asarray(a, np.float64), np.asarray(b, np.float64), strict=True):
+    for u, v in zip(_float64(a), _float64(b), strict=True):
         if name == "euclidean":
             out.append(np.sqrt(np.sum((u - v) ** 2)))
         elif name == "squared_euclidean":
@@ -39,7 +43,7 @@ def test_paired_distance_matches_definition(name):
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     distance = tfmetric.distances.Minkowski(3) if name == "minkowski3" else name
-    got = np.asarray(paired_distance(distance, a.astype("float32"), b.astype("float32")))
+    got = keras.ops.convert_to_numpy(paired_distance(distance, a.astype("float32"), b.astype("float32")))
     np.testing.assert_allclose(got, _np_distance(a, b, name), rtol=1e-5, atol=1e-5)
 
 
@@ -57,7 +61,7 @@ def test_paired_distance_custom_distance_uses_diagonal():
             return 2.0 * super().pairwise(x, y)
 
     a, b = np.eye(3, dtype="float32"), np.zeros((3, 3), "float32")
-    np.testing.assert_allclose(np.asarray(paired_distance(Doubled(), a, b)), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(paired_distance(Doubled(), a, b)), [2.0, 2.0, 2.0])
 
 
 def test_pair_contrastive_loss_matches_hadsell():
@@ -70,7 +74,7 @@ def test_pair_contrastive_loss_matches_hadsell():
     hadsell = (1 - hadsell_y) * 0.5 * d**2 + hadsell_y * 0.5 * np.maximum(0, margin - d) ** 2
     expected = 2.0 * hadsell  # without the paper's 1/2, as TensorFlow Addons
     got = pair_contrastive_loss(labels, d.astype("float32"), margin=margin)
-    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_label_one_means_similar():

@@ -15,7 +15,7 @@ from tfmetric.models import TripletModel
 def _reference(triplets, margin, p=2.0, squared=False, similarity=False):
     """max(d(a,p) - d(a,n) + m, 0) per triplet, Minkowski-p or inner product, float64."""
     out = []
-    for a, pos, neg in np.asarray(triplets, np.float64):
+    for a, pos, neg in keras.ops.convert_to_numpy(triplets).astype(np.float64):
         if similarity:
             d_ap, d_an = -(a @ pos), -(a @ neg)
         else:
@@ -37,7 +37,7 @@ def test_triplet_margin_loss_matches_definition(margin, squared, p):
         triplets.astype("float32"), margin=margin, distance=distance, squared=squared
     )
     np.testing.assert_allclose(
-        np.asarray(got), _reference(triplets, margin, p, squared), rtol=1e-5, atol=1e-5
+        keras.ops.convert_to_numpy(got), _reference(triplets, margin, p, squared), rtol=1e-5, atol=1e-5
     )
 
 
@@ -45,7 +45,7 @@ def test_triplet_margin_loss_similarity():
     triplets = np.random.default_rng(3).normal(size=(7, 3, 4))
     got = triplet_margin_loss(triplets.astype("float32"), 0.3, distance="inner_product")
     np.testing.assert_allclose(
-        np.asarray(got), _reference(triplets, 0.3, similarity=True), rtol=1e-5, atol=1e-5
+        keras.ops.convert_to_numpy(got), _reference(triplets, 0.3, similarity=True), rtol=1e-5, atol=1e-5
     )
 
 
@@ -96,12 +96,12 @@ def test_predictions_are_embedder_outputs():
     out = model.predict((a, p, n), verbose=0)
     assert out.shape == (4, 3, 3)
     for i, batch in enumerate((a, p, n)):
-        np.testing.assert_allclose(out[:, i], np.asarray(embedder(batch)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[:, i], keras.ops.convert_to_numpy(embedder(batch)), rtol=1e-5, atol=1e-6)
     from_dict = model.predict({"anchor": a, "positive": p, "negative": n}, verbose=0)
     np.testing.assert_allclose(from_dict, out, rtol=1e-6)
     d_ap, d_an = model.triplet_distances((a, p, n))
     expected = np.linalg.norm(out[:, 0] - out[:, 1], axis=1)
-    np.testing.assert_allclose(np.asarray(d_ap), expected, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_ap), expected, rtol=1e-5)
     assert d_an.shape == (4,)
 
 

@@ -114,8 +114,8 @@ def test_training_updates_the_one_tower():
     rng = np.random.default_rng(0)
     x1, x2 = rng.normal(size=(2, 8, 5)).astype("float32")
     model.fit([x1, x2], np.array([1, 0] * 4, "float32"), epochs=1, verbose=0)
-    assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(before, embedder.weights, strict=True))
-    expected = np.linalg.norm(np.asarray(embedder(x1)) - np.asarray(embedder(x2)), axis=1)
+    assert any(not np.allclose(a, keras.ops.convert_to_numpy(b)) for a, b in zip(before, embedder.weights, strict=True))
+    expected = np.linalg.norm(keras.ops.convert_to_numpy(embedder(x1)) - keras.ops.convert_to_numpy(embedder(x2)), axis=1)
     np.testing.assert_allclose(model.predict([x1, x2], verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -179,4 +179,4 @@ def test_pair_labels_other_than_0_1_are_an_error_before_training(labels, match):
     with pytest.raises(ValueError, match=match):
         model.evaluate([x, x], labels, verbose=0)
     for a, b in zip(before, embedder.weights, strict=True):
-        np.testing.assert_array_equal(a, np.asarray(b))  # nothing trained
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))  # nothing trained
