@@ -11,6 +11,10 @@ import tensorflow as tf
 import tfmetric
 
 RNG = np.random.default_rng(0)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
 N = 32
 QUERIES = RNG.normal(size=(N, 3)).astype("float32")
 ITEMS = RNG.normal(size=(N, 5)).astype("float32")
@@ -32,13 +36,13 @@ def test_logits_layer_matches_definition_and_clamps():
     log_q = np.log(RNG.uniform(0.1, 0.9, size=4))
     layer = tfmetric.layers.InBatchLogits(temperature=0.2)
     expected = _normalize(q) @ _normalize(c).T / 0.2 - log_q[None, :]
-    np.testing.assert_allclose(layer(q, c, log_q), expected, rtol=1e-5)
+    np.testing.assert_allclose(_np(layer(q, c, log_q)), expected, rtol=1e-5)
     assert [w.name for w in layer.trainable_weights] == ["log_logit_scale"]
     layer.log_logit_scale.assign(10.0)  # exp(10) > 100: clamped to the maximum scale
-    np.testing.assert_allclose(layer(q, c), _normalize(q) @ _normalize(c).T * 100.0, rtol=1e-5)
+    np.testing.assert_allclose(_np(layer(q, c)), _normalize(q) @ _normalize(c).T * 100.0, rtol=1e-5)
     fixed = tfmetric.layers.InBatchLogits(temperature=2.0, learn_temperature=False, normalize=False)
     assert not fixed.trainable_weights
-    np.testing.assert_allclose(fixed(q, c), q @ c.T / 2.0, rtol=1e-5)
+    np.testing.assert_allclose(_np(fixed(q, c)), q @ c.T / 2.0, rtol=1e-5)
 
 
 def test_clip_training_learns_the_pairing_and_the_temperature():
@@ -86,7 +90,7 @@ def test_logq_input_is_subtracted():
         / 0.5
         - log_q[None, :]
     )
-    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(model(x)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_keras_round_trip_and_config(tmp_path):
@@ -97,7 +101,7 @@ def test_keras_round_trip_and_config(tmp_path):
     path = os.path.join(tmp_path, "two_tower.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-6)
     config = model.get_config()
     parameters = set(inspect.signature(tfmetric.models.TwoTowerModel).parameters) - {"kwargs"}
     assert parameters <= set(config)
