@@ -2,7 +2,8 @@
 
 The kernels are written with `keras.ops`, so they run on every backend:
 compiled by XLA through `tf.function(jit_compile=True)` under TensorFlow and
-`jax.jit` under JAX; other backends (PyTorch) run them eagerly.
+`jax.jit` under JAX; other backends (PyTorch) run them eagerly (no
+`torch.compile`: its first compilation costs seconds per shape).
 """
 
 import keras
@@ -31,4 +32,10 @@ def tensor(array):
 
 def numpy(value):
     """A numpy array of a backend tensor."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Directly: numpy 2 warns (DeprecationWarning) on `np.array` of a torch tensor.
+        if isinstance(value, torch.Tensor) and value.dtype != torch.bfloat16:
+            return value.detach().cpu().numpy()
     return np.asarray(ops.convert_to_numpy(value))

@@ -129,10 +129,11 @@ def _build_count(distance):
         def count_body(i, below_first, below_boundary):
             d, excluded = block_distances(i)
             other = ops.logical_and(ops.not_equal(block_ids[i][None, :], q_id[:, None]), ~excluded)
-            below_first += ops.sum(
+            # `x = x + ...`, not `+=`: in-place under PyTorch, where both start as one tensor.
+            below_first = below_first + ops.sum(
                 ops.cast(ops.logical_and(other, d <= p1[:, None]), "int32"), axis=1
             )
-            below_boundary += ops.sum(
+            below_boundary = below_boundary + ops.sum(
                 ops.cast(ops.logical_and(other, d <= boundary[:, None]), "int32"), axis=1
             )
             return i + 1, below_first, below_boundary
