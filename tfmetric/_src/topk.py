@@ -8,12 +8,14 @@ a matrix of scores (larger is closer), its `k` best columns with `top_k`, and
 merges them into the best `k` so far: memory is O(queries × block), whatever
 the gallery size. `top_k` puts the lower index first among equal scores and
 earlier blocks come first in the merge, so ties go to the lower gallery
-position, as a stable sort would.
+position, as a stable sort would. (`torch.topk` does not order ties, so under
+PyTorch `_top_k` is a stable descending sort.)
 
 `search` drives it from numpy: queries in chunks of fixed shape (the last one
 padded), the gallery in blocks of equal size (the last one padded and masked).
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -25,12 +27,22 @@ _COMPILED = cache.FunctionCache()
 UNROLL = 8
 
 
+def _top_k(scores, k):
+    """`ops.top_k(scores, k)` over the last axis, lower index first among equal scores."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        values, positions = torch.sort(scores, dim=-1, descending=True, stable=True)
+        return values[..., :k], positions[..., :k]
+    return ops.top_k(scores, k)
+
+
 def _block_top_k(scores, k):
     """`top_k(scores, k)`, with `-inf` columns appended when a block is narrower than `k`."""
     width = scores.shape[1]
     if width < k:
         scores = ops.pad(scores, [[0, 0], [0, k - width]], constant_values=-np.inf)
-    values, positions = ops.top_k(scores, k)
+    values, positions = _top_k(scores, k)
     return values, ops.cast(positions, "int32")
 
 
@@ -66,7 +78,7 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None):
         scores, positions = _block_top_k(block_scores(i), k)
         merged = ops.concatenate([best, scores], axis=1)
         merged_positions = ops.concatenate([best_positions, positions + i * block_size], axis=1)
-        best, chosen = ops.top_k(merged, k)
+        best, chosen = _top_k(merged, k)
         return i + 1, best, ops.take_along_axis(merged_positions, chosen, axis=1)
 
     best, best_positions = _block_top_k(block_scores(0), k)
