@@ -337,8 +337,12 @@ def test_mining_schedule_drives_the_loss_inside_the_memory_model_without_retraci
     wanted = [expected(0.1, "easy", False), expected(0.1, "hard", True),
               expected(5.0, "easy", True)]
     assert len({round(v, 4) for v in wanted}) == 3
-    # float32 sums of distances against the float64 reference (XLA's order differs by backend)
-    np.testing.assert_allclose(losses, wanted, rtol=3e-5, atol=1e-6)
+    # float32 sums of distances against the float64 reference (XLA's order differs by backend).
+    # PyTorch: 3.5e-5 off in the last epoch (easy mining: each anchor's closest positive is its
+    # copy in the memory, at distance 0 in float64 but sqrt(float32 rounding) through the GEMM
+    # form of the distance when the memory's copy and the batch differ in their last bits).
+    rtol = 1e-4 if keras.backend.backend() == "torch" else 3e-5
+    np.testing.assert_allclose(losses, wanted, rtol=rtol, atol=1e-6)
     if keras.backend.backend() == "tensorflow":
         assert traces[0] >= 1 and traces == [traces[0]] * 3  # traced once, then variables are read
     else:  # JAX: the compiled step reads only the model's state; each change retraces it

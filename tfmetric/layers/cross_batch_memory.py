@@ -99,7 +99,12 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def call(self, inputs=None):
         """Returns the memory `(labels, embeddings)`."""
-        return ops.convert_to_tensor(self.labels), ops.convert_to_tensor(self.embeddings)
+        labels, embeddings = ops.convert_to_tensor(self.labels), ops.convert_to_tensor(self.embeddings)
+        if keras.backend.backend() == "torch":
+            # Snapshots: under PyTorch `enqueue` writes the variables' tensors in place, which
+            # autograd refuses for tensors a loss read before the write (MoCo enqueues in its loss).
+            labels, embeddings = ops.copy(labels), ops.copy(embeddings)
+        return labels, embeddings
 
     def get_config(self):
         config = super().get_config()
