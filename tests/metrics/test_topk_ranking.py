@@ -76,3 +76,29 @@ def test_tie_across_the_boundary_is_pessimistic():
         np.zeros((1, 1), np.float32), [0], g, gl, metrics=["map_at_r", "r_precision"]
     )
     assert scores == {"map_at_r": 0.5, "r_precision": 0.5}
+
+
+def test_second_pass_only_when_a_metric_needs_the_far_first_rank(monkeypatch):
+    # Query 0's only relevant reference is at rank 50 > K: precision@1, MAP@R,
+    # R-precision and recall@k for k <= K do not depend on that rank, so the
+    # gallery is not scanned a second time; the reciprocal rank and recall@k
+    # with k > K do.
+    calls = []
+    count = _topk._compiled_count
+    monkeypatch.setattr(_topk, "_compiled_count", lambda d: calls.append(1) or count(d))
+    g = np.arange(50, dtype=np.float32)[:, None]
+    gl = np.array([1] * 49 + [0])
+    gl[:2] = 2
+    q = np.array([[0.0], [0.5]], np.float32)
+    ql = np.array([0, 2])
+    cheap = tfmetric.metrics.evaluate_retrieval(
+        q, ql, g, gl, k=(1, 2), metrics=["precision_at_1", "map_at_r", "r_precision", "recall_at_k"]
+    )
+    assert not calls
+    assert cheap == {"precision_at_1": 0.5, "map_at_r": 0.5, "r_precision": 0.5,
+                     "recall_at_1": 0.5, "recall_at_2": 0.5}  # fmt: skip
+    far = tfmetric.metrics.evaluate_retrieval(q, ql, g, gl, k=(49, 50), metrics=["recall_at_k"])
+    assert calls
+    assert far == {"recall_at_49": 0.5, "recall_at_50": 1.0}
+    rr = tfmetric.metrics.evaluate_retrieval(q, ql, g, gl, metrics=["mean_reciprocal_rank"])
+    np.testing.assert_allclose(rr["mean_reciprocal_rank"], (1 / 50 + 1) / 2)

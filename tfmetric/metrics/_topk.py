@@ -167,10 +167,23 @@ def max_relevant(query_labels, gallery_labels):
     return int(max(1, counts[where][found].max(initial=1)))
 
 
-def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distance="euclidean"):
+def nearest_ranks(
+    query,
+    query_labels,
+    gallery=None,
+    gallery_labels=None,
+    distance="euclidean",
+    first_rank_up_to=None,
+):
     """`_ranking.Ranks` without `ap_sum` (NaN), from a top-k search with k = max R.
 
-    Same arguments and conventions as `_ranking.relevant_ranks`.
+    Same arguments and conventions as `_ranking.relevant_ranks`, plus
+    `first_rank_up_to`: `None` makes `first_rank` exact for every query; an
+    integer `m` makes it exact only where it is at most `max(m, K)`, the rank
+    of a first relevant reference beyond the top `K` being reported as `K + 1`
+    (enough for precision@1 and recall@k with k <= m: no second pass over the
+    gallery, nor its compilation, for queries without a relevant reference in
+    their top `K`).
     """
     distance = distances_lib.get(distance)
     query, query_labels, gallery, gallery_labels = _ranking.prepare_retrieval_inputs(
@@ -196,6 +209,7 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, g_id)
     )
     search = _compiled_search(distance, k)
+    exact_first = first_rank_up_to is None or first_rank_up_to > k
 
     def work(begin, stop):
         def padded(a, fill=0):
@@ -211,8 +225,8 @@ def nearest_ranks(query, query_labels, gallery=None, gallery_labels=None, distan
         rank, rel, tie_across = rank[:n].astype(np.int64), rel[:n], tie_across[:n]
         any_rel = rel.any(axis=1)
         missing = (r > 0) & ~any_rel
-        below_first = np.zeros(n, np.int64)
-        if tie_across.any() or missing.any():
+        below_first = np.full(n, k, np.int64)  # "beyond the top K" unless counted
+        if tie_across.any() or (exact_first and missing.any()):
             below_first, below_boundary = (
                 backend_compile.numpy(value)[:n]
                 for value in _compiled_count(distance)(
