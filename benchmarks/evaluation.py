@@ -316,7 +316,8 @@ def _table(results):
         "the relevant references closer than it (`tfmetric.metrics._ranking`: a per-query grid "
         "over the relevant distances, one table lookup and a few probes per pair, then a "
         "histogram). Query chunks run concurrently on the CPU cores (`tfmetric._src.chunks`); "
-        "faiss uses OpenMP threads. Compare CPU seconds when the load average is above ~2. "
+        "faiss uses OpenMP threads, which spin while they wait and bill CPU time on a loaded machine "
+        "(at load 17-20 faiss read 75 CPU-s at 100k; quiet, 41): compare on a quiet machine. "
         "Random-cluster data are easy for an inverted file (a query's neighbours share its "
         "cluster, hence its cell), so recall saturates at small `nprobe`; real embeddings need "
         "more probes.",
