@@ -15,10 +15,23 @@ on `sys.path`.
 """
 
 import os
+import platform
 import re
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 TITLE = "# Benchmark results\n"
+
+
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name for a table's "machine" line (`cpuinfo`, else `platform`)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def replace_section(heading, text, path=RESULTS):

@@ -22,11 +22,11 @@ less.
 import argparse
 import itertools
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -67,13 +67,7 @@ def python_rates(dataset, batches, warmup=20):
 
 
 def _machine():
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}"
+    return f"{_results.cpu_name()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}"
 
 
 def _median_ratio(runs, baseline_runs, column):

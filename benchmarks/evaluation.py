@@ -224,22 +224,11 @@ def _subprocess(case, n):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _table(results):
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/evaluation.py` on {_cpu_name()} ({platform.machine()}, "
+        f"`python benchmarks/evaluation.py` on {_results.cpu_name()} ({platform.machine()}, "
         f"{os.cpu_count()} CPU cores, shared with other jobs while measured: the load average "
         "is given per row; wall times are pessimistic, compare CPU seconds), D=128, "
         "random-cluster data with n/100 classes (point = class mean ~ N(0, I) + 1.5 N(0, I)). Peak memory: `ru_maxrss` of a fresh process "

@@ -19,7 +19,6 @@ memory (`ru_maxrss`) is taken before the floor is compiled: the loss's own.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 FLOOR = "floor: euclidean GEMM + sum"
 
@@ -128,12 +129,7 @@ def _worker(name, size, dim, samples_per_class, rounds, peak_is_own=True):
 
 
 def _machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = _results.cpu_name()
     import tensorflow as tf
 
     return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, XLA (jit_compile=True), CPU"

@@ -22,7 +22,6 @@ Usage:
 
 import argparse
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -37,17 +36,6 @@ import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 SECTION = "## Item store"
 QUERIES = 200
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _start_redis(folder):
@@ -182,7 +170,7 @@ def main():
         f"median / p95 ms over {QUERIES} single-vector queries, k = 10 (`filtered`: metadata filter "
         "matching 10% of the items; `upsert+query`: one single upsert then one query, 50 times).",
         "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, CPU; load average "
+        f"Machine: {_results.cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, CPU; load average "
         f"{load_before[0]:.1f} before and {load_after[0]:.1f} after the run (a shared machine: other "
         "jobs were running, so compare rows of the same run rather than absolute figures).",
         "",

@@ -144,3 +144,11 @@ def test_rewriting_every_section_of_the_real_file_changes_nothing(tmp_path):
         section = "\n".join(lines[first:end]).rstrip("\n") + "\n"
         results.replace_section(lines[first], section, path)
     assert _read(path) == original
+
+
+def test_cpu_name_reads_the_model_name_or_falls_back(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\nflags\t: a b\n")
+    assert results.cpu_name(str(cpuinfo)) == "Example CPU 9000"
+    fallback = results.cpu_name(str(tmp_path / "missing"))
+    assert isinstance(fallback, str) and fallback and fallback != "Example CPU 9000"
