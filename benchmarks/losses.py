@@ -49,6 +49,20 @@ def _losses():
     return losses
 
 
+def compiled_step(fn):
+    """`step(embeddings, y) -> (fn(y, embeddings), its gradient wrt embeddings)`, XLA-compiled."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def step(embeddings, y):
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            value = fn(y, embeddings)
+        return value, tape.gradient(value, embeddings)
+
+    return step
+
+
 def _steps(name, size, dim, samples_per_class):
     """The compiled forward+backward steps of the loss `name` and of the floor, with their inputs."""
     import numpy as np
@@ -61,21 +75,11 @@ def _steps(name, size, dim, samples_per_class):
     labels = tf.constant(np.arange(size) // samples_per_class, "int32")
     x = tf.constant(rng.normal(size=(size, dim)).astype("float32"))
 
-    def compiled(fn):
-        @tf.function(jit_compile=True)
-        def step(embeddings, y):
-            with tf.GradientTape() as tape:
-                tape.watch(embeddings)
-                value = fn(y, embeddings)
-            return value, tape.gradient(value, embeddings)
-
-        return step
-
     def floor_fn(y, e):
         return tf.reduce_sum(distances.Euclidean()(e))
 
-    floor = compiled(floor_fn)
-    step = compiled(floor_fn if loss is None else loss)  # the floor's row: two copies
+    floor = compiled_step(floor_fn)
+    step = compiled_step(floor_fn if loss is None else loss)  # the floor's row: two copies
     return step, floor, x, labels
 
 
