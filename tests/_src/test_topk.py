@@ -78,3 +78,60 @@ def test_gallery_blocks_pad_and_mask():
     np.testing.assert_array_equal(valid.ravel(), [1, 1, 1, 1, 1, 0])
     np.testing.assert_array_equal(ids.ravel(), [0, 1, 2, 3, 4, -1])
     np.testing.assert_array_equal(blocks.reshape(6, 2)[:5], gallery)
+
+
+def _ties_matrix(rows, width, seed):
+    """Scores in {0, ..., 5}: ties everywhere, also at every cut."""
+    return np.random.default_rng(seed).integers(0, 6, size=(rows, width)).astype(np.float32)
+
+
+@pytest.mark.parametrize("group,k", [(4, 3), (4, 10), (8, 5)])
+def test_grouped_selection_is_exact_and_stable(monkeypatch, group, k):
+    monkeypatch.setattr(topk, "GROUP", group)
+    monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
+    width = 16 * group
+    assert topk._grouped(width, k)  # the grouped path runs
+    scores = _ties_matrix(9, width, seed=k)
+    scores[0, :] = 2.0  # one row all equal
+    scores[1, :] = -np.inf  # one row without any result
+    values, positions = (np.asarray(a) for a in topk._block_top_k(scores, k, stable=True))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(positions[2:], order[2:])
+    np.testing.assert_array_equal(values, np.take_along_axis(scores, order, axis=1))
+    np.testing.assert_array_equal(positions[0], np.arange(k))
+
+
+@pytest.mark.parametrize("group,k", [(4, 3), (4, 10), (8, 5), (2, 31)])
+def test_grouped_selection_without_stable_ties_returns_a_best_set(monkeypatch, group, k):
+    # Without stable ties the positions among equal scores may differ from the
+    # stable order, but the values are the k best, sorted, and each position
+    # holds the value reported for it (no position twice).
+    monkeypatch.setattr(topk, "GROUP", group)
+    monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
+    width = 2 * group * k + 4 * group
+    assert topk._grouped(width, k)
+    scores = _ties_matrix(11, width, seed=group + k)
+    scores[3, : width // 2] = -np.inf
+    values, positions = (np.asarray(a) for a in topk._block_top_k(scores, k, stable=False))
+    expected = -np.sort(-scores, axis=1)[:, :k]
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(np.take_along_axis(scores, positions, axis=1), values)
+    for row in positions:
+        assert len(set(row.tolist())) == k
+
+
+def test_grouped_search_matches_stable_argsort(monkeypatch):
+    # Through `search` (blocks, merge, padding): the grouped path gives the
+    # stable order of the reference on integer data full of ties.
+    monkeypatch.setattr(topk, "GROUP", 4)
+    monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
+    rng = np.random.default_rng(11)
+    queries = rng.integers(-2, 3, size=(10, 3)).astype(np.float32)
+    gallery = rng.integers(-2, 3, size=(96, 3)).astype(np.float32)
+    distance = tfmetric.distances.get("euclidean")
+    for block, k in [(96, 6), (48, 5)]:
+        assert topk._grouped(block, k)
+        positions, values = topk.search(queries, gallery, distance, k, 4, block)
+        expected_positions, expected_values, _ = _reference(queries, gallery, k)
+        np.testing.assert_array_equal(positions, expected_positions)
+        np.testing.assert_allclose(values, expected_values, rtol=1e-6)

@@ -102,3 +102,64 @@ def test_second_pass_only_when_a_metric_needs_the_far_first_rank(monkeypatch):
     assert far == {"recall_at_49": 0.5, "recall_at_50": 1.0}
     rr = tfmetric.metrics.evaluate_retrieval(q, ql, g, gl, metrics=["mean_reciprocal_rank"])
     np.testing.assert_allclose(rr["mean_reciprocal_rank"], (1 / 50 + 1) / 2)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine", "inner_product"])
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_one_out, monkeypatch):
+    # The gallery is wide enough for the selection through group maxima (made
+    # small here) and the keys (2<q, g> - ||g||², cosines, inner products) are
+    # compared on integer data with many ties, across the boundary too.
+    from tfmetric._src import topk
+
+    monkeypatch.setattr(topk, "GROUP", 2)
+    monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
+    rng = np.random.default_rng(5)
+    if distance == "cosine":
+        # Cosines of small integer vectors tie in exact arithmetic but not in
+        # float: normal data for the cosine (as in the test above).
+        q, g = rng.normal(size=(40, 3)), rng.normal(size=(200, 3))
+    else:
+        q, g = rng.integers(-2, 3, size=(40, 3)), rng.integers(-2, 3, size=(200, 3))
+    q, g = q.astype(np.float32), g.astype(np.float32)
+    ql, gl = rng.integers(0, 5, size=40), rng.integers(0, 5, size=200)
+    k = _topk.max_relevant(ql, gl)
+    _, block = _topk._sizes(40, 200, k)
+    assert topk._grouped(block, k + 1)
+    if leave_one_out:
+        g, gl = None, None
+    _check(q, ql, g, gl, distance)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
+@pytest.mark.parametrize("magnitude", [1e-30, 1e18])
+def test_search_keys_at_extreme_magnitudes(distance, magnitude):
+    # The keys are computed on embeddings divided by a power of two near their
+    # largest magnitude: tiny and huge embeddings rank as the unit-sized ones.
+    rng = np.random.default_rng(9)
+    q = rng.normal(size=(30, 4)).astype(np.float32)
+    g = rng.normal(size=(60, 4)).astype(np.float32)
+    ql, gl = rng.integers(0, 3, size=30), rng.integers(0, 3, size=60)
+    similarity = tfmetric.distances.get(distance).is_similarity
+    expected = metrics_from_relevance(ranked_relevance(q, ql, g, gl, distance, similarity))
+    scores = tfmetric.metrics.evaluate_retrieval(
+        q * np.float32(magnitude), ql, g * np.float32(magnitude), gl,
+        distance=distance, k=(1, 5), metrics=FAMILY,
+    )  # fmt: skip
+    for name in CHECKED:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_cosine_keys_keep_a_zero_vector_at_distance_one():
+    # A zero reference has cosine distance 1 to every query (its direction is
+    # undefined): after the references at distance < 1, before those beyond.
+    g = np.array([[1.0, 0.1], [0.0, 0.0], [-1.0, 0.2], [0.9, 0.3], [-1.0, -0.1]], np.float32)
+    gl = np.array([1, 0, 0, 1, 1])
+    q = np.array([[1.0, 0.0]], np.float32)
+    # Ranked by cosine distance: g0, g3 (label 1), g1 (distance 1, label 0),
+    # then g2 (label 0), g4: the first relevant at rank 3, none in the top R = 2.
+    scores = tfmetric.metrics.evaluate_retrieval(
+        q, [0], g, gl, metrics=["mean_reciprocal_rank", "r_precision"], distance="cosine"
+    )
+    np.testing.assert_allclose(scores["mean_reciprocal_rank"], 1 / 3)
+    np.testing.assert_allclose(scores["r_precision"], 0.0)

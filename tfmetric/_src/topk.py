@@ -25,6 +25,11 @@ from tfmetric._src import compile as backend_compile
 _COMPILED = cache.FunctionCache()
 # Gallery blocks beyond which the scan is a loop rather than unrolled.
 UNROLL = 8
+# Selection through the maxima of groups of `GROUP` consecutive columns when a
+# block holds at least `GROUPED_MIN_RATIO * GROUP * k` columns (see
+# `_grouped_top_k`; below that the two `top_k` calls cost more than one).
+GROUP = 16
+GROUPED_MIN_RATIO = 2
 
 
 def _top_k(scores, k):
@@ -37,16 +42,63 @@ def _top_k(scores, k):
     return ops.top_k(scores, k)
 
 
-def _block_top_k(scores, k):
+def _grouped(width, k):
+    """Whether `_block_top_k` selects through group maxima for this block width and `k`."""
+    return width % GROUP == 0 and width >= GROUPED_MIN_RATIO * GROUP * k
+
+
+def _grouped_top_k(scores, k, stable):
+    """`top_k(scores, k)` through the maxima of groups of `GROUP` columns.
+
+    Exact: the `k` best columns lie in the `k` groups with the best maxima (a
+    group ranked before the group of one of them holds a column ranked before
+    it, so at most `k - 1` groups do). Two `top_k` calls, over `width / GROUP`
+    maxima and over the `k * GROUP` columns of the chosen groups, replace one
+    over `width` columns: XLA's CPU `TopK` costs ~1.5-2.7 ns per column (and
+    ~25 µs per row at k = 130), the maxima ~0.1 ns per column.
+
+    `stable` (ties to the lower position): groups of consecutive columns,
+    ranked with ties to the lower group, then put back in position order, so
+    ties among the candidates also go to the lower position. Otherwise the
+    order among equal scores is unspecified and group `j` holds the columns
+    `j, j + width / GROUP, ...`: its maximum is an elementwise maximum of
+    `GROUP` slices, which vectorises (measured at 100k columns, k = 130:
+    4.2 ns per column for the whole search kernel against 5.1 without groups
+    and 5.0 with consecutive groups).
+    """
+    width = scores.shape[1]
+    if stable:
+        grouped = ops.reshape(scores, (-1, width // GROUP, GROUP))
+        _, chosen = _top_k(ops.max(grouped, axis=2), k)
+        chosen = ops.sort(ops.cast(chosen, "int32"), axis=1)
+        candidates = ops.take_along_axis(grouped, chosen[:, :, None], axis=1)
+        values, where = _top_k(ops.reshape(candidates, (-1, k * GROUP)), k)
+        where = ops.cast(where, "int32")
+        group = ops.take_along_axis(chosen, where // GROUP, axis=1)
+        return values, group * GROUP + where % GROUP
+    groups = width // GROUP
+    grouped = ops.reshape(scores, (-1, GROUP, groups))
+    _, chosen = _top_k(ops.max(grouped, axis=1), k)
+    chosen = ops.cast(chosen, "int32")
+    candidates = ops.take_along_axis(grouped, chosen[:, None, :], axis=2)
+    values, where = _top_k(ops.reshape(candidates, (-1, k * GROUP)), k)
+    where = ops.cast(where, "int32")
+    group = ops.take_along_axis(chosen, where % k, axis=1)
+    return values, group + (where // k) * groups
+
+
+def _block_top_k(scores, k, stable=True):
     """`top_k(scores, k)`, with `-inf` columns appended when a block is narrower than `k`."""
     width = scores.shape[1]
     if width < k:
         scores = ops.pad(scores, [[0, 0], [0, k - width]], constant_values=-np.inf)
+    elif _grouped(width, k):
+        return _grouped_top_k(scores, k, stable)
     values, positions = _top_k(scores, k)
     return values, ops.cast(positions, "int32")
 
 
-def top_k_blocks(queries, blocks, score_fn, k, valid=None):
+def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True):
     """The `k` best gallery positions of each query, best first.
 
     Args:
@@ -59,6 +111,10 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None):
         k: Number of results (static); may exceed the number of items.
         valid: Optional `(num_blocks, block)` bool tensor; `False` marks
             padding, never returned.
+        stable: Equal scores keep the lower position first (as documented
+            below); `False` leaves their order unspecified, which saves a
+            sort per block (callers whose results do not depend on the order
+            of ties: the retrieval metrics).
 
     Returns:
         `(scores, positions)`, each `(queries, k)`: scores sorted descending,
@@ -75,13 +131,13 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None):
         return scores
 
     def body(i, best, best_positions):
-        scores, positions = _block_top_k(block_scores(i), k)
+        scores, positions = _block_top_k(block_scores(i), k, stable)
         merged = ops.concatenate([best, scores], axis=1)
         merged_positions = ops.concatenate([best_positions, positions + i * block_size], axis=1)
         best, chosen = _top_k(merged, k)
         return i + 1, best, ops.take_along_axis(merged_positions, chosen, axis=1)
 
-    best, best_positions = _block_top_k(block_scores(0), k)
+    best, best_positions = _block_top_k(block_scores(0), k, stable)
     if num_blocks <= UNROLL:
         # A few blocks: unrolled (XLA runs the blocks of a while loop slower).
         for i in range(1, num_blocks):

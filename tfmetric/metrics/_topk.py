@@ -29,7 +29,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, chunks, topk
+from tfmetric._src import cache, chunks, numerics, topk
 from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
@@ -51,6 +51,60 @@ def _own_position(q_self, block_size, i):
     return ops.equal(position[None, :], q_self[:, None])
 
 
+def _key_kind(distance):
+    """How the search scores pairs: `"squared"`, `"inner"` or `"distance"` (see `_keys`)."""
+    pairwise = type(distance).pairwise
+    if pairwise is distances_lib.SquaredEuclidean.pairwise or (
+        pairwise is distances_lib.Euclidean.pairwise
+    ):
+        return "squared"
+    if pairwise in (distances_lib.Cosine.pairwise, distances_lib.InnerProduct.pairwise):
+        return "inner"
+    return "distance"
+
+
+def _keys(distance, query, gallery):
+    """`(query, gallery, gallery_term)`: the arrays the search keys are computed from.
+
+    The search orders references by a key, larger is closer, that orders
+    pairs as the distance does and costs less than it: for (squared)
+    euclidean distances `2 <q, g> - ||g||²` (the squared distance less
+    `||q||²`: no square root, no query norm), for the cosine distance the
+    cosine of the L2-normalised embeddings, for the inner product the inner
+    product; any other distance is its own key (`closeness`). Embeddings are
+    divided once by a power of two near their largest magnitude (exact; keys
+    of embeddings from 1e-30 to 1e19 neither underflow nor overflow) and
+    `||g||²` is computed once, not per chunk of queries. Both passes over
+    the gallery compute the same keys, so ties are ties of keys.
+    """
+    kind = _key_kind(distance)
+    if kind == "inner" and isinstance(distance, distances_lib.Cosine):
+        query, gallery = (
+            backend_compile.numpy(numerics.l2_normalize(backend_compile.tensor(a)))
+            for a in (query, gallery)
+        )
+    elif kind != "distance":
+        largest = max(float(np.abs(a).max(initial=0.0)) for a in (query, gallery))
+        if 0.0 < largest < np.inf:
+            scale = np.float32(2.0 ** np.floor(np.log2(largest)))
+            query, gallery = query / scale, gallery / scale
+    if kind == "squared":
+        term = np.einsum("ij,ij->i", gallery, gallery, dtype=np.float32)
+    else:
+        term = np.zeros(len(gallery), np.float32)
+    return query.astype(np.float32), gallery.astype(np.float32), term
+
+
+def _key_fn(distance):
+    """`(queries, block, block_term) -> (chunk, block)` keys of `_keys`, larger is closer."""
+    kind = _key_kind(distance)
+    if kind == "distance":
+        return lambda q, block, term: distance.closeness(q, block)
+    if kind == "inner":
+        return lambda q, block, term: ops.matmul(q, ops.transpose(block))
+    return lambda q, block, term: 2.0 * ops.matmul(q, ops.transpose(block)) - term[None, :]
+
+
 def _compiled_search(distance, k):
     return _COMPILED.get(("search", distance, k), lambda: _build_search(distance, k))
 
@@ -58,15 +112,17 @@ def _compiled_search(distance, k):
 def _build_search(distance, k):
     """Top-`K+1` search and ranks within the top `K` of a chunk of queries."""
 
-    def search(q, q_id, q_self, blocks, block_ids, valid):
+    key_fn = _key_fn(distance)
+
+    def search(q, q_id, q_self, blocks, block_terms, block_ids, valid):
         def score_fn(queries, block, i):
-            # Closeness with the query itself (leave-one-out) at -inf; padding
-            # is masked by `top_k_blocks`.
-            scores = distance.closeness(queries, block)
+            # The query itself (leave-one-out) at -inf; padding is masked by
+            # `top_k_blocks`.
+            scores = key_fn(queries, block, block_terms[i])
             return ops.where(_own_position(q_self, block.shape[0], i), -np.inf, scores)
 
-        top_closeness, top_pos = topk.top_k_blocks(q, blocks, score_fn, k + 1, valid)
-        top_d = -top_closeness  # dissimilarities, ascending
+        top_keys, top_pos = topk.top_k_blocks(q, blocks, score_fn, k + 1, valid, stable=False)
+        top_d = -top_keys  # ascending
         finite = ops.isfinite(top_d)
         top_ids = ops.take(ops.reshape(block_ids, [-1]), ops.maximum(top_pos, 0))
         rel = ops.logical_and(ops.equal(top_ids, q_id[:, None]), finite)
@@ -104,7 +160,9 @@ def _build_count(distance):
     """The second pass: non-relevant references up to the first relevant one and the boundary."""
     inf = np.float32(np.inf)
 
-    def count(q, q_id, q_self, boundary, blocks, block_ids, valid):
+    key_fn = _key_fn(distance)
+
+    def count(q, q_id, q_self, boundary, blocks, block_terms, block_ids, valid):
         num_blocks, block_size = blocks.shape[0], blocks.shape[1]
         chunk = q.shape[0]
 
@@ -113,7 +171,7 @@ def _build_count(distance):
             return ops.while_loop(lambda i, *_: i < num_blocks, body, (start,) + init)[1:]
 
         def block_distances(i):
-            d = distance.dissimilarity(q, blocks[i])
+            d = -key_fn(q, blocks[i], block_terms[i])
             excluded = ops.logical_or(
                 ops.logical_not(valid[i])[None, :], _own_position(q_self, block_size, i)
             )
@@ -156,7 +214,7 @@ def _sizes(num_queries, gallery_size, k):
     max_block = max(k + 1, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
-    return chunk, max(k + 1, -(-block // 8) * 8)
+    return chunk, max(k + 1, -(-block // topk.GROUP) * topk.GROUP)
 
 
 def max_relevant(query_labels, gallery_labels):
@@ -205,8 +263,9 @@ def nearest_ranks(
         q_self = np.full(len(query), -1, np.int32)
     k = int(max(1, num_relevant.max()))
     chunk, block = _sizes(len(query), len(gallery), k)
-    blocks, valid, block_ids = (
-        backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, g_id)
+    query, gallery, term = _keys(distance, query, gallery)
+    blocks, valid, block_terms, block_ids = (
+        backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, term, g_id)
     )
     search = _compiled_search(distance, k)
     exact_first = first_rank_up_to is None or first_rank_up_to > k
@@ -216,7 +275,7 @@ def nearest_ranks(
             return _ranking.padded_chunk(a, begin, stop, chunk, fill)
 
         inputs = (padded(query), padded(q_id, -1), padded(q_self, -1))
-        outputs = search(*inputs, blocks, block_ids, valid)
+        outputs = search(*inputs, blocks, block_terms, block_ids, valid)
         rank, rel, at_boundary, boundary, tie_across, nonrel_at_boundary = (
             backend_compile.numpy(value) for value in outputs
         )
@@ -230,7 +289,12 @@ def nearest_ranks(
             below_first, below_boundary = (
                 backend_compile.numpy(value)[:n]
                 for value in _compiled_count(distance)(
-                    *inputs, backend_compile.tensor(boundary), blocks, block_ids, valid
+                    *inputs,
+                    backend_compile.tensor(boundary),
+                    blocks,
+                    block_terms,
+                    block_ids,
+                    valid,
                 )
             )
             outside = np.where(tie_across, below_boundary - nonrel_at_boundary[:n], 0)
