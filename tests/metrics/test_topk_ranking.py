@@ -163,3 +163,27 @@ def test_cosine_keys_keep_a_zero_vector_at_distance_one():
     )
     np.testing.assert_allclose(scores["mean_reciprocal_rank"], 1 / 3)
     np.testing.assert_allclose(scores["r_precision"], 0.0)
+
+
+@pytest.mark.parametrize("tied", [3, _topk.TIE_SLOTS + 4])
+def test_tie_across_the_boundary_among_or_past_the_sentinels(tied, monkeypatch):
+    # R = 2: relevant references at distances 1 and 2, `tied` non-relevant ones
+    # also at 2 (stored first). Pessimistic ties put the second relevant at rank
+    # 2 + tied. A tie that ends among the sentinels needs no second pass over
+    # the gallery; one that runs past them does, with the same ranks.
+    calls = []
+    count = _topk._compiled_count
+    monkeypatch.setattr(_topk, "_compiled_count", lambda d: calls.append(1) or count(d))
+    g = np.array([[2.0]] * tied + [[1.0], [2.0], [7.0]], np.float32)
+    gl = np.array([1] * tied + [0, 0, 1])
+    q = np.zeros((1, 1), np.float32)
+    scores = tfmetric.metrics.evaluate_retrieval(
+        q, [0], g, gl, k=(2, tied + 2), metrics=["map_at_r", "r_precision", "recall_at_k"]
+    )
+    expected = metrics_from_relevance(
+        ranked_relevance(q, np.array([0]), g, gl, "euclidean"), ks=(2, tied + 2)
+    )
+    assert scores["map_at_r"] == expected["map_at_r"] == 0.5
+    assert scores["r_precision"] == 0.5
+    assert scores[f"recall_at_{tied + 2}"] == expected[f"recall_at_{tied + 2}"] == 1.0
+    assert bool(calls) == (tied + 1 > _topk.TIE_SLOTS)

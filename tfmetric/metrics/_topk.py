@@ -2,8 +2,8 @@
 
 Precision@1, recall@k, R-precision, MAP@R and the reciprocal rank depend only
 on the relevant references ranked within the first `R` (and on the rank of the
-first relevant one), so a k-nearest-neighbour search with `k = max R` (plus one
-sentinel) gives them exactly, as pytorch-metric-learning's `AccuracyCalculator`
+first relevant one), so a k-nearest-neighbour search with `k = max R` (plus
+`TIE_SLOTS` sentinels) gives them exactly, as pytorch-metric-learning's `AccuracyCalculator`
 does with faiss. The ranks are the same as `tfmetric.metrics._ranking`'s
 (pessimistic ties: a non-relevant reference at the same distance as a relevant
 one ranks before it):
@@ -13,7 +13,8 @@ one ranks before it):
 - the `K + 1`-th neighbour is a sentinel: when it is strictly farther than the
   `K`-th, no reference outside the top `K` ties with the top `K`, so those ranks
   are complete; otherwise (an exact tie across the boundary) the non-relevant
-  references at the boundary distance are counted in a second pass;
+  references at the boundary distance outside the top `K` are counted among
+  the sentinels when the tie ends there, else in a second pass;
 - the rank of the first relevant reference is read from the top `K` when one is
   there, else counted in the second pass (`1 + #{non-relevant <= its distance}`).
 
@@ -42,6 +43,10 @@ from tfmetric.metrics import _ranking
 # path of `_ranking` is used instead.
 MAX_K = 1024
 MAX_QUERY_CHUNK = 256
+# References fetched beyond the top K: a tie across the top-K boundary that
+# ends among them is resolved without a second pass over the gallery (with
+# one sentinel, 7 of 391 chunks of the 100k benchmark needed that pass).
+TIE_SLOTS = 8
 # Largest number of elements of one (chunk, gallery block) matrix: 2**25 float32
 # = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
 ELEMENT_BUDGET = 1 << 25
@@ -114,7 +119,7 @@ def _compiled_search(distance, k):
 
 
 def _build_search(distance, k):
-    """Top-`K+1` search of a chunk of queries: `(keys, positions)`, best first."""
+    """Top-`K + TIE_SLOTS` search of a chunk of queries: `(keys, positions)`, best first."""
     key_fn = _key_fn(distance)
 
     def search(q, q_self, blocks, block_terms, valid):
@@ -124,40 +129,49 @@ def _build_search(distance, k):
             scores = key_fn(queries, block, block_terms[i])
             return ops.where(_own_position(q_self, block.shape[0], i), -np.inf, scores)
 
-        return topk.top_k_blocks(q, blocks, score_fn, k + 1, valid, stable=False)
+        return topk.top_k_blocks(q, blocks, score_fn, k + TIE_SLOTS, valid, stable=False)
 
     return backend_compile.backend_jit(search)
 
 
 def _ranks_within(top_d, top_ids, q_id, k):
-    """Ranks within the top `K` from the sorted top `K+1` (numpy; see the module docstring).
+    """Ranks within the top `K` from the sorted top `K + TIE_SLOTS` (numpy; see the module docstring).
 
     Args:
-        top_d: `(n, K+1)` dissimilarity keys, ascending (`inf` past the last
-            reference).
-        top_ids: `(n, K+1)` label ids of those references.
+        top_d: `(n, K + TIE_SLOTS)` dissimilarity keys, ascending (`inf` past
+            the last reference).
+        top_ids: `(n, K + TIE_SLOTS)` label ids of those references.
         q_id: `(n,)` label ids of the queries (`-1`: absent label).
         k: `K`.
 
     Returns:
-        `(rank, rel, at_boundary, boundary, tie_across, nonrel_at_boundary)`.
+        `(rank, rel, at_boundary, boundary, unresolved, counted)`: `(n, K)`
+        ranks and relevance of the top `K` and where a slot is at the
+        boundary (the `K`-th key, `(n,)`); `unresolved`: where a tie across
+        the boundary goes on past the sentinels, so that the ranks at the
+        boundary lack the non-relevant references there beyond the
+        sentinels (a second pass counts them: `#{non-relevant <= boundary}`
+        less `counted`, the non-relevant ones counted here).
     """
     finite = np.isfinite(top_d)
     rel = (top_ids == q_id[:, None]) & finite
+    nonrel = finite & ~rel
     d_k, rel_k = top_d[:, :k], rel[:, :k]
-    nonrel_k = finite[:, :k] & ~rel_k
     boundary = d_k[:, -1]
-    tie_across = (top_d[:, k] == boundary) & finite[:, k]
     # Non-relevant references of the top K at a distance <= each slot's: the
     # running count at the last slot of its run of equal distances (sorted).
     slots = np.arange(k)
     run_end = np.append(d_k[:, 1:] != d_k[:, :-1], np.ones((len(d_k), 1), bool), axis=1)
     last = np.minimum.accumulate(np.where(run_end, slots, k)[:, ::-1], axis=1)[:, ::-1]
-    running = np.cumsum(nonrel_k, axis=1)
-    nonrel_before = np.take_along_axis(running, last, axis=1)
-    rank = np.cumsum(rel_k, axis=1) + nonrel_before
+    nonrel_before = np.take_along_axis(np.cumsum(nonrel[:, :k], axis=1), last, axis=1)
+    # ... and those among the sentinels at the boundary distance.
+    tied = np.sum((top_d[:, k:] == boundary[:, None]) & nonrel[:, k:], axis=1)
     at_boundary = d_k == boundary[:, None]
-    return rank, rel_k, at_boundary, boundary, tie_across, running[:, -1]
+    nonrel_before += np.where(at_boundary, tied[:, None], 0)
+    rank = np.cumsum(rel_k, axis=1) + nonrel_before
+    unresolved = (top_d[:, -1] == boundary) & finite[:, -1]
+    counted = np.sum(nonrel[:, :k], axis=1) + tied
+    return rank, rel_k, at_boundary, boundary, unresolved, counted
 
 
 def _compiled_count(distance):
@@ -289,7 +303,7 @@ def nearest_ranks(
             for value in search(inputs[0], inputs[2], blocks, block_terms, valid)
         )
         top_ids = np.where(top_pos >= 0, g_id[np.maximum(top_pos, 0)], -1)
-        rank, rel, at_boundary, boundary, tie_across, nonrel_at_boundary = _ranks_within(
+        rank, rel, at_boundary, boundary, unresolved, counted = _ranks_within(
             -top_keys, top_ids, q_id[begin:stop], k
         )
         r = num_relevant[begin:stop]
@@ -297,7 +311,7 @@ def nearest_ranks(
         any_rel = rel.any(axis=1)
         missing = (r > 0) & ~any_rel
         below_first = np.full(n, k, np.int64)  # "beyond the top K" unless counted
-        if tie_across.any() or (exact_first and missing.any()):
+        if unresolved.any() or (exact_first and missing.any()):
             below_first, below_boundary = (
                 backend_compile.numpy(value)[:n]
                 for value in _compiled_count(distance)(
@@ -309,7 +323,7 @@ def nearest_ranks(
                     valid,
                 )
             )
-            outside = np.where(tie_across, below_boundary - nonrel_at_boundary, 0)
+            outside = np.where(unresolved, below_boundary - counted, 0)
             rank += np.where(at_boundary, outside[:, None], 0)
         big = np.iinfo(np.int64).max
         first = np.where(any_rel, np.where(rel, rank, big).min(axis=1), 1 + below_first)
