@@ -25,9 +25,10 @@ from tfmetric._src import compile as backend_compile
 _COMPILED = cache.FunctionCache()
 # Gallery blocks beyond which the scan is a loop rather than unrolled.
 UNROLL = 8
-# Selection through the maxima of groups of `GROUP` consecutive columns when a
-# block holds at least `GROUPED_MIN_RATIO * GROUP * k` columns (see
-# `_grouped_top_k`; below that the two `top_k` calls cost more than one).
+# Selection through the maxima of groups of `GROUP` strided columns when the
+# order of ties is free and a block holds at least `GROUPED_MIN_RATIO * GROUP *
+# k` columns (see `_grouped_top_k`; below that two `top_k` calls cost more
+# than one).
 GROUP = 16
 GROUPED_MIN_RATIO = 2
 
