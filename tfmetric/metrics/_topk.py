@@ -20,7 +20,7 @@ one ranks before it):
 
 Per chunk of queries, one compiled call (XLA through the Keras backend:
 `tf.function(jit_compile=True)` or `jax.jit`; static shapes) runs the search
-of `tfmetric._src.topk` (gallery in blocks, running top-`K+1` merge: memory
+of `tfmetric._src.topk` (gallery in blocks, running top-`K + TIE_SLOTS` merge: memory
 O(chunk × block) whatever the gallery size) on search keys that order pairs
 as the distance does but cost less (`_keys`), through the exact selection
 over group maxima of `topk._grouped_top_k` on wide blocks; the ranks within
@@ -39,7 +39,7 @@ from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
 # Beyond this many relevant references for one query, the top-k search stops
-# paying off (a (chunk, K, K) comparison and a large top-k): the counting
+# paying off (XLA's `TopK` costs grow with K): the counting
 # path of `_ranking` is used instead.
 MAX_K = 1024
 MAX_QUERY_CHUNK = 1024
