@@ -85,18 +85,29 @@ def _ties_matrix(rows, width, seed):
     return np.random.default_rng(seed).integers(0, 6, size=(rows, width)).astype(np.float32)
 
 
-@pytest.mark.parametrize("group,k", [(4, 3), (4, 10), (8, 5), (2, 31)])
-def test_grouped_selection_without_stable_ties_returns_a_best_set(monkeypatch, group, k):
+@pytest.mark.parametrize(
+    "group,lanes,sets,k",
+    [(4, 2, 2, 3), (4, 4, 8, 10), (8, 2, 4, 5), (2, 8, 4, 31), (16, 16, 8, 20)],
+)
+def test_grouped_selection_without_stable_ties_returns_a_best_set(
+    monkeypatch, group, lanes, sets, k
+):
     # Without stable ties the positions among equal scores may differ from the
     # stable order, but the values are the k best, sorted, and each position
     # holds the value reported for it (no position twice among the finite
-    # ones; `top_k_blocks` reports -inf slots as position -1).
+    # ones; `top_k_blocks` reports -inf slots as position -1). The last
+    # case is the default layout (16 groups of 16 columns per tile, sets of 8).
     monkeypatch.setattr(topk, "GROUP", group)
+    monkeypatch.setattr(topk, "LANES", lanes)
+    monkeypatch.setattr(topk, "SUPER", sets)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
-    width = 2 * group * k + 4 * group
-    assert topk._grouped(width, k)
+    unit = topk.block_multiple()
+    width = -(-(2 * group * k) // unit) * unit
+    assert topk._grouped(width, k) and not topk._grouped(width + 1, k)
     scores = _ties_matrix(11, width, seed=group + k)
     scores[3, : width - k + 2] = -np.inf  # fewer than k finite scores
+    scores[5, :] = -np.inf  # none
+    scores[7] = np.arange(width)  # the best at the end, no ties
     values, positions = (np.asarray(a) for a in topk._block_top_k(scores, k, stable=False))
     expected = -np.sort(-scores, axis=1)[:, :k]
     np.testing.assert_array_equal(values, expected)
@@ -104,13 +115,17 @@ def test_grouped_selection_without_stable_ties_returns_a_best_set(monkeypatch, g
     for row, row_values in zip(positions, values, strict=True):
         finite = row[np.isfinite(row_values)]
         assert len(set(finite.tolist())) == len(finite)
+        assert ((finite >= 0) & (finite < width)).all()
     assert np.isfinite(values[3]).sum() == k - 2
+    np.testing.assert_array_equal(positions[7], np.arange(width - 1, width - k - 1, -1))
 
 
 def test_stable_search_never_takes_the_grouped_path(monkeypatch):
     # `ExactIndex` promises ties to the lower row: with the grouped selection
     # made eligible for every block, `search` still gives the stable order.
     monkeypatch.setattr(topk, "GROUP", 4)
+    monkeypatch.setattr(topk, "LANES", 2)
+    monkeypatch.setattr(topk, "SUPER", 2)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
     monkeypatch.setattr(topk, "_grouped_top_k", None)  # would fail if called
     rng = np.random.default_rng(11)

@@ -113,6 +113,8 @@ def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_o
     from tfmetric._src import topk
 
     monkeypatch.setattr(topk, "GROUP", 2)
+    monkeypatch.setattr(topk, "LANES", 4)
+    monkeypatch.setattr(topk, "SUPER", 2)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
     rng = np.random.default_rng(5)
     if distance == "cosine":
@@ -123,9 +125,12 @@ def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_o
         q, g = rng.integers(-2, 3, size=(40, 3)), rng.integers(-2, 3, size=(200, 3))
     q, g = q.astype(np.float32), g.astype(np.float32)
     ql, gl = rng.integers(0, 5, size=40), rng.integers(0, 5, size=200)
-    k = _topk.max_relevant(ql, gl)
-    _, block = _topk._sizes(40, 200, k)
-    assert topk._grouped(block, k + _topk.TIE_SLOTS)  # the grouped selection runs
+    if leave_one_out:
+        q, ql = g, gl
+    # K (one less leave-one-out), the sentinels (and leave-one-out the query).
+    width = _topk.max_relevant(ql, gl) + _topk.TIE_SLOTS
+    _, block = _topk._sizes(len(q), len(g), width)
+    assert topk._grouped(block, width)  # the grouped selection runs
     if leave_one_out:
         g, gl = None, None
     _check(q, ql, g, gl, distance)

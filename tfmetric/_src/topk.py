@@ -15,6 +15,8 @@ PyTorch `_top_k` is a stable descending sort.)
 padded), the gallery in blocks of equal size (the last one padded and masked).
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -25,12 +27,26 @@ from tfmetric._src import compile as backend_compile
 _COMPILED = cache.FunctionCache()
 # Gallery blocks beyond which the scan is a loop rather than unrolled.
 UNROLL = 8
-# Selection through the maxima of groups of `GROUP` strided columns when the
-# order of ties is free and a block holds at least `GROUPED_MIN_RATIO * GROUP *
-# k` columns (see `_grouped_top_k`; below that two `top_k` calls cost more
-# than one).
+# Selection through the maxima of groups of `GROUP` columns when the order of
+# ties is free and a block of a multiple of `TILE` columns holds at least
+# `GROUPED_MIN_RATIO * GROUP * k` of them (see `_grouped_top_k`; below that two
+# `top_k` calls cost more than one). The groups lie side by side, `LANES` of
+# them in each tile of `TILE` consecutive columns; the maxima of `SUPER` groups
+# go first into the first selection.
 GROUP = 16
+LANES = 16
+SUPER = 8
 GROUPED_MIN_RATIO = 2
+
+
+def tile():
+    """Columns per tile of `LANES` groups of `GROUP` columns."""
+    return GROUP * LANES
+
+
+def block_multiple():
+    """Block widths of the grouped selection are multiples of this (whole tiles and sets)."""
+    return math.lcm(tile(), GROUP * SUPER)
 
 
 def _top_k(scores, k):
@@ -45,7 +61,7 @@ def _top_k(scores, k):
 
 def _grouped(width, k):
     """Whether `_block_top_k` selects through group maxima for this block width and `k`."""
-    return width % GROUP == 0 and width >= GROUPED_MIN_RATIO * GROUP * k
+    return width % block_multiple() == 0 and width >= GROUPED_MIN_RATIO * GROUP * k
 
 
 def _grouped_top_k(scores, k):
@@ -53,39 +69,66 @@ def _grouped_top_k(scores, k):
 
     Exact: the `k` best columns lie in the `k` groups with the best maxima (a
     group ranked before the group of one of them holds a column ranked before
-    it, so at most `k - 1` groups do). Two `top_k` calls, over `width / GROUP`
-    maxima and over the `k * GROUP` columns of the chosen groups, replace one
-    over `width` columns: XLA's CPU `TopK` costs ~1.5-2.7 ns per column (and
-    ~25 µs per row at k = 130), the maxima ~0.1 ns per column. Group `j`
-    holds the columns `j, j + width / GROUP, ...`: its maximum is an
-    elementwise maximum of `GROUP` slices, which vectorises (consecutive
-    columns, a reduction along the minor axis, measured slower: 6.5 against
-    5.8 ns per column for the whole search kernel at 20k columns, k = 139).
-    The chosen groups' maxima come first in the second selection, then their
-    other members: the heap of `TopK` starts full of good values and rarely
-    changes (~33 -> ~8 µs per row at k = 131). The order among equal scores
-    is unspecified (the groups are not in position order), so callers that
-    promise ties to the lower position (`ExactIndex`) do not use it.
+    it, so at most `k - 1` groups do). Two `top_k` calls, over the
+    `width / GROUP` maxima and over the `k * GROUP` members of the chosen
+    groups, replace one over `width` columns: XLA's CPU `TopK` is a heap that
+    costs ~2 ns per column scanned plus ~80 ns per column that enters it, and
+    on columns in random order ~k ln(width / k) of them enter.
+
+    Layout: a tile of `GROUP * LANES` consecutive columns holds `LANES` groups
+    side by side; member `m` of group `l` of tile `t` is column
+    `t * GROUP * LANES + m * LANES + l`. The maxima are elementwise maxima of
+    `GROUP` contiguous runs of `LANES` columns (vectorised, one pass over the
+    block) and a group's members lie within one tile (its candidates are
+    gathered from a few cache lines, not from across the row).
+
+    Order of the selections' inputs (the exact result does not depend on it,
+    the cost does): the best maximum of each set of `SUPER` groups comes
+    first, then the other maxima (at 20,480 columns and k = 139: ~315 -> ~90
+    heap entries); the second selection starts with the chosen groups' maxima,
+    already the best values, then their other members. The order among equal
+    scores is unspecified, so callers that promise ties to the lower position
+    (`ExactIndex`) do not use it.
     """
     width = scores.shape[1]
-    groups = width // GROUP
-    maxima, chosen = _top_k(ops.max(ops.reshape(scores, (-1, GROUP, groups)), axis=1), k)
-    chosen = ops.cast(chosen, "int32")
-    members = ops.arange(GROUP, dtype="int32") * groups
-    positions = chosen[:, :, None] + members[None, None, :]  # (rows, k, GROUP)
-    candidates = ops.reshape(
-        ops.take_along_axis(scores, ops.reshape(positions, (-1, k * GROUP)), axis=1),
-        (-1, k, GROUP),
-    )
+    tiles = width // tile()
+    groups = tiles * LANES
+    per = groups // SUPER
+    tiled = ops.reshape(scores, (-1, tiles, GROUP, LANES))
+    # (rows, groups): group `t * LANES + l`.
+    maxima = ops.reshape(ops.max(tiled, axis=2), (-1, groups))
+    # Set `j` of `SUPER` groups: groups `j, j + per, ...`; its best group first.
+    sets = ops.reshape(maxima, (-1, SUPER, per))
+    best = ops.cast(ops.argmax(sets, axis=1), "int32")
+    is_best = ops.equal(ops.arange(SUPER, dtype="int32")[None, :, None], best[:, None, :])
+    rest = ops.reshape(ops.where(is_best, -np.inf, sets), (-1, groups))
+    first_groups = best * per + ops.arange(per, dtype="int32")[None, :]
+    maxima, slots = _top_k(ops.concatenate([ops.max(sets, axis=1), rest], axis=1), k)
+    slots = ops.cast(slots, "int32")
+    # Slot `s < per` holds the best group of set `s`, slot `per + c` group `c`.
+    chosen = ops.where(
+        slots < per,
+        ops.take_along_axis(first_groups, ops.minimum(slots, per - 1), axis=1),
+        slots - per,
+    )  # (rows, k)
+    # (rows, groups, GROUP): the members of each group, then those of the chosen.
+    # (rows * groups, GROUP): the members of each group; rows of it gathered whole.
+    members = ops.reshape(ops.transpose(tiled, (0, 1, 3, 2)), (-1, GROUP))
+    row_start = ops.arange(ops.shape(scores)[0], dtype="int32")[:, None] * groups
+    candidates = ops.take(members, row_start + chosen, axis=0)  # (rows, k, GROUP)
     top = ops.cast(ops.argmax(candidates, axis=2), "int32")
     is_top = ops.equal(ops.arange(GROUP, dtype="int32")[None, None, :], top[:, :, None])
     others = ops.reshape(ops.where(is_top, -np.inf, candidates), (-1, k * GROUP))
     values, where = _top_k(ops.concatenate([maxima, others], axis=1), k)
-    top_positions = ops.take_along_axis(positions, top[:, :, None], axis=2)[:, :, 0]
-    all_positions = ops.concatenate(
-        [top_positions, ops.reshape(positions, (-1, k * GROUP))], axis=1
-    )
-    return values, ops.take_along_axis(all_positions, ops.cast(where, "int32"), axis=1)
+    # Column of member `m` of group `c`: (c // LANES) * TILE + m * LANES + c % LANES;
+    # selected slot `w < k` is the maximum of chosen group `w`, slot
+    # `k + j * GROUP + m` member `m` of chosen group `j`.
+    base = (chosen // LANES) * tile() + chosen % LANES
+    where = ops.cast(where, "int32")
+    member = ops.where(where < k, -1, (where - k) % GROUP)
+    slot = ops.where(where < k, where, (where - k) // GROUP)
+    member = ops.where(member < 0, ops.take_along_axis(top, slot, axis=1), member)
+    return values, ops.take_along_axis(base, slot, axis=1) + LANES * member
 
 
 def _block_top_k(scores, k, stable=True):

@@ -106,13 +106,17 @@ def _keys(distance, query, gallery):
 
 
 def _key_fn(distance):
-    """`(queries, block, block_term) -> (chunk, block)` keys of `_keys`, larger is closer."""
+    """`(queries, block, block_term) -> (chunk, block)` keys of `_keys`, larger is closer.
+
+    `block_term` is subtracted from every key: `||g||²` for the euclidean
+    keys, else zero; `inf` for the padding of the last gallery block, whose
+    keys are then `-inf` (no mask in the search).
+    """
     kind = _key_kind(distance)
     if kind == "distance":
-        return lambda q, block, term: distance.closeness(q, block)
-    if kind == "inner":
-        return lambda q, block, term: ops.matmul(q, ops.transpose(block))
-    return lambda q, block, term: 2.0 * ops.matmul(q, ops.transpose(block)) - term[None, :]
+        return lambda q, block, term: distance.closeness(q, block) - term[None, :]
+    scale = 1.0 if kind == "inner" else 2.0
+    return lambda q, block, term: scale * ops.matmul(q, ops.transpose(block)) - term[None, :]
 
 
 def _compiled_search(distance, k):
@@ -120,19 +124,30 @@ def _compiled_search(distance, k):
 
 
 def _build_search(distance, k):
-    """Top-`K + TIE_SLOTS` search of a chunk of queries: `(keys, positions)`, best first."""
+    """Top-`k` search of a chunk of queries: `(keys, positions)`, best first.
+
+    No mask: the padding of the last block has `-inf` keys (`_key_fn`) and a
+    query's own position (leave-one-out) is dropped afterwards
+    (`_drop_own`), which saves a select per (query, reference) pair.
+    """
     key_fn = _key_fn(distance)
 
-    def search(q, q_self, blocks, block_terms, valid):
+    def search(q, blocks, block_terms):
         def score_fn(queries, block, i):
-            # The query itself (leave-one-out) at -inf; padding is masked by
-            # `top_k_blocks`.
-            scores = key_fn(queries, block, block_terms[i])
-            return ops.where(_own_position(q_self, block.shape[0], i), -np.inf, scores)
+            return key_fn(queries, block, block_terms[i])
 
-        return topk.top_k_blocks(q, blocks, score_fn, k + TIE_SLOTS, valid, stable=False)
+        return topk.top_k_blocks(q, blocks, score_fn, k, stable=False)
 
     return backend_compile.backend_jit(search)
+
+
+def _drop_own(top_keys, top_pos, own):
+    """Removes each query's own position from its top list, else the last slot (one slot less)."""
+    n, width = top_pos.shape
+    is_own = top_pos == own[:, None]
+    drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), width - 1)
+    keep = np.arange(width)[None, :] != drop[:, None]
+    return top_keys[keep].reshape(n, width - 1), top_pos[keep].reshape(n, width - 1)
 
 
 def _ranks_within(top_d, top_ids, q_id, k):
@@ -225,14 +240,15 @@ def _build_count(distance):
     return backend_compile.backend_jit(count)
 
 
-def _sizes(num_queries, gallery_size, k):
-    """(query chunk, gallery block): chunk × block within `ELEMENT_BUDGET`.
+def _sizes(num_queries, gallery_size, width):
+    """(query chunk, gallery block) for a search of the best `width`: chunk × block within `ELEMENT_BUDGET`.
 
     The query chunk stays large (the distance block is a real matrix product,
     not a memory-bound matrix-vector one) and the gallery is cut into as few
-    blocks of equal size as the budget allows.
+    blocks of equal size as the budget allows; a block wide enough for the
+    selection through group maxima is padded to a multiple of its tiles.
     """
-    total = max(gallery_size, k + TIE_SLOTS)
+    total = max(gallery_size, width)
     # Larger chunks while the whole gallery still fits one block (fewer calls;
     # 20k: 1.40-1.48 s with 256 queries per chunk, 1.30 with 1024), down to
     # `MIN_QUERY_CHUNK` (smaller ones slow the matrix product: 100k, 128
@@ -240,11 +256,19 @@ def _sizes(num_queries, gallery_size, k):
     chunk = MAX_QUERY_CHUNK
     while chunk > MIN_QUERY_CHUNK and chunk * total > ELEMENT_BUDGET:
         chunk //= 2
-    chunk = max(1, min(chunk, 1 << (max(1, num_queries) - 1).bit_length()))
-    max_block = max(k + TIE_SLOTS, ELEMENT_BUDGET // chunk)
+    if num_queries > chunk:
+        # Chunks of equal size (multiples of 8): no padded queries in the last one.
+        chunk = -(-num_queries // -(-num_queries // chunk))
+        chunk = -(-chunk // 8) * 8
+    else:
+        chunk = max(1, 1 << (max(1, num_queries) - 1).bit_length())
+    max_block = max(width, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
-    return chunk, max(k + TIE_SLOTS, -(-block // topk.GROUP) * topk.GROUP)
+    unit = topk.block_multiple()
+    if topk._grouped(-(-block // unit) * unit, width):
+        block = -(-block // unit) * unit
+    return chunk, max(width, block)
 
 
 def max_relevant(query_labels, gallery_labels):
@@ -292,12 +316,16 @@ def nearest_ranks(
     else:
         q_self = np.full(len(query), -1, np.int32)
     k = int(max(1, num_relevant.max()))
-    chunk, block = _sizes(len(query), len(gallery), k)
+    # The top K, `TIE_SLOTS` sentinels and, leave-one-out, the query itself.
+    width = k + TIE_SLOTS + int(leave_one_out)
+    chunk, block = _sizes(len(query), len(gallery), width)
     query, gallery, term = _keys(distance, query, gallery)
+    blocks, valid, block_terms, block_ids = topk.gallery_blocks(gallery, block, term, g_id)
+    block_terms = np.where(valid, block_terms, np.float32(np.inf))
     blocks, valid, block_terms, block_ids = (
-        backend_compile.tensor(a) for a in topk.gallery_blocks(gallery, block, term, g_id)
+        backend_compile.tensor(a) for a in (blocks, valid, block_terms, block_ids)
     )
-    search = _compiled_search(distance, k)
+    search = _compiled_search(distance, width)
     exact_first = first_rank_up_to is None or first_rank_up_to > k
 
     def work(begin, stop):
@@ -307,9 +335,10 @@ def nearest_ranks(
         n = stop - begin
         inputs = (padded(query), padded(q_id, -1), padded(q_self, -1))
         top_keys, top_pos = (
-            backend_compile.numpy(value)[:n]
-            for value in search(inputs[0], inputs[2], blocks, block_terms, valid)
+            backend_compile.numpy(value)[:n] for value in search(inputs[0], blocks, block_terms)
         )
+        if leave_one_out:
+            top_keys, top_pos = _drop_own(top_keys, top_pos, q_self[begin:stop])
         top_ids = np.where(top_pos >= 0, g_id[np.maximum(top_pos, 0)], -1)
         rank, rel, at_boundary, boundary, unresolved, counted = _ranks_within(
             -top_keys, top_ids, q_id[begin:stop], k
