@@ -85,24 +85,33 @@ def _ties_matrix(rows, width, seed):
     return np.random.default_rng(seed).integers(0, 6, size=(rows, width)).astype(np.float32)
 
 
+def test_grouped_widths_and_set_sizes():
+    # ~k sets of a power-of-two size; widths padded to whole tiles and sets.
+    assert topk.grouped_width(20_000, 139) == 20_224  # 79 tiles of 256
+    assert topk._set_size(20_224 // 16, 139) == 8  # 158 sets
+    assert topk.grouped_width(100_000, 148) == 100_352  # 196 tiles of 512
+    assert topk._set_size(100_352 // 16, 148) == 32  # 196 sets
+    assert topk._set_size(100_096 // 16, 148) == 16  # 6256 groups: 16 divides, 32 does not
+    assert topk._set_size(40, 30) == 1
+
+
 @pytest.mark.parametrize(
-    "group,lanes,sets,k",
-    [(4, 2, 2, 3), (4, 4, 8, 10), (8, 2, 4, 5), (2, 8, 4, 31), (16, 16, 8, 20)],
+    "group,lanes,k,extra",
+    [(4, 2, 3, 0), (4, 4, 10, 40), (8, 2, 5, 300), (2, 8, 31, 0), (2, 4, 3, 64), (16, 16, 20, 400)],
 )
 def test_grouped_selection_without_stable_ties_returns_a_best_set(
-    monkeypatch, group, lanes, sets, k
+    monkeypatch, group, lanes, k, extra
 ):
     # Without stable ties the positions among equal scores may differ from the
     # stable order, but the values are the k best, sorted, and each position
     # holds the value reported for it (no position twice among the finite
-    # ones; `top_k_blocks` reports -inf slots as position -1). The last
-    # case is the default layout (16 groups of 16 columns per tile, sets of 8).
+    # ones; `top_k_blocks` reports -inf slots as position -1). Set sizes
+    # 1, 2 and 8 (`extra` widens the block); the last case is the default
+    # layout (16 groups of 16 columns per tile).
     monkeypatch.setattr(topk, "GROUP", group)
     monkeypatch.setattr(topk, "LANES", lanes)
-    monkeypatch.setattr(topk, "SUPER", sets)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
-    unit = topk.block_multiple()
-    width = -(-(2 * group * k) // unit) * unit
+    width = topk.grouped_width(group * k + extra, k)
     assert topk._grouped(width, k) and not topk._grouped(width + 1, k)
     scores = _ties_matrix(11, width, seed=group + k)
     scores[3, : width - k + 2] = -np.inf  # fewer than k finite scores
@@ -125,7 +134,6 @@ def test_stable_search_never_takes_the_grouped_path(monkeypatch):
     # made eligible for every block, `search` still gives the stable order.
     monkeypatch.setattr(topk, "GROUP", 4)
     monkeypatch.setattr(topk, "LANES", 2)
-    monkeypatch.setattr(topk, "SUPER", 2)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
     monkeypatch.setattr(topk, "_grouped_top_k", None)  # would fail if called
     rng = np.random.default_rng(11)

@@ -114,7 +114,6 @@ def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_o
 
     monkeypatch.setattr(topk, "GROUP", 2)
     monkeypatch.setattr(topk, "LANES", 4)
-    monkeypatch.setattr(topk, "SUPER", 2)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
     rng = np.random.default_rng(5)
     if distance == "cosine":

@@ -28,14 +28,12 @@ _COMPILED = cache.FunctionCache()
 # Gallery blocks beyond which the scan is a loop rather than unrolled.
 UNROLL = 8
 # Selection through the maxima of groups of `GROUP` columns when the order of
-# ties is free and a block of a multiple of `TILE` columns holds at least
-# `GROUPED_MIN_RATIO * GROUP * k` of them (see `_grouped_top_k`; below that two
+# ties is free and a block of whole tiles holds at least
+# `GROUPED_MIN_RATIO * GROUP * k` columns (see `_grouped_top_k`; below that two
 # `top_k` calls cost more than one). The groups lie side by side, `LANES` of
-# them in each tile of `TILE` consecutive columns; the maxima of `SUPER` groups
-# go first into the first selection.
+# them in each tile of `GROUP * LANES` consecutive columns.
 GROUP = 16
 LANES = 16
-SUPER = 8
 GROUPED_MIN_RATIO = 2
 
 
@@ -44,9 +42,28 @@ def tile():
     return GROUP * LANES
 
 
-def block_multiple():
-    """Block widths of the grouped selection are multiples of this (whole tiles and sets)."""
-    return math.lcm(tile(), GROUP * SUPER)
+def _set_size(groups, k):
+    """Groups per set whose best maximum enters the first selection first.
+
+    The largest power of two that divides `groups` and leaves at least `k`
+    sets: ~k first values, the best of ~groups / k groups each (fewer heap
+    entries than smaller or larger sets; simulated and measured at 20k and
+    100k columns).
+    """
+    size = 1
+    while groups % (2 * size) == 0 and groups // (2 * size) >= k:
+        size *= 2
+    return size
+
+
+def grouped_width(width, k):
+    """`width` padded to whole tiles and to sets of the size `_set_size` wants for it."""
+    padded = -(-width // tile()) * tile()
+    size = 1
+    while (padded // GROUP) // (2 * size) >= k:
+        size *= 2
+    unit = math.lcm(tile(), GROUP * size)
+    return -(-width // unit) * unit
 
 
 def _top_k(scores, k):
@@ -61,7 +78,7 @@ def _top_k(scores, k):
 
 def _grouped(width, k):
     """Whether `_block_top_k` selects through group maxima for this block width and `k`."""
-    return width % block_multiple() == 0 and width >= GROUPED_MIN_RATIO * GROUP * k
+    return width % tile() == 0 and width >= GROUPED_MIN_RATIO * GROUP * k
 
 
 def _grouped_top_k(scores, k):
@@ -83,9 +100,9 @@ def _grouped_top_k(scores, k):
     gathered from a few cache lines, not from across the row).
 
     Order of the selections' inputs (the exact result does not depend on it,
-    the cost does): the best maximum of each set of `SUPER` groups comes
-    first, then the other maxima (at 20,480 columns and k = 139: ~315 -> ~90
-    heap entries); the second selection starts with the chosen groups' maxima,
+    the cost does): the best maximum of each set of `_set_size` groups
+    comes first, then the other maxima (heap entries at k = 139-148: ~300
+    -> ~90 at 20,480 columns, sets of 8; ~600 -> ~110 at 100,352, sets of 32); the second selection starts with the chosen groups' maxima,
     already the best values, then their other members. The order among equal
     scores is unspecified, so callers that promise ties to the lower position
     (`ExactIndex`) do not use it.
@@ -93,14 +110,18 @@ def _grouped_top_k(scores, k):
     width = scores.shape[1]
     tiles = width // tile()
     groups = tiles * LANES
-    per = groups // SUPER
+    size = _set_size(groups, k)
+    per = groups // size
     tiled = ops.reshape(scores, (-1, tiles, GROUP, LANES))
     # (rows, groups): group `t * LANES + l`.
     maxima = ops.reshape(ops.max(tiled, axis=2), (-1, groups))
-    # Set `j` of `SUPER` groups: groups `j, j + per, ...`; its best group first.
-    sets = ops.reshape(maxima, (-1, SUPER, per))
+    if size == 1:
+        maxima, chosen = _top_k(maxima, k)
+        return _members_top_k(tiled, maxima, ops.cast(chosen, "int32"), k)
+    # Set `j` of `size` groups: groups `j, j + per, ...`; its best group first.
+    sets = ops.reshape(maxima, (-1, size, per))
     best = ops.cast(ops.argmax(sets, axis=1), "int32")
-    is_best = ops.equal(ops.arange(SUPER, dtype="int32")[None, :, None], best[:, None, :])
+    is_best = ops.equal(ops.arange(size, dtype="int32")[None, :, None], best[:, None, :])
     rest = ops.reshape(ops.where(is_best, -np.inf, sets), (-1, groups))
     first_groups = best * per + ops.arange(per, dtype="int32")[None, :]
     maxima, slots = _top_k(ops.concatenate([ops.max(sets, axis=1), rest], axis=1), k)
@@ -111,10 +132,17 @@ def _grouped_top_k(scores, k):
         ops.take_along_axis(first_groups, ops.minimum(slots, per - 1), axis=1),
         slots - per,
     )  # (rows, k)
+    return _members_top_k(tiled, maxima, chosen, k)
+
+
+def _members_top_k(tiled, maxima, chosen, k):
+    """The best `k` members of the `chosen` groups (`(rows, k)`, their `maxima` sorted)."""
+    tiles = tiled.shape[1]
+    groups = tiles * LANES
     # (rows, groups, GROUP): the members of each group, then those of the chosen.
     # (rows * groups, GROUP): the members of each group; rows of it gathered whole.
     members = ops.reshape(ops.transpose(tiled, (0, 1, 3, 2)), (-1, GROUP))
-    row_start = ops.arange(ops.shape(scores)[0], dtype="int32")[:, None] * groups
+    row_start = ops.arange(ops.shape(tiled)[0], dtype="int32")[:, None] * groups
     candidates = ops.take(members, row_start + chosen, axis=0)  # (rows, k, GROUP)
     top = ops.cast(ops.argmax(candidates, axis=2), "int32")
     is_top = ops.equal(ops.arange(GROUP, dtype="int32")[None, None, :], top[:, :, None])

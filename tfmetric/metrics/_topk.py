@@ -265,9 +265,8 @@ def _sizes(num_queries, gallery_size, width):
     max_block = max(width, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
-    unit = topk.block_multiple()
-    if topk._grouped(-(-block // unit) * unit, width):
-        block = -(-block // unit) * unit
+    if topk._grouped(topk.grouped_width(block, width), width):
+        block = topk.grouped_width(block, width)
     return chunk, max(width, block)
 
 
