@@ -191,3 +191,14 @@ def test_tie_across_the_boundary_among_or_past_the_sentinels(tied, monkeypatch):
     assert scores["r_precision"] == 0.5
     assert scores[f"recall_at_{tied + 2}"] == expected[f"recall_at_{tied + 2}"] == 1.0
     assert bool(calls) == (tied + 1 > _topk.TIE_SLOTS)
+
+
+def test_drop_own_removes_the_query_itself_else_the_last_slot():
+    # Leave-one-out the search fetches one neighbour more and drops the query's
+    # own position afterwards: where it is among the results, that slot goes;
+    # where it is not (more references at its key than slots), the last one.
+    keys = np.array([[9.0, 8.0, 7.0, 6.0], [9.0, 9.0, 9.0, 9.0], [5.0, 4.0, 3.0, -np.inf]])
+    positions = np.array([[4, 0, 2, 3], [7, 8, 5, 6], [1, 0, 3, -1]])
+    kept_keys, kept = _topk._drop_own(keys, positions, np.array([0, 2, 1]))
+    np.testing.assert_array_equal(kept, [[4, 2, 3], [7, 8, 5], [0, 3, -1]])
+    np.testing.assert_array_equal(kept_keys, [[9.0, 7.0, 6.0], [9.0, 9.0, 9.0], [4.0, 3.0, -np.inf]])

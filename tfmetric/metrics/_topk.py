@@ -23,7 +23,10 @@ Per chunk of queries, one compiled call (XLA through the Keras backend:
 of `tfmetric._src.topk` (gallery in blocks, running top-`K + TIE_SLOTS` merge: memory
 O(chunk × block) whatever the gallery size) on search keys that order pairs
 as the distance does but cost less (`_keys`), through the exact selection
-over group maxima of `topk._grouped_top_k` on wide blocks; the ranks within
+over group maxima of `topk._grouped_top_k` on wide blocks. Nothing is masked
+per pair: the padding of the last gallery block gets `-inf` keys through its
+gallery term and, leave-one-out, the search fetches one more neighbour and
+the query's own position is dropped from it in numpy (`_drop_own`). The ranks within
 the top `K` are computed in numpy (O(chunk × K); in XLA they doubled the
 compilation time, 0.76 vs 0.33 CPU-s). The second pass over the gallery is
 a separate compiled function, called (and compiled) only for a chunk with a
