@@ -202,3 +202,43 @@ def test_drop_own_removes_the_query_itself_else_the_last_slot():
     kept_keys, kept = _topk._drop_own(keys, positions, np.array([0, 2, 1]))
     np.testing.assert_array_equal(kept, [[4, 2, 3], [7, 8, 5], [0, 3, -1]])
     np.testing.assert_array_equal(kept_keys, [[9.0, 7.0, 6.0], [9.0, 9.0, 9.0], [4.0, 3.0, -np.inf]])
+
+
+def test_a_distance_that_is_not_finite_on_zero_rows_never_returns_the_padding(monkeypatch):
+    # The last gallery block is padded with zero rows. A user's distance may be
+    # NaN or inf there (here: a cosine similarity that is NaN for a zero row): the
+    # padding still never ranks (it would push references out of the top K),
+    # and the values match the reference ranking.
+    from keras import ops
+
+    class NaNCosine(tfmetric.distances.Distance):
+        name = "nan_cosine_test"
+        is_similarity = True
+
+        def pairwise(self, x, y):
+            norms = ops.sqrt(ops.sum(x * x, axis=1))[:, None] * ops.sqrt(ops.sum(y * y, axis=1))
+            # NaN for a zero row, as numpy's positive NaN (x86 arithmetic's own
+            # NaN is negative and would sort last by chance).
+            return ops.where(norms > 0, ops.matmul(x, ops.transpose(y)) / norms, np.nan)
+
+    from tfmetric._src import topk
+
+    monkeypatch.setattr(topk, "GROUP", 2)
+    monkeypatch.setattr(topk, "LANES", 4)
+    monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(5, 3)).astype(np.float32)
+    g = rng.normal(size=(201, 3)).astype(np.float32)
+    ql, gl = rng.integers(0, 8, size=5), rng.integers(0, 8, size=201)
+    width = _topk.max_relevant(ql, gl) + _topk.TIE_SLOTS
+    _, block = _topk._sizes(5, 201, width)
+    assert block >= 201 + 3  # one block, padded to whole groups and sets
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    similarity = unit(q) @ unit(g).T
+    relevance = gl[np.argsort(-similarity, axis=1, kind="stable")] == ql[:, None]
+    expected = metrics_from_relevance(relevance)
+    scores = tfmetric.metrics.evaluate_retrieval(
+        q, ql, g, gl, distance=NaNCosine(), k=(1, 5), metrics=FAMILY
+    )
+    for name in CHECKED:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-6, err_msg=name)

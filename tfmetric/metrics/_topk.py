@@ -111,13 +111,18 @@ def _keys(distance, query, gallery):
 def _key_fn(distance):
     """`(queries, block, block_term) -> (chunk, block)` keys of `_keys`, larger is closer.
 
-    `block_term` is subtracted from every key: `||g||²` for the euclidean
-    keys, else zero; `inf` for the padding of the last gallery block, whose
-    keys are then `-inf` (no mask in the search).
+    `block_term` is subtracted from the matrix-product keys: `||g||²` for the
+    euclidean keys, else zero; `inf` for the padding of the last gallery
+    block, whose keys are then `-inf` (no mask in the search; any other
+    distance has one select).
     """
     kind = _key_kind(distance)
     if kind == "distance":
-        return lambda q, block, term: distance.closeness(q, block) - term[None, :]
+        # Any distance: its padding key is set, not computed (a user's distance
+        # may give inf or NaN on the zero rows of the padding).
+        return lambda q, block, term: ops.where(
+            ops.isinf(term)[None, :], -np.inf, distance.closeness(q, block)
+        )
     scale = 1.0 if kind == "inner" else 2.0
     return lambda q, block, term: scale * ops.matmul(q, ops.transpose(block)) - term[None, :]
 
