@@ -102,9 +102,10 @@ def _grouped_top_k(scores, k):
     Order of the selections' inputs (the exact result does not depend on it,
     the cost does): the best maximum of each set of `_set_size` groups
     comes first, then the other maxima (heap entries at k = 139-148: ~300
-    -> ~90 at 20,480 columns, sets of 8; ~600 -> ~110 at 100,352, sets of 32); the second selection starts with the chosen groups' maxima,
-    already the best values, then their other members. The order among equal
-    scores is unspecified, so callers that promise ties to the lower position
+    -> ~90 at 20,480 columns, sets of 8; ~600 -> ~110 at 100,352, sets of
+    32); the second selection starts with the chosen groups' maxima, already
+    the best values, then their other members. The order among equal scores
+    is unspecified, so callers that promise ties to the lower position
     (`ExactIndex`) do not use it.
     """
     width = scores.shape[1]
@@ -139,7 +140,6 @@ def _members_top_k(tiled, maxima, chosen, k):
     """The best `k` members of the `chosen` groups (`(rows, k)`, their `maxima` sorted)."""
     tiles = tiled.shape[1]
     groups = tiles * LANES
-    # (rows, groups, GROUP): the members of each group, then those of the chosen.
     # (rows * groups, GROUP): the members of each group; rows of it gathered whole.
     members = ops.reshape(ops.transpose(tiled, (0, 1, 3, 2)), (-1, GROUP))
     row_start = ops.arange(ops.shape(tiled)[0], dtype="int32")[:, None] * groups

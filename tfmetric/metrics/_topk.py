@@ -26,8 +26,8 @@ as the distance does but cost less (`_keys`), through the exact selection
 over group maxima of `topk._grouped_top_k` on wide blocks. Nothing is masked
 per pair: the padding of the last gallery block gets `-inf` keys through its
 gallery term and, leave-one-out, the search fetches one more neighbour and
-the query's own position is dropped from it in numpy (`_drop_own`). The ranks within
-the top `K` are computed in numpy (O(chunk × K); in XLA they doubled the
+the query's own position is dropped from it in numpy (`_drop_own`). The
+ranks within the top `K` are computed in numpy (O(chunk × K); in XLA they doubled the
 compilation time, 0.76 vs 0.33 CPU-s). The second pass over the gallery is
 a separate compiled function, called (and compiled) only for a chunk with a
 query that needs it.
@@ -249,7 +249,7 @@ def _build_count(distance):
 
 
 def _sizes(num_queries, gallery_size, width):
-    """(query chunk, gallery block) for a search of the best `width`: chunk × block within `ELEMENT_BUDGET`.
+    """(query chunk, gallery block) for the best `width` of each query, within `ELEMENT_BUDGET`.
 
     The query chunk stays large (the distance block is a real matrix product,
     not a memory-bound matrix-vector one) and the gallery is cut into as few
