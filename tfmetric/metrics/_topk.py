@@ -273,8 +273,9 @@ def _sizes(num_queries, gallery_size, width):
     max_block = max(width, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
-    if topk._grouped(topk.grouped_width(block, width), width):
-        block = topk.grouped_width(block, width)
+    padded = topk.grouped_width(block, width)
+    if topk._grouped(padded, width):
+        block = padded
     return chunk, max(width, block)
 
 
