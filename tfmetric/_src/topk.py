@@ -153,9 +153,9 @@ def _members_top_k(tiled, maxima, chosen, k):
     # `k + j * GROUP + m` member `m` of chosen group `j`.
     base = (chosen // LANES) * tile() + chosen % LANES
     where = ops.cast(where, "int32")
-    member = ops.where(where < k, -1, (where - k) % GROUP)
-    slot = ops.where(where < k, where, (where - k) // GROUP)
-    member = ops.where(member < 0, ops.take_along_axis(top, slot, axis=1), member)
+    is_maximum = where < k
+    slot = ops.where(is_maximum, where, (where - k) // GROUP)
+    member = ops.where(is_maximum, ops.take_along_axis(top, slot, axis=1), (where - k) % GROUP)
     return values, ops.take_along_axis(base, slot, axis=1) + LANES * member
 
 
