@@ -135,6 +135,44 @@ def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_o
     _check(q, ql, g, gl, distance)
 
 
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_one_out):
+    # The shipped configuration (groups of 16 columns in tiles of 256, the best
+    # maximum of each set first) on a gallery wide enough for sets of 2 (leave-one-out)
+    # and 4 groups, with many exact ties: integer embeddings, squared distances exact.
+    from tfmetric._src import topk
+
+    rng = np.random.default_rng(11)
+    n, classes = (2048, 80) if leave_one_out else (4096, 150)
+    g = rng.integers(0, 3, size=(n, 8)).astype(np.float32)
+    gl = rng.integers(0, classes, size=n)
+    q, ql = (g, gl) if leave_one_out else (
+        rng.integers(0, 3, size=(256, 8)).astype(np.float32), rng.integers(0, classes + 2, size=256))  # fmt: skip
+    # K (one less leave-one-out), the sentinels (and leave-one-out the query).
+    width = _topk.max_relevant(ql, gl) + _topk.TIE_SLOTS
+    _, block = _topk._sizes(len(q), n, width)
+    assert topk._grouped(block, width)
+    assert topk._set_size(block // topk.GROUP, width) == (2 if leave_one_out else 4)
+    # Reference: each query's references sorted by squared distance, the
+    # non-relevant ones first among equal distances.
+    d = ((q[:, None, :].astype(np.float64) - g[None, :, :]) ** 2).sum(axis=2)
+    relevant = gl[None, :] == ql[:, None]
+    if leave_one_out:
+        d[np.arange(n), np.arange(n)] = np.inf  # the query itself: last, then dropped
+    order = np.lexsort((relevant, d), axis=1)
+    ranked = np.take_along_axis(relevant, order, axis=1)[:, : n - int(leave_one_out)]
+    expected = metrics_from_relevance(list(ranked.astype(int)))
+    gallery = (None, None) if leave_one_out else (g, gl)
+    if leave_one_out:
+        scores = tfmetric.metrics.evaluate_retrieval(q, ql, *gallery, k=(1, 5), metrics=FAMILY)
+    else:
+        # Two queries' labels are absent from the gallery (R = 0).
+        with pytest.warns(UserWarning, match="2 of 256 queries have no relevant reference"):
+            scores = tfmetric.metrics.evaluate_retrieval(q, ql, *gallery, k=(1, 5), metrics=FAMILY)
+    for name in CHECKED:
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-9, err_msg=name)
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
 @pytest.mark.parametrize("magnitude", [1e-30, 1e18])
 def test_search_keys_at_extreme_magnitudes(distance, magnitude):
