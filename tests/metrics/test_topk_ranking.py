@@ -162,13 +162,12 @@ def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_on
     order = np.lexsort((relevant, d), axis=1)
     ranked = np.take_along_axis(relevant, order, axis=1)[:, : n - int(leave_one_out)]
     expected = metrics_from_relevance(list(ranked.astype(int)))
-    gallery = (None, None) if leave_one_out else (g, gl)
     if leave_one_out:
-        scores = tfmetric.metrics.evaluate_retrieval(q, ql, *gallery, k=(1, 5), metrics=FAMILY)
+        scores = tfmetric.metrics.evaluate_retrieval(q, ql, k=(1, 5), metrics=FAMILY)
     else:
         # Two queries' labels are absent from the gallery (R = 0).
         with pytest.warns(UserWarning, match="2 of 256 queries have no relevant reference"):
-            scores = tfmetric.metrics.evaluate_retrieval(q, ql, *gallery, k=(1, 5), metrics=FAMILY)
+            scores = tfmetric.metrics.evaluate_retrieval(q, ql, g, gl, k=(1, 5), metrics=FAMILY)
     for name in CHECKED:
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-9, err_msg=name)
 
