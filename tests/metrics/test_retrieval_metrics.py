@@ -150,6 +150,19 @@ def test_chunked_computation_matches_reference(monkeypatch):
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_query_chunks_of_the_counting_path_per_backend(backend, monkeypatch):
+    # Powers of two within `ELEMENT_BUDGET`; under JAX also within
+    # `JAX_ELEMENT_BUDGET` (the matrices passed between the three calls stay
+    # in the cache), down to `JAX_MIN_QUERY_CHUNK`, never above TensorFlow's.
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    sizes = [_ranking._chunk_size(n, n) for n in (2_048, 20_000, 100_000, 1_000_000)]
+    assert sizes == ([1024, 64, 32, 16] if backend == "jax" else [1024, 512, 128, 16])
+    assert _ranking._chunk_size(10, 20_000) == 16  # fewer queries: the next power of two
+
+
 def test_large_r_single_class_window():
     # Two classes, R up to 59: the relevant window is most of the gallery.
     rng = np.random.default_rng(3)

@@ -172,6 +172,28 @@ def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_on
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_query_chunks_under_jax_keep_the_temporaries_within_budget(backend, monkeypatch):
+    # Under JAX a call's temporaries (two score matrices) are allocated anew per
+    # call: chunks keep them within `JAX_TEMP_BUDGET` where that leaves at least
+    # `JAX_MIN_QUERY_CHUNK` queries, and are never larger than TensorFlow's.
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    chunk, block = _topk._sizes(20_000, 20_000, 139)
+    assert block == 20_224  # whole tiles and sets for the grouped selection
+    if backend == "jax":
+        assert chunk >= _topk.JAX_MIN_QUERY_CHUNK
+        assert 2 * chunk * block * 4 <= _topk.JAX_TEMP_BUDGET
+        assert -(-20_000 // chunk) * chunk - 20_000 < 8 * -(-20_000 // chunk)  # equal chunks
+    else:
+        assert chunk == 1000  # 20 equal chunks of the 1,024 budget
+    # Fewer queries than a chunk: one chunk, never above the limit.
+    assert _topk._sizes(150, 20_000, 139)[0] == (chunk if backend == "jax" else 256)
+    # 100k: no chunk of >= 128 queries fits; the sizes are TensorFlow's.
+    assert _topk._sizes(100_000, 100_000, 139) == (256, 100_352)
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
 @pytest.mark.parametrize("magnitude", [1e-30, 1e18])
 def test_search_keys_at_extreme_magnitudes(distance, magnitude):

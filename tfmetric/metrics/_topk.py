@@ -33,6 +33,7 @@ a separate compiled function, called (and compiled) only for a chunk with a
 query that needs it.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -54,6 +55,13 @@ TIE_SLOTS = 8
 # Largest number of elements of one (chunk, gallery block) matrix: 2**25 float32
 # = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
 ELEMENT_BUDGET = 1 << 25
+# Under JAX, XLA's CPU runtime allocates a call's temporary buffers anew on every
+# call (~2 score matrices here), and glibc maps requests above 32 MiB freshly
+# from the system: every page then faults on first touch. Chunks of at least
+# `JAX_MIN_QUERY_CHUNK` queries whose temporaries fit `JAX_TEMP_BUDGET` avoid it
+# (20k x 20k: 2.3 s with chunks of 1,000 queries, 1.5 s with 176).
+JAX_TEMP_BUDGET = 28 << 20
+JAX_MIN_QUERY_CHUNK = 128
 
 _COMPILED = cache.FunctionCache()
 
@@ -255,6 +263,7 @@ def _sizes(num_queries, gallery_size, width):
     not a memory-bound matrix-vector one) and the gallery is cut into as few
     blocks of equal size as the budget allows; a block wide enough for the
     selection through group maxima is padded to a multiple of its tiles.
+    Under JAX the chunk is also kept within `JAX_TEMP_BUDGET` where possible.
     """
     total = max(gallery_size, width)
     # Larger chunks while the whole gallery still fits one block (fewer calls;
@@ -264,12 +273,18 @@ def _sizes(num_queries, gallery_size, width):
     chunk = MAX_QUERY_CHUNK
     while chunk > MIN_QUERY_CHUNK and chunk * total > ELEMENT_BUDGET:
         chunk //= 2
+    if keras.backend.backend() == "jax":
+        # Two float32 score matrices within `JAX_TEMP_BUDGET`, where that leaves
+        # chunks large enough for the matrix product.
+        fits = JAX_TEMP_BUDGET // (8 * total) // 8 * 8
+        if fits >= JAX_MIN_QUERY_CHUNK:
+            chunk = min(chunk, fits)
     if num_queries > chunk:
         # Chunks of equal size (multiples of 8): no padded queries in the last one.
         chunk = -(-num_queries // -(-num_queries // chunk))
         chunk = -(-chunk // 8) * 8
     else:
-        chunk = max(1, 1 << (max(1, num_queries) - 1).bit_length())
+        chunk = min(chunk, max(1, 1 << (max(1, num_queries) - 1).bit_length()))
     max_block = max(width, ELEMENT_BUDGET // chunk)
     num_blocks = -(-total // max_block)
     block = -(-total // num_blocks)
