@@ -13,8 +13,14 @@ import numpy as np
 from keras import ops
 
 
-def backend_jit(fn):
-    """`fn` compiled for the active Keras backend (static shapes per call signature)."""
+def backend_jit(fn, fused_elementwise=False):
+    """`fn` compiled for the active Keras backend (static shapes per call signature).
+
+    `fused_elementwise`: under JAX on CPU, XNNPACK's library fusions are kept to
+    single matrix products (`_JAX_CPU_OPTIONS`), so that XLA fuses the
+    elementwise steps around them into one loop, as under TensorFlow (for
+    kernels dominated by a matrix product and passes over its result).
+    """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -23,7 +29,7 @@ def backend_jit(fn):
     if backend == "jax":
         import jax
 
-        options = _jax_cpu_options()
+        options = _jax_cpu_options() if fused_elementwise else None
         return jax.jit(fn, compiler_options=options) if options else jax.jit(fn)
     return fn
 
@@ -32,7 +38,8 @@ def backend_jit(fn):
 # step of a kernel a pass of its own over the (queries, gallery) matrix; kept to
 # single matrix products, XLA fuses the steps into one loop as it does under
 # TensorFlow (2-core CPU, 20k x 20k: MAP@R family 1.50 -> 1.30 s, `ExactIndex.search`
-# 3.6-3.9 -> 2.75-2.9 s).
+# 3.6-3.9 -> 2.75-2.9 s; the mAP counting kernels, gathers and scatters, were
+# slower with it: 3.5 -> 4.0 s).
 _JAX_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 

@@ -263,7 +263,7 @@ def _build_search(distance, k, exclude_self):
         scores, positions = top_k_blocks(queries, blocks, score_fn, k, valid)
         return distance.from_closeness(scores), positions
 
-    return backend_compile.backend_jit(search)
+    return backend_compile.backend_jit(search, fused_elementwise=True)
 
 
 def tensor_blocks(gallery, block_size):

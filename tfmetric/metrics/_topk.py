@@ -154,7 +154,7 @@ def _build_search(distance, k):
 
         return topk.top_k_blocks(q, blocks, score_fn, k, stable=False)
 
-    return backend_compile.backend_jit(search)
+    return backend_compile.backend_jit(search, fused_elementwise=True)
 
 
 def _drop_own(top_keys, top_pos, own):
@@ -253,7 +253,7 @@ def _build_count(distance):
         zeros = ops.zeros((chunk,), "int32")
         return tuple(block_pass(count_body, (zeros, zeros)))
 
-    return backend_compile.backend_jit(count)
+    return backend_compile.backend_jit(count, fused_elementwise=True)
 
 
 def _sizes(num_queries, gallery_size, width):
