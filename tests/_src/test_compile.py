@@ -38,3 +38,12 @@ def test_single_matrix_products_option_is_accepted_and_keeps_values(fresh_option
 def test_an_option_this_jaxlib_rejects_falls_back_to_the_defaults(fresh_options):
     fresh_options.setattr(backend_compile, "_JAX_CPU_OPTIONS", {"xla_no_such_option": "1"})
     assert backend_compile._jax_cpu_options() is None
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_jax_on_cpu_only_for_jax_on_a_cpu(backend, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    expected = backend == "jax" and jax.default_backend() == "cpu"
+    assert backend_compile.jax_on_cpu() is expected

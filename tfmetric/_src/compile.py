@@ -29,7 +29,7 @@ def backend_jit(fn, fused_elementwise=False):
     if backend == "jax":
         import jax
 
-        options = _jax_cpu_options() if fused_elementwise else None
+        options = _jax_cpu_options() if fused_elementwise and jax_on_cpu() else None
         return jax.jit(fn, compiler_options=options) if options else jax.jit(fn)
     return fn
 
@@ -43,13 +43,25 @@ def backend_jit(fn, fused_elementwise=False):
 _JAX_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-@functools.cache
-def _jax_cpu_options():
-    """`_JAX_CPU_OPTIONS` on a CPU where this jaxlib accepts them, else `None` (XLA's defaults)."""
+def jax_on_cpu():
+    """Whether the kernels run under JAX on the CPU (XLA's CPU runtime of jaxlib).
+
+    There, a call's temporaries are allocated anew on every call and XNNPACK's
+    library fusions split elementwise steps: the metrics size their chunks and
+    `backend_jit` its options for it.
+    """
+    if keras.backend.backend() != "jax":
+        return False
     import jax
 
-    if jax.default_backend() != "cpu":
-        return None
+    return jax.default_backend() == "cpu"
+
+
+@functools.cache
+def _jax_cpu_options():
+    """`_JAX_CPU_OPTIONS` where this jaxlib accepts them, else `None` (XLA's defaults)."""
+    import jax
+
     try:  # an experimental option: a jaxlib without it rejects it by name
         jax.jit(lambda x: x + 1, compiler_options=_JAX_CPU_OPTIONS)(np.zeros(1, np.float32))
     except (RuntimeError, TypeError):  # JaxRuntimeError; a jax.jit without `compiler_options`

@@ -43,7 +43,6 @@ search.
 import warnings
 from typing import NamedTuple
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -61,7 +60,7 @@ CELLS_PER_RELEVANT = 16
 CELL_BUDGET = 1 << 21
 # Probes compiled first; a chunk with a fuller cell is run again with more.
 INITIAL_STEPS = 2
-# Under JAX, XLA's CPU runtime allocates a call's outputs and temporaries anew on
+# Under JAX on CPU, XLA's runtime allocates a call's outputs and temporaries anew on
 # every call (glibc maps those above 32 MiB freshly: page faults on first touch)
 # and the distance and count matrices pass between the three calls: smaller
 # chunks keep them in the cache (20k x 20k, all metrics: 6.9 s with chunks of
@@ -228,7 +227,7 @@ def _chunk_size(num_queries, width):
         return 1 << (size.bit_length() - 1)  # a power of two: few distinct compiled shapes
 
     size = fitting(ELEMENT_BUDGET)
-    if keras.backend.backend() == "jax":
+    if backend_compile.jax_on_cpu():
         size = min(size, max(fitting(JAX_ELEMENT_BUDGET), JAX_MIN_QUERY_CHUNK))
     return max(1, min(size, 1 << (max(1, num_queries) - 1).bit_length()))
 

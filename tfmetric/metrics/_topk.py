@@ -33,7 +33,6 @@ a separate compiled function, called (and compiled) only for a chunk with a
 query that needs it.
 """
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -55,7 +54,7 @@ TIE_SLOTS = 8
 # Largest number of elements of one (chunk, gallery block) matrix: 2**25 float32
 # = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
 ELEMENT_BUDGET = 1 << 25
-# Under JAX, XLA's CPU runtime allocates a call's temporary buffers anew on every
+# Under JAX on CPU, XLA's runtime allocates a call's temporary buffers anew on every
 # call (~2 score matrices here), and glibc maps requests above 32 MiB freshly
 # from the system: every page then faults on first touch. Chunks of at least
 # `JAX_MIN_QUERY_CHUNK` queries whose temporaries fit `JAX_TEMP_BUDGET` avoid it
@@ -263,7 +262,7 @@ def _sizes(num_queries, gallery_size, width):
     not a memory-bound matrix-vector one) and the gallery is cut into as few
     blocks of equal size as the budget allows; a block wide enough for the
     selection through group maxima is padded to a multiple of its tiles.
-    Under JAX the chunk is also kept within `JAX_TEMP_BUDGET` where possible.
+    Under JAX on CPU the chunk is also kept within `JAX_TEMP_BUDGET` where possible.
     """
     total = max(gallery_size, width)
     # Larger chunks while the whole gallery still fits one block (fewer calls;
@@ -273,7 +272,7 @@ def _sizes(num_queries, gallery_size, width):
     chunk = MAX_QUERY_CHUNK
     while chunk > MIN_QUERY_CHUNK and chunk * total > ELEMENT_BUDGET:
         chunk //= 2
-    if keras.backend.backend() == "jax":
+    if backend_compile.jax_on_cpu():
         # Two float32 score matrices within `JAX_TEMP_BUDGET`, where that leaves
         # chunks large enough for the matrix product.
         fits = JAX_TEMP_BUDGET // (8 * total) // 8 * 8
