@@ -1,5 +1,6 @@
 """The MAP@R family from the top-k search (k = max R) against the numpy full-sort reference."""
 
+import keras
 import numpy as np
 import pytest
 from metric_references import metrics_from_relevance, ranked_relevance
@@ -174,24 +175,52 @@ def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_on
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_query_chunks_under_jax_keep_the_temporaries_within_budget(backend, monkeypatch):
-    # Under JAX a call's temporaries (two score matrices) are allocated anew per
-    # call: chunks keep them within `JAX_TEMP_BUDGET` where that leaves at least
-    # `JAX_MIN_QUERY_CHUNK` queries, and are never larger than TensorFlow's.
-    import keras
-
+    # Under JAX a call's temporaries (the score matrix and ~15% more) are
+    # allocated anew per call: chunks keep them within `JAX_TEMP_BUDGET` where
+    # that leaves at least `JAX_MIN_QUERY_CHUNK` queries, and are never larger
+    # than TensorFlow's.
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
-    chunk, block = _topk._sizes(20_000, 20_000, 139)
-    assert block == 20_224  # whole tiles and sets for the grouped selection
-    if backend == "jax":
-        assert chunk >= _topk.JAX_MIN_QUERY_CHUNK
-        assert 2 * chunk * block * 4 <= _topk.JAX_TEMP_BUDGET
-        assert -(-20_000 // chunk) * chunk - 20_000 < 8 * -(-20_000 // chunk)  # equal chunks
-    else:
-        assert chunk == 1000  # 20 equal chunks of the 1,024 budget
+    for n, tf_sizes in [(20_000, (1000, 20_224)), (100_000, (256, 100_352))]:
+        chunk, block = _topk._sizes(n, n, 139)
+        assert block == tf_sizes[1]  # whole tiles and sets for the grouped selection
+        if backend == "jax":
+            assert _topk.JAX_MIN_QUERY_CHUNK <= chunk < tf_sizes[0]
+            assert _topk.JAX_TEMP_BYTES * chunk * block <= 32 << 20  # glibc's largest threshold
+            assert -(-n // chunk) * chunk - n < 8 * -(-n // chunk)  # equal chunks
+        else:
+            assert chunk == tf_sizes[0]  # equal chunks of the 1,024 (256 at 100k) limit
+    assert _topk._sizes(20_000, 20_000, 139)[0] == (336 if backend == "jax" else 1000)
+    assert _topk._sizes(100_000, 100_000, 139)[0] == (64 if backend == "jax" else 256)
     # Fewer queries than a chunk: one chunk, never above the limit.
-    assert _topk._sizes(150, 20_000, 139)[0] == (chunk if backend == "jax" else 256)
-    # 100k: no chunk of >= 128 queries fits; the sizes are TensorFlow's.
-    assert _topk._sizes(100_000, 100_000, 139) == (256, 100_352)
+    assert _topk._sizes(150, 20_000, 139)[0] == 256
+    # 300k: no chunk of >= 48 queries fits; the sizes are TensorFlow's.
+    assert _topk._sizes(300_000, 300_000, 139) == _sizes_under("tensorflow", monkeypatch)
+
+
+def _sizes_under(backend, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.backend, "backend", lambda: backend)
+        return _topk._sizes(300_000, 300_000, 139)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's compiled temporaries: run by the JAX pass"
+)
+@pytest.mark.parametrize("n", [20_000, 100_000])
+def test_jax_search_temporaries_are_what_the_chunk_sizes_assume(n):
+    # The premise of `JAX_TEMP_BYTES`: XLA's temporaries of the compiled search
+    # (with its options) at the chosen sizes stay within glibc's largest mmap
+    # threshold (32 MiB), so that their memory is reused from call to call.
+    import jax
+
+    width = 139
+    chunk, block = _topk._sizes(n, n, width)
+    search = _topk._compiled_search(tfmetric.distances.get("euclidean"), width)
+    shapes = [(chunk, 128), (1, block, 128), (1, block)]
+    args = [jax.ShapeDtypeStruct(shape, np.float32) for shape in shapes]
+    temp = search.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert 4 * chunk * block <= temp <= _topk.JAX_TEMP_BYTES * chunk * block
+    assert temp <= 32 << 20
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])

@@ -55,12 +55,17 @@ TIE_SLOTS = 8
 # = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
 ELEMENT_BUDGET = 1 << 25
 # Under JAX on CPU, XLA's runtime allocates a call's temporary buffers anew on every
-# call (~2 score matrices here), and glibc maps requests above 32 MiB freshly
-# from the system: every page then faults on first touch. Chunks of at least
-# `JAX_MIN_QUERY_CHUNK` queries whose temporaries fit `JAX_TEMP_BUDGET` avoid it
-# (20k x 20k: 2.3 s with chunks of 1,000 queries, 1.5 s with 176).
-JAX_TEMP_BUDGET = 28 << 20
-JAX_MIN_QUERY_CHUNK = 128
+# call, and glibc maps requests above 32 MiB freshly from the system: every page
+# then faults on first touch. Chunks of at least `JAX_MIN_QUERY_CHUNK` queries
+# whose temporaries fit `JAX_TEMP_BUDGET` avoid it: with the search's XLA
+# options (`backend_jit(..., fused_elementwise=True)`) they are the float32 score
+# matrix and ~15% more (`memory_analysis()`: 1.13-1.15 matrices at 20k-100k),
+# `JAX_TEMP_BYTES` per (query, column). 20k x 20k: 2.3 s with chunks of 1,000
+# queries, 1.35 with 176, 1.2 with 288-336; 100k galleries: 700 CPU-us per
+# query with 256, 520-560 with 56-72 (fewer than ~48 pay for re-packing the gallery).
+JAX_TEMP_BUDGET = 30 << 20
+JAX_TEMP_BYTES = 4.6
+JAX_MIN_QUERY_CHUNK = 48
 
 _COMPILED = cache.FunctionCache()
 
@@ -273,9 +278,9 @@ def _sizes(num_queries, gallery_size, width):
     while chunk > MIN_QUERY_CHUNK and chunk * total > ELEMENT_BUDGET:
         chunk //= 2
     if backend_compile.jax_on_cpu():
-        # Two float32 score matrices within `JAX_TEMP_BUDGET`, where that leaves
-        # chunks large enough for the matrix product.
-        fits = JAX_TEMP_BUDGET // (8 * total) // 8 * 8
+        # The temporaries within `JAX_TEMP_BUDGET`, where that leaves chunks
+        # large enough for the matrix product.
+        fits = int(JAX_TEMP_BUDGET / (JAX_TEMP_BYTES * total)) // 8 * 8
         if fits >= JAX_MIN_QUERY_CHUNK:
             chunk = min(chunk, fits)
     if num_queries > chunk:
