@@ -129,20 +129,81 @@ def test_grouped_selection_without_stable_ties_returns_a_best_set(
     np.testing.assert_array_equal(positions[7], np.arange(width - 1, width - k - 1, -1))
 
 
-def test_stable_search_never_takes_the_grouped_path(monkeypatch):
+def test_search_through_group_maxima_keeps_the_stable_order(monkeypatch):
     # `ExactIndex` promises ties to the lower row: with the grouped selection
-    # made eligible for every block, `search` still gives the stable order.
+    # made eligible for every block, `search` takes it (one more result, put
+    # in the stable order) and gives the stable order, falling back to the
+    # stable search only for the chunks with a tie across the k-th result.
     monkeypatch.setattr(topk, "GROUP", 4)
     monkeypatch.setattr(topk, "LANES", 2)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
-    monkeypatch.setattr(topk, "_grouped_top_k", None)  # would fail if called
+    grouped_calls, stable_chunks = [], []
+    grouped = topk._grouped_top_k
+    monkeypatch.setattr(topk, "_grouped_top_k", lambda *a: grouped_calls.append(1) or grouped(*a))
+    search_fn = topk._search_fn
+
+    def counting_search_fn(distance, k, exclude_self, stable):
+        fn = search_fn(distance, k, exclude_self, stable)
+        return (lambda *a: stable_chunks.append(1) or fn(*a)) if stable else fn
+
+    monkeypatch.setattr(topk, "_search_fn", counting_search_fn)
+    topk._COMPILED.clear()  # traced anew with the small groups
     rng = np.random.default_rng(11)
-    queries = rng.integers(-2, 3, size=(10, 3)).astype(np.float32)
-    gallery = rng.integers(-2, 3, size=(96, 3)).astype(np.float32)
     distance = tfmetric.distances.get("euclidean")
-    for block, k in [(96, 6), (48, 5)]:
-        assert topk._grouped(block, k)
-        positions, values = topk.search(queries, gallery, distance, k, 4, block)
-        expected_positions, expected_values, _ = _reference(queries, gallery, k)
-        np.testing.assert_array_equal(positions, expected_positions)
-        np.testing.assert_allclose(values, expected_values, rtol=1e-6)
+    # Integer coordinates: ties everywhere (fallbacks); normal ones: none.
+    for data, ties in [(lambda size: rng.integers(-2, 3, size=size), True),
+                       (lambda size: rng.normal(size=size), False)]:  # fmt: skip
+        queries = data((10, 3)).astype(np.float32)
+        gallery = data((96, 3)).astype(np.float32)
+        for block, k in [(96, 6), (48, 5)]:
+            assert topk._grouped(block, k + 1)
+            stable_chunks.clear()
+            positions, values = topk.search(queries, gallery, distance, k, 4, block)
+            expected_positions, expected_values, _ = _reference(queries, gallery, k)
+            np.testing.assert_array_equal(positions, expected_positions)
+            np.testing.assert_allclose(values, expected_values, rtol=1e-5, atol=1e-6)  # float32
+            assert bool(stable_chunks) == ties  # the stable search only for ties at the cut
+            assert len(stable_chunks) <= 3  # at most once per chunk of 4 queries
+    assert len(grouped_calls) >= 2  # both block widths traced through the grouped selection
+    topk._COMPILED.clear()
+
+
+def test_stable_order_sorts_ties_by_position_and_flags_ties_at_the_cut():
+    inf = np.inf
+    scores = np.array([[1.0, 3.0, 3.0, 2.0], [5.0, 4.0, 4.0, 4.0], [2.0, -inf, -inf, 1.0]])
+    positions = np.array([[7, 9, 2, 4], [0, 8, 3, 5], [6, -1, -1, 1]])
+    keys, kept, tied = topk._stable_order(scores, positions, 3)
+    np.testing.assert_array_equal(kept, [[2, 9, 4], [0, 3, 5], [6, 1, -1]])
+    np.testing.assert_array_equal(keys, [[3, 3, 2], [5, 4, 4], [2, 1, -inf]])
+    np.testing.assert_array_equal(tied, [False, True, False])
+
+
+@pytest.mark.parametrize(
+    "size,block,rows",
+    [(1, 16384, 256), (300, 16384, 512), (16384, 16384, 16384), (20_000, 16384, 10_240),
+     (100_000, 16384, 14_336), (33_000, 16384, 11_264), (50, 8, 8), (20, 1000, 256)],
+)  # fmt: skip
+def test_block_rows_pad_little_and_never_exceed_the_block_size(size, block, rows):
+    got = topk.block_rows(size, block)
+    assert got == rows
+    assert got <= block
+    assert -(-size // got) == -(-size // block)  # no more blocks than blocks of `block` rows
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_jax_query_chunk_keeps_the_temporaries_within_budget(backend, monkeypatch):
+    # Under JAX on CPU a call's temporaries (~4.6 bytes per query and gallery
+    # column) are allocated anew per call: the chunk keeps them within the
+    # budget where that leaves >= 48 queries; TensorFlow keeps its chunk.
+    import keras
+
+    pytest.importorskip("jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    chunk = topk.jax_query_chunk(1024, 20_480)  # ExactIndex, 20k items: 2 blocks of 10,240
+    if backend == "jax":
+        assert chunk == 328 and chunk % 8 == 0
+        assert topk.JAX_TEMP_BYTES * chunk * 20_480 <= topk.JAX_TEMP_BUDGET
+        assert topk.jax_query_chunk(100, 20_480) == 100  # never larger than asked
+    else:
+        assert chunk == 1024
+    assert topk.jax_query_chunk(1024, 1_000_000) == 1024  # fewer than 48 queries would fit

@@ -6,6 +6,7 @@ import pytest
 from metric_references import metrics_from_relevance, ranked_relevance
 
 import tfmetric
+from tfmetric._src import topk
 from tfmetric.metrics import _topk
 
 FAMILY = [
@@ -111,8 +112,6 @@ def test_grouped_selection_and_search_keys_match_the_reference(distance, leave_o
     # The gallery is wide enough for the selection through group maxima (made
     # small here) and the keys (2<q, g> - ||g||², cosines, inner products) are
     # compared on integer data with many ties, across the boundary too.
-    from tfmetric._src import topk
-
     monkeypatch.setattr(topk, "GROUP", 2)
     monkeypatch.setattr(topk, "LANES", 4)
     monkeypatch.setattr(topk, "GROUPED_MIN_RATIO", 1)
@@ -141,8 +140,6 @@ def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_on
     # The shipped configuration (groups of 16 columns in tiles of 256, the best
     # maximum of each set first) on a gallery wide enough for sets of 2 (leave-one-out)
     # and 4 groups, with many exact ties: integer embeddings, squared distances exact.
-    from tfmetric._src import topk
-
     rng = np.random.default_rng(11)
     n, classes = (2048, 80) if leave_one_out else (4096, 150)
     g = rng.integers(0, 3, size=(n, 8)).astype(np.float32)
@@ -176,7 +173,7 @@ def test_default_grouped_selection_with_sets_matches_a_sorted_reference(leave_on
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_query_chunks_under_jax_keep_the_temporaries_within_budget(backend, monkeypatch):
     # Under JAX a call's temporaries (the score matrix and ~15% more) are
-    # allocated anew per call: chunks keep them within `JAX_TEMP_BUDGET` where
+    # allocated anew per call: chunks keep them within `topk.JAX_TEMP_BUDGET` where
     # that leaves at least `JAX_MIN_QUERY_CHUNK` queries, and are never larger
     # than TensorFlow's.
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
@@ -184,8 +181,8 @@ def test_query_chunks_under_jax_keep_the_temporaries_within_budget(backend, monk
         chunk, block = _topk._sizes(n, n, 139)
         assert block == tf_sizes[1]  # whole tiles and sets for the grouped selection
         if backend == "jax":
-            assert _topk.JAX_MIN_QUERY_CHUNK <= chunk < tf_sizes[0]
-            assert _topk.JAX_TEMP_BYTES * chunk * block <= 32 << 20  # glibc's largest threshold
+            assert topk.JAX_MIN_QUERY_CHUNK <= chunk < tf_sizes[0]
+            assert topk.JAX_TEMP_BYTES * chunk * block <= 32 << 20  # glibc's largest threshold
             assert -(-n // chunk) * chunk - n < 8 * -(-n // chunk)  # equal chunks
         else:
             assert chunk == tf_sizes[0]  # equal chunks of the 1,024 (256 at 100k) limit
@@ -219,7 +216,7 @@ def test_jax_search_temporaries_are_what_the_chunk_sizes_assume(n):
     shapes = [(chunk, 128), (1, block, 128), (1, block)]
     args = [jax.ShapeDtypeStruct(shape, np.float32) for shape in shapes]
     temp = search.lower(*args).compile().memory_analysis().temp_size_in_bytes
-    assert 4 * chunk * block <= temp <= _topk.JAX_TEMP_BYTES * chunk * block
+    assert 4 * chunk * block <= temp <= topk.JAX_TEMP_BYTES * chunk * block
     assert temp <= 32 << 20
 
 
@@ -308,8 +305,6 @@ def test_a_distance_that_is_not_finite_on_zero_rows_never_returns_the_padding(mo
             # NaN for a zero row, as numpy's positive NaN (x86 arithmetic's own
             # NaN is negative and would sort last by chance).
             return ops.where(norms > 0, ops.matmul(x, ops.transpose(y)) / norms, np.nan)
-
-    from tfmetric._src import topk
 
     monkeypatch.setattr(topk, "GROUP", 2)
     monkeypatch.setattr(topk, "LANES", 4)

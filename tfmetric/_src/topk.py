@@ -21,10 +21,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric._src import cache, chunks
+from tfmetric._src import cache, chunks, search_keys
 from tfmetric._src import compile as backend_compile
 
 _COMPILED = cache.FunctionCache()
+
 # Gallery blocks beyond which the scan is a loop rather than unrolled.
 UNROLL = 8
 # Selection through the maxima of groups of `GROUP` columns when the order of
@@ -35,11 +36,38 @@ UNROLL = 8
 GROUP = 16
 LANES = 16
 GROUPED_MIN_RATIO = 2
+# Gallery blocks of a multi-block search are rounded up to this many rows (`block_rows`).
+BLOCK_ROUND = 1024
+# Under JAX on CPU, XLA's runtime allocates a call's temporary buffers anew on every
+# call, and glibc maps requests above 32 MiB freshly from the system: every page
+# then faults on first touch. Chunks of at least `JAX_MIN_QUERY_CHUNK` queries
+# whose temporaries fit `JAX_TEMP_BUDGET` avoid it: with the search's XLA
+# options (`backend_jit(..., fused_elementwise=True)`) they are the float32 score
+# matrix and ~15% more (`memory_analysis()`: 1.13-1.15 matrices at 20k-100k),
+# `JAX_TEMP_BYTES` per (query, column). 20k x 20k: 2.3 s with chunks of 1,000
+# queries, 1.35 with 176, 1.2 with 288-336; 100k galleries: 700 CPU-us per
+# query with 256, 520-560 with 56-72 (fewer than ~48 pay for re-packing the gallery).
+JAX_TEMP_BUDGET = 30 << 20
+JAX_TEMP_BYTES = 4.6
+JAX_MIN_QUERY_CHUNK = 48
 
 
 def tile():
     """Columns per tile of `LANES` groups of `GROUP` columns."""
     return GROUP * LANES
+
+
+def jax_query_chunk(chunk, columns):
+    """`chunk`, or under JAX on CPU the fewer queries whose temporaries fit `JAX_TEMP_BUDGET`.
+
+    `columns`: the gallery columns a call scores (all its blocks: XLA keeps
+    the unrolled blocks' score matrices apart). Unchanged where fewer than
+    `JAX_MIN_QUERY_CHUNK` queries would fit, and off JAX or off the CPU.
+    """
+    if not backend_compile.jax_on_cpu():
+        return chunk
+    fits = int(JAX_TEMP_BUDGET / (JAX_TEMP_BYTES * max(1, columns))) // 8 * 8
+    return min(chunk, fits) if fits >= JAX_MIN_QUERY_CHUNK else chunk
 
 
 def _set_size(groups, k):
@@ -243,43 +271,114 @@ def gallery_blocks(gallery, block_size, *extra):
     return (cut(gallery, 0), valid) + tuple(cut(np.asarray(a), -1) for a in extra)
 
 
-def _search_fn(distance, k, exclude_self):
-    key = (distance, k, exclude_self)
-    return _COMPILED.get(key, lambda: _build_search(distance, k, exclude_self))
+def _search_fn(distance, k, exclude_self, stable):
+    key = (distance, k, exclude_self, stable)
+    return _COMPILED.get(key, lambda: _build_search(distance, k, exclude_self, stable))
 
 
-def _build_search(distance, k, exclude_self):
-    def search(queries, query_positions, blocks, valid):
+def _build_search(distance, k, exclude_self, stable):
+    """Top-`k` search keys and positions of a chunk of prepared queries (`search_keys`)."""
+    key_fn = search_keys.key_fn(distance)
+
+    def search(queries, query_positions, blocks, block_terms):
         block_size = blocks.shape[1]
 
         def score_fn(q, block, i):
-            scores = distance.closeness(q, block)
+            scores = key_fn(q, block, block_terms[i])
             if exclude_self:
                 position = i * block_size + ops.arange(block_size, dtype="int32")
                 same = ops.equal(position[None, :], query_positions[:, None])
                 scores = ops.where(same, -np.inf, scores)
             return scores
 
-        scores, positions = top_k_blocks(queries, blocks, score_fn, k, valid)
-        return distance.from_closeness(scores), positions
+        return top_k_blocks(queries, blocks, score_fn, k, stable=stable)
 
     return backend_compile.backend_jit(search, fused_elementwise=True)
 
 
-def tensor_blocks(gallery, block_size):
-    """`(blocks, valid)` backend tensors of `gallery` cut into blocks of `block_size` rows."""
-    block_size = max(1, min(block_size, len(gallery)))
-    return tuple(backend_compile.tensor(a) for a in gallery_blocks(gallery, block_size))
+def block_rows(size, block_size):
+    """Rows per gallery block for `size` items: at most `block_size`, as little padding as possible.
+
+    One block of `size` rows rounded up to whole tiles of the grouped
+    selection when it fits, else equal blocks rounded up to
+    `BLOCK_ROUND` rows (a gallery that grows changes the compiled shapes
+    only every few thousand items; 20,000 items in blocks of at most 16,384:
+    2 x 10,240 rows, where blocks of 16,384 would compute 32,768 columns).
+    """
+    size = max(1, size)
+    if size <= block_size:
+        return min(block_size, -(-size // tile()) * tile())
+    num_blocks = -(-size // block_size)
+    rows = -(-size // num_blocks)
+    return min(block_size, -(-rows // BLOCK_ROUND) * BLOCK_ROUND)
 
 
-def search_blocks(queries, blocks, valid, distance, k, query_chunk=1024, exclude_self=False):
+# Queries at most this many times larger than the gallery's power-of-two scale
+# share it (their keys and norms stay far from float32's range); larger ones
+# are searched on a gallery prepared with their joint scale.
+_QUERY_RANGE = 2.0**16
+
+
+class SearchGallery:
+    """A gallery prepared for `search_gallery`: search-key operands in blocks, on the backend.
+
+    Args:
+        embeddings: `(n, d)` float32 numpy array.
+        distance: A `tfmetric.distances.Distance`.
+        block_size: Most rows per gallery block (`block_rows`).
+        factor: The power of two the embeddings are divided by; defaults to
+            the gallery's own (`search_keys.scale`).
+    """
+
+    def __init__(self, embeddings, distance, block_size, factor=None):
+        self.embeddings = embeddings
+        self.distance = distance
+        self.block_size = block_size
+        self.factor = search_keys.scale(distance, embeddings) if factor is None else factor
+        prepared = search_keys.operands(distance, embeddings, self.factor)
+        term = search_keys.gallery_term(distance, prepared)
+        blocks, valid, terms = gallery_blocks(prepared, block_rows(len(embeddings), block_size), term)
+        terms = np.where(valid, terms, np.float32(np.inf))  # padding: key -inf
+        self.blocks, self.terms = (backend_compile.tensor(a) for a in (blocks, terms))
+
+    def for_queries(self, queries):
+        """This gallery, or one prepared with the joint scale of much larger `queries`."""
+        if search_keys.scale(self.distance, queries) <= self.factor * _QUERY_RANGE:
+            return self
+        factor = search_keys.scale(self.distance, queries, self.embeddings)
+        return SearchGallery(self.embeddings, self.distance, self.block_size, factor)
+
+
+def _stable_order(keys, positions, k):
+    """The best `k` in the stable order, from an exact top-`k + 1` in any order among ties.
+
+    Sorted by key, larger first, then by position (`-1`, past the last item,
+    stays last); returns `(keys, positions, tied)`, `tied` marking the rows
+    whose `k`-th and `k + 1`-th keys are equal and finite: a tie across the
+    boundary, where the positions kept may not be the lowest ones.
+    """
+    order = np.lexsort((np.where(positions < 0, np.iinfo(np.int64).max, positions), -keys))
+    keys, positions = (np.take_along_axis(a, order, axis=1) for a in (keys, positions))
+    tied = np.isfinite(keys[:, k]) & (keys[:, k] == keys[:, k - 1])
+    return keys[:, :k], positions[:, :k], tied
+
+
+def search_gallery(queries, gallery, k, query_chunk=1024, exclude_self=False):
     """Exact `k` nearest gallery rows of each query, nearest first (numpy in, numpy out).
+
+    Pairs are ranked by search keys (`tfmetric._src.search_keys`: for
+    euclidean distances `2 <q, g> - ||g||²`, one matrix product and one
+    subtraction per pair) and only the results' distance values are
+    computed (`search_keys.values`). Each chunk of queries first runs the
+    search without stable ties (the selection through group maxima on wide
+    blocks) for `k + 1` results, put in the stable order in numpy
+    (`_stable_order`); a chunk with a tie across the `k`-th result runs the
+    stable search (equal keys to the lower row) for it, compiled only when
+    one does.
 
     Args:
         queries: `(m, d)` float32 array.
-        blocks: `(num_blocks, block, d)` gallery tensor of `tensor_blocks`.
-        valid: `(num_blocks, block)` bool tensor of `tensor_blocks`.
-        distance: A `tfmetric.distances.Distance`.
+        gallery: A `SearchGallery`.
         k: Number of neighbours.
         query_chunk: Queries per compiled call.
         exclude_self: Query `i` never returns gallery row `i` (the queries
@@ -289,19 +388,33 @@ def search_blocks(queries, blocks, valid, distance, k, query_chunk=1024, exclude
         `(positions, values)`: `(m, k)` int64 gallery rows (`-1` past the
         last item) and the distance values (similarities for a similarity,
         largest first; `inf` (`-inf` for a similarity) past the last item).
-        Ties keep the lower row first.
+        Ties (equal keys: equal distances for duplicates and exactly
+        representable embeddings) keep the lower row first.
     """
-    fn = _search_fn(distance, int(k), bool(exclude_self))
-    chunk = max(1, min(query_chunk, len(queries)))
+    k = int(k)
+    distance = gallery.distance
+    gallery = gallery.for_queries(queries)
+    prepared = search_keys.operands(distance, queries, gallery.factor)
+    fast = _search_fn(distance, k + 1, bool(exclude_self), stable=False)
+    columns = gallery.blocks.shape[0] * gallery.blocks.shape[1]
+    chunk = max(1, min(jax_query_chunk(query_chunk, columns), len(queries)))
 
     def work(begin, stop):
-        part = queries[begin:stop]
+        part = prepared[begin:stop]
         rows = len(part)
         own = np.arange(begin, begin + chunk, dtype=np.int32)
         if rows < chunk:
             part = np.concatenate([part, np.zeros((chunk - rows,) + part.shape[1:], part.dtype)])
-        v, p = fn(backend_compile.tensor(part), backend_compile.tensor(own), blocks, valid)
-        return backend_compile.numpy(v)[:rows], backend_compile.numpy(p)[:rows]
+        inputs = (backend_compile.tensor(part), backend_compile.tensor(own))
+        inputs += (gallery.blocks, gallery.terms)
+        keys, positions = (backend_compile.numpy(a)[:rows] for a in fast(*inputs))
+        keys, positions, tied = _stable_order(keys, positions, k)
+        if tied.any():
+            stable = _search_fn(distance, k, bool(exclude_self), stable=True)
+            exact_keys, exact_positions = (backend_compile.numpy(a)[:rows] for a in stable(*inputs))
+            keys = np.where(tied[:, None], exact_keys, keys)
+            positions = np.where(tied[:, None], exact_positions, positions)
+        return search_keys.values(distance, keys, part[:rows], gallery.factor), positions
 
     per_chunk = chunks.map_chunks(work, len(queries), chunk)
     if not per_chunk:
@@ -313,6 +426,6 @@ def search_blocks(queries, blocks, valid, distance, k, query_chunk=1024, exclude
 def search(
     queries, gallery, distance, k, query_chunk=1024, gallery_block=16384, exclude_self=False
 ):
-    """`search_blocks` on `gallery` `(n, d)` cut into blocks of `gallery_block` rows."""
-    blocks, valid = tensor_blocks(gallery, gallery_block)
-    return search_blocks(queries, blocks, valid, distance, k, query_chunk, exclude_self)
+    """`search_gallery` on `gallery` `(n, d)` cut into blocks of at most `gallery_block` rows."""
+    prepared = SearchGallery(gallery, distance, gallery_block)
+    return search_gallery(queries, prepared, k, query_chunk, exclude_self)

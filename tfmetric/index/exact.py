@@ -46,17 +46,15 @@ class ExactIndex(Index):
     def _changed(self):
         self._blocks = None
 
-    def _gallery_blocks(self):
+    def _gallery(self):
         if self._blocks is None:
-            self._blocks = topk.tensor_blocks(self._embeddings, self.gallery_chunk_size)
+            self._blocks = topk.SearchGallery(
+                self._embeddings, self.distance, self.gallery_chunk_size
+            )
         return self._blocks
 
     def _search(self, queries, k):
-        blocks, valid = self._gallery_blocks()
-        positions, distances = topk.search_blocks(
-            queries, blocks, valid, self.distance, k, self.query_chunk_size
-        )
-        return positions, distances
+        return topk.search_gallery(queries, self._gallery(), k, self.query_chunk_size)
 
     def get_config(self):
         return {

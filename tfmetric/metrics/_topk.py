@@ -22,7 +22,7 @@ Per chunk of queries, one compiled call (XLA through the Keras backend:
 `tf.function(jit_compile=True)` or `jax.jit`; static shapes) runs the search
 of `tfmetric._src.topk` (gallery in blocks, running top-`K + TIE_SLOTS` merge: memory
 O(chunk × block) whatever the gallery size) on search keys that order pairs
-as the distance does but cost less (`_keys`), through the exact selection
+as the distance does but cost less (`tfmetric._src.search_keys`), through the exact selection
 over group maxima of `topk._grouped_top_k` on wide blocks. Nothing is masked
 per pair: the padding of the last gallery block gets `-inf` keys through its
 gallery term and, leave-one-out, the search fetches one more neighbour and
@@ -37,7 +37,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, chunks, numerics, topk
+from tfmetric._src import cache, chunks, search_keys, topk
 from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
@@ -54,18 +54,6 @@ TIE_SLOTS = 8
 # Largest number of elements of one (chunk, gallery block) matrix: 2**25 float32
 # = 128 MiB. Wide blocks are faster (one block up to a 131,072-item gallery).
 ELEMENT_BUDGET = 1 << 25
-# Under JAX on CPU, XLA's runtime allocates a call's temporary buffers anew on every
-# call, and glibc maps requests above 32 MiB freshly from the system: every page
-# then faults on first touch. Chunks of at least `JAX_MIN_QUERY_CHUNK` queries
-# whose temporaries fit `JAX_TEMP_BUDGET` avoid it: with the search's XLA
-# options (`backend_jit(..., fused_elementwise=True)`) they are the float32 score
-# matrix and ~15% more (`memory_analysis()`: 1.13-1.15 matrices at 20k-100k),
-# `JAX_TEMP_BYTES` per (query, column). 20k x 20k: 2.3 s with chunks of 1,000
-# queries, 1.35 with 176, 1.2 with 288-336; 100k galleries: 700 CPU-us per
-# query with 256, 520-560 with 56-72 (fewer than ~48 pay for re-packing the gallery).
-JAX_TEMP_BUDGET = 30 << 20
-JAX_TEMP_BYTES = 4.6
-JAX_MIN_QUERY_CHUNK = 48
 
 _COMPILED = cache.FunctionCache()
 
@@ -76,69 +64,6 @@ def _own_position(q_self, block_size, i):
     return ops.equal(position[None, :], q_self[:, None])
 
 
-def _key_kind(distance):
-    """How the search scores pairs: `"squared"`, `"inner"` or `"distance"` (see `_keys`)."""
-    pairwise = type(distance).pairwise
-    if pairwise is distances_lib.SquaredEuclidean.pairwise or (
-        pairwise is distances_lib.Euclidean.pairwise
-    ):
-        return "squared"
-    if pairwise in (distances_lib.Cosine.pairwise, distances_lib.InnerProduct.pairwise):
-        return "inner"
-    return "distance"
-
-
-def _keys(distance, query, gallery):
-    """`(query, gallery, gallery_term)`: the arrays the search keys are computed from.
-
-    The search orders references by a key, larger is closer, that orders
-    pairs as the distance does and costs less than it: for (squared)
-    euclidean distances `2 <q, g> - ||g||²` (the squared distance less
-    `||q||²`: no square root, no query norm), for the cosine distance the
-    cosine of the L2-normalised embeddings, for the inner product the inner
-    product; any other distance is its own key (`closeness`). Embeddings are
-    divided once by a power of two near their largest magnitude (exact; keys
-    of embeddings from 1e-30 to 1e19 neither underflow nor overflow) and
-    `||g||²` is computed once, not per chunk of queries. Both passes over
-    the gallery compute the same keys, so ties are ties of keys.
-    """
-    kind = _key_kind(distance)
-    if kind == "inner" and isinstance(distance, distances_lib.Cosine):
-        query, gallery = (
-            backend_compile.numpy(numerics.l2_normalize(backend_compile.tensor(a)))
-            for a in (query, gallery)
-        )
-    elif kind != "distance":
-        largest = max(float(np.abs(a).max(initial=0.0)) for a in (query, gallery))
-        if 0.0 < largest < np.inf:
-            scale = np.float32(2.0 ** np.floor(np.log2(largest)))
-            query, gallery = query / scale, gallery / scale
-    if kind == "squared":
-        term = np.einsum("ij,ij->i", gallery, gallery, dtype=np.float32)
-    else:
-        term = np.zeros(len(gallery), np.float32)
-    return query.astype(np.float32), gallery.astype(np.float32), term
-
-
-def _key_fn(distance):
-    """`(queries, block, block_term) -> (chunk, block)` keys of `_keys`, larger is closer.
-
-    `block_term` is subtracted from the matrix-product keys: `||g||²` for the
-    euclidean keys, else zero; `inf` for the padding of the last gallery
-    block, whose keys are then `-inf` (no mask in the search; any other
-    distance has one select).
-    """
-    kind = _key_kind(distance)
-    if kind == "distance":
-        # Any distance: its padding key is set, not computed (a user's distance
-        # may give inf or NaN on the zero rows of the padding).
-        return lambda q, block, term: ops.where(
-            ops.isinf(term)[None, :], -np.inf, distance.closeness(q, block)
-        )
-    scale = 1.0 if kind == "inner" else 2.0
-    return lambda q, block, term: scale * ops.matmul(q, ops.transpose(block)) - term[None, :]
-
-
 def _compiled_search(distance, k):
     return _COMPILED.get(("search", distance, k), lambda: _build_search(distance, k))
 
@@ -146,11 +71,11 @@ def _compiled_search(distance, k):
 def _build_search(distance, k):
     """Top-`k` search of a chunk of queries: `(keys, positions)`, best first.
 
-    No mask: the padding of the last block has `-inf` keys (`_key_fn`) and a
+    No mask: the padding of the last block has `-inf` keys (`search_keys.key_fn`) and a
     query's own position (leave-one-out) is dropped afterwards
     (`_drop_own`), which saves a select per (query, reference) pair.
     """
-    key_fn = _key_fn(distance)
+    key_fn = search_keys.key_fn(distance)
 
     def search(q, blocks, block_terms):
         def score_fn(queries, block, i):
@@ -218,7 +143,7 @@ def _build_count(distance):
     """The second pass: non-relevant references up to the first relevant one and the boundary."""
     inf = np.float32(np.inf)
 
-    key_fn = _key_fn(distance)
+    key_fn = search_keys.key_fn(distance)
 
     def count(q, q_id, q_self, boundary, blocks, block_terms, block_ids, valid):
         num_blocks, block_size = blocks.shape[0], blocks.shape[1]
@@ -267,7 +192,7 @@ def _sizes(num_queries, gallery_size, width):
     not a memory-bound matrix-vector one) and the gallery is cut into as few
     blocks of equal size as the budget allows; a block wide enough for the
     selection through group maxima is padded to a multiple of its tiles.
-    Under JAX on CPU the chunk is also kept within `JAX_TEMP_BUDGET` where possible.
+    Under JAX on CPU the chunk is also kept to `topk.jax_query_chunk`.
     """
     total = max(gallery_size, width)
     # Larger chunks while the whole gallery still fits one block (fewer calls;
@@ -277,12 +202,7 @@ def _sizes(num_queries, gallery_size, width):
     chunk = MAX_QUERY_CHUNK
     while chunk > MIN_QUERY_CHUNK and chunk * total > ELEMENT_BUDGET:
         chunk //= 2
-    if backend_compile.jax_on_cpu():
-        # The temporaries within `JAX_TEMP_BUDGET`, where that leaves chunks
-        # large enough for the matrix product.
-        fits = int(JAX_TEMP_BUDGET / (JAX_TEMP_BYTES * total)) // 8 * 8
-        if fits >= JAX_MIN_QUERY_CHUNK:
-            chunk = min(chunk, fits)
+    chunk = topk.jax_query_chunk(chunk, total)
     if num_queries > chunk:
         # Chunks of equal size (multiples of 8): no padded queries in the last one.
         chunk = -(-num_queries // -(-num_queries // chunk))
@@ -346,7 +266,9 @@ def nearest_ranks(
     # The top K, `TIE_SLOTS` sentinels and, leave-one-out, the query itself.
     width = k + TIE_SLOTS + int(leave_one_out)
     chunk, block = _sizes(len(query), len(gallery), width)
-    query, gallery, term = _keys(distance, query, gallery)
+    factor = search_keys.scale(distance, query, gallery)
+    query, gallery = (search_keys.operands(distance, a, factor) for a in (query, gallery))
+    term = search_keys.gallery_term(distance, gallery)
     blocks, valid, block_terms, block_ids = topk.gallery_blocks(gallery, block, term, g_id)
     block_terms = np.where(valid, block_terms, np.float32(np.inf))
     blocks, valid, block_terms, block_ids = (
