@@ -207,3 +207,31 @@ def test_jax_query_chunk_keeps_the_temporaries_within_budget(backend, monkeypatc
     else:
         assert chunk == 1024
     assert topk.jax_query_chunk(1024, 1_000_000) == 1024  # fewer than 48 queries would fit
+
+
+@pytest.mark.parametrize("name", ["euclidean", "squared_euclidean", "inner_product"])
+def test_queries_far_larger_than_the_gallery_get_their_joint_scale(name):
+    # The gallery's keys are prepared once with its own power-of-two scale;
+    # queries 2^70 times larger would overflow float32 there (||q||² ~ 1e42),
+    # so they are searched on a gallery prepared with their joint scale
+    # (squared distances: 2^50, whose squares still fit float32).
+    from tfmetric._src import search_keys
+
+    rng = np.random.default_rng(4)
+    distance = tfmetric.distances.get(name)
+    gallery = rng.normal(size=(50, 4)).astype(np.float32)
+    magnitude = 2.0**50 if name == "squared_euclidean" else 2.0**70
+    queries = (rng.normal(size=(6, 4)) * magnitude).astype(np.float32)
+    prepared = topk.SearchGallery(gallery, distance, 64)
+    assert prepared.for_queries(gallery * 1000) is prepared
+    joint = prepared.for_queries(queries)
+    assert joint is not prepared and joint.factor == search_keys.scale(distance, queries, gallery)
+    positions, values = topk.search_gallery(queries, prepared, 3)
+    assert np.isfinite(values).all() and (positions >= 0).all()
+    q, g = queries.astype(np.float64), gallery[positions].astype(np.float64)
+    if name == "inner_product":
+        expected = np.einsum("id,ikd->ik", q, g)
+    else:
+        expected = np.sum((q[:, None, :] - g) ** 2, axis=2)
+        expected = np.sqrt(expected) if name == "euclidean" else expected
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
