@@ -210,6 +210,38 @@ def test_cmc_curve_against_reference():
     np.testing.assert_allclose(tfmetric.metrics.cmc_curve(q, ql, g, gl, max_rank=7), expected)
 
 
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+@pytest.mark.parametrize("max_rank", [2, 40])
+@pytest.mark.parametrize("integer", [False, True])
+def test_cmc_curve_from_the_top_k_search_with_first_ranks_beyond_k(
+    leave_one_out, max_rank, integer, monkeypatch
+):
+    # Two references per identity (K <= 2) among 120: most first matches rank
+    # beyond K, so a long curve needs their exact ranks (the second pass) and
+    # a short one none; integer coordinates tie (pessimistic ranks), normal
+    # ones do not (no tie across the K-th distance calls for the second pass).
+    # The top-k search serves both: the whole-ranking path is never taken.
+    monkeypatch.setattr(_ranking, "relevant_ranks", None)
+    rng = np.random.default_rng(12)
+
+    def data(size):
+        return rng.integers(-3, 4, size=size) if integer else rng.normal(size=size)
+
+    g = data((120, 2)).astype(np.float32)
+    gl = np.repeat(np.arange(60), 2)
+    if leave_one_out:
+        q, ql, g_arg, gl_arg = g, gl, None, None
+    else:
+        q = data((50, 2)).astype(np.float32)
+        ql, g_arg, gl_arg = rng.integers(0, 60, 50), g, gl
+    lists = ranked_relevance(q, ql, g_arg, gl_arg, "euclidean")
+    first = np.array([np.argmax(r) + 1 for r in lists if r.sum() > 0])
+    assert np.mean(first > 2) > 0.5  # most first matches lie beyond K
+    expected = [np.mean(first <= k) for k in range(1, max_rank + 1)]
+    got = tfmetric.metrics.cmc_curve(q, ql, g_arg, gl_arg, max_rank=max_rank)
+    np.testing.assert_allclose(got, expected)
+
 def test_evaluate_retrieval_returns_all_keys():
     rng = np.random.default_rng(6)
     x = np.concatenate([rng.normal(size=(10, 2)), rng.normal(size=(10, 2)) + 20])

@@ -334,3 +334,25 @@ def nearest_ranks(
         map_at_r_sum,
         np.full(len(query), np.nan),
     )
+
+
+def ranks(
+    query,
+    query_labels,
+    gallery,
+    gallery_labels,
+    distance,
+    first_rank_up_to=None,
+    whole_ranking=False,
+):
+    """`nearest_ranks`, or `_ranking.relevant_ranks` for the whole ranking (mAP) or a huge R.
+
+    Same arguments as `nearest_ranks`; `whole_ranking` asks for `ap_sum`,
+    which only the counting path over every reference gives.
+    """
+    references = query_labels if gallery is None else gallery_labels
+    if not whole_ranking and max_relevant(query_labels, references) <= MAX_K:
+        return nearest_ranks(
+            query, query_labels, gallery, gallery_labels, distance, first_rank_up_to
+        )
+    return _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfmetric._src import validation
-from tfmetric.metrics import _ranking
+from tfmetric.metrics import _ranking, _topk
 
 
 def cmc_curve(
@@ -41,7 +41,13 @@ def cmc_curve(
         face-recognition algorithms". Perception, 2001.
     """
     max_rank = validation.check_int(max_rank, "max_rank")
-    ranks = _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)
+    query, query_labels, gallery, gallery_labels = _ranking.prepare_retrieval_inputs(
+        query, query_labels, gallery, gallery_labels
+    )
+    # The top-k search (k = max R) with the first relevant rank exact up to `max_rank`.
+    ranks = _topk.ranks(
+        query, query_labels, gallery, gallery_labels, distance, first_rank_up_to=max_rank
+    )
     keep = _ranking.evaluated_queries(ranks)
     first = ranks.first_rank[keep]
     return np.array([np.mean(first <= k) for k in range(1, max_rank + 1)], np.float64)

@@ -59,21 +59,21 @@ ALL_METRICS = RANKING_METRICS + CLUSTERING_METRICS
 
 def _ranks(query, query_labels, gallery, gallery_labels, distance, names, ks):
     """Top-k search (k = max R) unless mAP (the whole ranking) is asked for or R is huge."""
-    references = query_labels if gallery is None else gallery_labels
-    if (
-        "mean_average_precision" not in names
-        and _topk.max_relevant(query_labels, references) <= _topk.MAX_K
-    ):
-        # The rank of a first relevant reference beyond the top K matters only
-        # to the reciprocal rank and to recall@k for a k beyond K.
-        if "mean_reciprocal_rank" in names:
-            up_to = None
-        else:
-            up_to = max(ks) if "recall_at_k" in names else 1
-        return _topk.nearest_ranks(
-            query, query_labels, gallery, gallery_labels, distance, first_rank_up_to=up_to
-        )
-    return _ranking.relevant_ranks(query, query_labels, gallery, gallery_labels, distance)
+    # The rank of a first relevant reference beyond the top K matters only
+    # to the reciprocal rank and to recall@k for a k beyond K.
+    if "mean_reciprocal_rank" in names:
+        up_to = None
+    else:
+        up_to = max(ks) if "recall_at_k" in names else 1
+    return _topk.ranks(
+        query,
+        query_labels,
+        gallery,
+        gallery_labels,
+        distance,
+        first_rank_up_to=up_to,
+        whole_ranking="mean_average_precision" in names,
+    )
 
 
 def _ranking_scores(ranks, keep, ks):
