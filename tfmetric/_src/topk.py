@@ -8,10 +8,11 @@ a matrix of scores (larger is closer), its `k` best columns with `top_k`, and
 merges them into the best `k` so far. Up to `UNROLL` blocks are unrolled and
 XLA may keep each block's scores at once (memory O(queries × gallery); 100k
 items: 411 MB per chunk of 1,024 queries); beyond, the blocks are a loop and
-memory is O(queries × block), whatever the gallery size. `top_k` puts the lower index first among equal scores and
-earlier blocks come first in the merge, so ties go to the lower gallery
-position, as a stable sort would. (`torch.topk` does not order ties, so under
-PyTorch `_top_k` is a stable descending sort.)
+memory is O(queries × block), whatever the gallery size. `top_k` puts the
+lower index first among equal scores and earlier blocks come first in the
+merge, so ties go to the lower gallery position, as a stable sort would.
+(`torch.topk` does not order ties, so under PyTorch `_top_k` is a stable
+descending sort.)
 
 `search_gallery` drives it from numpy: queries in chunks of fixed shape (the
 last one padded), the gallery in blocks of equal size (`SearchGallery`; the
