@@ -341,7 +341,8 @@ class SearchGallery:
         self.factor = search_keys.scale(distance, embeddings) if factor is None else factor
         prepared = search_keys.operands(distance, embeddings, self.factor)
         term = search_keys.gallery_term(distance, prepared)
-        blocks, valid, terms = gallery_blocks(prepared, block_rows(len(embeddings), block_size), term)
+        rows = block_rows(len(embeddings), block_size)
+        blocks, valid, terms = gallery_blocks(prepared, rows, term)
         terms = np.where(valid, terms, np.float32(np.inf))  # padding: key -inf
         self.blocks, self.terms = (backend_compile.tensor(a) for a in (blocks, terms))
 

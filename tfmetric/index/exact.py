@@ -22,11 +22,11 @@ class ExactIndex(Index):
     computed from them. Memory is O(query chunk × gallery) up to 8 blocks
     (their scores may be kept at once: ~0.4 GB per chunk of 1,024 queries at
     100,000 items; a smaller `query_chunk_size` lowers it), then
-    O(query chunk × gallery block); the full distance matrix is never built. Results are exact; among equidistant
-    neighbours (equal keys: duplicates, exactly representable embeddings) the
-    one added first comes first. On 2 CPU cores, 20,000 × 128 queries and
-    gallery, k = 10: 0.76 s (faiss `IndexFlatL2`: 0.82-1.06 s;
-    benchmarks/RESULTS.md).
+    O(query chunk × gallery block); the full distance matrix is never built.
+    Results are exact; among equidistant neighbours (equal keys: duplicates,
+    exactly representable embeddings) the one added first comes first. On 2
+    CPU cores, 20,000 × 128 queries and gallery, k = 10: 0.77 s compiled
+    (faiss `IndexFlatL2`: 0.78-0.83 s in the same run; benchmarks/RESULTS.md).
 
     Args:
         distance: Name, config or `tfmetric.distances.Distance`; similarities
