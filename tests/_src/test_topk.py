@@ -199,7 +199,7 @@ def test_jax_query_chunk_keeps_the_temporaries_within_budget(backend, monkeypatc
 
     pytest.importorskip("jax")
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
-    chunk = topk.jax_query_chunk(1024, 20_480)  # ExactIndex, 20k items: 2 blocks of 10,240
+    chunk = topk.jax_query_chunk(1024, 20_480)  # a call scoring 20,480 columns
     if backend == "jax":
         assert chunk == 328 and chunk % 8 == 0
         assert topk.JAX_TEMP_BYTES * chunk * 20_480 <= topk.JAX_TEMP_BUDGET
@@ -235,3 +235,26 @@ def test_queries_far_larger_than_the_gallery_get_their_joint_scale(name):
         expected = np.sum((q[:, None, :] - g) ** 2, axis=2)
         expected = np.sqrt(expected) if name == "euclidean" else expected
     np.testing.assert_allclose(values, expected, rtol=1e-4)
+
+
+@pytest.mark.skipif(
+    __import__("keras").backend.backend() != "jax",
+    reason="JAX's compiled temporaries: run by the JAX pass",
+)
+@pytest.mark.parametrize("num_blocks,rows", [(2, 10_240), (3, 10_240), (7, 14_336)])
+def test_search_over_several_blocks_keeps_its_temporaries_reusable(num_blocks, rows):
+    # `search_gallery` scans several blocks in a loop and sizes its query
+    # chunk with `jax_query_chunk` over all their columns: XLA's temporaries
+    # stay within glibc's largest mmap threshold (32 MiB), so their memory is
+    # reused from call to call (unrolled, 7 blocks would hold every block's
+    # scores).
+    import jax
+
+    distance = tfmetric.distances.get("euclidean")
+    chunk = topk.jax_query_chunk(1024, num_blocks * rows)
+    shapes = [(chunk, 128), (chunk,), (num_blocks, rows, 128), (num_blocks, rows)]
+    dtypes = [np.float32, np.int32, np.float32, np.float32]
+    args = [jax.ShapeDtypeStruct(s, t) for s, t in zip(shapes, dtypes, strict=True)]
+    search = topk._search_fn(distance, 11, False, stable=False)
+    temp = search.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert 4 * chunk * rows <= temp <= 32 << 20

@@ -6,9 +6,9 @@ SavedModel's `retrieve` signature, a plain TensorFlow graph), compiled by XLA
 (`tf.function(jit_compile=True)`) or by `jax.jit`. Per gallery block it takes
 a matrix of scores (larger is closer), its `k` best columns with `top_k`, and
 merges them into the best `k` so far. Up to `UNROLL` blocks are unrolled and
-XLA may keep each block's scores at once (memory O(queries × gallery); 100k
-items: 411 MB per chunk of 1,024 queries); beyond, the blocks are a loop and
-memory is O(queries × block), whatever the gallery size. `top_k` puts the
+XLA may keep each block's scores at once (memory O(queries × gallery)); beyond
+(and always for `search_gallery`), the blocks are a loop and memory is
+O(queries × block), whatever the gallery size. `top_k` puts the
 lower index first among equal scores and earlier blocks come first in the
 merge, so ties go to the lower gallery position, as a stable sort would.
 (`torch.topk` does not order ties, so under PyTorch `_top_k` is a stable
@@ -202,7 +202,7 @@ def _block_top_k(scores, k, stable=True):
     return values, ops.cast(positions, "int32")
 
 
-def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True):
+def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True, unroll=None):
     """The `k` best gallery positions of each query, best first.
 
     Args:
@@ -219,6 +219,9 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True):
             below); `False` leaves their order unspecified, which saves a
             sort per block (callers whose results do not depend on the order
             of ties: the retrieval metrics).
+        unroll: Most blocks scanned unrolled (default `UNROLL`); more are a
+            loop, which keeps one block's scores at a time (unrolled, XLA
+            may keep them all).
 
     Returns:
         `(scores, positions)`, each `(queries, k)`: scores sorted descending,
@@ -242,7 +245,7 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True):
         return i + 1, best, ops.take_along_axis(merged_positions, chosen, axis=1)
 
     best, best_positions = _block_top_k(block_scores(0), k, stable)
-    if num_blocks <= UNROLL:
+    if num_blocks <= (UNROLL if unroll is None else unroll):
         # A few blocks: unrolled (XLA runs the blocks of a while loop slower).
         for i in range(1, num_blocks):
             _, best, best_positions = body(i, best, best_positions)
@@ -295,7 +298,10 @@ def _build_search(distance, k, exclude_self, stable):
                 scores = ops.where(same, -np.inf, scores)
             return scores
 
-        return top_k_blocks(queries, blocks, score_fn, k, stable=stable)
+        # A loop over several blocks: as fast here as unrolled (100k items:
+        # 17.1 s either way) with one block's scores at a time (peak RSS 1.46
+        # against 2.27 GiB).
+        return top_k_blocks(queries, blocks, score_fn, k, stable=stable, unroll=1)
 
     return backend_compile.backend_jit(search, fused_elementwise=True)
 
@@ -401,6 +407,8 @@ def search_gallery(queries, gallery, k, query_chunk=1024, exclude_self=False):
     gallery = gallery.for_queries(queries)
     prepared = search_keys.operands(distance, queries, gallery.factor)
     fast = _search_fn(distance, k + 1, bool(exclude_self), stable=False)
+    # All blocks' columns: the loop's first block and its body each hold scores
+    # (2 blocks of 10,240 and 328 queries: 30.6 MiB of temporaries).
     columns = gallery.blocks.shape[0] * gallery.blocks.shape[1]
     chunk = max(1, min(jax_query_chunk(query_chunk, columns), len(queries)))
 

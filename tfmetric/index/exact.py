@@ -19,10 +19,8 @@ class ExactIndex(Index):
     order them as the distance does (for euclidean distances `2 <q, g> -
     ||g||²`: one matrix product and one subtraction per pair; see
     `tfmetric._src.search_keys`) and the distances of the results only are
-    computed from them. Memory is O(query chunk × gallery) up to 8 blocks
-    (their scores may be kept at once: ~0.4 GB per chunk of 1,024 queries at
-    100,000 items; a smaller `query_chunk_size` lowers it), then
-    O(query chunk × gallery block); the full distance matrix is never built.
+    computed from them. Memory is O(query chunk × gallery block) (the blocks
+    are a loop); the full distance matrix is never built.
     Results are exact; among equidistant neighbours (equal keys: duplicates,
     exactly representable embeddings) the one added first comes first. On 2
     CPU cores, 20,000 × 128 queries and gallery, k = 10: 0.77 s compiled
