@@ -1,5 +1,6 @@
 """The one exact top-k search against a numpy stable-argsort reference."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -195,8 +196,6 @@ def test_jax_query_chunk_keeps_the_temporaries_within_budget(backend, monkeypatc
     # Under JAX on CPU a call's temporaries (~4.6 bytes per query and gallery
     # column) are allocated anew per call: the chunk keeps them within the
     # budget where that leaves >= 48 queries; TensorFlow keeps its chunk.
-    import keras
-
     pytest.importorskip("jax")
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     chunk = topk.jax_query_chunk(1024, 20_480)  # a call scoring 20,480 columns
@@ -238,8 +237,7 @@ def test_queries_far_larger_than_the_gallery_get_their_joint_scale(name):
 
 
 @pytest.mark.skipif(
-    __import__("keras").backend.backend() != "jax",
-    reason="JAX's compiled temporaries: run by the JAX pass",
+    keras.backend.backend() != "jax", reason="JAX's compiled temporaries: run by the JAX pass"
 )
 @pytest.mark.parametrize("num_blocks,rows", [(2, 10_240), (3, 10_240), (7, 14_336)])
 def test_search_over_several_blocks_keeps_its_temporaries_reusable(num_blocks, rows):
