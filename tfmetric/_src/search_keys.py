@@ -86,10 +86,10 @@ def values(distance, keys, queries, factor):
     `1 - cos` in `[0, 2]`; any other distance converts its closeness. Keys of
     `-inf` (no reference) give `inf` (`-inf` for a similarity).
     """
-    found = np.isfinite(keys)
     if kind(distance) == "distance":
         converted = distance.from_closeness(backend_compile.tensor(keys))
         return backend_compile.numpy(converted).astype(np.float32)
+    found = np.isfinite(keys)
     if kind(distance) == "squared":
         norms = np.einsum("ij,ij->i", queries, queries, dtype=np.float32)[:, None]
         squared = np.maximum(norms - np.where(found, keys, 0.0), 0.0)

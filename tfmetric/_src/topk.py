@@ -202,7 +202,7 @@ def _block_top_k(scores, k, stable=True):
     return values, ops.cast(positions, "int32")
 
 
-def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True, unroll=None):
+def top_k_blocks(queries, blocks, score_fn, k, stable=True, unroll=None):
     """The `k` best gallery positions of each query, best first.
 
     Args:
@@ -210,11 +210,10 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True, unroll=N
         blocks: `(num_blocks, block, d)` tensor: the gallery cut into blocks,
             position `i * block + j` being row `j` of block `i`.
         score_fn: `score_fn(queries, block, i)` -> `(queries, block)` scores,
-            larger is closer (`-inf` for an excluded item); `i` is the block
-            number (a Python int or a scalar int32 tensor).
+            larger is closer (`-inf` for an excluded item or the padding of a
+            block, never returned); `i` is the block number (a Python int or
+            a scalar int32 tensor).
         k: Number of results (static); may exceed the number of items.
-        valid: Optional `(num_blocks, block)` bool tensor; `False` marks
-            padding, never returned.
         stable: Equal scores keep the lower position first (as documented
             below); `False` leaves their order unspecified, which saves a
             sort per block (callers whose results do not depend on the order
@@ -229,13 +228,9 @@ def top_k_blocks(queries, blocks, score_fn, k, valid=None, stable=True, unroll=N
         score, the remaining slots hold `-inf` and position `-1`.
     """
     num_blocks, block_size = blocks.shape[0], blocks.shape[1]
-    inf = np.float32(np.inf)
 
     def block_scores(i):
-        scores = score_fn(queries, blocks[i], i)
-        if valid is not None:
-            scores = ops.where(valid[i][None, :], scores, -inf)
-        return scores
+        return score_fn(queries, blocks[i], i)
 
     def body(i, best, best_positions):
         scores, positions = _block_top_k(block_scores(i), k, stable)
