@@ -69,6 +69,21 @@ def test_gradient_matches_finite_differences(mining, soft):
     np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("margin", [0.2, 2.0])
+def test_batch_all_value_and_gradient_on_uneven_classes(margin):
+    # Classes of 1 to 20 samples: an anchor has up to 19 positives, a negative column gathers
+    # counts from many of them, and with margin 2 most terms are active.
+    labels = np.repeat(np.arange(6), [1, 2, 3, 5, 9, 20])
+    x = np.random.default_rng(11).normal(size=(len(labels), 3))
+    loss, grad = backend_ops.value_and_grad(
+        lambda e: TripletLoss(mining="all", margin=margin)(labels, e), x.astype("float32")
+    )
+    expected = triplet(labels, x, margin=margin, mining="all")
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    numeric = numeric_gradient(lambda e: triplet(labels, e, margin=margin, mining="all"), x)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("mining", MINING)
 @pytest.mark.parametrize("labels", [np.arange(6), np.zeros(6, "int64")], ids=["no-positive", "no-negative"])
 def test_degenerate_batches_give_zero_and_zero_gradient(mining, labels):

@@ -165,6 +165,22 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
             slope = ops.where(valid, slope, 0.0)
             grad = add_at(add_at(grad, current, slope), chosen, -slope)
             value = value + loss
+        elif not soft_margin:
+            # Hinge: the slope is 1 exactly where a term is non-zero, so the
+            # value needs no B×B term matrix (see after the loop) and the
+            # count of non-zero terms is the slope's row sum.
+            hinge = ops.greater(ops.expand_dims(d_ap + margin, 1), const)
+            mask = ops.logical_and(ops.logical_and(negatives(), ops.expand_dims(valid, 1)), hinge)
+            # `grad` holds integer counts (int32: exact) whose rows sum to zero
+            # before each iteration, so after subtracting the slopes the negated
+            # row sum is their count: no B×B slope matrix is materialised.
+            grad = grad - ops.cast(mask, "int32")
+            total = -ops.sum(grad, axis=1)
+            grad = add_at(grad, current, total)
+            # `value` carries a distance near the active terms' (the first
+            # positive's) for the recombination after the loop.
+            value = ops.where(ops.equal(k, 0), d_ap, value)
+            return k + 1, value, grad, nonzero + ops.cast(total, "float32")
         else:
             mask = ops.logical_and(negatives(), ops.expand_dims(valid, 1))
             loss, slope = term(ops.expand_dims(d_ap, 1) - const)
@@ -173,24 +189,29 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
             total = ops.sum(slope, axis=1)
             grad = add_at(grad - slope, current, total)
             value = value + ops.sum(loss, axis=1)
-            if not soft_margin:
-                # The hinge's slope is 1 exactly where its term is non-zero:
-                # its count needs no further B×B row reduction.
-                return k + 1, value, grad, nonzero + total
         hits = ops.cast(ops.greater(loss, 0.0), "float32")
         nonzero = nonzero + (hits if semi_hard else ops.sum(hits, axis=1))
         return k + 1, value, grad, nonzero
 
+    counts = not semi_hard and not soft_margin
+    grad_dtype = "int32" if counts else "float32"
     _, value, grad, nonzero = ops.while_loop(
         lambda k, *_: k < slots,
         body,
         (
             ops.convert_to_tensor(0, "int32"),
             ops.zeros((size,), "float32"),
-            ops.zeros_like(const),
+            ops.zeros_like(const, dtype=grad_dtype),
             ops.zeros((size,), "float32"),
         ),
     )
     pairs = ops.where(has_negative, ops.cast(num_positive, "float32"), 0.0)
+    if counts:
+        # Batch-all hinge: an anchor's value is the sum over its non-zero
+        # terms of `d_ap + margin - d_an`, i.e. `margin * nonzero + sum(grad * dist)`
+        # (`grad` holds `+total` at each positive and `-count` at each negative).
+        grad = ops.cast(grad, dist.dtype)
+        centred = dist - ops.expand_dims(value, 1)  # rows of `grad` sum to zero
+        return margin * nonzero + ops.sum(grad * centred, axis=1), pairs, nonzero
     value = value + ops.sum(grad * (dist - const), axis=1)
     return value, pairs, nonzero
