@@ -30,6 +30,42 @@ def test_row_argmin_argmax_match_numpy(jit):
     assert low.numpy()[3] == 0 and high.numpy()[3] == 0
 
 
+@pytest.mark.parametrize("columns", [1500, 1031, 2048])
+@pytest.mark.parametrize("jit", [False, True])
+def test_tiled_row_argmin_argmax_match_numpy(columns, jit):
+    # Wide rows take the tiled search (tiles of 250 / 256 columns; 1031 is prime: untiled).
+    rng = np.random.default_rng(columns)
+    values = rng.integers(0, 50, size=(16, columns)).astype("float32")  # ties in every row
+    mask = rng.random((16, columns)) < 0.3
+    mask[0] = False  # no masked-in entry: column 0
+    mask[1, :] = False
+    mask[1, -1] = True  # the only entry is the last column
+    values[2, 700:] = -5.0  # the minimum first appears in a later tile...
+    values[2, 900] = -6.0  # ...and the maximum's first copy sits in an earlier one
+    values[3] = 7.0  # one value everywhere
+    both = tf.function(
+        lambda v, m: (triplet_mining.row_argmin(v, m), triplet_mining.row_argmax(v, m)),
+        jit_compile=jit,
+    )
+    low, high = both(tf.constant(values), tf.constant(mask))
+    np.testing.assert_array_equal(low, np.argmin(np.where(mask, values, np.inf), axis=1))
+    np.testing.assert_array_equal(high, np.argmax(np.where(mask, values, -np.inf), axis=1))
+    nan = values.copy()
+    nan[4, 3] = np.nan  # a NaN row still gives a column in range (gathers stay in range)
+    low, high = both(tf.constant(nan), tf.constant(np.ones_like(mask)))
+    assert 0 <= low.numpy()[4] < columns and 0 <= high.numpy()[4] < columns
+    if not jit:  # NaN propagates through the eager minimum: the last column
+        assert low.numpy()[4] == columns - 1 and high.numpy()[4] == columns - 1
+
+
+def test_tile_width():
+    assert triplet_mining.tile_width(4096) == 256
+    assert triplet_mining.tile_width(1500) == 250
+    assert triplet_mining.tile_width(1031) is None  # prime
+    assert triplet_mining.tile_width(512) is None  # narrow: one pass
+    assert triplet_mining.tile_width(None) is None
+
+
 def test_first_occurrence_ids():
     labels = np.array([7, 3, 7, 9, 3, 3, 100000])
     np.testing.assert_array_equal(inputs.first_occurrence_ids(labels), [0, 1, 0, 3, 1, 1, 6])

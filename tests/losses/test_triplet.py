@@ -84,6 +84,56 @@ def test_batch_all_value_and_gradient_on_uneven_classes(margin):
     np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
 
 
+def _mined_gradient(labels, x, margin, mining):
+    """Value and gradient (numpy, float64) of hard / semi-hard mining on squared euclidean distances.
+
+    Ties go to the first column, as `argmin`/`argmax` break them.
+    """
+    d = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+    same = labels[:, None] == labels[None, :]
+    pos, neg = same & ~np.eye(len(labels), dtype=bool), ~same
+    rows = np.arange(len(labels))
+    pairs = []  # (anchor rows, positive columns, negative columns) of the terms
+    if mining == "hard":
+        valid = pos.any(1) & neg.any(1)
+        p = np.argmax(np.where(pos, d, -np.inf), axis=1)
+        n = np.argmin(np.where(neg, d, np.inf), axis=1)
+        pairs.append((rows[valid], p[valid], n[valid]))
+    else:
+        order = np.argsort(~pos, axis=1, kind="stable")  # each anchor's positives first
+        for k in range(pos.sum(1).max()):
+            a = rows[(pos.sum(1) > k) & neg.any(1)]
+            p = order[a, k]
+            farther = neg[a] & (d[a] > d[a, p][:, None])
+            nearest = np.argmin(np.where(farther, d[a], np.inf), axis=1)
+            farthest = np.argmax(np.where(neg[a], d[a], -np.inf), axis=1)
+            pairs.append((a, p, np.where(farther.any(1), nearest, farthest)))
+    a, p, n = (np.concatenate(parts) for parts in zip(*pairs, strict=True))
+    gap = d[a, p] - d[a, n] + margin
+    on = gap > 0
+    g = np.zeros_like(d)
+    np.add.at(g, (a[on], p[on]), 1.0 / len(a))
+    np.add.at(g, (a[on], n[on]), -1.0 / len(a))
+    sym = g + g.T
+    return np.sum(gap[on]) / len(a), 2 * (sym.sum(1)[:, None] * x - sym @ x)
+
+
+@pytest.mark.parametrize("mining", ["hard", "semi-hard"])
+def test_wide_batch_mining_matches_numpy_with_tied_distances(mining):
+    # B = 1024: the mining's row argmin/argmax run through tiles of columns; small
+    # integer embeddings tie many distances, so the first column of each tie matters.
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.arange(1024) // 4)
+    x = rng.integers(-2, 3, size=(1024, 3)).astype("float64")
+    loss, grad = backend_ops.value_and_grad(
+        lambda e: TripletLoss(mining=mining, margin=2.0, distance="squared_euclidean")(labels, e),
+        x.astype("float32"),
+    )
+    value, expected = _mined_gradient(labels, x, 2.0, mining)
+    np.testing.assert_allclose(float(loss), value, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("mining", MINING)
 @pytest.mark.parametrize("labels", [np.arange(6), np.zeros(6, "int64")], ids=["no-positive", "no-negative"])
 def test_degenerate_batches_give_zero_and_zero_gradient(mining, labels):
