@@ -58,6 +58,19 @@ def test_tiled_row_argmin_argmax_match_numpy(columns, jit):
         assert low.numpy()[4] == columns - 1 and high.numpy()[4] == columns - 1
 
 
+def test_tiled_row_argmin_with_unknown_number_of_rows():
+    # A (B, N) matrix against references: N static (tiled), B unknown while tracing.
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 9, size=(5, 2048)).astype("float32")
+    mask = rng.random((5, 2048)) < 0.5
+    low = tf.function(
+        triplet_mining.row_argmin,
+        input_signature=[tf.TensorSpec((None, 2048)), tf.TensorSpec((None, 2048), tf.bool)],
+        jit_compile=True,
+    )(values, mask)
+    np.testing.assert_array_equal(low, np.argmin(np.where(mask, values, np.inf), axis=1))
+
+
 def test_tile_width():
     assert triplet_mining.tile_width(4096) == 256
     assert triplet_mining.tile_width(1500) == 250

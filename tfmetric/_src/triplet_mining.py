@@ -56,12 +56,12 @@ def _row_extremum_column(masked, reduce):
     width = tile_width(size)
     if width is None:
         return _first_column(masked, reduce(masked, axis=1))
-    rows, tiles = ops.shape(masked)[0], size // width
-    tiled = ops.reshape(masked, (rows, tiles, width))
+    # The number of rows may be unknown while tracing (a batch dimension of None).
+    tiled = ops.reshape(masked, (-1, size // width, width))
     tile_extremum = reduce(tiled, axis=2)
     extremum = reduce(tile_extremum, axis=1)
     tile = _first_column(tile_extremum, extremum)
-    index = ops.broadcast_to(ops.reshape(tile, (rows, 1, 1)), (rows, 1, width))
+    index = ops.expand_dims(ops.expand_dims(tile, 1), 2) + ops.zeros((1, 1, width), "int32")
     within = _first_column(ops.take_along_axis(tiled, index, axis=1)[:, 0, :], extremum)
     # No hit (a NaN row): the last tile's last column, as `_first_column` gives.
     return tile * width + within
