@@ -59,7 +59,10 @@ def _row_extremum_column(masked, reduce):
     # The number of rows may be unknown while tracing (a batch dimension of None).
     tiled = ops.reshape(masked, (-1, size // width, width))
     tile_extremum = reduce(tiled, axis=2)
-    extremum = reduce(tile_extremum, axis=1)
+    # The row's extremum from the tiles' as `-opposite(-x)`: XLA would merge two
+    # reductions of one kind into a second pass over the whole row.
+    opposite = ops.max if reduce is ops.min else ops.min
+    extremum = -opposite(-tile_extremum, axis=1)
     tile = _first_column(tile_extremum, extremum)
     index = ops.expand_dims(ops.expand_dims(tile, 1), 2) + ops.zeros((1, 1, width), "int32")
     within = _first_column(ops.take_along_axis(tiled, index, axis=1)[:, 0, :], extremum)
