@@ -35,6 +35,8 @@ FAMILY = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
 # The metrics of the faiss row (pytorch-metric-learning's AccuracyCalculator): no reciprocal rank.
 PML_FAMILY = ("precision_at_1", "r_precision", "map_at_r")
 ANN_NOISE = 0.5
+# Smallest `ann` gallery: ApproximateIndex below 4,096 items is a flat index (no nprobe).
+ANN_MIN_SIZE = 4096
 SECTION = "## Evaluation"
 
 
@@ -196,6 +198,8 @@ def _run_case(case, n):
         start = time.perf_counter()
         approx.search(queries[:1], 10)  # builds (trains) the inverted file
         build_seconds = time.perf_counter() - start
+        if not hasattr(approx._faiss_index, "nprobe"):
+            raise ValueError(f"ann: {n:,} items are searched flat, not through an inverted file")
         rows = []
         for nprobe in (1, 8, 32):
             approx._faiss_index.nprobe = nprobe
@@ -370,6 +374,11 @@ def main():
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if 0 < args.ann_size < ANN_MIN_SIZE:
+        parser.error(
+            f"--ann-size must be 0 (off) or at least {ANN_MIN_SIZE:,}: ApproximateIndex searches "
+            "smaller galleries flat, without the inverted file whose nprobe the case varies"
+        )
     if args.child:
         print(json.dumps(_run_case(args.child[0], int(args.child[1]))))
         return
