@@ -17,17 +17,25 @@ def _cases():
     return values, mask
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_row_argmin_argmax_match_numpy(jit):
-    values, mask = _cases()
-    both = tf.function(
+def _both(jit):
+    return tf.function(
         lambda v, m: (triplet_mining.row_argmin(v, m), triplet_mining.row_argmax(v, m)),
         jit_compile=jit,
     )
+
+
+def _check_against_numpy(both, values, mask):
     low, high = both(tf.constant(values), tf.constant(mask))
     np.testing.assert_array_equal(low, np.argmin(np.where(mask, values, np.inf), axis=1))
     np.testing.assert_array_equal(high, np.argmax(np.where(mask, values, -np.inf), axis=1))
-    assert low.numpy()[3] == 0 and high.numpy()[3] == 0
+    return low.numpy(), high.numpy()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_row_argmin_argmax_match_numpy(jit):
+    values, mask = _cases()
+    low, high = _check_against_numpy(_both(jit), values, mask)
+    assert low[3] == 0 and high[3] == 0
 
 
 @pytest.mark.parametrize("columns", [1500, 1031, 2048])
@@ -40,16 +48,13 @@ def test_tiled_row_argmin_argmax_match_numpy(columns, jit):
     mask[0] = False  # no masked-in entry: column 0
     mask[1, :] = False
     mask[1, -1] = True  # the only entry is the last column
-    values[2, 700:] = -5.0  # the minimum first appears in a later tile...
-    values[2, 900] = -6.0  # ...and the maximum's first copy sits in an earlier one
+    mask[2] = True
+    values[2, 700:] = -5.0  # the minimum sits in a later tile (column 900)...
+    values[2, 900] = -6.0  # ...the maximum's first copy in an earlier one
     values[3] = 7.0  # one value everywhere
-    both = tf.function(
-        lambda v, m: (triplet_mining.row_argmin(v, m), triplet_mining.row_argmax(v, m)),
-        jit_compile=jit,
-    )
-    low, high = both(tf.constant(values), tf.constant(mask))
-    np.testing.assert_array_equal(low, np.argmin(np.where(mask, values, np.inf), axis=1))
-    np.testing.assert_array_equal(high, np.argmax(np.where(mask, values, -np.inf), axis=1))
+    both = _both(jit)
+    low, high = _check_against_numpy(both, values, mask)
+    assert low[2] == 900 and high[2] < 700 and low[0] == 0 and high[1] == columns - 1
     nan = values.copy()
     nan[4, 3] = np.nan  # a NaN row still gives a column in range (gathers stay in range)
     low, high = both(tf.constant(nan), tf.constant(np.ones_like(mask)))
