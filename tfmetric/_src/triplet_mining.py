@@ -139,7 +139,9 @@ def loop_mining(dist, labels, margin, soft_margin, semi_hard, masks=None):
     The loop runs on a stopped gradient and accumulates the loss value and its
     gradient with respect to `dist`; they are recombined as
     `value + sum(grad * (dist - stop_gradient(dist)))`, which has the same value
-    and the same gradient without storing per-iteration activations.
+    and the same gradient without storing per-iteration activations. The
+    batch-all hinge accumulates only integer slope counts and recovers the
+    value from them after the loop (no B×B term matrix per positive).
 
     With `masks`, the `(positive, negative)` masks of a `(B, N)` matrix of
     the batch against references (`tfmetric._src.references`): the k-th
