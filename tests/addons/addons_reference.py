@@ -19,7 +19,8 @@ def distance_matrix(x, metric):
             elif metric == "squared-L2":
                 out[i, j] = np.sum((x[i] - x[j]) ** 2)
             elif metric == "angular":
-                cos = x[i] @ x[j] / (np.linalg.norm(x[i]) * np.linalg.norm(x[j]))
+                norms = np.linalg.norm(x[i]) * np.linalg.norm(x[j])
+                cos = x[i] @ x[j] / norms if norms > 0 else 0.0  # a zero row: cos 0
                 out[i, j] = max(1.0 - cos, 1e-16)
             elif metric == "L1":
                 out[i, j] = np.sum(np.abs(x[i] - x[j]))

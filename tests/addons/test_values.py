@@ -227,3 +227,22 @@ def test_large_label_values_stay_distinct():
         ref.triplet_semihard(labels, x.astype(np.float64)),
         rtol=1e-5,
     )
+
+
+def test_angular_zero_row_is_at_distance_one_from_itself():
+    # Addons normalises rows: a zero row has cosine 0 with every row, itself included.
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], "float32")
+    labels = np.array([0, 1, 2])
+    np.testing.assert_allclose(
+        addons.angular_distance(x), ref.distance_matrix(x, "angular"), atol=1e-6
+    )
+    assert float(addons.angular_distance(x)[0, 0]) == pytest.approx(1.0)
+    # Anchors without positives fall back to the row minimum: 1 for the zero row.
+    for loss, reference in [
+        (addons.triplet_hard_loss, ref.triplet_hard),
+        (addons.triplet_semihard_loss, ref.triplet_semihard),
+    ]:
+        assert float(loss(labels, x, distance_metric="angular")) == pytest.approx(
+            reference(labels, x, metric="angular"), abs=1e-6
+        )
+    assert ref.triplet_hard(labels, x, metric="angular") == pytest.approx(1 / 3)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tfmetric._src import inputs
+from tfmetric._src import inputs, validation
 from tfmetric.addons.losses import metric_learning
 from tfmetric.losses import batch
 
@@ -82,6 +82,49 @@ def deserialize_distance_metric(value):
     if isinstance(value, dict):
         return keras.saving.deserialize_keras_object(value)
     return value
+
+
+def check_margin(margin):
+    """Validates a margin given as Addons allowed (`FloatTensorLike`).
+
+    Addons typed margins as numbers or tensors: a number, a NumPy scalar or a
+    0-d array, or an eager scalar tensor is checked and returned as a float;
+    a floating scalar `tf.Variable` / `keras.Variable` is checked at its
+    current value and kept, so that assigning to it (a margin schedule)
+    changes the loss; a symbolic scalar tensor (inside a `tf.function`) is
+    used as given.
+    """
+    if ops.is_tensor(margin) or isinstance(margin, keras.Variable):
+        dtype = keras.backend.standardize_dtype(margin.dtype)
+        if tuple(margin.shape) != () or not dtype.startswith(("float", "bfloat")):
+            raise ValueError(
+                "`margin` must be a number or a floating scalar tensor; got a tensor of "
+                f"shape {tuple(margin.shape)} and dtype {dtype}."
+            )
+        try:
+            value = validation.check_number(float(ops.convert_to_numpy(margin)), "margin")
+        except (TypeError, NotImplementedError, AttributeError):
+            return ops.cast(margin, "float32")  # symbolic: its value is known when run
+        return margin if hasattr(margin, "assign") else value
+    if getattr(margin, "shape", None) == () and hasattr(margin, "item"):
+        margin = margin.item()  # a 0-d NumPy array
+    return validation.check_number(margin, "margin")
+
+
+def margin_value(margin):
+    """A checked margin as used in a loss: a float, or a float32 tensor without gradient.
+
+    A margin is never trained: a variable margin (trainable by default) would
+    otherwise be differentiated through the mining loop, which XLA cannot do.
+    """
+    if isinstance(margin, float):
+        return margin
+    return ops.stop_gradient(ops.cast(margin, "float32"))
+
+
+def margin_config(margin):
+    """A margin's config value: a variable's current value as a float."""
+    return margin if isinstance(margin, float) else float(ops.convert_to_numpy(margin))
 
 
 def scalar_like(value, reference):

@@ -2,7 +2,7 @@
 
 from keras import ops
 
-from tfmetric._src import inputs, reduction, validation
+from tfmetric._src import inputs, reduction
 from tfmetric.addons.losses import _common, metric_learning
 from tfmetric.losses import batch
 
@@ -20,6 +20,7 @@ def _masked_logsumexp(x, mask):
 
 def _lifted_values(labels, embeddings, margin):
     """Per-anchor values whose mean is Addons' lifted structured loss."""
+    margin = _common.margin_value(margin)
     labels, embeddings = batch.prepare_labels_and_embeddings(labels, embeddings)
     dist = metric_learning.pairwise_distance(embeddings)
     positive, negative = inputs.label_masks(labels)
@@ -53,7 +54,8 @@ def lifted_struct_loss(labels, embeddings, margin=1.0):
         labels: Integer class labels, shape `(B,)` or `(B, 1)`.
         embeddings: Embeddings (not L2-normalised), shape `(B, D)`; computed
             in float32.
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
 
     Returns:
         The scalar loss, with the floating dtype of `embeddings`.
@@ -70,7 +72,7 @@ def lifted_struct_loss(labels, embeddings, margin=1.0):
         Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted
         Structured Feature Embedding", CVPR 2016.
     """
-    margin = validation.check_number(margin, "margin")
+    margin = _common.check_margin(margin)
     embeddings = ops.convert_to_tensor(embeddings)
     return _common.scalar_like(ops.mean(_lifted_values(labels, embeddings, margin)), embeddings)
 
@@ -82,7 +84,8 @@ class LiftedStructLoss(_common.LabelLoss):
     See `tfmetric.addons.lifted_struct_loss`.
 
     Args:
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
         name: Name of the loss. Defaults to `None` (`"lifted_struct_loss"`).
         **kwargs: Keras' `reduction` (defaults to `"sum_over_batch_size"`) and
             `dtype`.
@@ -101,12 +104,12 @@ class LiftedStructLoss(_common.LabelLoss):
     def __init__(self, margin=1.0, name=None, **kwargs):
         reduction, dtype = _common.split_loss_options(type(self).__name__, kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = validation.check_number(margin, "margin")
+        self.margin = _common.check_margin(margin)
 
     def per_sample(self, labels, y_pred):
         return _lifted_values(labels, y_pred, self.margin)
 
     def get_config(self):
         config = super().get_config()
-        config["margin"] = self.margin
+        config["margin"] = _common.margin_config(self.margin)
         return config

@@ -47,9 +47,9 @@ def pairwise_distance(feature, squared=False):
 def angular_distance(feature):
     """Angular (cosine) distance matrix `1 - cos(feature[i], feature[j])`.
 
-    Rows are L2-normalised (a zero row has distance 1 to everything), and the
-    result is floored at `1e-16`, as in TensorFlow Addons (so the diagonal is
-    `1e-16`, not 0).
+    Rows are L2-normalised (a zero row has distance 1 to everything, itself
+    included), and the result is floored at `1e-16`, as in TensorFlow Addons:
+    the diagonal is left as computed (about `1e-16`), not set to 0.
 
     Args:
         feature: Embeddings of shape `(batch, dim)`.
@@ -64,4 +64,5 @@ def angular_distance(feature):
     >>> np.round(np.asarray(d), 6).tolist()
     [[0.0, 1.0], [1.0, 0.0]]
     """
-    return ops.maximum(distances_lib.Cosine()(feature), _ANGULAR_FLOOR)
+    # `Cosine()(feature)` would set the diagonal to 0 (a zero row's too).
+    return ops.maximum(distances_lib.Cosine()(feature, feature), _ANGULAR_FLOOR)

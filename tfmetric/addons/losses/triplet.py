@@ -2,13 +2,14 @@
 
 from keras import ops
 
-from tfmetric._src import inputs, reduction, triplet_mining, validation
+from tfmetric._src import inputs, reduction, triplet_mining
 from tfmetric.addons.losses import _common
 from tfmetric.losses import batch
 
 
 def _semihard_values(labels, embeddings, margin, distance_metric):
     """Per-anchor values whose mean is Addons' semi-hard loss; O(B²) memory."""
+    margin = _common.margin_value(margin)
     labels, embeddings = batch.prepare_labels_and_embeddings(
         labels, embeddings, batch.LOSS_INPUT_NAMES
     )
@@ -26,6 +27,7 @@ def _semihard_values(labels, embeddings, margin, distance_metric):
 
 def _hard_values(labels, embeddings, margin, soft, distance_metric):
     """Per-anchor values whose mean is Addons' batch-hard loss."""
+    margin = _common.margin_value(margin)
     labels, embeddings = batch.prepare_labels_and_embeddings(
         labels, embeddings, batch.LOSS_INPUT_NAMES
     )
@@ -66,7 +68,8 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
     Args:
         y_true: Integer class labels, shape `(B,)` or `(B, 1)`.
         y_pred: Embeddings, shape `(B, D)`; computed in float32.
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
         distance_metric: `"L2"` (euclidean), `"squared-L2"`, `"angular"`
             (`1 - cos`), or a callable mapping the float32 embeddings to a
             `(B, B)` distance matrix. Defaults to `"L2"`.
@@ -86,7 +89,7 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
         Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
         Clustering", CVPR 2015.
     """
-    margin = validation.check_number(margin, "margin")
+    margin = _common.check_margin(margin)
     distance_metric = _common.check_distance_metric(distance_metric)
     y_pred = ops.convert_to_tensor(y_pred)
     values = _semihard_values(y_true, y_pred, margin, distance_metric)
@@ -111,7 +114,8 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
     Args:
         y_true: Integer class labels, shape `(B,)` or `(B, 1)`.
         y_pred: Embeddings, shape `(B, D)`; computed in float32.
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
         soft: Use the soft-margin form (the margin is then unused). Defaults to
             `False`.
         distance_metric: `"L2"`, `"squared-L2"`, `"angular"` or a callable
@@ -132,7 +136,7 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
         Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
         Re-Identification", 2017.
     """
-    margin = validation.check_number(margin, "margin")
+    margin = _common.check_margin(margin)
     distance_metric = _common.check_distance_metric(distance_metric)
     y_pred = ops.convert_to_tensor(y_pred)
     values = _hard_values(y_true, y_pred, margin, bool(soft), distance_metric)
@@ -143,14 +147,14 @@ class _TripletBase(_common.LabelLoss):
     def __init__(self, margin, distance_metric, name, kwargs):
         reduction, dtype = _common.split_loss_options(type(self).__name__, kwargs)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = validation.check_number(margin, "margin")
+        self.margin = _common.check_margin(margin)
         self.distance_metric = _common.check_distance_metric(
             _common.deserialize_distance_metric(distance_metric)
         )
 
     def get_config(self):
         config = super().get_config()
-        config["margin"] = self.margin
+        config["margin"] = _common.margin_config(self.margin)
         config["distance_metric"] = _common.serialize_distance_metric(self.distance_metric)
         return config
 
@@ -165,7 +169,8 @@ class TripletSemiHardLoss(_TripletBase):
     weights anchors; their mean is Addons' scalar.
 
     Args:
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
         distance_metric: `"L2"`, `"squared-L2"`, `"angular"` or a callable
             returning a `(B, B)` distance matrix (register it with
             `keras.saving.register_keras_serializable` to save the loss).
@@ -199,7 +204,8 @@ class TripletHardLoss(_TripletBase):
     See `tfmetric.addons.triplet_hard_loss` for the definition.
 
     Args:
-        margin: Non-negative margin. Defaults to `1.0`.
+        margin: Non-negative margin: a number or a floating scalar tensor or
+            variable (assigning to a variable changes the loss). Defaults to `1.0`.
         soft: Use the soft-margin form. Defaults to `False`.
         distance_metric: `"L2"`, `"squared-L2"`, `"angular"` or a callable
             returning a `(B, B)` distance matrix. Defaults to `"L2"`.
