@@ -154,8 +154,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tfmetric import export
+    from tfmetric._src import files
 
     try:
+        problem = files.directory_problem(FLAGS.output)
+        if problem is not None:
+            raise ValueError(f"`--output={FLAGS.output}` cannot be written: {problem}.")
         verify = {"auto": None, "yes": True, "no": False}[FLAGS.verify]
         if FLAGS.verify_threshold is not None:
             if FLAGS.verify == "no":
@@ -182,7 +186,7 @@ def main(argv):
             ),
             serving_base_path=FLAGS.serving_base_path,
         )
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 1
     print(f"Exported version {result.version} to {result.path}")

@@ -76,10 +76,13 @@ def _is_serving_base(path):
 
 def _check_output(output_dir, name):
     """Raises unless `output_dir` is absent, empty or a TF Serving models directory."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"`output` {output_dir!r} exists and is not a directory.")
+    problem = files.directory_problem(output_dir)
+    if problem is not None:
+        raise ValueError(f"`output` {output_dir!r} cannot be written: {problem}.")
     if not os.path.exists(output_dir):
         return
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"`output` {output_dir!r} exists and is not a directory.")
     entries = os.listdir(output_dir)
     if entries and all(_is_version(e) for e in entries):
         raise ValueError(
