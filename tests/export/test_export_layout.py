@@ -255,3 +255,36 @@ def test_failed_models_config_write_leaves_no_temporary_file(vector_model, tmp_p
             tfmetric.export.write_models_config(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["m", "models.config"]
     assert (tmp_path / "models.config").read_text() == before
+
+
+def test_save_embedder_never_overwrites_a_saved_model(vector_model, tmp_path):
+    import tensorflow as tf
+
+    model, x, _ = vector_model
+    path = tmp_path / "embedder"
+    assert tfmetric.export.save_embedder(path, model) == ["serving_default"]
+    before = _snapshot(path)
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"`path` .* already holds a SavedModel"):
+        tfmetric.export.save_embedder(path, other)
+    assert _snapshot(path) == before
+    serving = tf.saved_model.load(str(path)).signatures["serving_default"]
+    np.testing.assert_allclose(
+        serving(inputs=tf.constant(x[:4]))["embeddings"].numpy(), np.asarray(model(x[:4])),
+        atol=1e-5,
+    )
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds files"):
+        tfmetric.export.save_embedder(tmp_path / "notes", other)
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        tfmetric.export.save_embedder(tmp_path / "afile", other)
+    with pytest.raises(ValueError, match="afile' is not a directory"):
+        tfmetric.export.save_embedder(tmp_path / "afile" / "sub", other)
+    # An empty directory is written; no temporary directory is left beside it.
+    (tmp_path / "empty").mkdir()
+    assert tfmetric.export.save_embedder(tmp_path / "empty", other) == ["serving_default"]
+    assert (tmp_path / "empty" / "saved_model.pb").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["afile", "embedder", "empty", "notes"]
+    assert (tmp_path / "afile").read_text() == (tmp_path / "notes" / "a.txt").read_text() == "mine"
