@@ -8,13 +8,15 @@ Usage:
 Writes DIR/NAME/<next version>/ atomically (SavedModel with the signatures
 serving_default, embed_images for image models, retrieve and retrieve_images
 with a gallery, verify and verify_images for Siamese models; warm-up requests;
-metadata; TFLite files; parity.json), refreshes DIR/models.config and prints the
-parity table. Exits with status 1 and writes nothing on bad input. All the work
+metadata; TFLite files; parity.json), refreshes DIR/models.config (one that
+tfmetric did not write is left as it is, with a warning if it lacks the model)
+and prints the parity table. Exits with status 1 and writes nothing on bad input. All the work
 is done by tfmetric.export.export_for_serving.
 """
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -155,6 +157,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tfmetric import export
     from tfmetric._src import files
+
+    def show_warning(message, *args, **kwargs):
+        print(f"export: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
 
     try:
         problem = files.directory_problem(FLAGS.output)
