@@ -12,6 +12,7 @@ from tfmetric.export.gallery import Gallery, load_gallery
 from tfmetric.export.image_spec import ImageSpec
 from tfmetric.export.inputs import load_inputs
 from tfmetric.export.model_loading import (
+    float32_copy,
     load_keras_file,
     resolve_embedder,
     saved_loss,
@@ -57,6 +58,7 @@ __all__ = [
     "convert_tflite",
     "exact_search",
     "export_for_serving",
+    "float32_copy",
     "format_report",
     "label_pairs",
     "load_gallery",

@@ -13,7 +13,14 @@ import keras
 from tfmetric import distances as distances_lib
 from tfmetric._src import files
 
-__all__ = ["load_keras_file", "resolve_embedder", "saved_loss", "trained_distance"]
+__all__ = [
+    "float32_copy",
+    "load_keras_file",
+    "mixed_precision_policy",
+    "resolve_embedder",
+    "saved_loss",
+    "trained_distance",
+]
 
 
 def load_keras_file(path):
@@ -44,6 +51,97 @@ def saved_loss(path):
         return keras.saving.deserialize_keras_object(loss)
     except Exception:  # An unregistered or built-in loss: it has no distance to report.
         return None
+
+
+def _is_mixed(name):
+    return isinstance(name, str) and name.startswith("mixed_")
+
+
+def _policy_names(config):
+    """Every dtype policy name in a serialized Keras config (nested models included)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            yield config["config"].get("name")
+        for key, value in config.items():
+            if key == "dtype" and isinstance(value, str):
+                yield value
+            else:
+                yield from _policy_names(value)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            yield from _policy_names(value)
+
+
+def _float32_config(config):
+    """The config with every mixed dtype policy replaced by `"float32"`."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and _is_mixed(
+            (config.get("config") or {}).get("name")
+        ):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {
+            key: "float32" if key == "dtype" and _is_mixed(value) else _float32_config(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, (list, tuple)):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def mixed_precision_policy(model):
+    """The mixed precision policy of `model`'s layers (`"mixed_bfloat16"`, ...), or `None`."""
+    config = keras.saving.serialize_keras_object(model)
+    return next((name for name in _policy_names(config) if _is_mixed(name)), None)
+
+
+def float32_copy(model):
+    """A float32 copy of a mixed-precision model, with the same weights.
+
+    TFLite's builtin kernels have no bfloat16 (and few float16) versions, and
+    TF Serving clients send float32: an export of a `mixed_float16` or
+    `mixed_bfloat16` model is made from this copy. Mixed precision keeps its
+    variables in float32, so the weights are copied exactly; only the compute
+    dtype changes.
+
+    Args:
+        model: A `keras.Model` (a tfmetric training model or an embedder).
+
+    Returns:
+        `model` itself when it uses no mixed policy, else a new model of the
+        same architecture in float32 holding the same weights.
+
+    Raises:
+        ValueError: if the copy cannot be rebuilt from the model's config.
+
+    Example:
+
+    >>> import keras
+    >>> keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> keras.mixed_precision.set_global_policy("float32")
+    >>> copy = tfmetric.export.float32_copy(model)
+    >>> copy.layers[0].dtype_policy.name, copy.layers[0].compute_dtype
+    ('float32', 'float32')
+    >>> bool(np.all(copy.layers[0].kernel.numpy() == model.layers[0].kernel.numpy()))
+    True
+    """
+    policy = mixed_precision_policy(model)
+    if policy is None:
+        return model
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # for layers whose config has no dtype
+    try:
+        copy = keras.saving.deserialize_keras_object(config)
+        copy.set_weights(model.get_weights())
+    except Exception as error:  # Any rebuild failure: the message says what and why.
+        raise ValueError(
+            f"`model` {model.name!r} uses the {policy!r} policy; the export needs a float32 copy "
+            f"of it, which could not be rebuilt from its config: {error}"
+        ) from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return copy
 
 
 def resolve_embedder(model):

@@ -121,6 +121,11 @@ class ExportPlan:
         representative: Calibration inputs of the `int8` variant, or `None`.
         validation: The checked `ValidationData` of the parity report.
         parity: The `ParityOptions`.
+        trained_policy: The mixed precision policy the model was given in
+            (`"mixed_bfloat16"`, ...), or `None`. A mixed-precision model is
+            exported as a float32 copy with the same weights
+            (`tfmetric.export.float32_copy`): `model` and `embedder` are that
+            copy.
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class ExportPlan:
         representative,
         validation,
         parity,
+        trained_policy=None,
     ):
         self.name = name
         self.model = model
@@ -165,6 +171,7 @@ class ExportPlan:
         self.representative = representative
         self.validation = validation
         self.parity = parity
+        self.trained_policy = trained_policy
 
     @property
     def signature_names(self):
@@ -203,6 +210,7 @@ class ExportPlan:
                 "l2_normalize_in_export": bool(self.l2_normalize),
                 "output_l2_normalized": self.output_l2_normalized,
             },
+            "precision": {"trained": self.trained_policy or "float32", "exported": "float32"},
             "input": {
                 "name": "inputs",
                 "shape": [None, *self.input_shape],
@@ -296,6 +304,12 @@ def plan_export(
         path = model
         model = model_loading.load_keras_file(path)
         loss = model_loading.saved_loss(path)
+    elif getattr(model, "compiled", False):
+        loss = getattr(model, "loss", None)
+    # TFLite and TF Serving clients work in float32: a mixed-precision model is
+    # exported as a float32 copy with the same weights.
+    trained_policy = model_loading.mixed_precision_policy(model)
+    model = model_loading.float32_copy(model)
     embedder, input_shape, dim = model_loading.resolve_embedder(model)
     name = name if name is not None else (source_name or embedder.name)
     if distance is None:
@@ -363,4 +377,5 @@ def plan_export(
         representative=representative,
         validation=validation,
         parity=parity,
+        trained_policy=trained_policy,
     )
