@@ -77,7 +77,8 @@ flags.DEFINE_enum(
     ["unit", "symmetric", "raw", "imagenet"],
     "embed_images: pixel scaling from [0, 255]: unit -> [0, 1], symmetric -> "
     "[-1, 1], raw -> unchanged, imagenet -> [0, 1] then ImageNet mean/std. "
-    "Defaults to unit.",
+    "Defaults to the scaling recorded in the .keras file (the main job's models: raw), "
+    "else unit.",
 )
 flags.DEFINE_enum(
     "verify",
@@ -144,6 +145,8 @@ def _image_spec(export):
     if all(value is None for value in given):
         return None
     _, input_shape, _ = export.resolve_embedder(FLAGS.model)
+    if FLAGS.image_scaling is None:
+        given = (*given[:3], export.recorded_image_scaling(FLAGS.model))
     spec = export.ImageSpec.for_input_shape(input_shape, *given)
     if spec is None:
         raise ValueError(

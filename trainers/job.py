@@ -364,13 +364,11 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
 
     progress = console.Progress("evaluate", 8, enabled=is_chief)
     model_path = os.path.join(out_dir, outputs.MODEL_FILE)
-    with outputs.atomic_path(model_path) as tmp:
-        embedder.save(tmp)
+    exporting.save_model(embedder, model_path, data.is_image)
     pair_model_path = None
     if kind == "siamese":
         pair_model_path = os.path.join(out_dir, outputs.PAIR_MODEL_FILE)
-        with outputs.atomic_path(pair_model_path) as tmp:
-            model.save(tmp)
+        exporting.save_model(model, pair_model_path, data.is_image)
     test_embeddings = embed(embedder, test.x)
     progress.update()
     numbers, roc = evaluation.evaluate(test_embeddings, test.y, eval_distance, seed=config.seed)

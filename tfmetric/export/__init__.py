@@ -14,6 +14,8 @@ from tfmetric.export.inputs import load_inputs
 from tfmetric.export.model_loading import (
     float32_copy,
     load_keras_file,
+    record_image_scaling,
+    recorded_image_scaling,
     resolve_embedder,
     saved_loss,
     trained_distance,
@@ -68,6 +70,8 @@ __all__ = [
     "parity_report",
     "plan_export",
     "predict_log_record",
+    "record_image_scaling",
+    "recorded_image_scaling",
     "resolve_embedder",
     "save_embedder",
     "saved_loss",

@@ -17,6 +17,8 @@ __all__ = [
     "float32_copy",
     "load_keras_file",
     "mixed_precision_policy",
+    "record_image_scaling",
+    "recorded_image_scaling",
     "resolve_embedder",
     "saved_loss",
     "trained_distance",
@@ -51,6 +53,71 @@ def saved_loss(path):
         return keras.saving.deserialize_keras_object(loss)
     except Exception:  # An unregistered or built-in loss: it has no distance to report.
         return None
+
+
+# What tfmetric adds to a `.keras` archive (Keras ignores other files in it).
+INFO_FILENAME = "tfmetric.json"
+
+
+def record_image_scaling(path, scaling):
+    """Records in a `.keras` file how its model expects image pixels, for the export.
+
+    `tfmetric.export.export_for_serving` (and `python -m export`) then give
+    `embed_images` this scaling by default, instead of `"unit"`. The file is
+    rewritten atomically with an extra `tfmetric.json` entry; Keras ignores it
+    when loading.
+
+    Args:
+        path: A `.keras` file.
+        scaling: One of `tfmetric.export.ImageSpec`'s scalings: `"unit"`,
+            `"symmetric"`, `"raw"` (the model takes 0..255 and rescales
+            inside) or `"imagenet"`.
+
+    Example:
+
+    >>> import keras, os, tempfile
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> model.save(path)
+    >>> tfmetric.export.record_image_scaling(path, "raw")
+    >>> tfmetric.export.recorded_image_scaling(path)
+    'raw'
+    """
+    from tfmetric.export.image_spec import SCALINGS
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"`scaling` must be one of {list(SCALINGS)}; got {scaling!r}.")
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"`path` {path!r} is not a .keras (zip) archive.")
+    with zipfile.ZipFile(path) as source:
+        info = _read_info(source)
+        info["image_scaling"] = scaling
+        with files.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as target:
+            for item in source.infolist():
+                if item.filename != INFO_FILENAME:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(INFO_FILENAME, json.dumps(info, sort_keys=True))
+
+
+def _read_info(archive):
+    try:
+        info = json.loads(archive.read(INFO_FILENAME))
+    except (KeyError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_image_scaling(path):
+    """The image scaling recorded in a `.keras` file by `record_image_scaling`, or `None`."""
+    from tfmetric.export.image_spec import SCALINGS
+
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive:
+            scaling = _read_info(archive).get("image_scaling")
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return scaling if scaling in SCALINGS else None
 
 
 def _is_mixed(name):

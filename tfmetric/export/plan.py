@@ -247,11 +247,14 @@ def _embed(embedder, l2_normalize, inputs):
     return embeddings
 
 
-def _image_spec(argument, input_shape):
+def _image_spec(argument, input_shape, recorded_scaling):
     if argument is False:
         return None
     if argument is None:
-        return ImageSpec.for_input_shape(input_shape)
+        spec = ImageSpec.for_input_shape(input_shape)
+        if spec is not None and recorded_scaling is not None:
+            spec = ImageSpec(spec.height, spec.width, spec.channels, recorded_scaling)
+        return spec
     if not isinstance(argument, ImageSpec):
         raise TypeError(
             f"`image_spec` must be None, False or a tfmetric.export.ImageSpec; got {argument!r}."
@@ -299,11 +302,13 @@ def plan_export(
     """
     source_name = None
     loss = None
+    recorded_scaling = None
     if not isinstance(model, keras.Model):
         source_name = os.path.splitext(os.path.basename(os.fspath(model)))[0]
         path = model
         model = model_loading.load_keras_file(path)
         loss = model_loading.saved_loss(path)
+        recorded_scaling = model_loading.recorded_image_scaling(path)
     elif getattr(model, "compiled", False):
         loss = getattr(model, "loss", None)
     # TFLite and TF Serving clients work in float32: a mixed-precision model is
@@ -318,7 +323,7 @@ def plan_export(
         distance, distance_source = distances_lib.get(distance), "argument"
     top_k = _check_top_k(top_k)
     l2_normalize = checks.check_bool(l2_normalize, "l2_normalize")
-    image_spec = _image_spec(image_spec, input_shape)
+    image_spec = _image_spec(image_spec, input_shape, recorded_scaling)
     tflite = TFLiteOptions.from_argument(tflite)
     parity = ParityOptions.from_argument(parity)
     siamese = model_loading.is_siamese(model)

@@ -240,8 +240,11 @@ def export_for_serving(
             the model's `distance`), else `"cosine"`.
         l2_normalize: L2-normalise the exported embeddings. Defaults to `False`.
         image_spec: The `tfmetric.export.ImageSpec` of the `*_images`
-            signatures; `None` derives it from an image model's input shape
-            (scaling `"unit"`); `False` leaves them out.
+            signatures (used as given); `None` derives it from an image
+            model's input shape, with the scaling recorded in the `.keras`
+            file (`tfmetric.export.record_image_scaling`: the main job's
+            models take 0..255 pixels, `"raw"`), else `"unit"`; `False`
+            leaves them out.
         gallery: `None`, an `.npz` path, a dict or a `tfmetric.export.Gallery`
             with `embeddings` (or `inputs`) and optional `ids` and integer
             `labels`; adds the `retrieve` signatures.
