@@ -90,3 +90,58 @@ def test_readme_export_command_on_a_trainer_model(trainer_model, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metadata = json.loads((tmp_path / "unit" / "1" / "assets" / "tfmetric_export.json").read_text())
     assert metadata["image_spec"]["scaling"] == "unit"
+
+
+def _tiny_run(model_dir, **settings):
+    import trainers
+
+    return trainers.RunConfig(
+        backbone="mlp", embedding_dim=8, classes_per_batch=4, samples_per_class=4, epochs=1,
+        steps_per_epoch=2, tflite_variants="fp32", model_dir=str(model_dir), **settings,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mixed_precision_run_completes_its_export(tmp_path):
+    import keras
+
+    import trainers
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        report = trainers.run(_tiny_run(tmp_path / "run", mixed_precision=True,
+                                        mixed_precision_policy="mixed_bfloat16"))  # fmt: skip
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    written = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert written["export"]["version"] == report["export"]["version"] == 1
+    version = report["export"]["path"]
+    metadata = json.loads(open(os.path.join(version, "assets", "tfmetric_export.json")).read())
+    assert metadata["precision"] == {"trained": "mixed_bfloat16", "exported": "float32"}
+    assert os.path.isfile(report["export"]["tflite"]["embedder_fp32"])
+    # The SavedModel serves what the trained (float32-weight) embedder computes in float32.
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 1)).astype("float32")
+    embedder = tfmetric.export.float32_copy(tfmetric.export.load_keras_file(report["model"]))
+    serving = tf.saved_model.load(version).signatures["serving_default"]
+    np.testing.assert_allclose(serving(inputs=tf.constant(x))["embeddings"].numpy(),
+                               np.asarray(embedder(x)), atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_failed_export_keeps_the_model_and_the_report(tmp_path, monkeypatch):
+    import trainers
+    from trainers import errors
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("TFLite conversion failed\nmany more lines")
+
+    monkeypatch.setattr(exporting, "export", fail)
+    with pytest.raises(errors.ExportFailed) as raised:
+        trainers.run(_tiny_run(tmp_path / "run"))
+    message = str(raised.value)
+    assert "\n" not in message and "RuntimeError: TFLite conversion failed" in message
+    assert "model.keras" in message and "report.json" in message and "were kept" in message
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert 0.0 <= report["held_out"]["model"]["map_at_r"] <= 1.0
+    assert "export" not in report
+    assert (tmp_path / "run" / "model.keras").is_file()
