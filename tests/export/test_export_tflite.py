@@ -142,3 +142,34 @@ def test_mixed_precision_model_is_exported_as_a_float32_copy(tmp_path):
     for variant, atol in tolerance.items():
         got = _run(result.tflite[f"embedder_{variant}"], inputs=x)["embeddings"]
         np.testing.assert_allclose(got, expected, atol=atol * np.abs(expected).max())
+
+
+def test_mixed_precision_model_without_config_is_refused_before_writing(tmp_path):
+    import keras
+
+    class Wrapped(keras.Model):  # no get_config: Keras cannot rebuild it
+        def __init__(self, layer):
+            super().__init__()
+            self.dense = layer
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((4,))
+        mixed = keras.Model(inputs, Wrapped(keras.layers.Dense(3))(inputs))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    with pytest.raises(ValueError, match=r"'mixed_bfloat16' policy; the export needs a float32"):
+        tfmetric.export.export_for_serving(mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # The same model in float32 needs no copy and exports as before.
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, Wrapped(keras.layers.Dense(3))(inputs))
+    assert tfmetric.export.float32_copy(plain) is plain
+    result = tfmetric.export.export_for_serving(
+        plain, tmp_path / "out", parity=tfmetric.export.ParityOptions(latency_runs=0)
+    )
+    assert result.metadata["precision"]["trained"] == "float32"

@@ -124,19 +124,15 @@ def _is_mixed(name):
     return isinstance(name, str) and name.startswith("mixed_")
 
 
-def _policy_names(config):
-    """Every dtype policy name in a serialized Keras config (nested models included)."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
-            yield config["config"].get("name")
-        for key, value in config.items():
-            if key == "dtype" and isinstance(value, str):
-                yield value
-            else:
-                yield from _policy_names(value)
-    elif isinstance(config, (list, tuple)):
-        for value in config:
-            yield from _policy_names(value)
+def _policy_names(layer, seen=None):
+    """The dtype policy names of `layer` and of every layer nested in it."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    yield getattr(getattr(layer, "dtype_policy", None), "name", None)
+    for sublayer in getattr(layer, "layers", None) or ():
+        yield from _policy_names(sublayer, seen)
 
 
 def _float32_config(config):
@@ -157,8 +153,7 @@ def _float32_config(config):
 
 def mixed_precision_policy(model):
     """The mixed precision policy of `model`'s layers (`"mixed_bfloat16"`, ...), or `None`."""
-    config = keras.saving.serialize_keras_object(model)
-    return next((name for name in _policy_names(config) if _is_mixed(name)), None)
+    return next((name for name in _policy_names(model) if _is_mixed(name)), None)
 
 
 def float32_copy(model):
@@ -195,16 +190,19 @@ def float32_copy(model):
     policy = mixed_precision_policy(model)
     if policy is None:
         return model
-    config = _float32_config(keras.saving.serialize_keras_object(model))
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # for layers whose config has no dtype
     try:
+        config = _float32_config(keras.saving.serialize_keras_object(model))
         copy = keras.saving.deserialize_keras_object(config)
         copy.set_weights(model.get_weights())
     except Exception as error:  # Any rebuild failure: the message says what and why.
+        reason = " ".join(str(error).split())[:300]
         raise ValueError(
             f"`model` {model.name!r} uses the {policy!r} policy; the export needs a float32 copy "
-            f"of it, which could not be rebuilt from its config: {error}"
+            f"of it, which could not be rebuilt from its config ({type(error).__name__}: "
+            f"{reason}). Implement `get_config` for its custom layers, or rebuild it under the "
+            "float32 policy and load its weights before exporting."
         ) from None
     finally:
         keras.mixed_precision.set_global_policy(previous)
