@@ -8,13 +8,15 @@ Usage:
 Writes DIR/NAME/<next version>/ atomically (SavedModel with the signatures
 serving_default, embed_images for image models, retrieve and retrieve_images
 with a gallery, verify and verify_images for Siamese models; warm-up requests;
-metadata; TFLite files; parity.json), refreshes DIR/models.config and prints the
-parity table. Exits with status 1 and writes nothing on bad input. All the work
+metadata; TFLite files; parity.json), refreshes DIR/models.config (one that
+tfmetric did not write is left as it is, with a warning if it lacks the model)
+and prints the parity table. Exits with status 1 and writes nothing on bad input. All the work
 is done by tfmetric.export.export_for_serving.
 """
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,7 +77,8 @@ flags.DEFINE_enum(
     ["unit", "symmetric", "raw", "imagenet"],
     "embed_images: pixel scaling from [0, 255]: unit -> [0, 1], symmetric -> "
     "[-1, 1], raw -> unchanged, imagenet -> [0, 1] then ImageNet mean/std. "
-    "Defaults to unit.",
+    "Defaults to the scaling recorded in the .keras file (the main job's models: raw), "
+    "else unit.",
 )
 flags.DEFINE_enum(
     "verify",
@@ -142,6 +145,8 @@ def _image_spec(export):
     if all(value is None for value in given):
         return None
     _, input_shape, _ = export.resolve_embedder(FLAGS.model)
+    if FLAGS.image_scaling is None:
+        given = (*given[:3], export.recorded_image_scaling(FLAGS.model))
     spec = export.ImageSpec.for_input_shape(input_shape, *given)
     if spec is None:
         raise ValueError(
@@ -154,8 +159,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tfmetric import export
+    from tfmetric._src import files
+
+    def show_warning(message, *args, **kwargs):
+        print(f"export: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
 
     try:
+        problem = files.directory_problem(FLAGS.output)
+        if problem is not None:
+            raise ValueError(f"`--output={FLAGS.output}` cannot be written: {problem}.")
         verify = {"auto": None, "yes": True, "no": False}[FLAGS.verify]
         if FLAGS.verify_threshold is not None:
             if FLAGS.verify == "no":
@@ -182,7 +196,7 @@ def main(argv):
             ),
             serving_base_path=FLAGS.serving_base_path,
         )
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 1
     print(f"Exported version {result.version} to {result.path}")

@@ -37,6 +37,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_EMBEDDING_DIM = 65536
 # Offline mining modes of triplet networks (no `--mining`: random triplets).
 TRIPLET_MINING = ("easy", "semi-hard", "hard")
+# Loss arguments that have a setting of their own (`--margin`, ...), besides `--loss_arg`.
+NAMED_LOSS_SETTINGS = ("margin", "mining", "temperature", "scale", "distance")
 
 
 def _setting(default, run=True):
@@ -170,7 +172,7 @@ class RunConfig:
 
         args = {
             name: getattr(self, name)
-            for name in ("margin", "mining", "temperature", "scale", "distance")
+            for name in NAMED_LOSS_SETTINGS
             if getattr(self, name) is not None
         }
         args.update(self.loss_args)
@@ -323,10 +325,15 @@ def _check_values(config):
         raise ValueError("Give `--mining` or `--curriculum`, not both (the curriculum sets it).")
     config.curriculum_schedule()
     from tfmetric.export import VARIANTS
+    from tfmetric.export.tflite import check_variants
 
     unknown = sorted(set(config.tflite_variant_list()) - set(VARIANTS))
     if unknown:
         raise ValueError(f"`--tflite_variants` {unknown} are not among {list(VARIANTS)}.")
+    try:
+        check_variants(config.tflite_variant_list())  # the export's own check (duplicates)
+    except ValueError as error:
+        raise ValueError(f"`--tflite_variants={config.tflite_variants}`: {error}") from None
     backbones.check(config.backbone, config.weights)
     _check_strings(config)
     if not 0 <= config.seed < 2**32:
@@ -335,6 +342,7 @@ def _check_values(config):
         if getattr(config, name) > high:
             raise ValueError(f"`--{name}` must be <= {high}; got {getattr(config, name)}.")
     _check_unused(config)
+    _check_loss_args(config)
     losses.check_arguments(config.loss_entry(), config.loss_arguments())
     if config.views == 1 or config.views < 0:
         raise ValueError(
@@ -367,6 +375,20 @@ def _check_strings(config):
             raise ValueError(f"`--distance`: {error}") from None
 
 
+def _check_loss_args(config):
+    """`loss_args` may repeat a named setting (`--margin`, ...) only with the same value."""
+    for name in NAMED_LOSS_SETTINGS:
+        value = getattr(config, name)
+        if value is None or name not in config.loss_args:
+            continue
+        other = config.loss_args[name]
+        if other != value:
+            raise ValueError(
+                f"`--{name}={value}` and `--loss_arg={name}={other}` disagree; give the "
+                f"loss's {name} once."
+            )
+
+
 def _check_unused(config):
     """Settings that the rest of the run would ignore are an error, never silently dropped."""
     mines_offline = config.kind == "triplet" and (config.mining or config.curriculum)
@@ -379,6 +401,18 @@ def _check_unused(config):
             )
     if config.tpu is not None and config.strategy != "tpu":
         raise ValueError(f"`--tpu` is for --strategy=tpu; got --strategy={config.strategy}.")
+    if config.positive_fraction != defaults()["positive_fraction"] and config.kind != "siamese":
+        raise ValueError(
+            f"`--positive_fraction={config.positive_fraction}` sets the matching pairs of "
+            f"--model_kind=siamese batches; got --model_kind={config.kind}."
+        )
+    if config.mixed_precision_policy != defaults()["mixed_precision_policy"] and (
+        not config.mixed_precision
+    ):
+        raise ValueError(
+            f"`--mixed_precision_policy={config.mixed_precision_policy}` is used with "
+            "--mixed_precision only; add --mixed_precision or drop the policy."
+        )
     if config.pairs_file is not None and config.protocol == "pairs":
         import os
 

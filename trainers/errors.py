@@ -11,3 +11,7 @@ class WorkerLost(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """The loss or the embeddings became NaN or infinite: training stopped (exit status 4)."""
+
+
+class ExportFailed(RuntimeError):
+    """The export stage failed after training; the model and report.json were kept (exit status 5)."""

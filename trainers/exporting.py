@@ -9,8 +9,12 @@ held-out samples, and `MODEL_DIR/export/models.config`.
 import numpy as np
 
 from tfmetric.export import VARIANTS as TFLITE_VARIANTS
+from trainers import outputs
 
 EXPORT_NAME = "embedder"
+# The main job's image models take pixel values in [0, 255] and rescale inside
+# (`backbones.build_embedder`).
+IMAGE_SCALING = "raw"
 MAX_GALLERY = 5000
 MAX_VALIDATION = 1000
 
@@ -25,6 +29,20 @@ def _json_safe(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def save_model(model, path, is_image):
+    """Saves `model` to the `.keras` file `path` atomically, recording its image scaling.
+
+    The recorded scaling (`tfmetric.export.record_image_scaling`) makes
+    `python -m export` give `embed_images` raw 0..255 pixels by default.
+    """
+    from tfmetric import export as export_lib
+
+    with outputs.atomic_path(path) as tmp:
+        model.save(tmp)
+        if is_image:
+            export_lib.record_image_scaling(tmp, IMAGE_SCALING)
 
 
 def export(model_path, directory, train, test, distance, seed=0, tflite_variants=TFLITE_VARIANTS):
@@ -47,7 +65,7 @@ def export(model_path, directory, train, test, distance, seed=0, tflite_variants
     image_spec = None
     if test.is_image:
         height, width, channels = test.x.shape[1:]
-        image_spec = export_lib.ImageSpec(height, width, channels, scaling="raw")
+        image_spec = export_lib.ImageSpec(height, width, channels, scaling=IMAGE_SCALING)
     result = export_lib.export_for_serving(
         model_path,
         directory,

@@ -18,9 +18,9 @@ import numpy as np
 
 from trainers import outputs
 from trainers.config import RunConfig
-from trainers.errors import InputError, TrainingDiverged, WorkerLost
+from trainers.errors import ExportFailed, InputError, TrainingDiverged, WorkerLost
 
-__all__ = ["InputError", "TrainingDiverged", "WorkerLost", "run"]
+__all__ = ["ExportFailed", "InputError", "TrainingDiverged", "WorkerLost", "run"]
 
 
 def prepare_model_dir(model_dir, current, overwrite):
@@ -31,9 +31,19 @@ def prepare_model_dir(model_dir, current, overwrite):
     """
     import json
 
+    from tfmetric._src import files
+
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(f"`--model_dir={model_dir}` exists and is not a directory.")
-    os.makedirs(model_dir, exist_ok=True)
+    problem = files.directory_problem(model_dir)
+    if problem is not None:
+        raise ValueError(f"`--model_dir={model_dir}` cannot be created: {problem}.")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"`--model_dir={model_dir}` cannot be created: {error.strerror or error}."
+        ) from None
     flags_path = os.path.join(model_dir, outputs.FLAGS_FILE)
     stored = None
     if os.path.exists(flags_path):
@@ -203,13 +213,16 @@ def run(config):
     Raises:
         InputError: (a `ValueError`) for bad settings or data, before
             anything is trained or written.
+        ExportFailed: if the export stage fails; `model.keras` and
+            `report.json` (the evaluation) are written before it and kept.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"`config` must be a trainers.RunConfig; got {type(config).__name__}.")
     from trainers import console
 
     with console.quiet_output(config.log_level,
-                              expected=(InputError, WorkerLost, TrainingDiverged)):  # fmt: skip
+                              expected=(InputError, WorkerLost, TrainingDiverged,
+                                        ExportFailed)):  # fmt: skip
         return _start(config)
 
 
@@ -364,13 +377,11 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
 
     progress = console.Progress("evaluate", 8, enabled=is_chief)
     model_path = os.path.join(out_dir, outputs.MODEL_FILE)
-    with outputs.atomic_path(model_path) as tmp:
-        embedder.save(tmp)
+    exporting.save_model(embedder, model_path, data.is_image)
     pair_model_path = None
     if kind == "siamese":
         pair_model_path = os.path.join(out_dir, outputs.PAIR_MODEL_FILE)
-        with outputs.atomic_path(pair_model_path) as tmp:
-            model.save(tmp)
+        exporting.save_model(model, pair_model_path, data.is_image)
     test_embeddings = embed(embedder, test.x)
     progress.update()
     numbers, roc = evaluation.evaluate(test_embeddings, test.y, eval_distance, seed=config.seed)
@@ -460,16 +471,30 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     if cluster is not None:
         report["cluster"] = {"workers": cluster.num_workers, "task": cluster.task_type,
                              "index": cluster.task_index}  # fmt: skip
+    report_path = os.path.join(out_dir, outputs.REPORT_FILE)
     if config.export and is_chief:
+        # The evaluation is on disk before the export starts: an export failure keeps it.
+        report["total_seconds"] = round(time.time() - started, 1)
+        outputs.write_json(report_path, report)
         progress = console.Progress("export", 1)
-        # A Siamese network is exported whole (its distance or pair scorer with it).
-        report["export"] = exporting.export(
-            pair_model_path or model_path, os.path.join(out_dir, outputs.EXPORT_DIR), train, test,
-            None if kind == "siamese" else distance, config.seed, config.tflite_variant_list(),
-        )  # fmt: skip
+        export_dir = os.path.join(out_dir, outputs.EXPORT_DIR)
+        try:
+            # A Siamese network is exported whole (its distance or pair scorer with it).
+            report["export"] = exporting.export(
+                pair_model_path or model_path, export_dir, train, test,
+                None if kind == "siamese" else distance, config.seed, config.tflite_variant_list(),
+            )  # fmt: skip
+        except Exception as error:
+            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            raise ExportFailed(
+                f"the export to {export_dir} failed ({type(error).__name__}: {reason}); the model "
+                f"({pair_model_path or model_path}) and the evaluation ({report_path}) were kept: "
+                "export it again with `python -m export --model=... --output=...`, or rerun "
+                "with --noexport."
+            ) from error
         progress.close()
     report["total_seconds"] = round(time.time() - started, 1)
-    outputs.write_json(os.path.join(out_dir, outputs.REPORT_FILE), report)
+    outputs.write_json(report_path, report)
     if is_chief:
         if "parity_table" in report.get("export", {}):
             print(report["export"]["parity_table"])

@@ -167,7 +167,8 @@ def main(argv):
     # Before anything imports TensorFlow: its native log level is read at import, and
     # what it prints at import goes to the hidden stream.
     console.prepare_environment(FLAGS.log_level)
-    expected = (errors.InputError, errors.WorkerLost, errors.TrainingDiverged)
+    expected = (errors.InputError, errors.WorkerLost, errors.TrainingDiverged,
+                errors.ExportFailed)  # fmt: skip
     with console.quiet_output(FLAGS.log_level, expected=expected):
         try:
             config = RunConfig.from_flags(FLAGS)
@@ -191,6 +192,9 @@ def run():
         except errors.TrainingDiverged as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(4)
+        except errors.ExportFailed as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(5)
         except errors.WorkerLost as error:
             print(f"error: {error}", file=sys.stderr)
             sys.stdout.flush()

@@ -147,3 +147,44 @@ def test_siamese_model_gets_verify_with_the_given_threshold(siamese_model, tmp_p
     with open(tmp_path / "models" / "pairs" / "1" / "assets" / "tfmetric_export.json") as f:
         verify = json.load(f)["verify"]
     assert verify["threshold"] == 0.25 and verify["calibration"]["source"] == "given"
+
+
+@pytest.mark.slow
+def test_unwritable_output_is_a_one_line_error_naming_output(files, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    model = f"--model={files / 'products.keras'}"
+    code, _, err = _finish(_cli(model, f"--output={afile / 'serving'}"))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("export: error: `--output=") and "is not a directory" in last, err
+    assert str(afile) in last and "Traceback" not in err
+    assert afile.read_text() == "mine"
+    # An OSError the checks cannot foresee (a name too long for the file system) is one line too.
+    code, _, err = _finish(_cli(model, f"--output={tmp_path / ('x' * 300)}", "--latency_runs=0"))
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("export: error: "), err
+    assert "Traceback" not in err
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_validation_pairs_missing_a_key_name_it(vector_model, tmp_path):
+    model, x, y = vector_model
+    np.savez(tmp_path / "pairs.npz", inputs=x, x1=x[:4], x2=x[4:8])
+    with pytest.raises(ValueError, match=r"missing \['same'\]"):
+        tfmetric.export.ValidationData.from_source(str(tmp_path / "pairs.npz"), (12,))
+    with pytest.raises(ValueError, match=r"`validation` pairs need .*missing \['x1', 'same'\]"):
+        tfmetric.export.plan_export(model, validation={"inputs": x, "x2": x[:4]})
+    # The full set is accepted.
+    data = tfmetric.export.ValidationData.from_source(
+        {"inputs": x, "x1": x[:4], "x2": x[4:8], "same": np.array([1, 0, 1, 0])}, (12,)
+    )
+    assert data.pairs[2].tolist() == [True, False, True, False]
+
+
+def test_output_below_a_file_is_refused_before_writing(vector_model, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ValueError, match=r"`output` .* cannot be written: .*afile' is not a dir"):
+        tfmetric.export.export_for_serving(vector_model[0], afile / "serving")
+    assert afile.read_text() == "mine"

@@ -255,3 +255,86 @@ def test_failed_models_config_write_leaves_no_temporary_file(vector_model, tmp_p
             tfmetric.export.write_models_config(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["m", "models.config"]
     assert (tmp_path / "models.config").read_text() == before
+
+
+def test_save_embedder_never_overwrites_a_saved_model(vector_model, tmp_path):
+    import tensorflow as tf
+
+    model, x, _ = vector_model
+    path = tmp_path / "embedder"
+    assert tfmetric.export.save_embedder(path, model) == ["serving_default"]
+    before = _snapshot(path)
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"`path` .* already holds a SavedModel"):
+        tfmetric.export.save_embedder(path, other)
+    assert _snapshot(path) == before
+    serving = tf.saved_model.load(str(path)).signatures["serving_default"]
+    np.testing.assert_allclose(
+        serving(inputs=tf.constant(x[:4]))["embeddings"].numpy(), np.asarray(model(x[:4])),
+        atol=1e-5,
+    )
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds files"):
+        tfmetric.export.save_embedder(tmp_path / "notes", other)
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        tfmetric.export.save_embedder(tmp_path / "afile", other)
+    with pytest.raises(ValueError, match="afile' is not a directory"):
+        tfmetric.export.save_embedder(tmp_path / "afile" / "sub", other)
+    # An empty directory is written; no temporary directory is left beside it.
+    (tmp_path / "empty").mkdir()
+    assert tfmetric.export.save_embedder(tmp_path / "empty", other) == ["serving_default"]
+    assert (tmp_path / "empty" / "saved_model.pb").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["afile", "embedder", "empty", "notes"]
+    assert (tmp_path / "afile").read_text() == (tmp_path / "notes" / "a.txt").read_text() == "mine"
+
+
+USER_MODELS_CONFIG = """model_config_list {
+  config {
+    name: "tiny"
+    base_path: "/models/tiny"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 } }
+  }
+  config {
+    name: "other"
+    base_path: "/elsewhere/other"
+    model_platform: "tensorflow"
+  }
+}
+"""
+
+
+def test_models_config_edited_by_the_user_is_kept(vector_model, tmp_path):
+    model, _, _ = vector_model
+    _export(model, tmp_path, name="tiny")
+    written = (tmp_path / "models.config").read_text()
+    assert written.startswith("# Written by tfmetric.export")
+    # The user pins version 1 and serves a model stored elsewhere; a re-export keeps that.
+    (tmp_path / "models.config").write_text(USER_MODELS_CONFIG)
+    assert _export(model, tmp_path, name="tiny").version == 2
+    assert (tmp_path / "models.config").read_text() == USER_MODELS_CONFIG
+    # A model the user's file does not list: the file is still kept, and a warning names it.
+    with pytest.warns(UserWarning, match=r"models.config was not written by tfmetric.*\['new'\]"):
+        _export(model, tmp_path, name="new")
+    assert (tmp_path / "models.config").read_text() == USER_MODELS_CONFIG
+
+
+def test_models_config_written_by_tfmetric_is_refreshed(vector_model, tmp_path):
+    model, _, _ = vector_model
+    _export(model, tmp_path, name="a")
+    _export(model, tmp_path, name="b", serving_base_path="/srv")
+    config = (tmp_path / "models.config").read_text()
+    assert config.startswith("# Written by tfmetric.export")
+    assert 'name: "a"' in config and 'base_path: "/srv/b"' in config
+    # A file as tfmetric wrote it before the header existed is refreshed too.
+    legacy = (
+        'model_config_list {\n  config {\n    name: "a"\n    base_path: "/models/a"\n'
+        '    model_platform: "tensorflow"\n  }\n}\n'
+    )
+    (tmp_path / "models.config").write_text(legacy)
+    _export(model, tmp_path, name="c")
+    config = (tmp_path / "models.config").read_text()
+    assert config.startswith("# Written by tfmetric.export")
+    assert config.count("config {") == 3 and 'name: "c"' in config

@@ -105,3 +105,71 @@ def test_parity_report(exported):
     assert report["passed"] is True
     table = tfmetric.export.format_report(report)
     assert all(name in table for name in ["keras", "saved_model", *VARIANTS])
+
+
+def test_mixed_precision_model_is_exported_as_a_float32_copy(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 8)
+    x = (rng.normal(size=(4, 12))[y] * 3 + rng.normal(size=(32, 12))).astype("float32")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:  # the global policy stays mixed during the export, as in the main job
+        model = keras.Sequential(
+            [keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)]
+        )
+        assert model.layers[0].compute_dtype == "bfloat16"
+        result = tfmetric.export.export_for_serving(
+            model, tmp_path, name="mixed", validation=(x, y), tflite="fp32,fp16,dynamic_int8",
+            parity=tfmetric.export.ParityOptions(latency_runs=0),
+        )  # fmt: skip
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert model.layers[0].dtype_policy.name == "mixed_bfloat16"  # the given model is unchanged
+    assert result.metadata["precision"] == {"trained": "mixed_bfloat16", "exported": "float32"}
+    # Independent reference: the model's (float32) weights in a float32 numpy forward pass.
+    (w1, b1), (w2, b2) = [[v.numpy() for v in layer.weights] for layer in model.layers]
+    expected = np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+    serving = tf.saved_model.load(result.path).signatures["serving_default"]
+    assert serving.structured_input_signature[1]["inputs"].dtype == tf.float32
+    saved = serving(inputs=tf.constant(x))["embeddings"].numpy()
+    assert saved.dtype == np.float32
+    np.testing.assert_allclose(saved, expected, atol=1e-5)
+    tolerance = {"fp32": 1e-5, "fp16": 2e-2, "dynamic_int8": 0.2}
+    for variant, atol in tolerance.items():
+        got = _run(result.tflite[f"embedder_{variant}"], inputs=x)["embeddings"]
+        np.testing.assert_allclose(got, expected, atol=atol * np.abs(expected).max())
+
+
+def test_mixed_precision_model_without_config_is_refused_before_writing(tmp_path):
+    import keras
+
+    class Wrapped(keras.Model):  # no get_config: Keras cannot rebuild it
+        def __init__(self, layer):
+            super().__init__()
+            self.dense = layer
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((4,))
+        mixed = keras.Model(inputs, Wrapped(keras.layers.Dense(3))(inputs))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    with pytest.raises(ValueError, match=r"'mixed_bfloat16' policy; the export needs a float32"):
+        tfmetric.export.export_for_serving(mixed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # The same model in float32 needs no copy and exports as before.
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, Wrapped(keras.layers.Dense(3))(inputs))
+    assert tfmetric.export.float32_copy(plain) is plain
+    result = tfmetric.export.export_for_serving(
+        plain, tmp_path / "out", parity=tfmetric.export.ParityOptions(latency_runs=0)
+    )
+    assert result.metadata["precision"]["trained"] == "float32"

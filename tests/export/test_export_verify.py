@@ -331,3 +331,35 @@ def test_siamese_model_of_a_bare_layer_embedder(tmp_path):
     out = loaded.signatures["verify"](x1=tf.constant(x), x2=tf.constant(x[::-1].copy()))
     e = x @ kernel + bias
     np.testing.assert_allclose(out["score"].numpy(), np.abs(e - e[::-1]).sum(1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model_distance, export_distance, rule",
+    [("euclidean", "inner_product", "score <= threshold"),
+     ("inner_product", "euclidean", "score >= threshold")],
+)  # fmt: skip
+def test_siamese_verify_direction_is_the_models_not_the_export_distance(
+    vector_model, model_distance, export_distance, rule
+):
+    embedder, x, y = vector_model
+    model = tfmetric.models.SiameseModel(embedder, distance=model_distance)
+    plan = tfmetric.export.plan_export(model, distance=export_distance, validation=(x, y))
+    assert plan.verify.kind == "siamese_distance"
+    assert plan.verify.to_json()["is_match"] == rule
+    assert plan.verify.calibration["direction_from"] == "model"
+    # The decisions, recomputed in numpy from the model's own distance, separate the blobs.
+    x1, x2, same = plan.validation.verification_pairs()
+    e1, e2 = np.asarray(embedder(x1)), np.asarray(embedder(x2))
+    scores = (
+        np.linalg.norm(e1 - e2, axis=1)
+        if model_distance == "euclidean"
+        else np.sum(e1 * e2, axis=1)
+    )
+    closeness = -scores if model_distance == "euclidean" else scores
+    threshold = plan.verify.threshold
+    decisions = scores <= threshold if model_distance == "euclidean" else scores >= threshold
+    np.testing.assert_array_equal(plan.verify.decide(scores.astype("float32")), decisions)
+    # The best accuracy of any threshold in the model's direction (brute force).
+    best = max(np.mean((closeness >= t) == same) for t in closeness)
+    assert np.mean(decisions == same) == pytest.approx(best, abs=1e-6)
+    assert plan.verify.calibration["accuracy"] == pytest.approx(best, abs=1e-6)

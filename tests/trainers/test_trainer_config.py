@@ -86,11 +86,40 @@ def test_identity_holds_what_defines_a_run():
          "takes no argument margin"),
         ({"tflite_variants": "fp32,int4"}, ValueError, r"\['int4'\] are not among"),
         ({"cluster_timeout": -1}, ValueError, "--cluster_timeout"),
+        ({"tflite_variants": "fp32,fp16,fp32"}, ValueError,
+         r"`--tflite_variants=fp32,fp16,fp32`: .*lists a variant twice"),
+        ({"distance": "euclidean", "loss_args": {"distance": "cosine"}}, ValueError,
+         r"`--distance=euclidean` and `--loss_arg=distance=cosine` disagree"),
+        ({"margin": 0.2, "loss_args": {"margin": 0.5}}, ValueError,
+         r"`--margin=0.2` and `--loss_arg=margin=0.5` disagree"),
+        ({"mining": "hard", "loss_args": {"mining": "semi-hard"}}, ValueError,
+         r"`--mining=hard` and `--loss_arg=mining=semi-hard`"),
+        ({"loss": "supervised_contrastive", "temperature": 0.1,
+          "loss_args": {"temperature": 0.2}}, ValueError, r"`--temperature=0.1` and `--loss_arg"),
+        ({"loss": "arcface", "scale": 30.0, "loss_args": {"scale": 64.0}}, ValueError,
+         r"`--scale=30.0` and `--loss_arg=scale=64.0`"),
+        ({"positive_fraction": 0.9}, ValueError,
+         r"`--positive_fraction=0.9` sets the matching pairs of --model_kind=siamese.*embedding"),
+        ({"model_kind": "triplet", "positive_fraction": 0.3}, ValueError,
+         "--positive_fraction=0.3"),
+        ({"mixed_precision_policy": "mixed_float16"}, ValueError,
+         r"`--mixed_precision_policy=mixed_float16` is used with --mixed_precision only"),
     ],
 )
 def test_bad_settings_name_the_setting(settings, error, match):
     with pytest.raises(error, match=match):
         trainers.RunConfig(**settings)
+
+
+def test_settings_given_twice_alike_or_where_they_apply_are_accepted():
+    config = trainers.RunConfig(distance="cosine", margin=0.2, loss_args={"distance": "cosine",
+                                                                         "margin": 0.2})  # fmt: skip
+    assert config.loss_arguments()["distance"] == "cosine"
+    assert config.loss_arguments()["margin"] == 0.2
+    assert trainers.RunConfig(model_kind="siamese", positive_fraction=0.25).positive_fraction == 0.25
+    config = trainers.RunConfig(mixed_precision=True, mixed_precision_policy="mixed_float16")
+    assert config.mixed_precision_policy == "mixed_float16"
+    assert trainers.RunConfig(tflite_variants="fp32,int8").tflite_variant_list() == ("fp32", "int8")
 
 
 def test_config_is_frozen_and_converts_numbers():

@@ -217,3 +217,14 @@ def test_model_dir_with_foreign_files_is_refused(tmp_path):
         job.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=False)
     job.prepare_model_dir(str(tmp_path), {"dataset": "digits"}, overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"  # --overwrite removes only trainer files
+
+
+def test_model_dir_below_a_file_is_an_input_error(run_main, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ValueError, match=r"`--model_dir=.*afile/run` cannot be created: .*afile'"):
+        job.prepare_model_dir(str(afile / "run"), {"dataset": "digits"}, overwrite=False)
+    message = run_main(f"--model_dir={afile / 'run'}", "--backbone=mlp", "--embedding_dim=4")
+    assert message.startswith(f"`--model_dir={afile / 'run'}` cannot be created")
+    assert "is not a directory" in message
+    assert afile.read_text() == "mine"

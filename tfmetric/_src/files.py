@@ -132,6 +132,27 @@ def write_json(path, obj, **kwargs):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", **kwargs)
 
 
+def directory_problem(path):
+    """Why `path` cannot be used as a directory to write into, or `None` if it can.
+
+    `path` may be missing: then its nearest existing ancestor must be a
+    writable directory (so that it can be created).
+
+    Returns:
+        `None`, or a short reason naming the path at fault, such as
+        `"'/data/notes.txt' is not a directory"`.
+    """
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing!r} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing!r} is not writable"
+    return None
+
+
 def make_temporary_directory(parent):
     """Creates a temporary directory in `parent`, named for this process.
 

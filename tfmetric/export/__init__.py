@@ -12,7 +12,10 @@ from tfmetric.export.gallery import Gallery, load_gallery
 from tfmetric.export.image_spec import ImageSpec
 from tfmetric.export.inputs import load_inputs
 from tfmetric.export.model_loading import (
+    float32_copy,
     load_keras_file,
+    record_image_scaling,
+    recorded_image_scaling,
     resolve_embedder,
     saved_loss,
     trained_distance,
@@ -57,6 +60,7 @@ __all__ = [
     "convert_tflite",
     "exact_search",
     "export_for_serving",
+    "float32_copy",
     "format_report",
     "label_pairs",
     "load_gallery",
@@ -66,6 +70,8 @@ __all__ = [
     "parity_report",
     "plan_export",
     "predict_log_record",
+    "record_image_scaling",
+    "recorded_image_scaling",
     "resolve_embedder",
     "save_embedder",
     "saved_loss",

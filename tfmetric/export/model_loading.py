@@ -13,7 +13,16 @@ import keras
 from tfmetric import distances as distances_lib
 from tfmetric._src import files
 
-__all__ = ["load_keras_file", "resolve_embedder", "saved_loss", "trained_distance"]
+__all__ = [
+    "float32_copy",
+    "load_keras_file",
+    "mixed_precision_policy",
+    "record_image_scaling",
+    "recorded_image_scaling",
+    "resolve_embedder",
+    "saved_loss",
+    "trained_distance",
+]
 
 
 def load_keras_file(path):
@@ -44,6 +53,160 @@ def saved_loss(path):
         return keras.saving.deserialize_keras_object(loss)
     except Exception:  # An unregistered or built-in loss: it has no distance to report.
         return None
+
+
+# What tfmetric adds to a `.keras` archive (Keras ignores other files in it).
+INFO_FILENAME = "tfmetric.json"
+
+
+def record_image_scaling(path, scaling):
+    """Records in a `.keras` file how its model expects image pixels, for the export.
+
+    `tfmetric.export.export_for_serving` (and `python -m export`) then give
+    `embed_images` this scaling by default, instead of `"unit"`. The file is
+    rewritten atomically with an extra `tfmetric.json` entry; Keras ignores it
+    when loading.
+
+    Args:
+        path: A `.keras` file.
+        scaling: One of `tfmetric.export.ImageSpec`'s scalings: `"unit"`,
+            `"symmetric"`, `"raw"` (the model takes 0..255 and rescales
+            inside) or `"imagenet"`.
+
+    Example:
+
+    >>> import keras, os, tempfile
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> model.save(path)
+    >>> tfmetric.export.record_image_scaling(path, "raw")
+    >>> tfmetric.export.recorded_image_scaling(path)
+    'raw'
+    """
+    from tfmetric.export.image_spec import SCALINGS
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"`scaling` must be one of {list(SCALINGS)}; got {scaling!r}.")
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"`path` {path!r} is not a .keras (zip) archive.")
+    with zipfile.ZipFile(path) as source:
+        info = _read_info(source)
+        info["image_scaling"] = scaling
+        with files.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as target:
+            for item in source.infolist():
+                if item.filename != INFO_FILENAME:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(INFO_FILENAME, json.dumps(info, sort_keys=True))
+
+
+def _read_info(archive):
+    try:
+        info = json.loads(archive.read(INFO_FILENAME))
+    except (KeyError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_image_scaling(path):
+    """The image scaling recorded in a `.keras` file by `record_image_scaling`, or `None`."""
+    from tfmetric.export.image_spec import SCALINGS
+
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive:
+            scaling = _read_info(archive).get("image_scaling")
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return scaling if scaling in SCALINGS else None
+
+
+def _is_mixed(name):
+    return isinstance(name, str) and name.startswith("mixed_")
+
+
+def _policy_names(layer, seen=None):
+    """The dtype policy names of `layer` and of every layer nested in it."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    yield getattr(getattr(layer, "dtype_policy", None), "name", None)
+    for sublayer in getattr(layer, "layers", None) or ():
+        yield from _policy_names(sublayer, seen)
+
+
+def _float32_config(config):
+    """The config with every mixed dtype policy replaced by `"float32"`."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and _is_mixed(
+            (config.get("config") or {}).get("name")
+        ):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {
+            key: "float32" if key == "dtype" and _is_mixed(value) else _float32_config(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, (list, tuple)):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def mixed_precision_policy(model):
+    """The mixed precision policy of `model`'s layers (`"mixed_bfloat16"`, ...), or `None`."""
+    return next((name for name in _policy_names(model) if _is_mixed(name)), None)
+
+
+def float32_copy(model):
+    """A float32 copy of a mixed-precision model, with the same weights.
+
+    TFLite's builtin kernels have no bfloat16 (and few float16) versions, and
+    TF Serving clients send float32: an export of a `mixed_float16` or
+    `mixed_bfloat16` model is made from this copy. Mixed precision keeps its
+    variables in float32, so the weights are copied exactly; only the compute
+    dtype changes.
+
+    Args:
+        model: A `keras.Model` (a tfmetric training model or an embedder).
+
+    Returns:
+        `model` itself when it uses no mixed policy, else a new model of the
+        same architecture in float32 holding the same weights.
+
+    Raises:
+        ValueError: if the copy cannot be rebuilt from the model's config.
+
+    Example:
+
+    >>> import keras
+    >>> keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> keras.mixed_precision.set_global_policy("float32")
+    >>> copy = tfmetric.export.float32_copy(model)
+    >>> copy.layers[0].dtype_policy.name, copy.layers[0].compute_dtype
+    ('float32', 'float32')
+    >>> bool(np.all(copy.layers[0].kernel.numpy() == model.layers[0].kernel.numpy()))
+    True
+    """
+    policy = mixed_precision_policy(model)
+    if policy is None:
+        return model
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # for layers whose config has no dtype
+    try:
+        config = _float32_config(keras.saving.serialize_keras_object(model))
+        copy = keras.saving.deserialize_keras_object(config)
+        copy.set_weights(model.get_weights())
+    except Exception as error:  # Any rebuild failure: the message says what and why.
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"`model` {model.name!r} uses the {policy!r} policy; the export needs a float32 copy "
+            f"of it, which could not be rebuilt from its config ({type(error).__name__}: "
+            f"{reason}). Implement `get_config` for its custom layers, or rebuild it under the "
+            "float32 policy and load its weights before exporting."
+        ) from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return copy
 
 
 def resolve_embedder(model):

@@ -121,6 +121,11 @@ class ExportPlan:
         representative: Calibration inputs of the `int8` variant, or `None`.
         validation: The checked `ValidationData` of the parity report.
         parity: The `ParityOptions`.
+        trained_policy: The mixed precision policy the model was given in
+            (`"mixed_bfloat16"`, ...), or `None`. A mixed-precision model is
+            exported as a float32 copy with the same weights
+            (`tfmetric.export.float32_copy`): `model` and `embedder` are that
+            copy.
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class ExportPlan:
         representative,
         validation,
         parity,
+        trained_policy=None,
     ):
         self.name = name
         self.model = model
@@ -165,6 +171,7 @@ class ExportPlan:
         self.representative = representative
         self.validation = validation
         self.parity = parity
+        self.trained_policy = trained_policy
 
     @property
     def signature_names(self):
@@ -203,6 +210,7 @@ class ExportPlan:
                 "l2_normalize_in_export": bool(self.l2_normalize),
                 "output_l2_normalized": self.output_l2_normalized,
             },
+            "precision": {"trained": self.trained_policy or "float32", "exported": "float32"},
             "input": {
                 "name": "inputs",
                 "shape": [None, *self.input_shape],
@@ -239,11 +247,14 @@ def _embed(embedder, l2_normalize, inputs):
     return embeddings
 
 
-def _image_spec(argument, input_shape):
+def _image_spec(argument, input_shape, recorded_scaling):
     if argument is False:
         return None
     if argument is None:
-        return ImageSpec.for_input_shape(input_shape)
+        spec = ImageSpec.for_input_shape(input_shape)
+        if spec is not None and recorded_scaling is not None:
+            spec = ImageSpec(spec.height, spec.width, spec.channels, recorded_scaling)
+        return spec
     if not isinstance(argument, ImageSpec):
         raise TypeError(
             f"`image_spec` must be None, False or a tfmetric.export.ImageSpec; got {argument!r}."
@@ -291,11 +302,19 @@ def plan_export(
     """
     source_name = None
     loss = None
+    recorded_scaling = None
     if not isinstance(model, keras.Model):
         source_name = os.path.splitext(os.path.basename(os.fspath(model)))[0]
         path = model
         model = model_loading.load_keras_file(path)
         loss = model_loading.saved_loss(path)
+        recorded_scaling = model_loading.recorded_image_scaling(path)
+    elif getattr(model, "compiled", False):
+        loss = getattr(model, "loss", None)
+    # TFLite and TF Serving clients work in float32: a mixed-precision model is
+    # exported as a float32 copy with the same weights.
+    trained_policy = model_loading.mixed_precision_policy(model)
+    model = model_loading.float32_copy(model)
     embedder, input_shape, dim = model_loading.resolve_embedder(model)
     name = name if name is not None else (source_name or embedder.name)
     if distance is None:
@@ -304,7 +323,7 @@ def plan_export(
         distance, distance_source = distances_lib.get(distance), "argument"
     top_k = _check_top_k(top_k)
     l2_normalize = checks.check_bool(l2_normalize, "l2_normalize")
-    image_spec = _image_spec(image_spec, input_shape)
+    image_spec = _image_spec(image_spec, input_shape, recorded_scaling)
     tflite = TFLiteOptions.from_argument(tflite)
     parity = ParityOptions.from_argument(parity)
     siamese = model_loading.is_siamese(model)
@@ -363,4 +382,5 @@ def plan_export(
         representative=representative,
         validation=validation,
         parity=parity,
+        trained_policy=trained_policy,
     )

@@ -20,6 +20,7 @@ Serving use it without tfmetric. Signatures (those the plan lists):
 
 import json
 import os
+import shutil
 import tempfile
 
 import keras
@@ -27,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import topk
+from tfmetric._src import files, topk
 
 __all__ = ["METADATA_FILENAME", "exact_search", "save_embedder", "write_saved_model"]
 
@@ -183,11 +184,14 @@ def save_embedder(
     """Writes a SavedModel of `embedder` to `path` and returns its signature names.
 
     Lower-level than `tfmetric.export.export_for_serving` (no versioning, no
-    warm-up, no TFLite, no parity, not atomic): use it to place a SavedModel
-    yourself.
+    warm-up, no TFLite, no parity): use it to place a SavedModel yourself. Like
+    every export, it never replaces what is there: the SavedModel is written
+    into a temporary directory beside `path` and renamed to `path` when
+    complete, so an interrupted call leaves no partial SavedModel.
 
     Args:
-        path: Directory to write (created; must not hold a SavedModel).
+        path: Directory to write: absent or empty (a SavedModel or any other
+            file already there is refused with a `ValueError`).
         embedder: Keras model mapping one float input to `(batch, dim)`.
         input_shape: The input shape without the batch; must be the
             embedder's (its default).
@@ -205,6 +209,11 @@ def save_embedder(
     Returns:
         The list of signature names.
 
+    Raises:
+        ValueError: if `path` is a file or a non-empty directory (a
+            SavedModel already there is never overwritten), or cannot be
+            created.
+
     Example:
 
     >>> import keras, os, tempfile
@@ -214,6 +223,19 @@ def save_embedder(
     ['serving_default']
     """
     from tfmetric.export.plan import plan_export
+
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.listdir(path):
+        what = "a SavedModel" if os.path.exists(os.path.join(path, "saved_model.pb")) else "files"
+        raise ValueError(
+            f"`path` {path!r} already holds {what}; give an absent or empty directory (a "
+            "SavedModel is never overwritten)."
+        )
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"`path` {path!r} exists and is not a directory.")
+    problem = files.directory_problem(path)
+    if problem is not None:
+        raise ValueError(f"`path` {path!r} cannot be written: {problem}.")
 
     if input_shape is not None:
         shape = tuple(embedder.inputs[0].shape[1:])
@@ -228,5 +250,12 @@ def save_embedder(
         l2_normalize=l2_normalize,
         verify=False,
     )
-    write_saved_model(plan, path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    scratch = files.make_temporary_directory(parent)
+    try:
+        write_saved_model(plan, scratch)
+        files.publish_directory(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return plan.signature_names

@@ -23,6 +23,7 @@ removed by the next export.
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +36,15 @@ from tfmetric.export.plan import plan_export
 __all__ = ["ExportResult", "export_for_serving", "next_version"]
 
 MODELS_CONFIG = "models.config"
+MODELS_CONFIG_HEADER = (
+    "# Written by tfmetric.export: rewritten by every export into this directory.\n"
+    "# Delete these two lines to keep your edits: tfmetric then leaves the file as it is.\n"
+)
+# `models.config` as tfmetric wrote it before the header existed.
+_UNMARKED_OWN_CONFIG = re.compile(
+    r'model_config_list \{\n(  config \{\n    name: "[^"\n]*"\n    base_path: "[^"\n]*"\n'
+    r'    model_platform: "tensorflow"\n  \}\n)*\}\n\Z'
+)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -76,10 +86,13 @@ def _is_serving_base(path):
 
 def _check_output(output_dir, name):
     """Raises unless `output_dir` is absent, empty or a TF Serving models directory."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"`output` {output_dir!r} exists and is not a directory.")
+    problem = files.directory_problem(output_dir)
+    if problem is not None:
+        raise ValueError(f"`output` {output_dir!r} cannot be written: {problem}.")
     if not os.path.exists(output_dir):
         return
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"`output` {output_dir!r} exists and is not a directory.")
     entries = os.listdir(output_dir)
     if entries and all(_is_version(e) for e in entries):
         raise ValueError(
@@ -127,8 +140,21 @@ def _publish(tmp_dir, base_dir):
         return version, target
 
 
+def _is_own_models_config(text):
+    """Whether `models.config` text was written by tfmetric and not edited since."""
+    return text.startswith(MODELS_CONFIG_HEADER.splitlines()[0]) or bool(
+        _UNMARKED_OWN_CONFIG.match(text)
+    )
+
+
 def write_models_config(output_dir, serving_base_path="/models"):
     """Writes `models.config` listing every model base in `output_dir` (atomically).
+
+    The file starts with a header comment saying tfmetric wrote it. A file
+    with that header (or exactly as earlier tfmetric versions wrote it) is
+    rewritten; any other `models.config` is the user's (a version policy,
+    models elsewhere) and is left untouched: if it does not list a model base
+    of `output_dir`, a `UserWarning` names the missing ones.
 
     Args:
         output_dir: The directory holding the model bases.
@@ -144,16 +170,33 @@ def write_models_config(output_dir, serving_base_path="/models"):
         if _is_serving_base(os.path.join(output_dir, entry))
         and any(_is_version(v) for v in os.listdir(os.path.join(output_dir, entry)))
     )
+    base = serving_base_path.rstrip("/")
+    path = os.path.join(output_dir, MODELS_CONFIG)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if not _is_own_models_config(text):
+            listed = set(re.findall(r'\bname\s*:\s*"([^"]*)"', text))
+            missing = [name for name in names if name not in listed]
+            if missing:
+                warnings.warn(
+                    f"{path} was not written by tfmetric (no {MODELS_CONFIG_HEADER.split(':')[0]!r} "
+                    f"header), so it was left as it is, but it does not list {missing}: add a "
+                    f"config entry for each (base_path \"{base}/<name>\"), or delete the file to "
+                    "have tfmetric write it.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            return path
     configs = "".join(
         "  config {\n"
         f'    name: "{name}"\n'
-        f'    base_path: "{serving_base_path.rstrip("/")}/{name}"\n'
+        f'    base_path: "{base}/{name}"\n'
         '    model_platform: "tensorflow"\n'
         "  }\n"
         for name in names
     )
-    path = os.path.join(output_dir, MODELS_CONFIG)
-    files.write_text(path, f"model_config_list {{\n{configs}}}\n")
+    files.write_text(path, f"{MODELS_CONFIG_HEADER}model_config_list {{\n{configs}}}\n")
     return path
 
 
@@ -179,7 +222,8 @@ def export_for_serving(
     (`plan_export`: all input is checked before anything is written), then
     writes `output_dir/name/<version>/` (the SavedModel with warm-up requests
     and metadata), the TFLite files and a parity report inside it, and
-    refreshes `output_dir/models.config`.
+    refreshes `output_dir/models.config` (unless the user edited it: see
+    `write_models_config`).
 
     Args:
         model: A `keras.Model` or the path of a `.keras` file; a model with an
@@ -196,8 +240,11 @@ def export_for_serving(
             the model's `distance`), else `"cosine"`.
         l2_normalize: L2-normalise the exported embeddings. Defaults to `False`.
         image_spec: The `tfmetric.export.ImageSpec` of the `*_images`
-            signatures; `None` derives it from an image model's input shape
-            (scaling `"unit"`); `False` leaves them out.
+            signatures (used as given); `None` derives it from an image
+            model's input shape, with the scaling recorded in the `.keras`
+            file (`tfmetric.export.record_image_scaling`: the main job's
+            models take 0..255 pixels, `"raw"`), else `"unit"`; `False`
+            leaves them out.
         gallery: `None`, an `.npz` path, a dict or a `tfmetric.export.Gallery`
             with `embeddings` (or `inputs`) and optional `ids` and integer
             `labels`; adds the `retrieve` signatures.

@@ -85,7 +85,14 @@ class ValidationData:
                 raise ValueError("`validation` file has no `inputs` array.")
         if isinstance(source, dict):
             pairs = None
-            if any(key in source for key in ("x1", "x2", "same")):
+            given = [key for key in ("x1", "x2", "same") if key in source]
+            if given:
+                missing = [key for key in ("x1", "x2", "same") if key not in source]
+                if missing:
+                    raise ValueError(
+                        f"`validation` pairs need `x1`, `x2` and `same`; got {given}, "
+                        f"missing {missing}."
+                    )
                 pairs = tuple(source[key] for key in ("x1", "x2", "same"))
             if "inputs" not in source:
                 raise ValueError("`validation` must hold an `inputs` array.")

@@ -132,6 +132,9 @@ def _direction(kind, model, distance, same, scores):
         return (
             distances_lib.SIMILARITY if larger_match else distances_lib.DISSIMILARITY
         ), "validation pairs"
+    if kind == "siamese_distance":
+        # The score is the model's own distance: the export's `distance` has no say in it.
+        return distances_lib.get(model.distance), "model"
     return distance, "distance"
 
 
