@@ -159,6 +159,16 @@ def test_out_of_range_labels_raise(name):
 
 
 @pytest.mark.parametrize("name", HEADS)
+def test_string_and_huge_labels_are_named_errors_on_every_backend(name):
+    head = HEADS[name]()
+    with pytest.raises(ValueError, match="`labels` must hold integer class labels.*strings"):
+        head(_embeddings(), np.array(["a", "b", "c", "d", "a", "b"]))
+    # 2**32 would be 0 once truncated to int32 (JAX without x64): never a valid class.
+    with pytest.raises(ValueError, match="`labels`"):
+        head(_embeddings(), np.array([0, 1, 2, 3, 0, 2**32], "int64"))
+
+
+@pytest.mark.parametrize("name", HEADS)
 def test_head_contract_one_value_per_sample_and_matching_batches(name):
     head = HEADS[name]()
     assert tuple(head(_embeddings(), LABELS).shape) == (len(LABELS),)

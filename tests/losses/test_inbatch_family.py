@@ -164,6 +164,43 @@ def test_large_integer_labels_stay_exact(cls, fn, kwargs):
     np.testing.assert_allclose(float(cls()(labels, x)), expected, rtol=1e-6)
 
 
+def _truncates_int64():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
+
+
+@CLASSES
+def test_labels_beyond_int32_never_merge(cls, fn, kwargs):
+    # 2**32 + 5 and 5 agree in their low 32 bits (JAX without x64 keeps only those).
+    labels = np.array([2**32 + 5, 2**32 + 5, 5, 5, 2**33], dtype="int64")
+    x = np.random.default_rng(7).normal(size=(5, 3)).astype("float32")
+    expected = float(np.mean(keras.ops.convert_to_numpy(fn(np.array([0, 0, 1, 1, 2]), x))))
+    np.testing.assert_allclose(float(cls()(labels, x)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(cls()(labels[:, None], x)), expected, rtol=1e-6)
+    if _truncates_int64():
+        with pytest.raises(ValueError, match="`labels` holds labels beyond int32"):
+            fn(labels, x)
+    else:
+        values = keras.ops.convert_to_numpy(fn(labels, x))
+        np.testing.assert_allclose(np.mean(values), expected, rtol=1e-6)
+
+
+@CLASSES
+def test_float64_labels_up_to_2_53_and_string_labels(cls, fn, kwargs):
+    x = np.random.default_rng(8).normal(size=(4, 3)).astype("float32")
+    expected = float(np.mean(keras.ops.convert_to_numpy(fn(np.array([0, 0, 1, 1]), x))))
+    labels = np.array([2.0**30, 2.0**30, 2.0**30 + 1, 2.0**30 + 1])  # beyond float32's 2**24
+    np.testing.assert_allclose(float(cls()(labels, x)), expected, rtol=1e-6)
+    strings = np.array(["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match="`y_true` must hold integer class labels.*strings"):
+        cls()(strings, x)
+    with pytest.raises(ValueError, match="`labels` must hold integer class labels.*strings"):
+        fn(strings, x)
+
+
 @pytest.mark.tf_only  # inspects the TensorFlow graph
 @CLASSES
 def test_memory_is_quadratic_forward_and_backward(cls, fn, kwargs):

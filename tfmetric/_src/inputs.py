@@ -35,6 +35,11 @@ def _is_float(dtype):
 
 
 def _label_dtype_error(name, dtype):
+    if getattr(dtype, "kind", "") in "USO":
+        return ValueError(
+            f"`{name}` must hold integer class labels; got dtype {dtype} (strings or objects). "
+            "Map them to integers (e.g. `np.unique(labels, return_inverse=True)[1]`)."
+        )
     return ValueError(
         f"`{name}` must hold integer class labels; got dtype {dtype}. "
         "Cast them to int (e.g. `labels.astype('int64')`)."
@@ -69,6 +74,60 @@ def _check_float_label_values(name, values, dtype):
         )
 
 
+def _truncates_int64():
+    """Whether the backend turns host int64 values into int32 tensors (JAX without x64)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
+
+
+def check_host_labels(labels, name="labels", renumber=False):
+    """Checks labels given as host values (arrays, lists) before any backend converts them.
+
+    Tensors are returned as they are (`check_labels` checks them). Host
+    values are checked where the backend's conversion would lose what the
+    check needs: a non-numeric dtype (strings) raises the label dtype error on
+    every backend, float labels are checked in their own precision (float64
+    holds integers up to 2**53) and returned as int64, and integers beyond
+    int32 raise where the backend would truncate them to int32 (JAX without
+    `jax_enable_x64`: `2**32 + 5` would become `5` and merge two classes).
+
+    Args:
+        labels: Labels as given by the user.
+        name: The argument's name, used in error messages.
+        renumber: Where only label equality within these labels matters (a
+            loss called on a batch), integers beyond int32 are renumbered
+            (`np.unique`'s inverse) instead of raising. Defaults to `False`.
+
+    Raises:
+        ValueError: naming `name`, as above.
+    """
+    if ops.is_tensor(labels) or isinstance(labels, (keras.KerasTensor, keras.Variable)):
+        return labels
+    values = np.asarray(labels)
+    if values.dtype == bool or values.dtype.kind not in "iuf":
+        raise _label_dtype_error(name, values.dtype)
+    if values.dtype.kind == "f":
+        if values.size:
+            _check_float_label_values(name, values, values.dtype.name)
+        values = values.astype(np.int64)
+    if values.size and _truncates_int64():
+        info = np.iinfo(np.int32)
+        outside = (values < info.min) | (values > info.max)
+        if np.any(outside) and renumber:
+            return np.unique(values, return_inverse=True)[1].reshape(values.shape).astype("int32")
+        if np.any(outside):
+            raise ValueError(
+                f"`{name}` holds labels beyond int32, such as {values[outside].flat[0]}: JAX "
+                "without `jax_enable_x64` truncates them to int32, which can merge classes. "
+                "Renumber the classes (e.g. `np.unique(labels, return_inverse=True)[1]`) or "
+                "enable 64-bit types."
+            )
+    return values
+
+
 def check_labels(labels, name="labels", size=None, size_name="embeddings"):
     """Validates class labels as a tensor; returns int32/int64 labels of shape `(n,)`.
 
@@ -83,7 +142,7 @@ def check_labels(labels, name="labels", size=None, size_name="embeddings"):
         ValueError: naming `name` for another dtype, a non-integer value
             (checked where values are known), a wrong shape or length.
     """
-    labels = ops.convert_to_tensor(labels)
+    labels = ops.convert_to_tensor(check_host_labels(labels, name))
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if _is_float(dtype):
         values = static_value(labels)

@@ -97,6 +97,12 @@ class ProxyHead(keras.layers.Layer):
             cosine = ops.max(ops.reshape(cosine, (-1, self.num_classes, self.centers)), axis=2)
         return ops.clip(cosine, -1.0, 1.0)
 
+    def __call__(self, embeddings, labels, *args, **kwargs):
+        # Labels given as host values are checked before Keras converts them
+        # (strings would fail inside the backend, large integers be truncated).
+        labels = inputs.check_host_labels(labels, "labels")
+        return super().__call__(embeddings, labels, *args, **kwargs)
+
     def call(self, embeddings, labels):
         embeddings, one_hot = self._prepare(embeddings, labels)
         return self.loss_from_cosine(self.similarities(embeddings), one_hot)

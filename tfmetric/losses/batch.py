@@ -79,6 +79,8 @@ class InBatchLoss(keras.losses.Loss):
         self.cross_replica = validation.check_bool(cross_replica, "cross_replica")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        # Host labels beyond int32 under JAX: renumbered (only equality matters here).
+        y_true = inputs.check_host_labels(y_true, LOSS_INPUT_NAMES[0], renumber=True)
         if distribute.in_cross_replica_build():
             # Keras' build under a strategy passes the replica-mean of the labels.
             y_true = ops.cast(ops.convert_to_tensor(y_true), "int32")

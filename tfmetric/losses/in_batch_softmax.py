@@ -224,6 +224,7 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         logits = _check_logits(y_pred)
+        y_true = inputs.check_host_labels(y_true, "y_true", renumber=True)
         ids = _check_vector(y_true, "y_true", logits.shape[0], integer=True)
         # Ids in [0, B) survive Keras' cast of y_true to float32 exactly.
         return super().__call__(inputs.first_occurrence_ids(ids), y_pred, sample_weight)

@@ -186,6 +186,7 @@ class LabelLoss(AddonsLoss):
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = inputs.check_host_labels(y_true, "y_true", renumber=True)
         labels, _ = batch.prepare_labels_and_embeddings(y_true, y_pred, batch.LOSS_INPUT_NAMES)
         return super().__call__(inputs.first_occurrence_ids(labels), y_pred, sample_weight)
 
