@@ -154,3 +154,14 @@ def test_paired_matches_definition_row_by_row(distance):
     np.testing.assert_allclose(distance.paired(x, y), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="number of rows"):
         distance.paired(x, y[:3])
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_beyond_float32_range_is_named(name):
+    # Finite in float64, Inf after the cast to float32: checked after the cast (it gave NaN).
+    x = np.array([[1e40], [0.0]])
+    with pytest.raises(ValueError, match=r"`x` holds values beyond float32's range"):
+        distances.get(name)(x)
+    with pytest.raises(ValueError, match=r"`y` holds values beyond float32's range"):
+        distances.get(name).paired(x[1:], x[:1])
+    with pytest.raises(ValueError, match="`x` contains NaN or infinite"):
+        distances.get(name)(np.array([[np.inf], [0.0]]))

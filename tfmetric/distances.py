@@ -75,10 +75,18 @@ def _prepare(x, name):
         raise ValueError(
             f"`{name}` must have at least one feature; got shape {tuple(x.shape)}."
         )
-    values = inputs.static_value(x)
+    # Checked after the cast: a finite float64 beyond float32's range becomes Inf there.
+    cast = ops.cast(x, "float32")
+    values = inputs.static_value(cast)
     if values is not None and not np.all(np.isfinite(values)):
+        original = inputs.static_value(x) if dtype != "float32" else values
+        if original is not None and np.all(np.isfinite(original)):
+            raise ValueError(
+                f"`{name}` holds values beyond float32's range (|x| > 3.4e38), in which "
+                "distances are computed; rescale the embeddings."
+            )
         raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return ops.cast(x, "float32")
+    return cast
 
 
 def _joint_scale(x, y):
