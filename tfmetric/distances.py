@@ -495,8 +495,20 @@ def _minkowski(x, y, p):
 
             def body(i, peak, total):
                 diff = abs_diff(xs[i], ys[i])
-                new_peak = ops.maximum(peak, ops.max(diff, axis=0))
+                block_peak = ops.max(diff, axis=0)
+                new_peak = ops.maximum(peak, block_peak)
                 if chebyshev:
+                    # `total` counts the coordinates that attain the largest difference so far:
+                    # the gradient shares the upstream value among them, as `ops.max`'s does.
+                    ties = ops.sum(
+                        ops.cast(ops.equal(diff, ops.expand_dims(block_peak, 0)), "float32"),
+                        axis=0,
+                    )
+                    total = ops.where(
+                        ops.greater(block_peak, peak),
+                        ties,
+                        ops.where(ops.equal(block_peak, peak), total + ties, total),
+                    )
                     return i + 1, new_peak, total
                 _, divisor = safe(new_peak)
                 total = total * ops.power(peak / divisor, p) + ops.sum(
@@ -512,6 +524,7 @@ def _minkowski(x, y, p):
         elif chebyshev:
             # An XLA max ignores NaN: NaN inputs are put back explicitly.
             out = ops.where(_nan_pairs(x, y), float("nan"), peak)
+            ties = ops.maximum(total, 1.0)
         else:
             positive, _ = safe(total)
             # total lies in [1, d] where peak > 0 (the largest ratio is 1).
@@ -521,7 +534,8 @@ def _minkowski(x, y, p):
             if upstream is None:
                 (upstream,) = args
             # d out_ij / d x_ik = sign(x_ik - y_jk) (|x_ik - y_jk| / out_ij)^(p-1), a ratio in
-            # [0, 1]; for p = inf, sign(x_ik - y_jk) where |x_ik - y_jk| is the largest difference.
+            # [0, 1]; for p = inf, sign(x_ik - y_jk) / (number of ties) where |x_ik - y_jk| is the
+            # largest difference (a subgradient: the mean of the tied coordinates' gradients).
             positive, divisor = safe(out)
             h = ops.where(positive, upstream, 0.0)
 
@@ -530,7 +544,11 @@ def _minkowski(x, y, p):
                 diff = ops.expand_dims(xb, 2) - ops.expand_dims(yb, 1)
                 g = ops.sign(diff) * ops.expand_dims(h, 0)
                 if chebyshev:
-                    g = ops.where(ops.equal(ops.abs(diff), ops.expand_dims(out, 0)), g, 0.0)
+                    g = ops.where(
+                        ops.equal(ops.abs(diff), ops.expand_dims(out, 0)),
+                        g / ops.expand_dims(ties, 0),
+                        0.0,
+                    )
                 elif p != 1:
                     g = g * ops.power(ops.abs(diff) / ops.expand_dims(divisor, 0), p - 1.0)
                 return ops.sum(g, axis=2), -ops.sum(g, axis=1)
