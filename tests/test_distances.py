@@ -235,3 +235,16 @@ def test_chebyshev_matrix_gradient_matches_paired_on_many_ties(block_elements, m
     # Reference from the definition: sign(x - y) / (number of ties) on the tied coordinates.
     expected = np.where(ties, np.sign(x - y), 0.0) / ties.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(gx, expected, atol=1e-6)
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        {"class_name": "Minkowski", "config": {"q": 3}},
+        {"class_name": "Jaccard", "config": {"weighted": False, "extra": 1}},
+        {"class_name": "FittedMahalanobis", "config": {}},
+        {"class_name": "Euclidean", "config": [1, 2]},
+    ],
+)
+def test_get_rejects_malformed_config_with_value_error(identifier):
+    with pytest.raises(ValueError, match="Cannot build a `distance`"):
+        distances.get(identifier)

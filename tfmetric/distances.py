@@ -920,7 +920,18 @@ def get(identifier):
     if isinstance(identifier, dict):
         class_name = identifier.get("class_name")
         if class_name in _BY_CLASS_NAME:
-            return _BY_CLASS_NAME[class_name].from_config(identifier.get("config") or {})
+            config = identifier.get("config") or {}
+            if not isinstance(config, dict):
+                raise ValueError(
+                    f"Cannot build a `distance` from {identifier!r}: its 'config' must be a dict "
+                    f"of arguments; got {config!r}."
+                )
+            try:
+                return _BY_CLASS_NAME[class_name].from_config(config)
+            except TypeError as error:  # unknown or missing arguments
+                raise ValueError(
+                    f"Cannot build a `distance` from {identifier!r}: {error}"
+                ) from None
         try:
             obj = keras.saving.deserialize_keras_object(identifier)
         except Exception as error:
