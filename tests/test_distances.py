@@ -156,6 +156,7 @@ def test_paired_matches_definition_row_by_row(distance):
     with pytest.raises(ValueError, match="number of rows"):
         distance.paired(x, y[:3])
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_beyond_float32_range_is_named(name):
     # Finite in float64, Inf after the cast to float32: checked after the cast (it gave NaN).
@@ -166,6 +167,7 @@ def test_float64_beyond_float32_range_is_named(name):
         distances.get(name).paired(x[1:], x[:1])
     with pytest.raises(ValueError, match="`x` contains NaN or infinite"):
         distances.get(name)(np.array([[np.inf], [0.0]]))
+
 
 def _chebyshev_value_and_grads(x, y):
     chebyshev = distances.Minkowski(float("inf"))
@@ -236,6 +238,7 @@ def test_chebyshev_matrix_gradient_matches_paired_on_many_ties(block_elements, m
     expected = np.where(ties, np.sign(x - y), 0.0) / ties.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(gx, expected, atol=1e-6)
 
+
 @pytest.mark.parametrize(
     "identifier",
     [
@@ -248,3 +251,18 @@ def test_chebyshev_matrix_gradient_matches_paired_on_many_ties(block_elements, m
 def test_get_rejects_malformed_config_with_value_error(identifier):
     with pytest.raises(ValueError, match="Cannot build a `distance`"):
         distances.get(identifier)
+
+
+@pytest.mark.parametrize("scale", [1e-19, 1e-17, 1.0, 1e18])
+def test_squared_euclidean_and_inner_product_ranges_in_the_docs(scale):
+    # docs/validation.md: squared euclidean about 1e-19 to 1e19, inner product about 1e-17
+    # to 1e19 (a plain matrix product, whose entry products flush to zero below that).
+    x, y = (a.astype(np.float64) for a in _data(n=8, m=6, d=8, seed=4))
+    x, y = x * scale, y * scale
+    squared = np.asarray(distances.SquaredEuclidean()(x, y), np.float64)
+    expected = pairwise(x, y, "squared_euclidean")
+    np.testing.assert_allclose(squared, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if scale >= 1e-17:
+        inner = np.asarray(distances.InnerProduct()(x, y), np.float64)
+        expected = x @ y.T
+        np.testing.assert_allclose(inner, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

@@ -19,7 +19,9 @@ All distances:
   coordinate difference), so values are correct for embeddings from 1e-30 to
   1e30, not only where `||x||²` fits in float32. Squared euclidean distances
   and inner products are themselves squares of such magnitudes: they overflow
-  to Inf past about 1e19, as their true values do;
+  to Inf past about 1e19, as their true values do, and underflow to 0 below
+  about 1e-19 (inner products, a plain matrix product, lose accuracy below
+  about 1e-17, where products of single entries are flushed to zero);
 - check their inputs: a wrong rank, a non-numeric dtype, no features, or
   (in eager calls) a NaN/Inf value raise a `ValueError`/`TypeError` naming
   `x` or `y`. Inside a traced or XLA-compiled function values are unknown:
