@@ -113,6 +113,37 @@ def test_functional_losses_validate_like_the_classes():
     _raises(lambda: tfmetric.losses.triplet_loss(LAB, EMB, mining="x"), "mining")
 
 
+MARGIN_FUNCTIONS = {
+    "triplet_loss": lambda margin: tfmetric.losses.triplet_loss(LAB, EMB, margin=margin),
+    "pair_contrastive_loss": lambda margin: tfmetric.losses.pair_contrastive_loss(
+        np.array([1, 0]), np.array([0.5, 0.2]), margin=margin
+    ),
+    "triplet_margin_loss": lambda margin: tfmetric.losses.triplet_margin_loss(
+        EMB[:6].reshape(2, 3, 4), margin=margin
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MARGIN_FUNCTIONS))
+def test_functional_margins_are_numbers_or_tensors(name):
+    # A string reached TensorFlow's Cast ("Cast string to float is not supported").
+    loss = MARGIN_FUNCTIONS[name]
+    for bad in ("0.2", None, [0.2], np.array("0.2"), np.array([0.2, 0.3]), True):
+        with pytest.raises(ValueError, match="`margin` must be a number"):
+            loss(bad)
+    with pytest.raises(ValueError, match="`margin` must be a number"):
+        loss(object())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with pytest.raises(ValueError, match="`margin` must be a number"):
+            loss(tf.constant("0.2"))  # a string tensor
+    expected = np.asarray(loss(0.2))
+    for good in (np.float32(0.2), np.array(0.2), keras.ops.convert_to_tensor(0.2)):
+        np.testing.assert_allclose(loss(good), expected, rtol=1e-6)
+    np.testing.assert_allclose(loss(keras.Variable(0.2)), expected, rtol=1e-6)
+
+
 def test_pair_and_triplet_margin_losses():
     _raises(lambda: tfmetric.losses.PairContrastiveLoss(margin=-1), "margin")
     _raises(lambda: tfmetric.losses.TripletMarginLoss(margin=-1), "margin")
