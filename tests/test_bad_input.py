@@ -144,6 +144,31 @@ def test_functional_margins_are_numbers_or_tensors(name):
     np.testing.assert_allclose(loss(keras.Variable(0.2)), expected, rtol=1e-6)
 
 
+BOOL_OPTIONS = [
+    (lambda v: tfmetric.losses.TripletLoss(soft_margin=v), "soft_margin"),
+    (lambda v: tfmetric.losses.triplet_loss(LAB, EMB, soft_margin=v), "soft_margin"),
+    (lambda v: tfmetric.losses.TripletMarginLoss(squared=v), "squared"),
+    (
+        lambda v: tfmetric.losses.triplet_margin_loss(EMB[:6].reshape(2, 3, 4), squared=v),
+        "squared",
+    ),
+    (lambda v: tfmetric.layers.ArcFace(3, easy_margin=v), "easy_margin"),
+    (lambda v: tfmetric.layers.SubCenterArcFace(3, easy_margin=v), "easy_margin"),
+    (lambda v: tfmetric.layers.Mahalanobis(squared=v), "squared"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BOOL_OPTIONS)))
+def test_bool_options_reject_truthy_values(index):
+    # bool("no") is True: these options silently switched on.
+    make, name = BOOL_OPTIONS[index]
+    for bad in ("no", 1, None, np.array([True])):
+        with pytest.raises(TypeError, match=f"`{name}` must be a bool"):
+            make(bad)
+    for good in (True, False):
+        make(good)
+
+
 def test_pair_and_triplet_margin_losses():
     _raises(lambda: tfmetric.losses.PairContrastiveLoss(margin=-1), "margin")
     _raises(lambda: tfmetric.losses.TripletMarginLoss(margin=-1), "margin")

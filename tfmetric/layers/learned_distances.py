@@ -167,7 +167,7 @@ class Mahalanobis(LearnedDistanceLayer):
     def __init__(self, units=None, squared=False, **kwargs):
         super().__init__(**kwargs)
         self.units = None if units is None else validation.check_int(units, "units", 1)
-        self.squared = bool(squared)
+        self.squared = validation.check_bool(squared, "squared")
         self.kernel = None
 
     def build(self, input_shape):

@@ -69,6 +69,7 @@ def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=Fa
         BMVC 2016.
     """
     margin = margin_value(margin)
+    squared = validation.check_bool(squared, "squared")
     distance = distances_lib.get(distance)
     anchor, positive, negative = _split_triplets(embeddings)
     d_ap = distance.paired(anchor, positive)
@@ -124,7 +125,7 @@ class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = validation.check_number(margin, "margin")
         self.distance = distances_lib.get(distance)
-        self.squared = bool(squared)
+        self.squared = validation.check_bool(squared, "squared")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
