@@ -175,6 +175,50 @@ def test_pair_and_triplet_margin_losses():
     _raises(lambda: tfmetric.losses.PairContrastiveLoss()(np.ones(4), np.ones((4, 3))), "y_pred")
 
 
+EMPTY_BATCHES = {
+    # Each returned an empty tensor of shape (0,) instead of a loss or an error.
+    "PairContrastiveLoss": (
+        lambda: tfmetric.losses.PairContrastiveLoss()(np.zeros(0), np.zeros(0)),
+        "`y_pred` is empty",
+    ),
+    "pair_contrastive_loss": (
+        lambda: tfmetric.losses.pair_contrastive_loss(np.zeros(0), np.zeros(0)),
+        "`distances` is empty",
+    ),
+    "TripletMarginLoss": (
+        lambda: tfmetric.losses.TripletMarginLoss()(None, np.zeros((0, 3, 4))),
+        "`y_pred` is empty",
+    ),
+    "triplet_margin_loss": (
+        lambda: tfmetric.losses.triplet_margin_loss(np.zeros((0, 3, 4))),
+        "`y_pred` is empty",
+    ),
+    "triplet_margin_loss_no_features": (
+        lambda: tfmetric.losses.triplet_margin_loss(np.zeros((2, 3, 0))),
+        "`y_pred` must have at least one feature",
+    ),
+    "Mahalanobis": (
+        lambda: tfmetric.layers.Mahalanobis()(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+    "WeightedL1": (
+        lambda: tfmetric.layers.WeightedL1()(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+    "WeightedL1.logits": (
+        lambda: tfmetric.layers.WeightedL1().logits(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_BATCHES))
+def test_empty_batches_of_pair_and_triplet_losses_and_scorers(name):
+    call, message = EMPTY_BATCHES[name]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 @pytest.mark.parametrize("cls", HEADS, ids=lambda cls: cls.__name__)
 def test_head_arguments_and_calls(cls):
     for bad in (0, 1, 2.5, "3", None):

@@ -29,8 +29,8 @@ __all__ = ["LearnedDistance", "Mahalanobis", "WeightedL1"]
 
 
 def _check_pair(x1, x2):
-    x1 = inputs.check_embeddings(x1, "x1")
-    x2 = inputs.check_embeddings(x2, "x2")
+    x1 = inputs.check_embeddings(x1, "x1", allow_empty=False)
+    x2 = inputs.check_embeddings(x2, "x2", allow_empty=False)
     for axis, what in ((0, "batch size"), (1, "embedding size")):
         a, b = x1.shape[axis], x2.shape[axis]
         if a is not None and b is not None and a != b:

@@ -28,6 +28,12 @@ def _split_triplets(embeddings):
     dtype = keras.backend.standardize_dtype(embeddings.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {dtype}.")
+    if embeddings.shape[0] == 0:
+        raise ValueError("`y_pred` is empty (batch size 0); it needs triplets.")
+    if embeddings.shape[2] == 0:
+        raise ValueError(
+            f"`y_pred` must have at least one feature; got shape {tuple(embeddings.shape)}."
+        )
     values = inputs.static_value(embeddings)
     if values is not None and not np.all(np.isfinite(values)):
         raise ValueError("`y_pred` contains NaN or infinite values.")
