@@ -64,6 +64,7 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 def _prepare(x, name):
+    raw = x
     x = ops.convert_to_tensor(x)
     if len(x.shape) != 2:
         raise ValueError(
@@ -81,7 +82,10 @@ def _prepare(x, name):
     cast = ops.cast(x, "float32")
     values = inputs.static_value(cast)
     if values is not None and not np.all(np.isfinite(values)):
-        original = inputs.static_value(x) if dtype != "float32" else values
+        # The values as given (JAX converts a float64 array to float32 on the way in).
+        original = np.asarray(raw) if isinstance(raw, (np.ndarray, list, tuple)) else None
+        if original is None or not np.issubdtype(original.dtype, np.number):
+            original = inputs.static_value(x) if dtype != "float32" else values
         if original is not None and np.all(np.isfinite(original)):
             raise ValueError(
                 f"`{name}` holds values beyond float32's range (|x| > 3.4e38), in which "

@@ -142,7 +142,6 @@ def test_clip_loss_checks_its_embeddings():
         (lambda: tfmetric.losses.clip_loss(q, np.where(nan == nan, q, np.inf)), "candidate_emb"),
         (lambda: tfmetric.losses.clip_loss(q[:, :0], q[:, :0]), "query_embeddings"),
         (lambda: tfmetric.losses.clip_loss(q, q[:, :2]), "embedding size"),
-        (lambda: tfmetric.losses.clip_loss(q.astype(str), q), "query_embeddings"),
         (lambda: tfmetric.losses.clip_loss(q[0], q), "query_embeddings"),
         (lambda: tfmetric.losses.clip_loss(q[:0], q[:0]), "empty"),
     ]
@@ -152,6 +151,7 @@ def test_clip_loss_checks_its_embeddings():
 
 
 def test_in_batch_softmax_rejects_nan_and_inf_values():
+    q = RNG.normal(size=(4, 3)).astype("float32")
     with pytest.raises(ValueError, match="`logits` contains NaN"):
         tfmetric.losses.in_batch_softmax_loss(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="`logits` contains NaN"):
@@ -160,9 +160,12 @@ def test_in_batch_softmax_rejects_nan_and_inf_values():
         tfmetric.losses.in_batch_softmax_loss(
             np.ones((2, 2)), candidate_log_probability=np.array([0.0, -np.inf])
         )
-    with pytest.raises(ValueError, match="candidate_log_probability"):
-        tfmetric.losses.in_batch_softmax_loss(
-            np.ones((2, 2)), candidate_log_probability=np.array(["a", "b"])
-        )
+    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
+        with pytest.raises(ValueError, match="candidate_log_probability"):
+            tfmetric.losses.in_batch_softmax_loss(
+                np.ones((2, 2)), candidate_log_probability=np.array(["a", "b"])
+            )
+        with pytest.raises(ValueError, match="query_embeddings"):
+            tfmetric.losses.clip_loss(q.astype(str), q)
     with pytest.raises(ValueError, match="`logits` contains NaN"):
         tfmetric.losses.InBatchSoftmaxLoss()(np.arange(2), np.full((2, 2), np.nan))

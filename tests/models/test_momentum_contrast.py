@@ -197,12 +197,13 @@ def test_loss_checks_its_inputs():
         (lambda: loss(q[0], q[0], q), "`queries` must be 2-D"),
         (lambda: loss(q[:, :0], q[:, :0], q[:, :0]), "`queries` must have at least one feature"),
         (lambda: loss(q[:0], q[:0], q), "`queries` is empty"),
-        (lambda: loss(q.astype(str), q, q), "`queries` must be floating-point"),
         (lambda: loss(q, q, q, queue_valid=np.array([True, False])), "`queue_valid` has 2"),
         (lambda: loss(q, q, q, queue_valid=np.ones(4, "float32")), "`queue_valid` must be"),
         (lambda: loss(q, q, q, ids=np.arange(3), queue_ids=np.arange(4)), "`ids` has 3"),
         (lambda: loss(q, q, q, ids=np.arange(4), queue_ids=np.arange(5)), "`queue_ids` has 5"),
     ]
+    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
+        cases.append((lambda: loss(q.astype(str), q, q), "`queries` must be floating-point"))
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
