@@ -113,10 +113,110 @@ def test_functional_losses_validate_like_the_classes():
     _raises(lambda: tfmetric.losses.triplet_loss(LAB, EMB, mining="x"), "mining")
 
 
+MARGIN_FUNCTIONS = {
+    "triplet_loss": lambda margin: tfmetric.losses.triplet_loss(LAB, EMB, margin=margin),
+    "pair_contrastive_loss": lambda margin: tfmetric.losses.pair_contrastive_loss(
+        np.array([1, 0]), np.array([0.5, 0.2]), margin=margin
+    ),
+    "triplet_margin_loss": lambda margin: tfmetric.losses.triplet_margin_loss(
+        EMB[:6].reshape(2, 3, 4), margin=margin
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MARGIN_FUNCTIONS))
+def test_functional_margins_are_numbers_or_tensors(name):
+    # A string reached TensorFlow's Cast ("Cast string to float is not supported").
+    loss = MARGIN_FUNCTIONS[name]
+    for bad in ("0.2", None, [0.2], np.array("0.2"), np.array([0.2, 0.3]), True):
+        with pytest.raises(ValueError, match="`margin` must be a number"):
+            loss(bad)
+    with pytest.raises(ValueError, match="`margin` must be a number"):
+        loss(object())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with pytest.raises(ValueError, match="`margin` must be a number"):
+            loss(tf.constant("0.2"))  # a string tensor
+    expected = np.asarray(loss(0.2))
+    for good in (np.float32(0.2), np.array(0.2), keras.ops.convert_to_tensor(0.2)):
+        np.testing.assert_allclose(loss(good), expected, rtol=1e-6)
+    np.testing.assert_allclose(loss(keras.Variable(0.2)), expected, rtol=1e-6)
+
+
+BOOL_OPTIONS = [
+    (lambda v: tfmetric.losses.TripletLoss(soft_margin=v), "soft_margin"),
+    (lambda v: tfmetric.losses.triplet_loss(LAB, EMB, soft_margin=v), "soft_margin"),
+    (lambda v: tfmetric.losses.TripletMarginLoss(squared=v), "squared"),
+    (
+        lambda v: tfmetric.losses.triplet_margin_loss(EMB[:6].reshape(2, 3, 4), squared=v),
+        "squared",
+    ),
+    (lambda v: tfmetric.layers.ArcFace(3, easy_margin=v), "easy_margin"),
+    (lambda v: tfmetric.layers.SubCenterArcFace(3, easy_margin=v), "easy_margin"),
+    (lambda v: tfmetric.layers.Mahalanobis(squared=v), "squared"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BOOL_OPTIONS)))
+def test_bool_options_reject_truthy_values(index):
+    # bool("no") is True: these options silently switched on.
+    make, name = BOOL_OPTIONS[index]
+    for bad in ("no", 1, None, np.array([True])):
+        with pytest.raises(TypeError, match=f"`{name}` must be a bool"):
+            make(bad)
+    for good in (True, False):
+        make(good)
+
+
 def test_pair_and_triplet_margin_losses():
     _raises(lambda: tfmetric.losses.PairContrastiveLoss(margin=-1), "margin")
     _raises(lambda: tfmetric.losses.TripletMarginLoss(margin=-1), "margin")
     _raises(lambda: tfmetric.losses.PairContrastiveLoss()(np.ones(4), np.ones((4, 3))), "y_pred")
+
+
+EMPTY_BATCHES = {
+    # Each returned an empty tensor of shape (0,) instead of a loss or an error.
+    "PairContrastiveLoss": (
+        lambda: tfmetric.losses.PairContrastiveLoss()(np.zeros(0), np.zeros(0)),
+        "`y_pred` is empty",
+    ),
+    "pair_contrastive_loss": (
+        lambda: tfmetric.losses.pair_contrastive_loss(np.zeros(0), np.zeros(0)),
+        "`distances` is empty",
+    ),
+    "TripletMarginLoss": (
+        lambda: tfmetric.losses.TripletMarginLoss()(None, np.zeros((0, 3, 4))),
+        "`y_pred` is empty",
+    ),
+    "triplet_margin_loss": (
+        lambda: tfmetric.losses.triplet_margin_loss(np.zeros((0, 3, 4))),
+        "`y_pred` is empty",
+    ),
+    "triplet_margin_loss_no_features": (
+        lambda: tfmetric.losses.triplet_margin_loss(np.zeros((2, 3, 0))),
+        "`y_pred` must have at least one feature",
+    ),
+    "Mahalanobis": (
+        lambda: tfmetric.layers.Mahalanobis()(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+    "WeightedL1": (
+        lambda: tfmetric.layers.WeightedL1()(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+    "WeightedL1.logits": (
+        lambda: tfmetric.layers.WeightedL1().logits(np.zeros((0, 4)), np.zeros((0, 4))),
+        "`x1` is empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_BATCHES))
+def test_empty_batches_of_pair_and_triplet_losses_and_scorers(name):
+    call, message = EMPTY_BATCHES[name]
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 @pytest.mark.parametrize("cls", HEADS, ids=lambda cls: cls.__name__)

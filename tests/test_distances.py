@@ -141,6 +141,7 @@ def test_minkowski_memory_is_blockwise(monkeypatch):
         with tf.GradientTape() as tape:
             tape.watch([a, b])
             total = tf.reduce_sum(distances.Minkowski(3)(a, b)) + tf.reduce_sum(distances.Manhattan()(a, b))
+            total += tf.reduce_sum(distances.Minkowski(float("inf"))(a, b))  # counts its ties
         return tape.gradient(total, [a, b])
 
     assert largest_tensor_elements(step, x, y) <= 40 * 30
@@ -154,3 +155,114 @@ def test_paired_matches_definition_row_by_row(distance):
     np.testing.assert_allclose(distance.paired(x, y), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="number of rows"):
         distance.paired(x, y[:3])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_beyond_float32_range_is_named(name):
+    # Finite in float64, Inf after the cast to float32: checked after the cast (it gave NaN).
+    x = np.array([[1e40], [0.0]])
+    with pytest.raises(ValueError, match=r"`x` holds values beyond float32's range"):
+        distances.get(name)(x)
+    with pytest.raises(ValueError, match=r"`y` holds values beyond float32's range"):
+        distances.get(name).paired(x[1:], x[:1])
+    with pytest.raises(ValueError, match="`x` contains NaN or infinite"):
+        distances.get(name)(np.array([[np.inf], [0.0]]))
+
+
+def _chebyshev_value_and_grads(x, y):
+    chebyshev = distances.Minkowski(float("inf"))
+
+    def pairwise_sum(a, b):
+        return keras.ops.sum(chebyshev(a, b))
+
+    def paired_sum(a, b):
+        return keras.ops.sum(chebyshev.paired(a, b))
+
+    _, pairwise_grads = backend_ops.value_and_grad(pairwise_sum, x, y, argnums=(0, 1))
+    _, paired_grads = backend_ops.value_and_grad(paired_sum, x, y, argnums=(0, 1))
+    return pairwise_grads, paired_grads
+
+
+def test_chebyshev_gradient_on_ties_is_a_subgradient_matching_paired():
+    # |x - y| = [1, 1, 0.5]: two tied coordinates attain the maximum.
+    x = np.array([[1.0, 0.0, 0.5]], "float32")
+    y = np.array([[0.0, 1.0, 0.0]], "float32")
+    (gx, gy), (px, py) = _chebyshev_value_and_grads(x, y)
+    np.testing.assert_allclose(gx, [[0.5, -0.5, 0.0]], atol=1e-7)  # each tie shares the slope
+    np.testing.assert_allclose(gx, px, atol=1e-7)
+    np.testing.assert_allclose(gy, py, atol=1e-7)
+    np.testing.assert_allclose(gy, -gx, atol=1e-7)
+
+    # The directional derivative along u, which moves both tied coordinates alike, is
+    # max_k sign_k u_k over the ties = 1/sqrt(2): what the gradient predicts.
+    def chebyshev(a):
+        return np.max(np.abs(a.astype(np.float64) - y), axis=1).sum()
+
+    u = np.array([[1.0, -1.0, 0.0]]) / np.sqrt(2.0)
+    eps = 1e-3
+    slope = (chebyshev(x + eps * u) - chebyshev(x - eps * u)) / (2 * eps)
+    np.testing.assert_allclose(slope, 1 / np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(np.sum(gx * u), slope, rtol=1e-5)
+    # A subgradient of a max: in the convex hull of the tied coordinates' gradients, i.e.
+    # for every direction, <g, v> <= the one-sided directional derivative max over the ties.
+    for v in np.random.default_rng(0).normal(size=(20, 1, 3)):
+        one_sided = (chebyshev(x + eps * v) - chebyshev(x)) / eps
+        assert np.sum(gx * v) <= one_sided + 1e-3
+
+
+@pytest.mark.parametrize("block_elements", [None, 5 * 5 * 2])
+def test_chebyshev_matrix_gradient_matches_paired_on_many_ties(block_elements, monkeypatch):
+    # Quantised features tie often; the matrix's diagonal gradient equals the row-wise one,
+    # also with several feature blocks (ties counted across blocks of 2 features).
+    if block_elements is not None:
+        monkeypatch.setattr(distances, "_BLOCK_ELEMENTS", block_elements)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2, size=(5, 9)).astype("float32")  # binary features
+    y = rng.integers(0, 2, size=(5, 9)).astype("float32")
+    ties = np.abs(x - y) == np.abs(x - y).max(axis=1, keepdims=True)
+    assert np.any(ties.sum(axis=1) > 2)  # the data do hold ties, across blocks
+    chebyshev = distances.Minkowski(float("inf"))
+    eye = np.eye(5, dtype="float32")
+    _, (gx, gy) = backend_ops.value_and_grad(
+        lambda a, b: keras.ops.sum(chebyshev(a, b) * keras.ops.convert_to_tensor(eye)),
+        x,
+        y,
+        argnums=(0, 1),
+    )
+    _, (px, py) = backend_ops.value_and_grad(
+        lambda a, b: keras.ops.sum(chebyshev.paired(a, b)), x, y, argnums=(0, 1)
+    )
+    np.testing.assert_allclose(gx, px, atol=1e-6)
+    np.testing.assert_allclose(gy, py, atol=1e-6)
+    # Reference from the definition: sign(x - y) / (number of ties) on the tied coordinates.
+    expected = np.where(ties, np.sign(x - y), 0.0) / ties.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(gx, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        {"class_name": "Minkowski", "config": {"q": 3}},
+        {"class_name": "Jaccard", "config": {"weighted": False, "extra": 1}},
+        {"class_name": "FittedMahalanobis", "config": {}},
+        {"class_name": "Euclidean", "config": [1, 2]},
+    ],
+)
+def test_get_rejects_malformed_config_with_value_error(identifier):
+    with pytest.raises(ValueError, match="Cannot build a `distance`"):
+        distances.get(identifier)
+
+
+@pytest.mark.parametrize("scale", [1e-19, 1e-17, 1.0, 1e18])
+def test_squared_euclidean_and_inner_product_ranges_in_the_docs(scale):
+    # docs/validation.md: squared euclidean about 1e-19 to 1e19, inner product about 1e-17
+    # to 1e19 (a plain matrix product, whose entry products flush to zero below that).
+    x, y = (a.astype(np.float64) for a in _data(n=8, m=6, d=8, seed=4))
+    x, y = x * scale, y * scale
+    squared = np.asarray(distances.SquaredEuclidean()(x, y), np.float64)
+    expected = pairwise(x, y, "squared_euclidean")
+    np.testing.assert_allclose(squared, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if scale >= 1e-17:
+        inner = np.asarray(distances.InnerProduct()(x, y), np.float64)
+        expected = x @ y.T
+        np.testing.assert_allclose(inner, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

@@ -19,7 +19,9 @@ All distances:
   coordinate difference), so values are correct for embeddings from 1e-30 to
   1e30, not only where `||x||²` fits in float32. Squared euclidean distances
   and inner products are themselves squares of such magnitudes: they overflow
-  to Inf past about 1e19, as their true values do;
+  to Inf past about 1e19, as their true values do, and underflow to 0 below
+  about 1e-19 (inner products, a plain matrix product, lose accuracy below
+  about 1e-17, where products of single entries are flushed to zero);
 - check their inputs: a wrong rank, a non-numeric dtype, no features, or
   (in eager calls) a NaN/Inf value raise a `ValueError`/`TypeError` naming
   `x` or `y`. Inside a traced or XLA-compiled function values are unknown:
@@ -62,6 +64,7 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 def _prepare(x, name):
+    raw = x
     x = ops.convert_to_tensor(x)
     if len(x.shape) != 2:
         raise ValueError(
@@ -75,10 +78,21 @@ def _prepare(x, name):
         raise ValueError(
             f"`{name}` must have at least one feature; got shape {tuple(x.shape)}."
         )
-    values = inputs.static_value(x)
+    # Checked after the cast: a finite float64 beyond float32's range becomes Inf there.
+    cast = ops.cast(x, "float32")
+    values = inputs.static_value(cast)
     if values is not None and not np.all(np.isfinite(values)):
+        # The values as given (JAX converts a float64 array to float32 on the way in).
+        original = np.asarray(raw) if isinstance(raw, (np.ndarray, list, tuple)) else None
+        if original is None or not np.issubdtype(original.dtype, np.number):
+            original = inputs.static_value(x) if dtype != "float32" else values
+        if original is not None and np.all(np.isfinite(original)):
+            raise ValueError(
+                f"`{name}` holds values beyond float32's range (|x| > 3.4e38), in which "
+                "distances are computed; rescale the embeddings."
+            )
         raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return ops.cast(x, "float32")
+    return cast
 
 
 def _joint_scale(x, y):
@@ -487,8 +501,20 @@ def _minkowski(x, y, p):
 
             def body(i, peak, total):
                 diff = abs_diff(xs[i], ys[i])
-                new_peak = ops.maximum(peak, ops.max(diff, axis=0))
+                block_peak = ops.max(diff, axis=0)
+                new_peak = ops.maximum(peak, block_peak)
                 if chebyshev:
+                    # `total` counts the coordinates that attain the largest difference so far:
+                    # the gradient shares the upstream value among them, as `ops.max`'s does.
+                    ties = ops.sum(
+                        ops.cast(ops.equal(diff, ops.expand_dims(block_peak, 0)), "float32"),
+                        axis=0,
+                    )
+                    total = ops.where(
+                        ops.greater(block_peak, peak),
+                        ties,
+                        ops.where(ops.equal(block_peak, peak), total + ties, total),
+                    )
                     return i + 1, new_peak, total
                 _, divisor = safe(new_peak)
                 total = total * ops.power(peak / divisor, p) + ops.sum(
@@ -504,6 +530,7 @@ def _minkowski(x, y, p):
         elif chebyshev:
             # An XLA max ignores NaN: NaN inputs are put back explicitly.
             out = ops.where(_nan_pairs(x, y), float("nan"), peak)
+            ties = ops.maximum(total, 1.0)
         else:
             positive, _ = safe(total)
             # total lies in [1, d] where peak > 0 (the largest ratio is 1).
@@ -513,7 +540,8 @@ def _minkowski(x, y, p):
             if upstream is None:
                 (upstream,) = args
             # d out_ij / d x_ik = sign(x_ik - y_jk) (|x_ik - y_jk| / out_ij)^(p-1), a ratio in
-            # [0, 1]; for p = inf, sign(x_ik - y_jk) where |x_ik - y_jk| is the largest difference.
+            # [0, 1]; for p = inf, sign(x_ik - y_jk) / (number of ties) where |x_ik - y_jk| is the
+            # largest difference (a subgradient: the mean of the tied coordinates' gradients).
             positive, divisor = safe(out)
             h = ops.where(positive, upstream, 0.0)
 
@@ -522,7 +550,11 @@ def _minkowski(x, y, p):
                 diff = ops.expand_dims(xb, 2) - ops.expand_dims(yb, 1)
                 g = ops.sign(diff) * ops.expand_dims(h, 0)
                 if chebyshev:
-                    g = ops.where(ops.equal(ops.abs(diff), ops.expand_dims(out, 0)), g, 0.0)
+                    g = ops.where(
+                        ops.equal(ops.abs(diff), ops.expand_dims(out, 0)),
+                        g / ops.expand_dims(ties, 0),
+                        0.0,
+                    )
                 elif p != 1:
                     g = g * ops.power(ops.abs(diff) / ops.expand_dims(divisor, 0), p - 1.0)
                 return ops.sum(g, axis=2), -ops.sum(g, axis=1)
@@ -894,7 +926,18 @@ def get(identifier):
     if isinstance(identifier, dict):
         class_name = identifier.get("class_name")
         if class_name in _BY_CLASS_NAME:
-            return _BY_CLASS_NAME[class_name].from_config(identifier.get("config") or {})
+            config = identifier.get("config") or {}
+            if not isinstance(config, dict):
+                raise ValueError(
+                    f"Cannot build a `distance` from {identifier!r}: its 'config' must be a dict "
+                    f"of arguments; got {config!r}."
+                )
+            try:
+                return _BY_CLASS_NAME[class_name].from_config(config)
+            except TypeError as error:  # unknown or missing arguments
+                raise ValueError(
+                    f"Cannot build a `distance` from {identifier!r}: {error}"
+                ) from None
         try:
             obj = keras.saving.deserialize_keras_object(identifier)
         except Exception as error:

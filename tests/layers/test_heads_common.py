@@ -191,3 +191,16 @@ def test_labels_of_shape_batch_by_one():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(head(_embeddings(), LABELS[:, None])), keras.ops.convert_to_numpy(head(_embeddings(), LABELS))
     )
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_built_head_rejects_another_embedding_size(name):
+    # A raw MatMul error ("Matrix size-incompatible") before.
+    head = HEADS[name]()
+    head(_embeddings(), LABELS)  # built for D = 5
+    for call in (lambda: head(_embeddings()[:, :3], LABELS), lambda: head.similarities(
+        _embeddings()[:, :3]
+    )):
+        with pytest.raises(ValueError, match=r"`embeddings` has embedding size 3.*size 5"):
+            call()
+    assert head(_embeddings(), LABELS).shape == (6,)  # the built size still works

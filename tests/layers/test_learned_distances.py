@@ -213,3 +213,28 @@ def test_siamese_scorer_trains_and_round_trips(make, loss, tmp_path):
     np.testing.assert_allclose(
         loaded.predict((x1, x2), verbose=0), model.predict((x1, x2), verbose=0), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("cls", [tfmetric.layers.Mahalanobis, tfmetric.layers.WeightedL1])
+def test_built_layer_rejects_another_embedding_size(cls):
+    # Mahalanobis gave a raw MatMul error; WeightedL1 broadcast a size-1 input silently.
+    layer = cls()
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    layer(x, x[::-1])  # built for D = 5
+    distance = tfmetric.distances.get(layer)
+    for size in (3, 1):
+        small = x[:, :size]
+        for call, name in [
+            (lambda s=small: layer(s, s), "x1"),
+            (lambda s=small: distance(s, s), "x"),
+            (lambda s=small: distance.paired(s, s), "x"),
+        ]:
+            with pytest.raises(ValueError, match=rf"`{name}` has embedding size {size}.*size 5"):
+                call()
+    if cls is tfmetric.layers.WeightedL1:
+        with pytest.raises(ValueError, match="`x1` has embedding size 1"):
+            layer.logits(x[:, :1], x[:, :1])
+    else:
+        with pytest.raises(ValueError, match="`x` has embedding size 3"):
+            layer.transform(x[:, :3])
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(layer(x, x[::-1]))))

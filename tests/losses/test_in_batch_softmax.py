@@ -114,3 +114,58 @@ def test_bad_input_is_named():
         tfmetric.losses.in_batch_softmax_loss(np.ones((2, 2)), candidate_ids=np.ones(2))
     with pytest.raises(TypeError, match="symmetric"):
         tfmetric.losses.InBatchSoftmaxLoss(symmetric="yes")
+
+
+def _clip_reference(q, c, temperature):
+    """CLIP's symmetric InfoNCE in float64 from unit vectors (scale-free by definition)."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    logits = qn @ cn.T / temperature
+    return reference(logits, symmetric=True)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-7, 1.0, 1e20, 1e30])
+def test_clip_loss_is_scale_free_from_1e_minus_30_to_1e30(scale):
+    # The epsilon-guarded norm kept vectors of norm < 1e-6 unnormalised and overflowed past 1e19.
+    q, c = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
+    expected = _clip_reference(q, c, 0.5)
+    scaled_q, scaled_c = (q * scale).astype("float32"), (c * scale).astype("float32")
+    values = tfmetric.losses.clip_loss(scaled_q, scaled_c, 0.5)
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+
+
+def test_clip_loss_checks_its_embeddings():
+    q = RNG.normal(size=(4, 3)).astype("float32")
+    nan = np.where(np.arange(12).reshape(4, 3) == 4, np.nan, q).astype("float32")
+    cases = [
+        (lambda: tfmetric.losses.clip_loss(nan, q), "query_embeddings"),
+        (lambda: tfmetric.losses.clip_loss(q, np.where(nan == nan, q, np.inf)), "candidate_emb"),
+        (lambda: tfmetric.losses.clip_loss(q[:, :0], q[:, :0]), "query_embeddings"),
+        (lambda: tfmetric.losses.clip_loss(q, q[:, :2]), "embedding size"),
+        (lambda: tfmetric.losses.clip_loss(q[0], q), "query_embeddings"),
+        (lambda: tfmetric.losses.clip_loss(q[:0], q[:0]), "empty"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_in_batch_softmax_rejects_nan_and_inf_values():
+    q = RNG.normal(size=(4, 3)).astype("float32")
+    with pytest.raises(ValueError, match="`logits` contains NaN"):
+        tfmetric.losses.in_batch_softmax_loss(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="`logits` contains NaN"):
+        tfmetric.losses.in_batch_softmax_loss(np.array([[np.inf, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="candidate_log_probability"):
+        tfmetric.losses.in_batch_softmax_loss(
+            np.ones((2, 2)), candidate_log_probability=np.array([0.0, -np.inf])
+        )
+    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
+        with pytest.raises(ValueError, match="candidate_log_probability"):
+            tfmetric.losses.in_batch_softmax_loss(
+                np.ones((2, 2)), candidate_log_probability=np.array(["a", "b"])
+            )
+        with pytest.raises(ValueError, match="query_embeddings"):
+            tfmetric.losses.clip_loss(q.astype(str), q)
+    with pytest.raises(ValueError, match="`logits` contains NaN"):
+        tfmetric.losses.InBatchSoftmaxLoss()(np.arange(2), np.full((2, 2), np.nan))

@@ -348,3 +348,27 @@ def test_mining_schedule_drives_the_loss_inside_the_memory_model_without_retraci
     else:  # JAX: the compiled step reads only the model's state; each change retraces it
         # (PyTorch: torch.compile replays the counter's Python side effect at every step)
         assert traces[0] >= 1 and traces[-1] > traces[0]
+
+
+def test_enqueue_checks_labels_and_embeddings_and_writes_nothing_on_error():
+    memory = tfmetric.layers.CrossBatchMemory(memory_size=4, dim=DIM)
+    good = RNG.normal(size=(2, DIM)).astype("float32")
+    nan = np.array([[0.0, np.nan, 1.0], [1.0, 2.0, 3.0]], "float32")
+    cases = [
+        # A raw TensorScatterUpdate error ("Outer dimensions") before.
+        (lambda: memory.enqueue(np.arange(3), good), "`labels` has 3 labels but `embeddings`"),
+        (lambda: memory.enqueue(np.arange(2), nan), "`embeddings` contains NaN"),
+        (lambda: memory.enqueue(np.arange(2), np.where(nan == nan, good, np.inf)), "`embeddings`"),
+        (lambda: memory.enqueue(np.array([0.5, 1.0]), good), "`labels` must hold integer"),
+        (lambda: memory.enqueue(np.arange(2), good[:, :2]), r"`embeddings` must have shape"),
+    ]
+    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
+        cases.append((lambda: memory.enqueue(np.array(["a", "b"]), good), "`labels` must hold"))
+        cases.append((lambda: memory.enqueue(np.arange(2), good.astype(str)), "`embeddings`"))
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert int(keras.ops.convert_to_numpy(memory.count)) == 0
+    memory.enqueue(np.array([[7], [9]]), good)  # (B, 1) labels are accepted
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(memory.labels), [7, 9, 0, 0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(memory.embeddings)[:2], good)

@@ -182,3 +182,28 @@ def test_bad_batches_are_named_when_training():
     ).batch(5, drop_remainder=True)
     with pytest.raises(ValueError, match="odd"):
         _model().fit(odd, epochs=1, verbose=0)
+
+
+def test_loss_checks_its_inputs():
+    q = RNG.normal(size=(4, 3)).astype("float32")
+    nan = np.where(np.arange(12).reshape(4, 3) == 4, np.nan, q).astype("float32")
+    loss = tfmetric.losses.momentum_contrast_loss
+    cases = [
+        (lambda: loss(nan, q, q), "`queries` contains NaN"),
+        (lambda: loss(q, nan, q), "`keys` contains NaN"),
+        (lambda: loss(q, q, nan), "`queue` contains NaN"),
+        (lambda: loss(q, q, q[:, :2]), "`queries` and `queue`"),
+        (lambda: loss(q, q[:, :2], q), "`queries` and `keys`"),
+        (lambda: loss(q[0], q[0], q), "`queries` must be 2-D"),
+        (lambda: loss(q[:, :0], q[:, :0], q[:, :0]), "`queries` must have at least one feature"),
+        (lambda: loss(q[:0], q[:0], q), "`queries` is empty"),
+        (lambda: loss(q, q, q, queue_valid=np.array([True, False])), "`queue_valid` has 2"),
+        (lambda: loss(q, q, q, queue_valid=np.ones(4, "float32")), "`queue_valid` must be"),
+        (lambda: loss(q, q, q, ids=np.arange(3), queue_ids=np.arange(4)), "`ids` has 3"),
+        (lambda: loss(q, q, q, ids=np.arange(4), queue_ids=np.arange(5)), "`queue_ids` has 5"),
+    ]
+    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
+        cases.append((lambda: loss(q.astype(str), q, q), "`queries` must be floating-point"))
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -152,3 +152,20 @@ def test_bad_input_is_named():
         tfmetric.models.TwoTowerModel(keras.layers.Dense(4), item)
     with pytest.raises(ValueError, match="`k`"):
         model.retrieve(QUERIES, ITEMS, k=0)
+
+
+def test_logits_layer_checks_sizes_and_log_probabilities():
+    q = RNG.normal(size=(4, 5)).astype("float32")
+    layer = tfmetric.layers.InBatchLogits()
+    cases = [
+        (lambda: layer(q, q[:, :3]), "`query` and `candidate` must have the same embedding size"),
+        (lambda: layer(q, q, np.zeros(3)), "`candidate_log_probability` has 3 entries"),
+        (lambda: layer(q, q, np.zeros((4, 2))), "`candidate_log_probability` must have shape"),
+        (lambda: layer(q, q, np.array([0.0, np.nan, 0.0, 0.0])), "`candidate_log_probability`"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    log_q = np.log(np.full((4, 1), 0.25))
+    expected = _normalize(q) @ _normalize(q).T / 0.07 - log_q.T
+    np.testing.assert_allclose(_np(layer(q, q, log_q)), expected, rtol=1e-5)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tfmetric._src import validation
+from tfmetric._src import inputs, validation
 
 __all__ = ["CrossBatchMemory"]
 
@@ -82,13 +82,26 @@ class CrossBatchMemory(keras.layers.Layer):
         return ops.greater_equal(self.count, self.memory_size)
 
     def enqueue(self, labels, embeddings):
-        """Writes a batch into the memory, replacing the oldest entries."""
-        embeddings = ops.cast(ops.stop_gradient(ops.convert_to_tensor(embeddings)), "float32")
-        labels = ops.cast(ops.reshape(ops.convert_to_tensor(labels), (-1,)), "int64")
+        """Writes a batch into the memory, replacing the oldest entries.
+
+        Args:
+            labels: Integer class labels, shape `(B,)` or `(B, 1)`.
+            embeddings: Floating-point embeddings, shape `(B, dim)`.
+
+        Raises:
+            ValueError: naming `embeddings` or `labels` for a wrong shape or
+                dtype, a batch larger than the memory, labels and embeddings of
+                different lengths, or (in eager calls) NaN/Inf embeddings or
+                non-integer labels.
+        """
+        embeddings = ops.convert_to_tensor(embeddings)
         if len(embeddings.shape) != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(
                 f"`embeddings` must have shape (batch, {self.dim}); got {tuple(embeddings.shape)}."
             )
+        embeddings = ops.stop_gradient(inputs.check_embeddings(embeddings, "embeddings"))
+        labels = inputs.check_labels(labels, "labels", embeddings.shape[0], "embeddings")
+        labels = ops.cast(labels, "int64")
         self.check_batch_size(embeddings.shape[0])
         size = ops.shape(embeddings)[0]
         slots = ops.mod(self.count + ops.arange(size, dtype="int64"), self.memory_size)

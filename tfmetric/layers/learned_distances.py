@@ -29,8 +29,8 @@ __all__ = ["LearnedDistance", "Mahalanobis", "WeightedL1"]
 
 
 def _check_pair(x1, x2):
-    x1 = inputs.check_embeddings(x1, "x1")
-    x2 = inputs.check_embeddings(x2, "x2")
+    x1 = inputs.check_embeddings(x1, "x1", allow_empty=False)
+    x2 = inputs.check_embeddings(x2, "x2", allow_empty=False)
     for axis, what in ((0, "batch size"), (1, "embedding size")):
         a, b = x1.shape[axis], x2.shape[axis]
         if a is not None and b is not None and a != b:
@@ -56,7 +56,21 @@ class LearnedDistanceLayer(keras.layers.Layer):
 
     def call(self, x1, x2):
         x1, x2 = _check_pair(x1, x2)
+        self.check_size(x1, "x1")
         return self.paired(x1, x2)
+
+    def built_size(self):
+        """The embedding size the layer's weights were built for, or `None` before `build`."""
+        return None
+
+    def check_size(self, x, name):
+        """Raises a `ValueError` naming `name` where `x`'s static size is not the built one."""
+        expected, size = self.built_size(), x.shape[-1]
+        if expected is not None and size is not None and size != expected:
+            raise ValueError(
+                f"`{name}` has embedding size {size}, but this {type(self).__name__} layer was "
+                f"built for embeddings of size {expected}."
+            )
 
     def compute_output_shape(self, x1_shape, x2_shape):
         return (x1_shape[0],)
@@ -100,11 +114,15 @@ class LearnedDistance(distances_lib.Distance):
     def pairwise(self, x, y):
         if not self.layer.built:
             self.layer.build(tuple(x.shape))
+        self.layer.check_size(x, "x")
+        self.layer.check_size(y, "y")
         return self.layer.pairwise(x, y)
 
     def rowwise(self, x, y):
         if not self.layer.built:
             self.layer.build(tuple(x.shape))
+        self.layer.check_size(x, "x")
+        self.layer.check_size(y, "y")
         return self.layer.paired(x, y)
 
     def euclidean_view(self, x):
@@ -167,7 +185,7 @@ class Mahalanobis(LearnedDistanceLayer):
     def __init__(self, units=None, squared=False, **kwargs):
         super().__init__(**kwargs)
         self.units = None if units is None else validation.check_int(units, "units", 1)
-        self.squared = bool(squared)
+        self.squared = validation.check_bool(squared, "squared")
         self.kernel = None
 
     def build(self, input_shape):
@@ -181,9 +199,13 @@ class Mahalanobis(LearnedDistanceLayer):
             dtype="float32",
         )
 
+    def built_size(self):
+        return None if self.kernel is None else self.kernel.shape[0]
+
     def transform(self, x):
         """Maps embeddings `(n, D)` to `x L`, shape `(n, units)`, in float32."""
         x = inputs.check_embeddings(x, "x")
+        self.check_size(x, "x")
         return ops.matmul(x, ops.cast(self.kernel, "float32"))
 
     def paired(self, x1, x2):
@@ -255,6 +277,9 @@ class WeightedL1(LearnedDistanceLayer):
         )
         self.bias = self.add_weight(name="bias", shape=(), initializer="zeros", dtype="float32")
 
+    def built_size(self):
+        return None if self.feature_weights is None else self.feature_weights.shape[0]
+
     def _weights(self):
         return ops.abs(ops.cast(self.feature_weights, "float32"))
 
@@ -263,6 +288,7 @@ class WeightedL1(LearnedDistanceLayer):
         x1, x2 = _check_pair(x1, x2)
         if not self.built:
             self.build(tuple(x1.shape))
+        self.check_size(x1, "x1")
         weighted = ops.sum(self._weights() * ops.abs(x1 - x2), axis=1)
         return ops.cast(self.bias, "float32") - weighted
 

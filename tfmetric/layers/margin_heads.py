@@ -95,7 +95,7 @@ class ArcFace(proxy_head.ProxyHead):
         super().__init__(num_classes, **kwargs)
         self.margin = _check_angular_margin(margin)
         self.scale = validation.check_positive(scale, "scale")
-        self.easy_margin = bool(easy_margin)
+        self.easy_margin = validation.check_bool(easy_margin, "easy_margin")
 
     def loss_from_cosine(self, cosine, one_hot):
         logits = additive_angular_logits(cosine, one_hot, self.margin, self.scale, self.easy_margin)

@@ -91,6 +91,12 @@ class ProxyHead(keras.layers.Layer):
         centers. Computed in float32.
         """
         embeddings = inputs.check_embeddings(embeddings, "embeddings")
+        dim = embeddings.shape[1]
+        if self.proxies is not None and dim is not None and dim != self.proxies.shape[1]:
+            raise ValueError(
+                f"`embeddings` has embedding size {dim}, but this {type(self).__name__} head was "
+                f"built for embeddings of size {self.proxies.shape[1]}."
+            )
         proxies = numerics.l2_normalize(ops.cast(self.proxies, "float32"))
         cosine = ops.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
         if self.centers > 1:

@@ -1,6 +1,7 @@
 """In-batch softmax over (query, candidate) pairs: two-tower retrieval and CLIP's InfoNCE."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
@@ -8,7 +9,14 @@ from tfmetric._src import inputs, numerics, validation
 __all__ = ["InBatchSoftmaxLoss", "clip_loss", "in_batch_softmax_loss"]
 
 
-def _check_logits(logits):
+def _check_finite(value, name):
+    """Raises a `ValueError` naming `name` for NaN/Inf values, where they are known (eager)."""
+    known = inputs.static_value(value)
+    if known is not None and not np.all(np.isfinite(known)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+
+
+def _check_logits(logits, check_values=True):
     logits = ops.convert_to_tensor(logits)
     if len(logits.shape) != 2:
         raise ValueError(
@@ -26,7 +34,10 @@ def _check_logits(logits):
     dtype = keras.backend.standardize_dtype(logits.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise ValueError(f"`logits` must be floating point; got dtype {dtype}.")
-    return ops.cast(logits, "float32")
+    logits = ops.cast(logits, "float32")
+    if check_values:
+        _check_finite(logits, "logits")
+    return logits
 
 
 def _check_vector(value, name, size, integer):
@@ -41,7 +52,10 @@ def _check_vector(value, name, size, integer):
     if integer and not dtype.startswith(("int", "uint")):
         raise ValueError(f"`{name}` must hold integer ids; got dtype {dtype}.")
     if not integer:
+        if not dtype.startswith(("float", "bfloat", "int", "uint")):
+            raise ValueError(f"`{name}` must hold numbers; got dtype {dtype}.")
         value = ops.cast(value, "float32")
+        _check_finite(value, name)
     return value
 
 
@@ -98,16 +112,22 @@ def in_batch_softmax_loss(
         raise TypeError(f"`symmetric` must be a bool; got {symmetric!r}.")
     logits = _check_logits(logits)
     size = logits.shape[0]
-    diagonal = ops.eye(ops.shape(logits)[0], dtype="bool")
-    allowed = ops.ones_like(logits, dtype="bool")
+    ids = log_q = None
     if candidate_ids is not None:
         ids = _check_vector(candidate_ids, "candidate_ids", size, integer=True)
-        same = ops.equal(ops.expand_dims(ids, 1), ops.expand_dims(ids, 0))
-        allowed = ops.logical_or(ops.logical_not(same), diagonal)
-    rows = logits
     if candidate_log_probability is not None:
         log_q = _check_vector(candidate_log_probability, "candidate_log_probability", size, False)
-        rows = logits - ops.expand_dims(log_q, 0)
+    return _softmax_values(logits, ids, log_q, symmetric)
+
+
+def _softmax_values(logits, ids, log_q, symmetric):
+    """`in_batch_softmax_loss` on checked float32 logits (and ids / log-probabilities)."""
+    diagonal = ops.eye(ops.shape(logits)[0], dtype="bool")
+    allowed = ops.ones_like(logits, dtype="bool")
+    if ids is not None:
+        same = ops.equal(ops.expand_dims(ids, 1), ops.expand_dims(ids, 0))
+        allowed = ops.logical_or(ops.logical_not(same), diagonal)
+    rows = logits if log_q is None else logits - ops.expand_dims(log_q, 0)
     values = numerics.masked_logsumexp(rows, allowed, axis=1) - _diagonal(rows, diagonal)
     if symmetric:
         columns = numerics.masked_logsumexp(logits, allowed, axis=0) - _diagonal(logits, diagonal)
@@ -149,27 +169,21 @@ def clip_loss(query_embeddings, candidate_embeddings, temperature=0.07):
         "Representation Learning with Contrastive Predictive Coding", 2018.
     """
     temperature = validation.check_positive(temperature, "temperature")
-    query = _check_embeddings(query_embeddings, "query_embeddings")
-    candidate = _check_embeddings(candidate_embeddings, "candidate_embeddings")
+    query = inputs.check_embeddings(query_embeddings, "query_embeddings", allow_empty=False)
+    candidate = inputs.check_embeddings(
+        candidate_embeddings, "candidate_embeddings", allow_empty=False
+    )
+    inputs.check_same_dim(query, candidate, "query_embeddings", "candidate_embeddings")
     if query.shape[0] is not None and candidate.shape[0] is not None:
         if query.shape[0] != candidate.shape[0]:
             raise ValueError(
                 f"`query_embeddings` has {query.shape[0]} rows but `candidate_embeddings` has "
                 f"{candidate.shape[0]}; each query needs its own candidate."
             )
-    logits = ops.matmul(_normalize(query), ops.transpose(_normalize(candidate))) / temperature
-    return in_batch_softmax_loss(logits, symmetric=True)
-
-
-def _check_embeddings(value, name):
-    value = ops.convert_to_tensor(value)
-    if len(value.shape) != 2:
-        raise ValueError(f"`{name}` must have shape (batch, dim); got {tuple(value.shape)}.")
-    return ops.cast(value, "float32")
-
-
-def _normalize(x):
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), 1e-12))
+    query, candidate = numerics.l2_normalize(query), numerics.l2_normalize(candidate)
+    # Finite by construction (cosines over a temperature >= 1e-30): no second value check.
+    logits = ops.matmul(query, ops.transpose(candidate)) / temperature
+    return _softmax_values(logits, None, None, symmetric=True)
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -223,7 +237,8 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         self.remove_accidental_hits = remove_accidental_hits
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        logits = _check_logits(y_pred)
+        # Shapes here; `call` (through `in_batch_softmax_loss`) checks the values once.
+        logits = _check_logits(y_pred, check_values=False)
         y_true = inputs.check_host_labels(y_true, "y_true", renumber=True)
         ids = _check_vector(y_true, "y_true", logits.shape[0], integer=True)
         # Ids in [0, B) survive Keras' cast of y_true to float32 exactly.

@@ -1,8 +1,9 @@
 """MoCo's InfoNCE: queries against their keys and a queue of past keys."""
 
+import keras
 from keras import ops
 
-from tfmetric._src import numerics, validation
+from tfmetric._src import inputs, numerics, validation
 
 __all__ = ["momentum_contrast_loss"]
 
@@ -46,15 +47,26 @@ def momentum_contrast_loss(
         Learning", CVPR 2020.
     """
     temperature = validation.check_positive(temperature, "temperature")
-    queries = numerics.l2_normalize(ops.cast(queries, "float32"))
-    keys = ops.stop_gradient(numerics.l2_normalize(ops.cast(keys, "float32")))
-    queue = ops.stop_gradient(numerics.l2_normalize(ops.cast(queue, "float32")))
+    queries = inputs.check_embeddings(queries, "queries", allow_empty=False)
+    keys = inputs.check_embeddings(keys, "keys", allow_empty=False)
+    queue = inputs.check_embeddings(queue, "queue")
     if queries.shape[0] is not None and keys.shape[0] is not None:
         if queries.shape[0] != keys.shape[0]:
             raise ValueError(
                 f"`queries` has {queries.shape[0]} rows but `keys` has {keys.shape[0]}; each "
                 "query needs the key of its other view."
             )
+    inputs.check_same_dim(queries, keys, "queries", "keys")
+    inputs.check_same_dim(queries, queue, "queries", "queue")
+    size = queue.shape[0]
+    if ids is not None and queue_ids is not None:
+        ids = inputs.check_labels(ids, "ids", queries.shape[0], "queries")
+        queue_ids = inputs.check_labels(queue_ids, "queue_ids", size, "queue")
+    if queue_valid is not None:
+        queue_valid = _check_queue_valid(queue_valid, size)
+    queries = numerics.l2_normalize(queries)
+    keys = ops.stop_gradient(numerics.l2_normalize(keys))
+    queue = ops.stop_gradient(numerics.l2_normalize(queue))
     positive = ops.sum(queries * keys, axis=1, keepdims=True) / temperature
     negative = ops.matmul(queries, ops.transpose(queue)) / temperature
     allowed = ops.ones_like(negative, dtype="bool")
@@ -70,3 +82,21 @@ def momentum_contrast_loss(
     shift = ops.stop_gradient(ops.max(logits, axis=1, keepdims=True))
     lse = ops.log(ops.sum(ops.exp(logits - shift), axis=1)) + ops.squeeze(shift, 1)
     return lse - ops.squeeze(positive, 1)
+
+
+def _check_queue_valid(queue_valid, size):
+    """`queue_valid` as a boolean `(M,)` tensor; a `ValueError` naming it otherwise."""
+    queue_valid = ops.convert_to_tensor(queue_valid)
+    dtype = keras.backend.standardize_dtype(queue_valid.dtype)
+    if dtype != "bool":
+        raise ValueError(f"`queue_valid` must be a boolean mask; got dtype {dtype}.")
+    if len(queue_valid.shape) != 1:
+        raise ValueError(
+            f"`queue_valid` must have shape (queue size,); got shape {tuple(queue_valid.shape)}."
+        )
+    length = queue_valid.shape[0]
+    if length is not None and size is not None and length != size:
+        raise ValueError(
+            f"`queue_valid` has {length} entries but `queue` has {size} rows; they must match."
+        )
+    return queue_valid

@@ -84,6 +84,8 @@ def _as_pair_values(values, name="y_pred"):
             f"`{name}` must be pair distances of shape (batch,) or (batch, 1); got "
             f"{tuple(values.shape)}."
         )
+    if values.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty (batch size 0); it needs pairs.")
     known = inputs.static_value(values)
     if known is not None and not np.all(np.isfinite(known)):
         raise ValueError(f"`{name}` contains NaN or infinite values.")

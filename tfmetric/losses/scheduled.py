@@ -1,7 +1,7 @@
 """Loss arguments read from variables, so a curriculum changes them without retracing."""
 
-import numbers
-
+import keras
+import numpy as np
 from keras import ops
 
 from tfmetric._src import validation
@@ -12,11 +12,20 @@ __all__ = ["ScheduledArguments", "margin_value"]
 def margin_value(margin, maximum=None):
     """A validated float margin, or a scheduled margin tensor/variable passed through as float32.
 
-    `maximum` bounds the magnitude where the loss squares the margin.
+    Numbers (and 0-d NumPy arrays) are checked by `validation.check_number`;
+    tensors and variables (a `MiningSchedule`'s margin, a traced value) are
+    used as given. Anything else (a string, a list, `None`) is a `ValueError`
+    naming `margin`. `maximum` bounds the magnitude where the loss squares the
+    margin.
     """
-    if isinstance(margin, numbers.Number):
-        return validation.check_number(margin, "margin", maximum=maximum)
-    return ops.cast(ops.convert_to_tensor(margin), "float32")
+    if isinstance(margin, np.ndarray) and margin.shape == ():
+        margin = margin.item()
+    if ops.is_tensor(margin) or isinstance(margin, (keras.Variable, keras.KerasTensor)):
+        dtype = keras.backend.standardize_dtype(margin.dtype)
+        if not dtype.startswith(("float", "bfloat", "int", "uint")):
+            raise ValueError(f"`margin` must be a number or a numeric tensor; got dtype {dtype}.")
+        return ops.cast(ops.convert_to_tensor(margin), "float32")
+    return validation.check_number(margin, "margin", maximum=maximum)
 
 
 class ScheduledArguments:

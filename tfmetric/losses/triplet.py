@@ -137,6 +137,7 @@ def _triplet_terms(
     mines its triplets among the batch and the valid references.
     """
     margin = margin_value(margin)
+    soft_margin = validation.check_bool(soft_margin, "soft_margin")
     if isinstance(mining, str):
         validation.check_choice(mining, "mining", MINING_MODES)
     distance = distances_lib.get(distance)
@@ -275,7 +276,7 @@ class TripletLoss(ScheduledArguments, batch.InBatchLoss):
         )
         self.margin = validation.check_number(margin, "margin")
         self.mining = validation.check_choice(mining, "mining", MINING_MODES)
-        self.soft_margin = bool(soft_margin)
+        self.soft_margin = validation.check_bool(soft_margin, "soft_margin")
 
     def _loss_arguments(self):
         return {

@@ -28,6 +28,12 @@ def _split_triplets(embeddings):
     dtype = keras.backend.standardize_dtype(embeddings.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise ValueError(f"`y_pred` must be floating-point embeddings; got dtype {dtype}.")
+    if embeddings.shape[0] == 0:
+        raise ValueError("`y_pred` is empty (batch size 0); it needs triplets.")
+    if embeddings.shape[2] == 0:
+        raise ValueError(
+            f"`y_pred` must have at least one feature; got shape {tuple(embeddings.shape)}."
+        )
     values = inputs.static_value(embeddings)
     if values is not None and not np.all(np.isfinite(values)):
         raise ValueError("`y_pred` contains NaN or infinite values.")
@@ -69,6 +75,7 @@ def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=Fa
         BMVC 2016.
     """
     margin = margin_value(margin)
+    squared = validation.check_bool(squared, "squared")
     distance = distances_lib.get(distance)
     anchor, positive, negative = _split_triplets(embeddings)
     d_ap = distance.paired(anchor, positive)
@@ -124,7 +131,7 @@ class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = validation.check_number(margin, "margin")
         self.distance = distances_lib.get(distance)
-        self.squared = bool(squared)
+        self.squared = validation.check_bool(squared, "squared")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
