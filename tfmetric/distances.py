@@ -65,6 +65,9 @@ _BLOCK_ELEMENTS = 1 << 22
 
 def _prepare(x, name):
     raw = x
+    if isinstance(x, (np.ndarray, list, tuple)) and np.asarray(x).dtype.kind in "USO":
+        # Before the conversion: JAX and torch cannot hold strings in a tensor.
+        raise TypeError(f"`{name}` must hold numbers; got dtype string.")
     x = ops.convert_to_tensor(x)
     if len(x.shape) != 2:
         raise ValueError(

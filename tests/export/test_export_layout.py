@@ -338,3 +338,21 @@ def test_models_config_written_by_tfmetric_is_refreshed(vector_model, tmp_path):
     config = (tmp_path / "models.config").read_text()
     assert config.startswith("# Written by tfmetric.export")
     assert config.count("config {") == 3 and 'name: "c"' in config
+
+
+def test_gallery_of_bfloat16_embeddings_is_float32():
+    import ml_dtypes
+
+    from tfmetric.export.gallery import load_gallery
+
+    values = np.array([[1.5, -2.0, 0.25], [3.0, 0.5, -1.0]], "float32")
+    gallery = load_gallery(
+        {"embeddings": values.astype(ml_dtypes.bfloat16), "labels": np.array([0, 1])},
+        None,
+        (3,),
+        3,
+    )
+    assert gallery.embeddings.dtype == np.float32
+    np.testing.assert_array_equal(gallery.embeddings, values)  # exact in bfloat16
+    with pytest.raises(ValueError, match="`gallery` `embeddings` must be a 2-D float array"):
+        load_gallery({"embeddings": np.array([[1, 2, 3]])}, None, (3,), 3)

@@ -388,3 +388,22 @@ def test_concurrent_chunks_match_reference(monkeypatch, workers):
     y = rng.integers(0, 6, size=90)
     assert _ranking._chunk_size(90, 90 + 30) <= 8
     _assert_matches_reference(x, y, distance="cosine")
+
+
+def test_bfloat16_arrays_as_a_mixed_bfloat16_model_predicts_them():
+    import ml_dtypes
+
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(6), 5)
+    x = (np.eye(6)[labels] * 3 + rng.normal(size=(30, 6))).astype(ml_dtypes.bfloat16)
+    exact = x.astype("float32")  # bfloat16 values are exact in float32
+    reference = metrics_from_relevance(ranked_relevance(exact, labels, None, None, "euclidean"))
+    got = tfmetric.metrics.evaluate_retrieval(x, labels, metrics=("map_at_r", "precision_at_1"))
+    for name in ("map_at_r", "precision_at_1"):
+        assert got[name] == pytest.approx(reference[name], abs=1e-9), name
+    index = tfmetric.index.ExactIndex()
+    index.add(x, labels=labels)
+    ids, distances, _ = index.search(x[:3], k=2)
+    squared = ((exact[:3, None, :] - exact[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(ids, np.argsort(squared, axis=1, kind="stable")[:, :2])
+    np.testing.assert_allclose(distances, np.sqrt(np.sort(squared, axis=1)[:, :2]), atol=1e-3)

@@ -362,9 +362,9 @@ def test_enqueue_checks_labels_and_embeddings_and_writes_nothing_on_error():
         (lambda: memory.enqueue(np.array([0.5, 1.0]), good), "`labels` must hold integer"),
         (lambda: memory.enqueue(np.arange(2), good[:, :2]), r"`embeddings` must have shape"),
     ]
-    if keras.backend.backend() == "tensorflow":  # JAX cannot hold strings at all
-        cases.append((lambda: memory.enqueue(np.array(["a", "b"]), good), "`labels` must hold"))
-        cases.append((lambda: memory.enqueue(np.arange(2), good.astype(str)), "`embeddings`"))
+    # Strings are refused before any backend converts them (JAX cannot hold them).
+    cases.append((lambda: memory.enqueue(np.array(["a", "b"]), good), "`labels` must hold"))
+    cases.append((lambda: memory.enqueue(np.arange(2), good.astype(str)), "`embeddings`"))
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()

@@ -197,6 +197,7 @@ def test_loss_checks_its_inputs():
         (lambda: loss(q[0], q[0], q), "`queries` must be 2-D"),
         (lambda: loss(q[:, :0], q[:, :0], q[:, :0]), "`queries` must have at least one feature"),
         (lambda: loss(q[:0], q[:0], q), "`queries` is empty"),
+        (lambda: loss(q.astype(str), q, q), "`queries` must be floating-point"),
         (lambda: loss(q, q, q, queue_valid=np.array([True, False])), "`queue_valid` has 2"),
         (lambda: loss(q, q, q, queue_valid=np.ones(4, "float32")), "`queue_valid` must be"),
         (lambda: loss(q, q, q, ids=np.arange(3), queue_ids=np.arange(4)), "`ids` has 3"),

@@ -193,6 +193,23 @@ def check_label_array(labels, name="labels", size=None, size_name="embeddings"):
     return labels.astype(np.int64)
 
 
+def check_host_numbers(x, name, expected="floating-point embeddings"):
+    """Host values of a non-numeric dtype (strings) raise before a backend converts them.
+
+    JAX and torch cannot hold strings in a tensor: without this check their
+    conversion fails with a backend error that names no argument.
+
+    Raises:
+        ValueError: "`name` must be {expected}; got dtype ...".
+    """
+    if ops.is_tensor(x) or isinstance(x, (keras.KerasTensor, keras.Variable)):
+        return x
+    dtype = np.asarray(x).dtype
+    if dtype.kind not in "biuf" and not is_float_array_dtype(dtype):
+        raise ValueError(f"`{name}` must be {expected}; got dtype {dtype}.")
+    return x
+
+
 def check_embeddings(embeddings, name="embeddings", allow_empty=True):
     """Validates a `(B, D)` floating-point tensor; returns it in float32.
 
@@ -204,7 +221,7 @@ def check_embeddings(embeddings, name="embeddings", allow_empty=True):
             empty batch (unless `allow_empty`), no features (D = 0) or NaN/Inf
             values.
     """
-    embeddings = ops.convert_to_tensor(embeddings)
+    embeddings = ops.convert_to_tensor(check_host_numbers(embeddings, name))
     if len(embeddings.shape) != 2:
         raise ValueError(
             f"`{name}` must be 2-D embeddings of shape (batch, dim); got shape "
@@ -234,7 +251,7 @@ def check_labels_and_embeddings(labels, embeddings, names=("labels", "embeddings
     in the caller's API (`("y_true", "y_pred")` for a `keras.losses.Loss`).
     """
     label_name, embedding_name = names
-    embeddings = ops.convert_to_tensor(embeddings)
+    embeddings = ops.convert_to_tensor(check_host_numbers(embeddings, embedding_name))
     if len(embeddings.shape) != 2:
         raise ValueError(
             f"`{embedding_name}` must be 2-D embeddings of shape (batch, dim); got shape "
@@ -242,6 +259,13 @@ def check_labels_and_embeddings(labels, embeddings, names=("labels", "embeddings
         )
     labels = check_labels(labels, label_name, embeddings.shape[0], embedding_name)
     return labels, check_embeddings(embeddings, embedding_name, allow_empty=False)
+
+
+def is_float_array_dtype(dtype):
+    """Whether a numpy dtype holds floats, `ml_dtypes`' bfloat16 (what a
+    `mixed_bfloat16` model's `predict` returns) included."""
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
 
 
 def check_embedding_array(x, name, allow_empty=False):
@@ -252,9 +276,7 @@ def check_embedding_array(x, name, allow_empty=False):
         TypeError: naming `name` for non-numeric values.
     """
     x = np.asarray(x)
-    if x.dtype == bool or not (
-        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-    ):
+    if not (is_float_array_dtype(x.dtype) or np.issubdtype(x.dtype, np.integer)):
         raise TypeError(f"`{name}` must hold real numbers; got dtype {x.dtype}.")
     if x.ndim != 2:
         raise ValueError(

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfmetric._src import inputs as checks
 from tfmetric.export import inputs as inputs_lib
 
 __all__ = ["Gallery", "load_gallery"]
@@ -120,7 +121,7 @@ def load_gallery(source, embedder, input_shape, embedding_dim, batch_size=256):
         data = dict(source) if isinstance(source, dict) else inputs_lib.load_npz(source, "gallery")
         if "embeddings" in data:
             embeddings = np.asarray(data["embeddings"])
-            if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
+            if embeddings.ndim != 2 or not checks.is_float_array_dtype(embeddings.dtype):
                 raise ValueError(
                     "`gallery` `embeddings` must be a 2-D float array (n, dim); got shape "
                     f"{embeddings.shape} and dtype {embeddings.dtype}."

@@ -94,7 +94,8 @@ class CrossBatchMemory(keras.layers.Layer):
                 different lengths, or (in eager calls) NaN/Inf embeddings or
                 non-integer labels.
         """
-        embeddings = ops.convert_to_tensor(embeddings)
+        labels = inputs.check_host_labels(labels, "labels")
+        embeddings = ops.convert_to_tensor(inputs.check_host_numbers(embeddings, "embeddings"))
         if len(embeddings.shape) != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(
                 f"`embeddings` must have shape (batch, {self.dim}); got {tuple(embeddings.shape)}."

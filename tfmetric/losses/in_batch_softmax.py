@@ -41,7 +41,8 @@ def _check_logits(logits, check_values=True):
 
 
 def _check_vector(value, name, size, integer):
-    value = ops.convert_to_tensor(value)
+    expected = "integer ids" if integer else "numbers"
+    value = ops.convert_to_tensor(inputs.check_host_numbers(value, name, expected))
     if len(value.shape) == 2 and value.shape[1] == 1:
         value = ops.reshape(value, (-1,))
     if len(value.shape) != 1:
