@@ -8,10 +8,11 @@ r"""Similar items: embeds a catalogue into an item store and answers "more like 
 
 `build` embeds every item of `--catalogue` with the embedder `--model` (a
 `.keras` file, e.g. the `model.keras` that `python -m trainers.train` writes)
-and upserts it, with its metadata, into the store (re-running it updates the
-store in place). `query` finds the `--k` items nearest to a stored item
+and upserts it, with its metadata, into the store in one transaction (re-running
+it updates the store in place; an unreadable item leaves the store as it was). `query` finds the `--k` items nearest to a stored item
 (`--item`), an image file (`--image`) or both, optionally only those whose
-metadata field equals a value (`--where=field=value`, repeatable), and prints
+metadata field equals a value (`--where=field=value`, repeatable; `folder=1`
+matches the number 1 or the text "1"), and prints
 them with their metadata (`--json` for one JSON document).
 
 Catalogues (`--catalogue`):
@@ -189,17 +190,43 @@ def _embed(model, inputs):
 def build(model_path, catalogue, store_spec, model_version=None, namespace="tfmetric",
           metadata_path=None, distance=None):
     """Embeds `catalogue` with the model and upserts it into the store; returns the item count."""
+    import numpy as np
+
     model = load_model(model_path)
     version = model_version or model_version_of(model_path)
     extra = _read_extra_metadata(metadata_path)
+    # The whole catalogue is read and embedded before the store is touched, then written in
+    # one `upsert` (one transaction): an unreadable image or a model that does not fit the
+    # catalogue leaves the store as it was, never half-built.
+    all_ids, all_embeddings, all_meta = [], [], []
+    for ids, inputs, meta in catalogue_batches(catalogue, model):
+        all_ids.extend(ids)
+        all_embeddings.append(_embed_catalogue(model, inputs, catalogue))
+        all_meta.extend(dict(m, **extra.get(json.dumps(i), {})) for i, m in zip(ids, meta, strict=True))
     with open_store(store_spec, version, namespace, distance) as store:
-        for ids, inputs, meta in catalogue_batches(catalogue, model):
-            meta = [dict(m, **extra.get(json.dumps(i), {})) for i, m in zip(ids, meta, strict=True)]
-            store.upsert(ids, _embed(model, inputs), metadata=meta)
+        store.upsert(all_ids, np.concatenate(all_embeddings), metadata=all_meta)
         return len(store)
 
 
+def _embed_catalogue(model, inputs, catalogue):
+    """`_embed`, with a model that does not take the catalogue's inputs named as such."""
+    try:
+        expected = tuple(model.input_shape[1:])
+    except (AttributeError, ValueError, TypeError):  # a subclassed model without an input
+        return _embed(model, inputs)
+    got = tuple(inputs.shape[1:])
+    if len(expected) != len(got) or any(
+        e not in (None, g) for e, g in zip(expected, got, strict=True)
+    ):
+        raise InputError(
+            f"`--model` takes inputs of shape {expected}; the items of `--catalogue={catalogue}` "
+            f"have shape {got}."
+        )
+    return _embed(model, inputs)
+
+
 def _parse_where(pairs):
+    """`{field: value}` of `--where`; a JSON value (`class=7`, `sale=true`) is parsed."""
     where = {}
     for pair in pairs:
         field, sep, value = pair.partition("=")
@@ -210,6 +237,40 @@ def _parse_where(pairs):
         except ValueError:
             where[field] = value
     return where or None
+
+
+def _where_filters(pairs):
+    """The metadata filters `--where` may mean: `folder=1` matches the number or the text "1".
+
+    The command line does not say whether `1` is a number or a folder named `1`
+    (the `class` of an `npz:` catalogue and the `folder` of a `directory:` one
+    are text), so a value that parses as JSON other than a string matches
+    either form. Returns a list of `where` dicts (`[None]` without a filter).
+    """
+    import itertools
+
+    where = _parse_where(pairs)
+    if where is None:
+        return [None]
+    raw = dict(pair.partition("=")[::2] for pair in pairs)
+    choices = [
+        [(field, value)] + ([(field, raw[field])] if not isinstance(value, str) else [])
+        for field, value in where.items()
+    ]
+    return [dict(combo) for combo in itertools.product(*choices)]
+
+
+def _merged(store, lists, k):
+    """The `k` closest matches of several filtered searches, each item once."""
+    import numpy as np
+
+    matches = {m.id: m for found in lists for m in found}
+    values = list(matches.values())
+    if not values:
+        return []
+    closeness = store.distance.to_dissimilarity(np.array([m.distance for m in values], np.float64))
+    order = np.argsort(np.asarray(closeness), kind="stable")
+    return [values[i] for i in order[:k]]
 
 
 def _item_id(store, text):
@@ -232,7 +293,7 @@ def query(model_path, store_spec, item=None, image=None, k=5, where=(), model_ve
 
     if item is None and image is None:
         raise InputError("Give `--item` (a stored item id) or `--image` (an image file).")
-    where = _parse_where(where)
+    filters = _where_filters(where)
     model = load_model(model_path) if image is not None else None
     version = model_version
     if version is None and model_path:
@@ -244,14 +305,20 @@ def query(model_path, store_spec, item=None, image=None, k=5, where=(), model_ve
         if not len(store):
             raise InputError(f"The store {store_spec!r} is empty: run `build` first.")
         if item is not None:
-            results["item"] = store.similar(_item_id(store, item), k=k, where=where)
+            found = _item_id(store, item)
+            results["item"] = _merged(
+                store, [store.similar(found, k=k, where=w) for w in filters], k
+            )
         if image is not None:
             height, width, channels = _image_input(model)
             try:
                 pixels = read_images([image], (height, width), channels)
             except ValueError as error:
                 raise InputError(f"`--image`: {error}") from None
-            results["image"] = store.search(_embed(model, pixels), k=k, where=where)[0]
+            vector = _embed(model, pixels)
+            results["image"] = _merged(
+                store, [store.search(vector, k=k, where=w)[0] for w in filters], k
+            )
     return results
 
 

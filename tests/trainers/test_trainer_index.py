@@ -140,3 +140,68 @@ def test_redis_store_from_the_command(built, tmp_path):
         assert [m.metadata for m in on_redis] == [m.metadata for m in on_sqlite]
     finally:
         server.stop()
+
+
+def _write_png(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf.io.write_file(str(path), tf.io.encode_png(pixels))
+
+
+def test_a_failed_build_leaves_the_store_as_it_was(tmp_path):
+    """An unreadable image after the first batch: nothing written, not a half-built store."""
+    model_path = str(tmp_path / "model.keras")
+    _model(model_path)
+    data = _digits()
+    shop = tmp_path / "shop"
+    for i in range(cli._BATCH + 4):  # more than one batch
+        _write_png(shop / f"{i:04d}.png", data.x[i])
+    (shop / "zzzz.png").write_bytes(b"not an image")  # sorted last: in the second batch
+    store = str(tmp_path / "shop.db")
+    with pytest.raises(ValueError, match="zzzz.png"):
+        cli.build(model_path, f"directory:{shop}", store)
+    assert not os.path.exists(store)
+    # Over an existing store: the failed re-build changes nothing in it.
+    (shop / "zzzz.png").unlink()
+    assert cli.build(model_path, f"directory:{shop}", store) == cli._BATCH + 4
+    before = cli.query(model_path, store, item="0003.png", k=3)["item"]
+    for i in range(cli._BATCH + 4):
+        _write_png(shop / f"{i:04d}.png", data.x[-1 - i])  # new pictures under the same ids
+    (shop / "zzzz.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="zzzz.png"):
+        cli.build(model_path, f"directory:{shop}", store)
+    assert cli.query(model_path, store, item="0003.png", k=3)["item"] == before
+
+
+def test_a_model_that_does_not_fit_the_catalogue_is_named(tmp_path):
+    model_path = str(tmp_path / "rgb.keras")
+    inputs = keras.Input((16, 16, 3))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(model_path)
+    store = str(tmp_path / "digits.db")
+    with pytest.raises(cli.InputError, match=r"`--model` takes inputs of shape \(16, 16, 3\)"):
+        cli.build(model_path, "digits", store)
+    assert not os.path.exists(store)
+
+
+def test_where_matches_numbers_stored_as_text(tmp_path):
+    """`--where=folder=1` finds folder "1"; `--where=class=3` the class "3" of an npz catalogue."""
+    model_path = str(tmp_path / "model.keras")
+    model = _model(model_path)
+    data = _digits()
+    for i in range(12):
+        _write_png(tmp_path / "shop" / str(i % 3) / f"{i}.png", data.x[i])
+    store = str(tmp_path / "shop.db")
+    cli.build(model_path, f"directory:{tmp_path / 'shop'}", store)
+    found = cli.query(model_path, store, item="0/0.png", k=10, where=["folder=1"])["item"]
+    assert sorted(m.id for m in found) == sorted(f"1/{i}.png" for i in (1, 4, 7, 10))
+    assert all(m.metadata["folder"] == "1" for m in found)
+
+    np.savez(tmp_path / "items.npz", x=data.x[:40, ..., 0], y=data.y[:40])
+    npz_store = str(tmp_path / "npz.db")
+    cli.build(model_path, f"npz:{tmp_path / 'items.npz'}", npz_store)
+    found = cli.query(model_path, npz_store, item="0", k=3, where=["class=3"])["item"]
+    embeddings = np.asarray(model(data.x[:40].astype("float32")))
+    d = np.sqrt(((embeddings - embeddings[0]) ** 2).sum(1))
+    threes = np.flatnonzero(data.y[:40] == 3)
+    assert [m.id for m in found] == threes[np.argsort(d[threes], kind="stable")[:3]].tolist()
+    np.testing.assert_allclose([m.distance for m in found], np.sort(d[threes])[:3], rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
