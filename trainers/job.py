@@ -475,7 +475,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
     if config.export and is_chief:
         # The evaluation is on disk before the export starts: an export failure keeps it.
         report["total_seconds"] = round(time.time() - started, 1)
-        outputs.write_json(report_path, report)
+        outputs.write_report(report_path, report)
         progress = console.Progress("export", 1)
         export_dir = os.path.join(out_dir, outputs.EXPORT_DIR)
         try:
@@ -494,7 +494,7 @@ def _run(config, strategy, cluster, out_dir, is_chief, started):
             ) from error
         progress.close()
     report["total_seconds"] = round(time.time() - started, 1)
-    outputs.write_json(report_path, report)
+    outputs.write_report(report_path, report)
     if is_chief:
         if "parity_table" in report.get("export", {}):
             print(report["export"]["parity_table"])

@@ -4,6 +4,7 @@ Every file is written to a temporary path in its directory and renamed, so a
 kill never leaves a truncated file behind.
 """
 
+import math
 import os
 
 import numpy as np
@@ -50,6 +51,27 @@ def atomic_path(path):
 
 def write_json(path, obj):
     files.write_json(path, obj, makedirs=True)
+
+
+def strict_json(obj):
+    """`obj` with NaN and infinite floats as `None`: strict JSON that any parser reads.
+
+    Python writes them as `NaN` / `Infinity`, which JSON has not (`jq`,
+    JavaScript's `JSON.parse` and Go refuse the file); a fold's threshold of
+    the pairs protocol is `-inf` when no threshold beats accepting nothing.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    return obj
+
+
+def write_report(path, report):
+    """Writes the run's report as strict JSON (non-finite numbers as `null`), atomically."""
+    write_json(path, strict_json(report))
 
 
 def write_text(path, text):

@@ -139,3 +139,19 @@ def test_few_shot_on_separated_clusters(clusters):
     y = np.repeat(np.arange(6), 8)
     x = np.eye(6)[y] * 5 + rng.normal(size=(48, 6)) * 0.05
     assert evaluation.few_shot(x, y, episodes=20) == {"5_way_1_shot": 1.0, "5_way_5_shot": 1.0}
+
+
+def test_report_is_strict_json(tmp_path):
+    """A -inf fold threshold (the pairs protocol) is `null`, not `-Infinity`, in report.json."""
+    report = {"pairs": {"fold_thresholds": [float("-inf"), 0.25], "roc_auc": float("nan")},
+              "held_out": {"model": {"threshold": float("inf"), "eer": 0.5}}, "steps": 3}
+    path = tmp_path / "report.json"
+    outputs.write_report(path, report)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    stored = json.loads(path.read_text(), parse_constant=refuse)
+    assert stored == {"pairs": {"fold_thresholds": [None, 0.25], "roc_auc": None},
+                      "held_out": {"model": {"threshold": None, "eer": 0.5}}, "steps": 3}
+    assert report["pairs"]["fold_thresholds"][0] == float("-inf")  # the caller's dict is kept
