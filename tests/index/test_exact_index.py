@@ -1,3 +1,4 @@
+import itertools
 import os
 
 import keras
@@ -182,3 +183,34 @@ def test_remove_then_search_matches_brute_force_on_the_rest(cls):
     assert index.size == 0 and index.dim is None
     index.add(gallery[:2, :3])
     assert index.dim == 3
+
+
+def test_lookups_index_and_iterate():
+    index = ExactIndex()
+    index.add(np.array([[0.0], [1.0], [5.0]]), labels=[7, 8, 9])
+    lookups = index.lookup(np.array([[0.9], [4.0]]), k=2)
+    rows = list(itertools.islice(lookups, 5))  # bounded: it never ended before
+    assert len(rows) == 2
+    assert [row.ids.tolist() for row in rows] == [[[1, 0]], [[2, 1]]]
+    assert lookups[-1].ids.tolist() == [[2, 1]]
+    assert lookups[-2].labels.tolist() == [[8, 7]]
+    for i in (2, -3):
+        with pytest.raises(IndexError, match="out of range"):
+            lookups[i]
+    with pytest.raises(TypeError):
+        lookups[True]
+
+
+def test_default_ids_after_remove_continue_after_the_largest():
+    index = ExactIndex()
+    index.add(np.eye(3, dtype=np.float32))
+    index.remove([0])
+    index.add(np.ones((2, 3), np.float32))
+    assert index.ids.tolist() == [1, 2, 3, 4]
+    index.remove([1, 2, 3, 4])
+    index.add(np.ones((1, 3), np.float32))
+    assert index.ids.tolist() == [0]
+    other = ExactIndex()
+    other.add(np.eye(2, dtype=np.float32), ids=[10, -5])
+    other.add(np.ones((1, 2), np.float32))
+    assert other.ids.tolist() == [10, -5, 11]
