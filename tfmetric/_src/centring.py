@@ -4,8 +4,8 @@ A squared euclidean distance computed as `||x||² + ||y||² - 2 <x, y>` in
 float32 has an absolute error of about `eps * ||x||²` (`eps = 6e-8`): a
 distance of 1 between raw 0-255 pixel vectors (`||x||² ~ 1e7`) is lost.
 Euclidean distances are translation-invariant, so the searches and the
-metrics subtract one common offset `c` (the mean of the gallery, in float64,
-then rounded to float32) from queries and gallery first: the error becomes
+metrics subtract one common offset `c` (the mean of the gallery, rounded to
+a coarse grid: `offset`) from queries and gallery first: the error becomes
 `eps * ||x - c||²`, the spread of the embeddings rather than their norm
 (O(n·d), once per call). Distances computed directly (manhattan, Minkowski,
 `Distance.paired`) need nothing. The few values an exact search returns are
@@ -30,13 +30,26 @@ def translation_invariant(distance):
 def offset(distance, reference):
     """The float32 offset that centres embeddings for `distance`, or `None` where none is used.
 
+    The mean of `reference` (float64) rounded to a multiple of `2**floor(log2(s))`,
+    `s` the root mean square of the per-feature standard deviations: within
+    `s / 2` of the mean per feature (the norms stay about the spread), and
+    coarse, so that centring keeps exact ties exact: integers and other
+    embeddings on a grid at least that coarse stay on it, and their
+    products stay exactly representable (with the plain mean, `x - 0.0333`
+    breaks the ties of small integer embeddings).
+
     Args:
         distance: A `tfmetric.distances.Distance`.
-        reference: `(n, d)` embeddings whose mean (float64) is the offset.
+        reference: `(n, d)` embeddings.
     """
     if not translation_invariant(distance) or not len(reference):
         return None
-    return np.mean(reference, axis=0, dtype=np.float64).astype(np.float32)
+    mean = np.mean(reference, axis=0, dtype=np.float64)
+    spread = np.sqrt(np.mean(np.var(reference, axis=0, dtype=np.float64)))
+    if not 0.0 < spread < np.inf:
+        return mean.astype(np.float32)  # identical rows: centred exactly to 0
+    step = 2.0 ** np.floor(np.log2(spread))
+    return (np.round(mean / step) * step).astype(np.float32)
 
 
 def centred(embeddings, shift):
@@ -84,12 +97,12 @@ def dissimilarities(distance, x, y, shift=None):
     """The float64 `to_dissimilarity` matrix of `distance` between numpy `x` and `y`.
 
     Translation-invariant distances are computed in float64 on `x - c` and
-    `y - c` (`c = shift`, else the mean of `y`); any other distance is the
-    library's float32 matrix.
+    `y - c` (`c = shift`, else `offset(distance, y)`); any other distance is
+    the library's float32 matrix.
     """
     if not translation_invariant(distance):
         return distance.to_dissimilarity(np.asarray(distance(x, y), np.float64))
-    c = np.mean(y, axis=0, dtype=np.float64) if shift is None else np.float64(shift)
+    c = np.asarray(offset(distance, y) if shift is None else shift, np.float64)
     x = np.asarray(x, np.float64) - c
     y = np.asarray(y, np.float64) - c
     squared = (

@@ -23,7 +23,8 @@ class ExactIndex(Index):
     loop); the full distance matrix is never built.
 
     Euclidean and squared euclidean keys are computed on embeddings centred
-    on the mean of the stored ones (an offset recomputed with the search
+    on the mean of the stored ones (rounded to a coarse grid so that exact
+    ties stay exact: `tfmetric._src.centring.offset`; an offset recomputed with the search
     blocks after every `add` and `remove`, so results depend on the stored
     embeddings only; nothing is saved with the index and files of earlier
     versions load unchanged). Their float32 resolution is then about

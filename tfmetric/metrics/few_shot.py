@@ -92,7 +92,7 @@ def n_way_k_shot_accuracy(
     query_class = np.repeat(np.arange(n_way), queries_per_class)
 
     nq, ns = queries.shape[1], supports.shape[1]
-    shift = np.mean(embeddings, axis=0, dtype=np.float64)  # float64 euclidean (`centring`)
+    shift = centring.offset(distance, embeddings)  # float64 euclidean (`centring`)
     chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns))))
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):

@@ -84,7 +84,7 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
     distance = distances_lib.get(distance)
     junk = np.zeros(len(g), bool) if junk_label is None else g_id == int(junk_label)
     chunk = max(1, _BLOCK_ELEMENTS // max(1, len(g)))
-    shift = np.mean(g, axis=0, dtype=np.float64)  # float64 euclidean distances (`centring`)
+    shift = centring.offset(distance, g)  # float64 euclidean distances (`centring`)
     cmc_hits = np.zeros(max_rank)
     ap_sum, evaluated = 0.0, 0
     for begin in range(0, len(q), chunk):
