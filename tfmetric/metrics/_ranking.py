@@ -247,7 +247,8 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
         gallery, gallery_labels = query, query_labels
     # Euclidean distances of embeddings centred on the gallery's mean (`centring`).
     shift = centring.offset(distance, gallery)
-    query, gallery = centring.centred(query, shift), centring.centred(gallery, shift)
+    query = centring.centred(query, shift)
+    gallery = query if leave_one_out else centring.centred(gallery, shift)
     order = np.argsort(gallery_labels, kind="stable")
     sorted_gallery = gallery[order]
     classes, starts, counts = np.unique(

@@ -268,7 +268,8 @@ def nearest_ranks(
     chunk, block = _sizes(len(query), len(gallery), width)
     # Euclidean keys on embeddings centred on the gallery's mean (`centring`).
     shift = centring.offset(distance, gallery)
-    query, gallery = centring.centred(query, shift), centring.centred(gallery, shift)
+    query = centring.centred(query, shift)
+    gallery = query if leave_one_out else centring.centred(gallery, shift)
     factor = search_keys.scale(distance, query, gallery)
     query, gallery = (search_keys.operands(distance, a, factor) for a in (query, gallery))
     term = search_keys.gallery_term(distance, gallery)
