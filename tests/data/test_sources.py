@@ -10,6 +10,7 @@ from tfmetric.data import (
     class_balanced_dataset,
     image_directory,
     pair_dataset,
+    read_images,
     tfrecord_source,
     triplet_dataset,
 )
@@ -152,3 +153,58 @@ def test_offline_mining_on_decoded_images(tmp_path):
         for image, label in zip(n.numpy(), labels[:, 2], strict=True):
             colour = COLOURS[source.class_names[label]]
             np.testing.assert_allclose(image.mean(axis=(0, 1)), colour, atol=6)
+
+
+def _variable_shape_dataset():
+    """A TFDS-style (image, label) dataset whose images differ in size."""
+
+    def generate():
+        for i in range(6):
+            yield np.zeros((i + 1, 3), np.float32), i % 2
+
+    spec = (tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((), tf.int64))
+    return tf.data.Dataset.from_generator(generate, output_signature=spec)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: class_balanced_dataset(x, None, 2, 2, seed=0),
+        lambda x: pair_dataset(x, None, batch_size=4, seed=0),
+        lambda x: triplet_dataset(x, None, batch_size=4, seed=0),
+    ],
+)
+def test_dataset_of_varying_shapes_or_empty_is_named(make):
+    with pytest.raises(ValueError, match=r"`x` .*different shapes.*image_directory.*tfrecord"):
+        make(_variable_shape_dataset())
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+    )
+    with pytest.raises(ValueError, match="`x` and `y` are empty"):
+        make(empty)
+    # Unknown cardinality (a filter), empty all the same.
+    with pytest.raises(ValueError, match="`x` and `y` are empty"):
+        make(_variable_shape_dataset().filter(lambda image, label: label > 5))
+
+
+def test_dataset_with_unknown_but_equal_shapes_is_read():
+    def generate():
+        for i in range(6):
+            yield np.full((2, 3), i, np.float32), i % 2
+
+    spec = (tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((), tf.int64))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    x, y = next(iter(class_balanced_dataset(dataset, None, 2, 2, seed=0)))
+    assert x.shape == (4, 2, 3) and sorted(np.asarray(y).tolist()) == [0, 0, 1, 1]
+
+
+def test_image_size_int_is_square_and_bad_ones_are_named(tmp_path):
+    root = _image_tree(str(tmp_path / "images"))
+    ds = class_balanced_dataset(image_directory(root, image_size=6), None, 2, 2, seed=0)
+    assert ds.element_spec[0].shape == (4, 6, 6, 3)
+    assert read_images([os.path.join(root, "cat", "0.jpg")], image_size=5).shape == (1, 5, 5, 3)
+    for bad in ((6, 0), (6,), "64", 6.5, True, (6, None)):
+        with pytest.raises(ValueError, match="`image_size`"):
+            image_directory(root, image_size=bad)
+        with pytest.raises(ValueError, match="`image_size`"):
+            read_images([os.path.join(root, "cat", "0.jpg")], image_size=bad)

@@ -1,3 +1,4 @@
+import itertools
 import os
 
 import keras
@@ -182,3 +183,81 @@ def test_remove_then_search_matches_brute_force_on_the_rest(cls):
     assert index.size == 0 and index.dim is None
     index.add(gallery[:2, :3])
     assert index.dim == 3
+
+
+def _pixel_near_duplicates(n, seed=0):
+    """Raw 0-255 pixel vectors (784-d); per row a copy at distance 1 and one at sqrt(2)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 784)).astype(np.float32)
+    good = base.copy()
+    good[np.arange(n), rng.integers(0, 784, n)] += 1
+    wrong = base.copy()
+    columns = np.stack([rng.permutation(784)[:2] for _ in range(n)])
+    wrong[np.arange(n)[:, None], columns] += 1
+    return base, np.concatenate([good, wrong])
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean"])
+def test_large_norm_embeddings_rank_and_distances_are_exact(distance, tmp_path):
+    # Squared norms ~1.7e7: float32 keys alone resolve squared distances to ~1, not 1 vs 2.
+    queries, gallery = _pixel_near_duplicates(100)
+    index = ExactIndex(distance)
+    index.add(gallery, labels=np.concatenate([np.arange(100), np.arange(100) + 100]))
+    ids, distances, labels = index.search(queries, 2)
+    squared = ((gallery[ids].astype(np.float64) - queries[:, None, :].astype(np.float64)) ** 2)
+    expected = squared.sum(-1)
+    if distance == "euclidean":
+        expected = np.sqrt(expected)
+    np.testing.assert_array_equal(ids, np.stack([np.arange(100), np.arange(100) + 100], 1))
+    np.testing.assert_array_equal(labels[:, 0], np.arange(100))
+    np.testing.assert_allclose(distances, expected, rtol=1e-7)
+    # A loaded index gives the same results (the offset follows the stored embeddings).
+    index.save(tmp_path / "pixels.npz")
+    loaded = ExactIndex.load(tmp_path / "pixels.npz")
+    for got, want in zip(loaded.search(queries, 2), (ids, distances, labels), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_match_threshold_on_large_norm_embeddings():
+    # The audit's repro: one query, near-duplicates at true distances 1, 3, 6 and 9.
+    query = np.random.default_rng(0).integers(0, 256, (1, 784)).astype(np.float32)
+    gallery = np.repeat(query, 4, axis=0)
+    for row, (column, step) in enumerate([(10, 1), (20, 3), (30, 6), (40, 9)]):
+        gallery[row, column] += step
+    index = ExactIndex()
+    index.add(gallery, labels=[0, 1, 1, 1])
+    ids, distances, _ = index.search(query, 4)
+    assert ids[0].tolist() == [0, 1, 2, 3]
+    assert distances[0].tolist() == [1.0, 3.0, 6.0, 9.0]
+    assert tfmetric.index.match(index, query, threshold=1.0).tolist() == [0]
+
+
+def test_lookups_index_and_iterate():
+    index = ExactIndex()
+    index.add(np.array([[0.0], [1.0], [5.0]]), labels=[7, 8, 9])
+    lookups = index.lookup(np.array([[0.9], [4.0]]), k=2)
+    rows = list(itertools.islice(lookups, 5))  # bounded: it never ended before
+    assert len(rows) == 2
+    assert [row.ids.tolist() for row in rows] == [[[1, 0]], [[2, 1]]]
+    assert lookups[-1].ids.tolist() == [[2, 1]]
+    assert lookups[-2].labels.tolist() == [[8, 7]]
+    for i in (2, -3):
+        with pytest.raises(IndexError, match="out of range"):
+            lookups[i]
+    with pytest.raises(TypeError):
+        lookups[True]
+
+
+def test_default_ids_after_remove_continue_after_the_largest():
+    index = ExactIndex()
+    index.add(np.eye(3, dtype=np.float32))
+    index.remove([0])
+    index.add(np.ones((2, 3), np.float32))
+    assert index.ids.tolist() == [1, 2, 3, 4]
+    index.remove([1, 2, 3, 4])
+    index.add(np.ones((1, 3), np.float32))
+    assert index.ids.tolist() == [0]
+    other = ExactIndex()
+    other.add(np.eye(2, dtype=np.float32), ids=[10, -5])
+    other.add(np.ones((1, 2), np.float32))
+    assert other.ids.tolist() == [10, -5, 11]

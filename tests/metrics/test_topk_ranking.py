@@ -325,3 +325,21 @@ def test_a_distance_that_is_not_finite_on_zero_rows_never_returns_the_padding(mo
     )
     for name in CHECKED:
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-6, err_msg=name)
+
+
+def test_cosine_exact_ties_rank_alike_on_both_paths():
+    # The audit's case: a relevant and a non-relevant reference both orthogonal to the
+    # query (cosine distance exactly 1). Pessimistic ties: P@1 = MAP@R = 0, mAP = 0.5,
+    # whichever metrics are asked for (they used to select different paths' tie-breaks).
+    query = np.array([[1.0, 0.0, -0.5]], np.float32)
+    gallery = np.array([[0.0, 1.5, 0.0], [1.0, 0.5, 2.0]], np.float32)
+    assert np.asarray(tfmetric.distances.get("cosine")(query, gallery)).tolist() == [[1.0, 1.0]]
+    top_k = tfmetric.metrics.evaluate_retrieval(
+        query, [0], gallery, [0, 1], distance="cosine", metrics=["precision_at_1", "map_at_r"]
+    )
+    ranking = tfmetric.metrics.evaluate_retrieval(
+        query, [0], gallery, [0, 1], distance="cosine",
+        metrics=["precision_at_1", "map_at_r", "mean_average_precision"],
+    )
+    assert top_k == {"precision_at_1": 0.0, "map_at_r": 0.0}
+    assert ranking == {"precision_at_1": 0.0, "map_at_r": 0.0, "mean_average_precision": 0.5}

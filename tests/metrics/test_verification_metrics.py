@@ -214,3 +214,32 @@ def test_few_shot_bad_input():
 def test_public_names():
     for name in tfmetric.metrics.__all__:
         assert callable(getattr(tfmetric.metrics, name))
+
+
+@pytest.mark.parametrize("far", [np.float32(0.5), np.float64(0.5), 0.5, np.int64(1), 1])
+def test_far_accepts_any_real_number(far):
+    same = [1, 1, 0, 0]
+    scores = [0.1, 0.5, 0.4, 0.9]
+    expected = metrics.tar_at_far(same, scores, float(far))
+    assert metrics.tar_at_far(same, scores, far) == expected
+    x = np.zeros((4, 1))
+    y = np.array([[0.1], [0.5], [0.4], [0.9]])
+    name = f"tar_at_far_{float(far):g}"
+    assert metrics.evaluate_verification(x, y, same, far=far)[name] == expected
+    assert metrics.evaluate_verification(x, y, same, far=[far, 0.0])[name] == expected
+    alternating = np.array([[0.1], [0.9], [0.2], [0.8]])
+    folds = metrics.k_fold_verification(x, alternating, [1, 0, 1, 0], folds=2, far=far)
+    assert name in folds
+
+
+@pytest.mark.parametrize("far", [True, np.bool_(False), "0.1", 1.5, -0.1, float("nan"), [0.1, "a"]])
+def test_far_rejects_others_naming_it(far):
+    x = np.zeros((4, 1))
+    y = np.array([[0.1], [0.5], [0.4], [0.9]])
+    with pytest.raises(ValueError, match="`far`"):
+        metrics.evaluate_verification(x, y, [1, 1, 0, 0], far=far)
+    with pytest.raises(ValueError, match="`far`"):
+        metrics.k_fold_verification(x, y, [1, 0, 1, 0], folds=2, far=far)
+    if not isinstance(far, list):
+        with pytest.raises(ValueError, match="`far`"):
+            metrics.tar_at_far([1, 0], [0.5, 0.4], far)

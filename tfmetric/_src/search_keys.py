@@ -5,8 +5,11 @@ results' values need the distance itself (`values`). By `kind`:
 
 - `"squared"` (euclidean and squared euclidean): `2 <q, g> - ||g||²`, the
   squared distance less `||q||²` (no square root, no query norm per pair);
-- `"inner"`: the cosine of the L2-normalised embeddings (cosine distance) or
-  the inner product;
+- `"inner"`: the inner product, or for the cosine distance `cos - 1` of the
+  L2-normalised embeddings clipped to `[-2, 0]`: exactly minus
+  `Cosine.pairwise`'s `1 - cos`, so that pairs tie in the keys exactly where
+  their distances tie (`1 - cos` rounds cosines near 0 to one value) and a
+  search ranks ties as the counting path of `tfmetric.metrics._ranking` does;
 - `"distance"` (any other distance): the distance's own `closeness`.
 
 Embeddings are divided by a power of two near their largest magnitude
@@ -73,6 +76,11 @@ def key_fn(distance):
         return lambda q, block, term: ops.where(
             ops.isinf(term)[None, :], -np.inf, distance.closeness(q, block)
         )
+    if isinstance(distance, distances_lib.Cosine):
+        # Minus `Cosine.pairwise`'s clipped `1 - cos`, bitwise (negation is exact).
+        return lambda q, block, term: (
+            ops.clip(ops.matmul(q, ops.transpose(block)) - 1.0, -2.0, 0.0) - term[None, :]
+        )
     factor = 1.0 if kind(distance) == "inner" else 2.0
     return lambda q, block, term: factor * ops.matmul(q, ops.transpose(block)) - term[None, :]
 
@@ -83,7 +91,7 @@ def values(distance, keys, queries, factor):
     `queries` are the chunk's prepared queries and `factor` the power of two
     they were divided by. Squared distances are `||q||² - key` (at least 0),
     scaled back exactly; inner products likewise; cosine distances are
-    `1 - cos` in `[0, 2]`; any other distance converts its closeness. Keys of
+    minus the keys, in `[0, 2]`; any other distance converts its closeness. Keys of
     `-inf` (no reference) give `inf` (`-inf` for a similarity).
     """
     if kind(distance) == "distance":
@@ -98,7 +106,7 @@ def values(distance, keys, queries, factor):
         else:
             result = squared * factor * factor
     elif isinstance(distance, distances_lib.Cosine):
-        result = np.clip(1.0 - keys, 0.0, 2.0)
+        result = -keys
     else:
         result = keys * factor * factor  # both sides were divided by `factor`
     missing = -np.inf if distance.is_similarity else np.inf

@@ -19,13 +19,14 @@ last one padded), the gallery in blocks of equal size (`SearchGallery`; the
 padding's search keys are `-inf`), ranked by `tfmetric._src.search_keys`.
 """
 
+import functools
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from tfmetric._src import cache, chunks, search_keys
+from tfmetric._src import cache, centring, chunks, search_keys
 from tfmetric._src import compile as backend_compile
 
 _COMPILED = cache.FunctionCache()
@@ -339,8 +340,12 @@ class SearchGallery:
         self.embeddings = embeddings
         self.distance = distance
         self.block_size = block_size
-        self.factor = search_keys.scale(distance, embeddings) if factor is None else factor
-        prepared = search_keys.operands(distance, embeddings, self.factor)
+        # Euclidean keys of embeddings centred on their mean (`centring`): the
+        # offset follows the stored embeddings, so the keys depend on them only.
+        self.offset = centring.offset(distance, embeddings)
+        centred = centring.centred(embeddings, self.offset)
+        self.factor = search_keys.scale(distance, centred) if factor is None else factor
+        prepared = search_keys.operands(distance, centred, self.factor)
         term = search_keys.gallery_term(distance, prepared)
         rows = block_rows(len(embeddings), block_size)
         blocks, valid, terms = gallery_blocks(prepared, rows, term)
@@ -348,11 +353,19 @@ class SearchGallery:
         self.blocks, self.terms = (backend_compile.tensor(a) for a in (blocks, terms))
 
     def for_queries(self, queries):
-        """This gallery, or one prepared with the joint scale of much larger `queries`."""
+        """This gallery, or one prepared with the joint scale of much larger `queries`.
+
+        `queries` are centred on `offset` (`centred_queries`).
+        """
         if search_keys.scale(self.distance, queries) <= self.factor * _QUERY_RANGE:
             return self
-        factor = search_keys.scale(self.distance, queries, self.embeddings)
+        centred = centring.centred(self.embeddings, self.offset)
+        factor = search_keys.scale(self.distance, queries, centred)
         return SearchGallery(self.embeddings, self.distance, self.block_size, factor)
+
+    def centred_queries(self, queries):
+        """`queries` less the gallery's `offset` (unchanged where none is used)."""
+        return centring.centred(queries, self.offset)
 
 
 def _stable_order(keys, positions, k):
@@ -369,13 +382,32 @@ def _stable_order(keys, positions, k):
     return keys[:, :k], positions[:, :k], tied
 
 
+def _direct_order(gallery, queries, keys, positions, k):
+    """`_stable_order` by the exact euclidean distances of the candidates (`centring`).
+
+    `queries`: the chunk's queries as given. The candidates of the key search
+    are re-ranked by their distances computed from the rows, so that pairs
+    closer than the keys' float32 resolution still come out in order.
+    Returns `(values, positions, tied)`; `keys` only mark missing candidates.
+    """
+    positions = np.where(np.isfinite(keys), positions, -1)
+    values = centring.direct_values(gallery.distance, queries, gallery.embeddings, positions)
+    closeness, positions, tied = _stable_order(-values, positions, k)
+    return -closeness, positions, tied
+
+
 def search_gallery(queries, gallery, k, query_chunk=1024, exclude_self=False):
     """Exact `k` nearest gallery rows of each query, nearest first (numpy in, numpy out).
 
     Pairs are ranked by search keys (`tfmetric._src.search_keys`: for
     euclidean distances `2 <q, g> - ||g||²`, one matrix product and one
-    subtraction per pair) and only the results' distance values are
-    computed (`search_keys.values`). Each chunk of queries first runs the
+    subtraction per pair, on embeddings centred on the gallery's `offset`)
+    and only the results' distance values are computed
+    (`search_keys.values`). Euclidean candidates (the `k + 1` best keys) are
+    re-ranked by their distances computed from the rows in float64
+    (`centring.direct_values`), which are the values returned: exact, and in
+    order even where the keys' float32 resolution (about `6e-8 * ||x - c||²`
+    in squared distance) cannot tell them apart. Each chunk of queries first runs the
     search without stable ties (the selection through group maxima on wide
     blocks) for `k + 1` results, put in the stable order in numpy
     (`_stable_order`); a chunk with a tie across the `k`-th result runs the
@@ -399,8 +431,10 @@ def search_gallery(queries, gallery, k, query_chunk=1024, exclude_self=False):
     """
     k = int(k)
     distance = gallery.distance
-    gallery = gallery.for_queries(queries)
-    prepared = search_keys.operands(distance, queries, gallery.factor)
+    direct = centring.translation_invariant(distance)
+    centred = gallery.centred_queries(queries)
+    gallery = gallery.for_queries(centred)
+    prepared = search_keys.operands(distance, centred, gallery.factor)
     fast = _search_fn(distance, k + 1, bool(exclude_self), stable=False)
     # All blocks' columns: the loop's first block and its body each hold scores
     # (2 blocks of 10,240 and 328 queries: 30.6 MiB of temporaries).
@@ -416,13 +450,24 @@ def search_gallery(queries, gallery, k, query_chunk=1024, exclude_self=False):
         inputs = (backend_compile.tensor(part), backend_compile.tensor(own))
         inputs += (gallery.blocks, gallery.terms)
         keys, positions = (backend_compile.numpy(a)[:rows] for a in fast(*inputs))
-        keys, positions, tied = _stable_order(keys, positions, k)
+        order = _stable_order
+        if direct:
+            order = functools.partial(_direct_order, gallery, queries[begin:stop])
+        scores, positions, tied = order(keys, positions, k)
         if tied.any():
             stable = _search_fn(distance, k, bool(exclude_self), stable=True)
             exact_keys, exact_positions = (backend_compile.numpy(a)[:rows] for a in stable(*inputs))
-            keys = np.where(tied[:, None], exact_keys, keys)
+            # One missing candidate past the `k`: `order` wants `k + 1` of them.
+            exact_scores, exact_positions, _ = order(
+                np.pad(exact_keys, ((0, 0), (0, 1)), constant_values=-np.inf),
+                np.pad(exact_positions, ((0, 0), (0, 1)), constant_values=-1),
+                k,
+            )
+            scores = np.where(tied[:, None], exact_scores, scores)
             positions = np.where(tied[:, None], exact_positions, positions)
-        return search_keys.values(distance, keys, part[:rows], gallery.factor), positions
+        if direct:
+            return scores, positions
+        return search_keys.values(distance, scores, part[:rows], gallery.factor), positions
 
     per_chunk = chunks.map_chunks(work, len(queries), chunk)
     if not per_chunk:

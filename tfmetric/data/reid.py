@@ -29,8 +29,9 @@ def reid_folder(directory, image_size=(128, 64), channels=3, validate=True, drop
 
     Args:
         directory: The folder of images.
-        image_size: `(height, width)` of the resized images. Defaults to
-            `(128, 64)`, the usual re-ID input.
+        image_size: `(height, width)` of the resized images, or one integer
+            `n` for `(n, n)`. Defaults to `(128, 64)`, the usual
+            re-ID input.
         channels: 1 or 3. Defaults to `3`.
         validate: Decode every image once to detect corrupt files. Defaults
             to `True`.

@@ -13,6 +13,7 @@ string labels are numbered in sorted order and the names kept in
 `Source.class_names`, so that `class_names[label]` maps an integer label back.
 """
 
+import numbers
 import os
 import re
 
@@ -72,6 +73,26 @@ def encode_labels(labels):
     return inputs.check_label_array(labels, "y"), None
 
 
+def check_image_size(image_size):
+    """`image_size` as `(height, width)`: two integers >= 1, or one integer `n` for `(n, n)`."""
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, (bool, np.bool_)):
+        image_size = (image_size, image_size)
+    if (
+        isinstance(image_size, (str, bytes))
+        or not hasattr(image_size, "__len__")
+        or len(image_size) != 2
+        or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1
+            for s in image_size
+        )
+    ):
+        raise ValueError(
+            "`image_size` must be (height, width), two integers >= 1, or one integer n for "
+            f"(n, n); got {image_size!r}."
+        )
+    return int(image_size[0]), int(image_size[1])
+
+
 def check_image_folder(directory, channels, image_size):
     """Validates the arguments of a folder of images; returns `(directory, (height, width))`."""
     directory = os.fspath(directory)
@@ -79,9 +100,7 @@ def check_image_folder(directory, channels, image_size):
         raise ValueError(f"`directory` {directory!r} does not exist or is not a folder.")
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
-    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
-    return directory, (int(image_size[0]), int(image_size[1]))
+    return directory, check_image_size(image_size)
 
 
 class Source:
@@ -172,13 +191,35 @@ def as_source(x, y=None):
             raise ValueError(
                 f"`x` must be a tf.data.Dataset of (x, y) elements; got element spec {spec}."
             )
-        features, labels = x.batch(np.iinfo(np.int32).max).get_single_element()
-        return Source(tf.nest.map_structure(np.asarray, features), np.asarray(labels))
+        return _dataset_source(x, spec)
     if y is None:
         raise ValueError("`y` (class labels) is required when `x` holds arrays.")
     if isinstance(x, list):
         x = np.asarray(x)  # a list is one array of samples, not a nest of inputs
     return Source(tf.nest.map_structure(np.asarray, x), y)
+
+
+def _dataset_source(dataset, spec):
+    """The `Source` of a finite dataset of `(x, y)` elements, read into memory as one batch."""
+    try:
+        batch = next(iter(dataset.batch(np.iinfo(np.int32).max).take(1)), None)
+    except tf.errors.InvalidArgumentError as error:
+        varying = any(
+            not s.shape.is_fully_defined() for s in tf.nest.flatten(spec) if hasattr(s, "shape")
+        )
+        if not varying or "different shapes" not in str(error):
+            raise
+        raise ValueError(
+            f"`x` is a tf.data.Dataset whose elements have different shapes (element spec "
+            f"{spec}); the samplers stack them into arrays. Resize them first (e.g. "
+            "`x.map(lambda image, label: (tf.image.resize(image, (64, 64)), label))`), or read "
+            "images with `tfmetric.data.image_directory` or `tfmetric.data.tfrecord_source`, "
+            "which decode and resize per batch."
+        ) from None
+    if batch is None:
+        raise ValueError("`x` and `y` are empty; at least two classes are needed.")
+    features, labels = batch
+    return Source(tf.nest.map_structure(np.asarray, features), np.asarray(labels))
 
 
 def _has_image_magic(path):
@@ -219,8 +260,8 @@ def image_directory(directory, image_size=(64, 64), channels=3, validate=True):
 
     Args:
         directory: Path of the folder of class sub-folders.
-        image_size: `(height, width)` of the resized images. Defaults to
-            `(64, 64)`.
+        image_size: `(height, width)` of the resized images, or one integer
+            `n` for `(n, n)`. Defaults to `(64, 64)`.
         channels: 1 (grayscale) or 3 (RGB). Defaults to `3`.
         validate: Decode every file once to detect corrupt images. Defaults
             to `True`.
@@ -380,7 +421,8 @@ def read_images(paths, image_size=(64, 64), channels=3):
 
     Args:
         paths: Image file paths.
-        image_size: `(height, width)`. Defaults to `(64, 64)`.
+        image_size: `(height, width)`, or one integer `n` for `(n, n)`.
+            Defaults to `(64, 64)`.
         channels: 1 (grayscale) or 3 (RGB). Defaults to `3`.
 
     Returns:
@@ -393,9 +435,7 @@ def read_images(paths, image_size=(64, 64), channels=3):
     paths = [os.fspath(p) for p in paths]
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
-    if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-        raise ValueError(f"`image_size` must be (height, width) > 0; got {image_size!r}.")
-    image_size = (int(image_size[0]), int(image_size[1]))
+    image_size = check_image_size(image_size)
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"{len(missing)} image file(s) not found: {missing[:10]}.")

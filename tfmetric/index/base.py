@@ -118,7 +118,9 @@ class Index:
                 labels or none does. Defaults to `None`.
             ids: Integer or string ids of shape `(n,)`, unique in the index
                 and of the kind already stored. Defaults to consecutive
-                integers starting at the current size (integer ids only).
+                integers starting after the largest stored id (at 0 for an
+                empty index), so that they never collide with the ids kept
+                after a `remove` (integer ids only).
             payloads: `n` JSON-serialisable values kept with the embeddings
                 and returned by `lookup` (e.g. file paths or metadata dicts).
                 Defaults to `None` (entries without payload).
@@ -146,7 +148,8 @@ class Index:
         if ids is None:
             if self.size and self._ids.dtype.kind == "U":
                 raise ValueError("The index holds string ids: pass `ids` to `add`.")
-            ids = np.arange(self.size, self.size + n, dtype=np.int64)
+            start = int(self._ids.max()) + 1 if self.size else 0
+            ids = np.arange(start, start + n, dtype=np.int64)
         else:
             ids = _check_ids(ids, n)
             if self.size and (ids.dtype.kind == "U") != (self._ids.dtype.kind == "U"):

@@ -36,7 +36,9 @@ class Lookups:
             none.
 
     `str(lookups)` (and `print`) gives a table with one row per neighbour;
-    `lookups[i]` is the `Lookups` of query `i` alone; `len(lookups)` is `q`.
+    `lookups[i]` is the `Lookups` of query `i` alone (`i` may be negative;
+    `IndexError` outside `[-q, q)`), iterating gives them in query order, and
+    `len(lookups)` is `q`.
     """
 
     ids: np.ndarray
@@ -48,15 +50,21 @@ class Lookups:
         return int(self.ids.shape[0])
 
     def __getitem__(self, i):
-        if not isinstance(i, (int, np.integer)):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"Lookups are indexed by query number; got {type(i).__name__}.")
-        rows = slice(i, i + 1 if i != -1 else None)
+        position = int(i) + len(self) if i < 0 else int(i)
+        if not 0 <= position < len(self):
+            raise IndexError(f"Query {int(i)} is out of range for {len(self)} queries.")
+        rows = slice(position, position + 1)
         return Lookups(
             ids=self.ids[rows],
             distances=self.distances[rows],
             labels=None if self.labels is None else self.labels[rows],
             payloads=None if self.payloads is None else self.payloads[rows],
         )
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
     def rows(self):
         """One tuple `(query, rank, id, label, distance, payload)` per neighbour, rank from 1."""

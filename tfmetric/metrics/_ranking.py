@@ -47,7 +47,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, chunks, inputs
+from tfmetric._src import cache, centring, chunks, inputs
 from tfmetric._src import compile as backend_compile
 
 # Largest number of elements of one (chunk, gallery) block; 2**24 float32 = 64 MiB
@@ -245,6 +245,10 @@ def relevant_ranks(query, query_labels, gallery=None, gallery_labels=None, dista
     leave_one_out = gallery is None
     if leave_one_out:
         gallery, gallery_labels = query, query_labels
+    # Euclidean distances of embeddings centred on the gallery's mean (`centring`).
+    shift = centring.offset(distance, gallery)
+    query = centring.centred(query, shift)
+    gallery = query if leave_one_out else centring.centred(gallery, shift)
     order = np.argsort(gallery_labels, kind="stable")
     sorted_gallery = gallery[order]
     classes, starts, counts = np.unique(

@@ -37,7 +37,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, chunks, search_keys, topk
+from tfmetric._src import cache, centring, chunks, search_keys, topk
 from tfmetric._src import compile as backend_compile
 from tfmetric.metrics import _ranking
 
@@ -266,6 +266,10 @@ def nearest_ranks(
     # The top K, `TIE_SLOTS` sentinels and, leave-one-out, the query itself.
     width = k + TIE_SLOTS + int(leave_one_out)
     chunk, block = _sizes(len(query), len(gallery), width)
+    # Euclidean keys on embeddings centred on the gallery's mean (`centring`).
+    shift = centring.offset(distance, gallery)
+    query = centring.centred(query, shift)
+    gallery = query if leave_one_out else centring.centred(gallery, shift)
     factor = search_keys.scale(distance, query, gallery)
     query, gallery = (search_keys.operands(distance, a, factor) for a in (query, gallery))
     term = search_keys.gallery_term(distance, gallery)

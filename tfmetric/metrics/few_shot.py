@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, validation
+from tfmetric._src import centring, inputs, validation
 
 # Largest (episode-chunk queries) x (episode-chunk supports) distance block.
 _BLOCK_ELEMENTS = 1 << 22
@@ -92,18 +92,19 @@ def n_way_k_shot_accuracy(
     query_class = np.repeat(np.arange(n_way), queries_per_class)
 
     nq, ns = queries.shape[1], supports.shape[1]
+    shift = centring.offset(distance, embeddings)  # float64 euclidean (`centring`)
     chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns))))
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):
         stop = min(begin + chunk, episodes)
         c = stop - begin
-        block = np.asarray(
-            distance(
-                embeddings[queries[begin:stop].ravel()], embeddings[supports[begin:stop].ravel()]
-            )
+        block = centring.dissimilarities(
+            distance,
+            embeddings[queries[begin:stop].ravel()],
+            embeddings[supports[begin:stop].ravel()],
+            shift,
         ).reshape(c, nq, c, ns)
-        # (c, nq, ns): each episode's own block
-        d = distance.to_dissimilarity(block[np.arange(c), :, np.arange(c), :])
+        d = block[np.arange(c), :, np.arange(c), :]  # (c, nq, ns): each episode's own block
         own = support_class[None, None, :] == query_class[None, :, None]
         nearest_own = np.where(own, d, np.inf).min(axis=2)
         nearest_other = np.where(own, np.inf, d).min(axis=2)

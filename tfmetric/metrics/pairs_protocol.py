@@ -23,6 +23,7 @@ from tfmetric.metrics.verification import (
     _prepare,
     best_threshold,
     equal_error_rate,
+    far_values,
     paired_distances,
     roc_auc,
     tar_at_far,
@@ -164,7 +165,8 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
             (as in LFW's file). Defaults to `10`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
-        far: False accept rates for `tar_at_far`. Defaults to `(1e-3, 1e-2)`.
+        far: False accept rates for `tar_at_far`: a real number in `[0, 1]`
+            (Python or numpy) or a sequence of them. Defaults to `(1e-3, 1e-2)`.
 
     Returns:
         A dict: `accuracy` and `accuracy_std` (mean and population standard
@@ -186,6 +188,7 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
     [1.0, 0.5]
     """
     distance = distances_lib.get(distance)
+    far = far_values(far)
     # Closeness scores (larger means "same") serve distances and similarities alike.
     scores = distance.to_closeness(paired_distances(x, y, distance).astype(np.float64))
     same, _ = _prepare(same, scores, True)
@@ -224,7 +227,7 @@ def k_fold_verification(x, y, same, folds=10, distance="euclidean", far=(1e-3, 1
         "roc_auc": roc_auc(same, scores, True),
         "equal_error_rate": equal_error_rate(same, scores, True),
     }
-    for value in (far,) if isinstance(far, (int, float)) else far:
+    for value in far:
         results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, True)
     return results
 
@@ -244,7 +247,8 @@ def evaluate_pairs_file(
         extension: Image file extension. Defaults to `"jpg"`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
-        far: False accept rates for `tar_at_far`. Defaults to `(1e-3, 1e-2)`.
+        far: False accept rates for `tar_at_far`: a real number in `[0, 1]`
+            (Python or numpy) or a sequence of them. Defaults to `(1e-3, 1e-2)`.
 
     Returns:
         The dict of `k_fold_verification`, with the folds of the file.

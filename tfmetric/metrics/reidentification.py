@@ -26,7 +26,7 @@ Reference:
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs, validation
+from tfmetric._src import centring, inputs, validation
 
 # Largest (queries × gallery) block of distances held at once.
 _BLOCK_ELEMENTS = 1 << 22
@@ -84,11 +84,12 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
     distance = distances_lib.get(distance)
     junk = np.zeros(len(g), bool) if junk_label is None else g_id == int(junk_label)
     chunk = max(1, _BLOCK_ELEMENTS // max(1, len(g)))
+    shift = centring.offset(distance, g)  # float64 euclidean distances (`centring`)
     cmc_hits = np.zeros(max_rank)
     ap_sum, evaluated = 0.0, 0
     for begin in range(0, len(q), chunk):
         rows = slice(begin, begin + chunk)
-        d = distance.to_dissimilarity(np.asarray(distance(q[rows], g), np.float64))
+        d = centring.dissimilarities(distance, q[rows], g, shift)
         good = (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] != q_cam[rows, None])
         excluded = junk[None, :] | (
             (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] == q_cam[rows, None])

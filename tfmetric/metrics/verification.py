@@ -15,6 +15,8 @@ Reference:
     2007 (the pair-verification protocol).
 """
 
+import numbers
+
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -104,6 +106,30 @@ def equal_error_rate(same, scores, similarity=False):
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_far(far):
+    """`far` as a float in `[0, 1]`: any real number (Python or numpy), not a bool."""
+    if not _is_real(far) or not 0.0 <= float(far) <= 1.0:
+        raise ValueError(f"`far` must be a real number in [0, 1]; got {far!r}.")
+    return float(far)
+
+
+def far_values(far):
+    """The false accept rates of `far`: one real number or a sequence of them, as floats."""
+    if _is_real(far) or isinstance(far, (str, bytes, bool, np.bool_)):
+        return [_check_far(far)]
+    try:
+        values = list(far)
+    except TypeError:
+        raise ValueError(
+            f"`far` must be a real number in [0, 1] or a sequence of them; got {far!r}."
+        ) from None
+    return [_check_far(value) for value in values]
+
+
 def tar_at_far(same, scores, far=1e-3, similarity=False):
     """True accept rate at a false accept rate of at most `far`.
 
@@ -113,7 +139,8 @@ def tar_at_far(same, scores, far=1e-3, similarity=False):
     Args:
         same: Booleans (or 0/1), shape `(pairs,)`.
         scores: Distances (or similarities), shape `(pairs,)`.
-        far: The false accept rate, in `[0, 1]`. Defaults to `1e-3`.
+        far: The false accept rate, a real number (Python or numpy) in
+            `[0, 1]`. Defaults to `1e-3`.
         similarity: `True` when larger scores mean "same". Defaults to `False`.
 
     Returns:
@@ -124,8 +151,7 @@ def tar_at_far(same, scores, far=1e-3, similarity=False):
     >>> tfmetric.metrics.tar_at_far([1, 1, 0, 0], [0.1, 0.5, 0.4, 0.9], far=0.0)
     0.5
     """
-    if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 <= far <= 1.0:
-        raise ValueError(f"`far` must be a number in [0, 1]; got {far!r}.")
+    far = _check_far(far)
     same, oriented = _prepare(same, scores, similarity)
     fpr, tpr, _ = _curve(same, oriented)
     return float(np.max(tpr[fpr <= far]))
@@ -206,7 +232,8 @@ def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
         same: Booleans (or 0/1), shape `(pairs,)`.
         distance: Name, config or `tfmetric.distances.Distance`; it sets the
             direction of the scores. Defaults to `"euclidean"`.
-        far: False accept rates for `tar_at_far`. Defaults to `(1e-3, 1e-2)`.
+        far: False accept rates for `tar_at_far`: a real number in `[0, 1]`
+            (Python or numpy) or a sequence of them. Defaults to `(1e-3, 1e-2)`.
 
     Returns:
         A dict: `roc_auc`, `equal_error_rate`, `tar_at_far_{far}` for each
@@ -221,13 +248,14 @@ def evaluate_verification(x, y, same, distance="euclidean", far=(1e-3, 1e-2)):
     {'roc_auc': 1.0, 'equal_error_rate': 0.0, 'tar_at_far_0.5': 1.0, 'threshold': 0.3, 'accuracy': 1.0}
     """
     distance = distances_lib.get(distance)
+    far = far_values(far)
     # Closeness scores (larger means "same") serve distances and similarities alike.
     scores = distance.to_closeness(paired_distances(x, y, distance).astype(np.float64))
     results = {
         "roc_auc": roc_auc(same, scores, True),
         "equal_error_rate": equal_error_rate(same, scores, True),
     }
-    for value in (far,) if isinstance(far, (int, float)) else far:
+    for value in far:
         results[f"tar_at_far_{value:g}"] = tar_at_far(same, scores, value, True)
     threshold, accuracy = best_threshold(same, scores, "accuracy", True)
     results.update(threshold=float(distance.from_closeness(threshold)), accuracy=accuracy)
