@@ -133,6 +133,11 @@ def test_matches_evaluate_retrieval_with_gallery_and_similarity():
         ({"metrics": ["accuracy"]}, "`metrics`"),
         ({"every": 0}, "`every`"),
         ({"k": 0}, "`k`"),
+        # Labels are checked when the callback is made, not after the first epoch of training.
+        ({"validation_data": (np.zeros((4, 6)), np.array(list("abab")))}, "integer class labels"),
+        ({"validation_data": (np.zeros((4, 6)), np.arange(4) + 0.5)}, "non-integer values"),
+        ({"validation_data": (np.zeros((4, 6)), np.zeros((4, 2), int))}, r"shape \(n,\) or"),
+        ({"gallery_data": (np.zeros((4, 6)), np.zeros(4, bool))}, "`gallery_data` labels"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -140,6 +145,18 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         RetrievalEvaluation(**args)
+
+
+def test_integral_float_and_column_labels_are_accepted():
+    x, y = _data(n=16)
+    model = _model()
+    scores = RetrievalEvaluation((x, y))
+    scores.set_model(model)
+    expected = scores.evaluate()
+    for labels in (y.astype("float32"), y[:, None]):
+        callback = RetrievalEvaluation((x, labels))
+        callback.set_model(model)
+        assert callback.evaluate() == pytest.approx(expected)
 
 
 def _twin(kind, embedder):

@@ -173,4 +173,17 @@ def _check_data(data, name):
         raise ValueError(
             f"`{name}` has {size} inputs but labels of shape {labels.shape}; they must match."
         )
+    # Checked here, not at the first epoch's end (after training it) under another name.
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        raise ValueError(
+            f"`{name}` labels must be class labels of shape (n,) or (n, 1); got shape "
+            f"{labels.shape}."
+        )
+    if labels.dtype == bool or labels.dtype.kind not in "iuf" or (
+        labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels)))
+    ):
+        raise ValueError(
+            f"`{name}` labels must be integer class labels; got dtype {labels.dtype}"
+            + (" with non-integer values." if labels.dtype.kind == "f" else ".")
+        )
     return inputs, labels
