@@ -111,6 +111,11 @@ def test_bad_schedules():
         MiningSchedule(margin={-1: 0.5, 0: 0.1})
     with pytest.raises(ValueError, match="mining"):
         MiningSchedule(mining={0: 3})
+    with pytest.raises(ValueError, match=r"keys must be epochs .* True"):
+        MiningSchedule(margin={0: 0.1, True: 0.5})  # was read as epoch 1
+    with pytest.raises(ValueError, match="`verbose`"):
+        MiningSchedule(margin={0: 0.1}, verbose="yes")
+    assert MiningSchedule(margin={0: 0.1}, verbose=True).verbose == 1
     x, y = _data()
     model = _frozen_model(tfmetric.losses.MultiSimilarityLoss())
     with pytest.raises(ValueError, match="no `mining` attribute"):

@@ -133,6 +133,11 @@ def test_matches_evaluate_retrieval_with_gallery_and_similarity():
         ({"metrics": ["accuracy"]}, "`metrics`"),
         ({"every": 0}, "`every`"),
         ({"k": 0}, "`k`"),
+        # Labels are checked when the callback is made, not after the first epoch of training.
+        ({"validation_data": (np.zeros((4, 6)), np.array(list("abab")))}, "integer class labels"),
+        ({"validation_data": (np.zeros((4, 6)), np.arange(4) + 0.5)}, "non-integer values"),
+        ({"validation_data": (np.zeros((4, 6)), np.zeros((4, 2), int))}, r"shape \(n,\) or"),
+        ({"gallery_data": (np.zeros((4, 6)), np.zeros(4, bool))}, "`gallery_data` labels"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -140,3 +145,65 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         RetrievalEvaluation(**args)
+
+
+def test_integral_float_and_column_labels_are_accepted():
+    x, y = _data(n=16)
+    model = _model()
+    scores = RetrievalEvaluation((x, y))
+    scores.set_model(model)
+    expected = scores.evaluate()
+    for labels in (y.astype("float32"), y[:, None]):
+        callback = RetrievalEvaluation((x, labels))
+        callback.set_model(model)
+        assert callback.evaluate() == pytest.approx(expected)
+
+
+def _twin(kind, embedder):
+    if kind == "siamese":
+        return tfmetric.models.SiameseModel(embedder, input_shape=(6,)), 2
+    return tfmetric.models.TripletModel(embedder, input_shape=(6,)), 3
+
+
+@pytest.mark.parametrize("kind", ["siamese", "triplet"])
+@pytest.mark.parametrize("bare_layer", [False, True])
+def test_twin_models_are_scored_on_their_embedder(kind, bare_layer):
+    # A twin model's output compares inputs; the callback scores its shared embedder.
+    keras.utils.set_random_seed(0)
+    x, y = _data()
+    embedder = (
+        keras.layers.Dense(4)
+        if bare_layer
+        else keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    )
+    model, branches = _twin(kind, embedder)
+    loss = tfmetric.losses.PairContrastiveLoss() if kind == "siamese" else None
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss or "mse")
+    targets = np.ones(len(x)) if kind == "siamese" else np.zeros((len(x), 3, 4))
+    datasets = [(x, y), tf.data.Dataset.from_tensor_slices((x, y)).batch(10)]
+    for validation_data in datasets:
+        history = model.fit(
+            [x] * branches,
+            targets,
+            epochs=1,
+            verbose=0,
+            callbacks=[RetrievalEvaluation(validation_data)],
+        )
+        embeddings = keras.ops.convert_to_numpy(model.embedder(x))
+        assert history.history["val_map_at_r"][0] == pytest.approx(
+            _reference_map_at_r(embeddings, y), abs=1e-9
+        )
+
+
+def test_two_tower_model_logits_are_refused():
+    # Its (B, B) logits looked like embeddings and gave meaningless metrics.
+    x, y = _data(n=16)
+    tower = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    other = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    model = tfmetric.models.TwoTowerModel(tower, other)
+    model.compile(optimizer="sgd", loss=tfmetric.losses.InBatchSoftmaxLoss())
+    inputs = {"query": x, "candidate": x}
+    with pytest.raises(ValueError, match="TwoTowerModel outputs in-batch logits"):
+        model.fit(
+            inputs, epochs=1, verbose=0, callbacks=[RetrievalEvaluation((inputs, y))]
+        )

@@ -168,3 +168,23 @@ def test_config_holds_every_argument_and_rebuilds():
     assert rebuilt.name == "proxy"
     assert rebuilt.head.get_config() == model.head.get_config()
     assert keras.saving.get_registered_name(tfmetric.models.ProxyModel) == "tfmetric>ProxyModel"
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_labels_outside_the_heads_classes_are_refused_before_training(jit_compile):
+    # In the compiled step an out-of-range label has a zero one-hot row: a finite, meaningless loss.
+    model = tfmetric.models.ProxyModel(_embedder(), tfmetric.layers.ArcFace(3))
+    model.compile(optimizer="adam", jit_compile=jit_compile)
+    x, _ = _data(size=8)
+    weights = [w.copy() for w in model.get_weights()]
+    for labels, shown in (([0, 1, 2, 3] * 2, r"\[0, 3\]"), ([0, 1, 2, -1] * 2, r"\[-1, 2\]")):
+        with pytest.raises(ValueError, match=rf"`y` must hold class labels in \[0, 3\).*{shown}"):
+            model.fit(x, np.array(labels), epochs=1, verbose=0)
+        with pytest.raises(ValueError, match=r"`y` must hold class labels in \[0, 3\)"):
+            model.evaluate(x, np.array(labels), verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` must hold class labels"):
+        model.fit(x, np.arange(8) % 3, validation_data=(x, np.arange(8) % 4), verbose=0)
+    for before, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    history = model.fit(x, (np.arange(8) % 3).astype("float32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -169,3 +169,31 @@ def test_logits_layer_checks_sizes_and_log_probabilities():
     log_q = np.log(np.full((4, 1), 0.25))
     expected = _normalize(q) @ _normalize(q).T / 0.07 - log_q.T
     np.testing.assert_allclose(_np(layer(q, q, log_q)), expected, rtol=1e-5)
+
+
+def test_predict_is_one_batch_of_in_batch_logits():
+    # Logits compare each query with the candidates of its own batch: several batches' logits
+    # formed a RaggedTensor (TensorFlow), a (N, batch) stack or a concatenation error (JAX).
+    query, item = _towers()
+    model = tfmetric.models.TwoTowerModel(query, item)
+    x = {"query": QUERIES, "candidate": ITEMS}
+    expected = (
+        _normalize(query.predict(QUERIES, verbose=0))
+        @ _normalize(item.predict(ITEMS, verbose=0)).T
+        / 0.07
+    )
+    logits = model.predict(x, verbose=0)
+    assert logits.shape == (N, N)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        model.predict(x, batch_size=N, verbose=0), expected, rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match=r"`batch_size` \(8\) is below the 32 rows"):
+        model.predict(x, batch_size=8, verbose=0)
+    for batch in (16, 12):  # batches of equal and of different sizes
+        dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch)
+        with pytest.raises(ValueError, match="more than one batch"):
+            model.predict(dataset, verbose=0)
+    # The model still holds its weights (under JAX a failed loop would leave them empty).
+    one_batch = tf.data.Dataset.from_tensor_slices(x).batch(N)
+    np.testing.assert_allclose(model.predict(one_batch, verbose=0), expected, rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ def _check_schedule(schedule, name):
     checked = {}
     for epoch, value in schedule.items():
         try:
-            epoch_number = int(epoch)
+            epoch_number = -1 if isinstance(epoch, bool) else int(epoch)
         except (TypeError, ValueError):
             epoch_number = -1
         if epoch_number < 0 or (isinstance(epoch, numbers.Number) and epoch != epoch_number):
@@ -120,7 +120,9 @@ class MiningSchedule(keras.callbacks.Callback):
             for value in self.mining.values():
                 self._check_mode(value)
         self.loss = loss
-        self.verbose = int(verbose)
+        self.verbose = (
+            int(verbose) if isinstance(verbose, bool) else validation.check_int(verbose, "verbose", 0)
+        )
         self.history = []
         self._bound_loss = None
         margin0, mining0 = self.value_at(0)

@@ -7,13 +7,18 @@ import tensorflow as tf
 from tfmetric import distances as distances_lib
 from tfmetric._src import validation
 from tfmetric.metrics import retrieval
+from tfmetric.models.siamese import SiameseModel
+from tfmetric.models.triplet_model import TripletModel
+from tfmetric.models.two_tower import TwoTowerModel
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
     """Computes retrieval metrics at epoch end and adds them to `logs`.
 
     The model's output (one embedding tensor) is computed for the validation
-    inputs, and `tfmetric.metrics.evaluate_retrieval` scores it: leave-one-out
+    inputs (for a `tfmetric.models.SiameseModel` or `TripletModel`, whose
+    output compares several inputs, the output of its shared `embedder`), and
+    `tfmetric.metrics.evaluate_retrieval` scores it: leave-one-out
     over the validation set, or against `gallery_data` when given. Results go
     into `logs` as `val_map_at_r`, `val_precision_at_1`, `val_recall_at_5`,
     ... (with the default `prefix`), so `History`, `TensorBoard`,
@@ -94,18 +99,35 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             raise TypeError(f"`prefix` must be a string; got {prefix!r}.")
         self.prefix = prefix
 
+    def _embedding_model(self):
+        if isinstance(self.model, TwoTowerModel):
+            raise ValueError(
+                "RetrievalEvaluation scores the model's output as embeddings, and a "
+                "TwoTowerModel outputs in-batch logits. Rank candidates with "
+                "`model.retrieve`, or score `model.query_tower` / `model.candidate_tower` "
+                "embeddings with `tfmetric.metrics.evaluate_retrieval`."
+            )
+        if not isinstance(self.model, (SiameseModel, TripletModel)):
+            return self.model
+        embedder = self.model.embedder
+        if not isinstance(embedder, keras.Model):
+            # A bare layer has no `predict`: wrap it on the twin model's input spec.
+            spec = self.model.inputs[0]
+            inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
+            embedder = keras.Model(inputs, embedder(inputs))
+        return embedder
+
     def _embed(self, data):
+        model = self._embedding_model()
         if isinstance(data, tf.data.Dataset):
             embeddings, labels = [], []
             for inputs, batch_labels in data.as_numpy_iterator():  # any Keras backend
-                embeddings.append(np.asarray(self.model.predict_on_batch(inputs)))
+                embeddings.append(np.asarray(model.predict_on_batch(inputs)))
                 labels.append(np.asarray(batch_labels))
             embeddings, labels = np.concatenate(embeddings), np.concatenate(labels)
         else:
             inputs, labels = data
-            embeddings = np.asarray(
-                self.model.predict(inputs, batch_size=self.batch_size, verbose=0)
-            )
+            embeddings = np.asarray(model.predict(inputs, batch_size=self.batch_size, verbose=0))
             labels = np.asarray(labels)
         if embeddings.ndim != 2:
             raise ValueError(
@@ -150,5 +172,18 @@ def _check_data(data, name):
     if labels.ndim not in (1, 2) or labels.shape[0] != size:
         raise ValueError(
             f"`{name}` has {size} inputs but labels of shape {labels.shape}; they must match."
+        )
+    # Checked here, not at the first epoch's end (after training it) under another name.
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        raise ValueError(
+            f"`{name}` labels must be class labels of shape (n,) or (n, 1); got shape "
+            f"{labels.shape}."
+        )
+    if labels.dtype == bool or labels.dtype.kind not in "iuf" or (
+        labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels)))
+    ):
+        raise ValueError(
+            f"`{name}` labels must be integer class labels; got dtype {labels.dtype}"
+            + (" with non-integer values." if labels.dtype.kind == "f" else ".")
         )
     return inputs, labels

@@ -1,7 +1,10 @@
 """An embedding model trained through a proxy-based loss head."""
 
 import keras
+import numpy as np
 from keras import ops
+
+from tfmetric._src import inputs
 
 __all__ = ["ProxyModel"]
 
@@ -23,6 +26,29 @@ def _per_sample_losses(head, embeddings, labels):
             f"{tuple(embeddings.shape)}."
         )
     return ops.cast(values, "float32")
+
+
+def _check_class_labels(labels, num_classes, name):
+    """Rejects in-memory labels outside `[0, num_classes)` before training.
+
+    Inside the compiled step such a label has no target class (a zero one-hot
+    row) and gives a finite, meaningless loss. Datasets and generators are
+    left alone (reading them would consume data).
+    """
+    if (
+        labels is None
+        or num_classes is None
+        or not isinstance(labels, (np.ndarray, list, tuple))
+        and not hasattr(labels, "__array__")
+    ):
+        return
+    values = inputs.check_host_labels(np.asarray(labels), name)
+    values = np.asarray(values)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`{name}` must hold class labels in [0, {num_classes}) (the head's "
+            f"`num_classes`); got values in [{values.min()}, {values.max()}]."
+        )
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -110,6 +136,20 @@ class ProxyModel(keras.Model):
                 f"`loss` must be None for a ProxyModel: the head computes the loss; got {loss!r}."
             )
         super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; in-memory labels outside the head's classes are an error."""
+        num_classes = getattr(self.head, "num_classes", None)
+        _check_class_labels(y, num_classes, "y")
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)) and len(validation) >= 2:
+            _check_class_labels(validation[1], num_classes, "validation_data")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; in-memory labels outside the head's classes are an error."""
+        _check_class_labels(y, getattr(self.head, "num_classes", None), "y")
+        return super().evaluate(x, y, *args, **kwargs)
 
     def compile_from_config(self, config):
         # Keras skips `compile` on load when it is overridden; ours only rejects `loss`.

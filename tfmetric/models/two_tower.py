@@ -33,6 +33,34 @@ def _tower_input(tower, name):
     return tuple(inputs[0].shape[1:]), inputs[0].dtype
 
 
+def _row_count(x):
+    """The number of rows of in-memory inputs (arrays, or a dict/list of them), else `None`."""
+    values = list(x.values()) if isinstance(x, dict) else x
+    values = values if isinstance(values, (list, tuple)) else [values]
+    shapes = [getattr(value, "shape", None) for value in values]
+    if not shapes or any(shape is None or len(shape) == 0 for shape in shapes):
+        return None
+    rows = shapes[0][0]
+    return rows if isinstance(rows, (int, np.integer)) else None
+
+
+class _OneBatch(keras.callbacks.Callback):
+    """Stops a `predict` at its second batch (in-batch logits do not concatenate).
+
+    It stops the loop rather than raising in it: under JAX, an exception in
+    the loop would leave the model's variables without their values.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.more = False
+
+    def on_predict_batch_end(self, batch, logs=None):
+        if batch >= 1:
+            self.more = True
+            self.model.stop_predicting = True
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
 class TwoTowerModel(keras.Model):
     """Two towers trained with an in-batch softmax: CLIP and recommender retrieval.
@@ -148,6 +176,58 @@ class TwoTowerModel(keras.Model):
         return super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """The `(N, N)` in-batch logits of `N` query-candidate pairs given as one batch.
+
+        The logits score each query against the candidates of its own batch,
+        so they exist for one batch only: arrays are predicted as a single
+        batch of all their rows unless `batch_size` is given, and a
+        `batch_size` below the number of rows, or a dataset of more than one
+        batch, is a `ValueError` (the logits of several batches do not form
+        one matrix). For embeddings, call `query_tower.predict` and
+        `candidate_tower.predict`; to rank a gallery, `retrieve`.
+
+        Args:
+            x: `{"query": ..., "candidate": ...}` inputs (arrays), or a
+                dataset of one batch.
+            batch_size: At least the number of rows. Defaults to `None`: all
+                rows.
+            verbose: As `keras.Model.predict`. Defaults to `"auto"`.
+            steps: As `keras.Model.predict`. Defaults to `None`.
+            callbacks: As `keras.Model.predict`. Defaults to `None`.
+
+        Returns:
+            The logits `(N, N)`.
+        """
+        rows = _row_count(x)
+        if rows is not None:
+            if batch_size is None:
+                batch_size = max(rows, 1)
+            elif rows > batch_size:
+                raise ValueError(
+                    f"`batch_size` ({batch_size}) is below the {rows} rows of `x`: "
+                    "TwoTowerModel.predict returns the in-batch logits of one batch. Pass "
+                    "`batch_size=None` (one batch of all rows), or embed with `query_tower` "
+                    "and `candidate_tower` (`retrieve` ranks a gallery)."
+                )
+        one_batch = _OneBatch()
+        callbacks = list(callbacks or []) + [one_batch]
+        try:
+            logits = super().predict(
+                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            )
+        except ValueError:
+            # Batches of different sizes do not concatenate: the error below says why.
+            if not one_batch.more:
+                raise
+        if one_batch.more:
+            raise ValueError(
+                "TwoTowerModel.predict returns the in-batch logits of one batch; `x` gave "
+                "more than one batch. Give a dataset of one batch, or embed with `query_tower` "
+                "and `candidate_tower` (`retrieve` ranks a gallery)."
+            )
+        return logits
 
     def _embed(self, tower, inputs, batch_size):
         embeddings = np.asarray(tower.predict(inputs, batch_size=batch_size, verbose=0), "float32")
