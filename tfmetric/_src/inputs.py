@@ -325,3 +325,39 @@ def first_occurrence_ids(labels):
     # reduction is far slower under XLA on CPU).
     columns = ops.expand_dims(ops.arange(size, dtype="int32"), 0)
     return ops.min(ops.where(same, columns, size), axis=1)
+
+
+def check_finite(value, name):
+    """Raises a `ValueError` naming `name` for NaN/Inf values, where they are known (eager)."""
+    known = static_value(value)
+    if known is not None and not np.all(np.isfinite(known)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+
+
+def check_vector(value, name, size, integer):
+    """Validates one value per batch row, shape `(B,)` or `(B, 1)`; returns it as `(B,)`.
+
+    Integer ids (`integer=True`) are returned as given; numbers are returned
+    in float32 and checked for NaN/Inf where known.
+
+    Raises:
+        ValueError: naming `name` for a wrong shape, a length other than
+            `size` (where both are known), a wrong dtype or NaN/Inf values.
+    """
+    expected = "integer ids" if integer else "numbers"
+    value = ops.convert_to_tensor(check_host_numbers(value, name, expected))
+    if len(value.shape) == 2 and value.shape[1] == 1:
+        value = ops.reshape(value, (-1,))
+    if len(value.shape) != 1:
+        raise ValueError(f"`{name}` must have shape (batch,); got shape {tuple(value.shape)}.")
+    if value.shape[0] is not None and size is not None and value.shape[0] != size:
+        raise ValueError(f"`{name}` has {value.shape[0]} entries but the batch has {size}.")
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    if integer and not dtype.startswith(("int", "uint")):
+        raise ValueError(f"`{name}` must hold integer ids; got dtype {dtype}.")
+    if not integer:
+        if not dtype.startswith(("float", "bfloat", "int", "uint")):
+            raise ValueError(f"`{name}` must hold numbers; got dtype {dtype}.")
+        value = ops.cast(value, "float32")
+        check_finite(value, name)
+    return value

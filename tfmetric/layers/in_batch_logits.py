@@ -3,7 +3,6 @@
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
@@ -99,7 +98,9 @@ class InBatchLogits(keras.layers.Layer):
             candidate = numerics.l2_normalize(candidate)
         logits = ops.matmul(query, ops.transpose(candidate)) * self.logit_scale()
         if candidate_log_probability is not None:
-            log_q = _check_log_probability(candidate_log_probability, cols)
+            log_q = inputs.check_vector(
+                candidate_log_probability, "candidate_log_probability", cols, integer=False
+            )
             logits = logits - ops.reshape(log_q, (1, -1))
         return logits
 
@@ -115,28 +116,3 @@ class InBatchLogits(keras.layers.Layer):
             normalize=self.normalize,
         )
         return config
-
-
-def _check_log_probability(value, size):
-    """`candidate_log_probability` as float32 `(B,)`; a `ValueError` naming it otherwise."""
-    value = ops.convert_to_tensor(value)
-    if len(value.shape) == 2 and value.shape[1] == 1:
-        value = ops.reshape(value, (-1,))
-    if len(value.shape) != 1:
-        raise ValueError(
-            "`candidate_log_probability` must have shape (batch,); got shape "
-            f"{tuple(value.shape)}."
-        )
-    if value.shape[0] is not None and size is not None and value.shape[0] != size:
-        raise ValueError(
-            f"`candidate_log_probability` has {value.shape[0]} entries but the batch has {size} "
-            "candidates; they must match."
-        )
-    dtype = keras.backend.standardize_dtype(value.dtype)
-    if not dtype.startswith(("float", "bfloat", "int", "uint")):
-        raise ValueError(f"`candidate_log_probability` must hold numbers; got dtype {dtype}.")
-    value = ops.cast(value, "float32")
-    known = inputs.static_value(value)
-    if known is not None and not np.all(np.isfinite(known)):
-        raise ValueError("`candidate_log_probability` contains NaN or infinite values.")
-    return value

@@ -1,19 +1,11 @@
 """In-batch softmax over (query, candidate) pairs: two-tower retrieval and CLIP's InfoNCE."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
 
 __all__ = ["InBatchSoftmaxLoss", "clip_loss", "in_batch_softmax_loss"]
-
-
-def _check_finite(value, name):
-    """Raises a `ValueError` naming `name` for NaN/Inf values, where they are known (eager)."""
-    known = inputs.static_value(value)
-    if known is not None and not np.all(np.isfinite(known)):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
 def _check_logits(logits, check_values=True):
@@ -36,28 +28,8 @@ def _check_logits(logits, check_values=True):
         raise ValueError(f"`logits` must be floating point; got dtype {dtype}.")
     logits = ops.cast(logits, "float32")
     if check_values:
-        _check_finite(logits, "logits")
+        inputs.check_finite(logits, "logits")
     return logits
-
-
-def _check_vector(value, name, size, integer):
-    expected = "integer ids" if integer else "numbers"
-    value = ops.convert_to_tensor(inputs.check_host_numbers(value, name, expected))
-    if len(value.shape) == 2 and value.shape[1] == 1:
-        value = ops.reshape(value, (-1,))
-    if len(value.shape) != 1:
-        raise ValueError(f"`{name}` must have shape (batch,); got shape {tuple(value.shape)}.")
-    if value.shape[0] is not None and size is not None and value.shape[0] != size:
-        raise ValueError(f"`{name}` has {value.shape[0]} entries but the batch has {size}.")
-    dtype = keras.backend.standardize_dtype(value.dtype)
-    if integer and not dtype.startswith(("int", "uint")):
-        raise ValueError(f"`{name}` must hold integer ids; got dtype {dtype}.")
-    if not integer:
-        if not dtype.startswith(("float", "bfloat", "int", "uint")):
-            raise ValueError(f"`{name}` must hold numbers; got dtype {dtype}.")
-        value = ops.cast(value, "float32")
-        _check_finite(value, name)
-    return value
 
 
 def in_batch_softmax_loss(
@@ -115,9 +87,9 @@ def in_batch_softmax_loss(
     size = logits.shape[0]
     ids = log_q = None
     if candidate_ids is not None:
-        ids = _check_vector(candidate_ids, "candidate_ids", size, integer=True)
+        ids = inputs.check_vector(candidate_ids, "candidate_ids", size, integer=True)
     if candidate_log_probability is not None:
-        log_q = _check_vector(candidate_log_probability, "candidate_log_probability", size, False)
+        log_q = inputs.check_vector(candidate_log_probability, "candidate_log_probability", size, False)
     return _softmax_values(logits, ids, log_q, symmetric)
 
 
@@ -241,7 +213,7 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         # Shapes here; `call` (through `in_batch_softmax_loss`) checks the values once.
         logits = _check_logits(y_pred, check_values=False)
         y_true = inputs.check_host_labels(y_true, "y_true", renumber=True)
-        ids = _check_vector(y_true, "y_true", logits.shape[0], integer=True)
+        ids = inputs.check_vector(y_true, "y_true", logits.shape[0], integer=True)
         # Ids in [0, B) survive Keras' cast of y_true to float32 exactly.
         return super().__call__(inputs.first_occurrence_ids(ids), y_pred, sample_weight)
 

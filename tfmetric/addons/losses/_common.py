@@ -5,7 +5,7 @@ from keras import ops
 
 from tfmetric._src import inputs, validation
 from tfmetric.addons.losses import metric_learning
-from tfmetric.losses import batch
+from tfmetric.losses import batch, scheduled
 
 DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 _LOSS_OPTIONS = ("reduction", "dtype")
@@ -106,9 +106,7 @@ def check_margin(margin):
         except (TypeError, NotImplementedError, AttributeError):
             return ops.cast(margin, "float32")  # symbolic: its value is known when run
         return margin if hasattr(margin, "assign") else value
-    if getattr(margin, "shape", None) == () and hasattr(margin, "item"):
-        margin = margin.item()  # a 0-d NumPy array
-    return validation.check_number(margin, "margin")
+    return scheduled.margin_value(margin)  # numbers and 0-d NumPy arrays, checked
 
 
 def margin_value(margin):
