@@ -45,8 +45,14 @@ def _losses():
     return losses
 
 
-def measure(loss, size, dim, samples_per_class, repeats):
-    """Median milliseconds of one compiled forward+backward step; also whether it is finite."""
+def measure(loss, size, dim, samples_per_class, repeats, inner):
+    """Median milliseconds of one compiled forward+backward step, its scratch memory, finiteness.
+
+    Each of `repeats` timings runs `inner` steps back to back and waits for the
+    last (so a fast device is not timed on Python's dispatch alone); the scratch
+    memory is XLA's temporary buffers of the compiled step (its
+    `memory_analysis()`), or `None` where the backend does not report it.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -62,17 +68,22 @@ def measure(loss, size, dim, samples_per_class, repeats):
             return jnp.sum(distances.Euclidean()(embeddings))
         return loss(y, embeddings)
 
-    step = jax.jit(jax.value_and_grad(value))
+    step = jax.jit(jax.value_and_grad(value)).lower(x, labels).compile()
+    try:
+        scratch = step.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # not every backend/device reports it
+        scratch = None
     out, grad = step(x, labels)
     grad.block_until_ready()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out, grad = step(x, labels)
+        for _ in range(inner):
+            out, grad = step(x, labels)
         grad.block_until_ready()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) / inner)
     finite = bool(np.isfinite(float(out)) and np.all(np.isfinite(np.asarray(grad))))
-    return 1000 * float(np.median(times)), finite
+    return 1000 * float(np.median(times)), scratch, finite
 
 
 def device_name():
@@ -80,7 +91,11 @@ def device_name():
 
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", "") or device.platform
-    return f"{device.platform.upper()} ({kind}), jax {jax.__version__}"
+    precision = jax.config.jax_default_matmul_precision or "backend default"
+    return (
+        f"{device.platform.upper()} ({kind}), jax {jax.__version__}, "
+        f"float32 matmul precision: {precision}"
+    )
 
 
 def main():
@@ -89,33 +104,53 @@ def main():
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--samples-per-class", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--inner", type=int, default=1, help="steps per timing (use ~20 on a GPU)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=("default", "high", "highest"),
+        help="jax_default_matmul_precision (on a GPU: 'default' lets float32 products use TF32)",
+    )
+    parser.add_argument("--out", default=None, help="also write the table to this file")
     parser.add_argument("--only", default=None, help="comma-separated loss names (prefixes)")
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = parser.parse_args()
+    if args.precision:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", args.precision)
     losses = _losses()
     if args.only:
         keep = tuple(args.only.split(","))
         losses = {k: v for k, v in losses.items() if k == FLOOR or k.startswith(keep)}
     device = device_name()
     lines = [
-        f"`python benchmarks/losses_jax.py --sizes {args.sizes}`: forward+backward, `jax.jit`, "
+        f"`python benchmarks/losses_jax.py {' '.join(sys.argv[1:])}`: forward+backward, `jax.jit`, "
         f"D = {args.dim}, P×K batches with K = {args.samples_per_class}, median of "
-        f"{args.repeats} steps. Device: {device}.",
+        f"{args.repeats} timings of {args.inner} step(s) each; scratch = XLA's temporary buffers "
+        f"of the compiled step. Device: {device}.",
         "",
-        "| loss | B | fwd+bwd ms | × floor | finite |",
-        "|---|---:|---:|---:|:---:|",
+        "| loss | B | fwd+bwd ms | × floor | scratch MiB | finite |",
+        "|---|---:|---:|---:|---:|:---:|",
     ]
     for size in (int(s) for s in args.sizes.split(",")):
         floor = None
         for name, loss in losses.items():
-            ms, finite = measure(loss, size, args.dim, args.samples_per_class, args.repeats)
+            ms, scratch, finite = measure(
+                loss, size, args.dim, args.samples_per_class, args.repeats, args.inner
+            )
             floor = ms if loss is None else floor
+            mib = "n/a" if scratch is None else f"{scratch:.0f}"
             lines.append(
-                f"| {name} | {size} | {ms:.2f} | {ms / floor:.2f} | {'yes' if finite else 'NO'} |"
+                f"| {name} | {size} | {ms:.3f} | {ms / floor:.2f} | {mib} | "
+                f"{'yes' if finite else 'NO'} |"
             )
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
     if args.write:
         _results.append_section(HEADING, f"{HEADING}\n\n{text}")
 
