@@ -169,14 +169,19 @@ def test_search_through_group_maxima_keeps_the_stable_order(monkeypatch):
     topk._COMPILED.clear()
 
 
-def test_stable_order_sorts_ties_by_position_and_flags_ties_at_the_cut():
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_stable_order_sorts_ties_by_position_and_flags_ties_at_the_cut(dtype):
+    # Positions come back from the compiled search as int32: `-1` (no item) must sort after every
+    # position of the same key in that dtype too.
     inf = np.inf
-    scores = np.array([[1.0, 3.0, 3.0, 2.0], [5.0, 4.0, 4.0, 4.0], [2.0, -inf, -inf, 1.0]])
-    positions = np.array([[7, 9, 2, 4], [0, 8, 3, 5], [6, -1, -1, 1]])
+    scores = np.array(
+        [[1.0, 3.0, 3.0, 2.0], [5.0, 4.0, 4.0, 4.0], [2.0, -inf, -inf, 1.0], [2.0, 2.0, 2.0, 1.0]]
+    )
+    positions = np.array([[7, 9, 2, 4], [0, 8, 3, 5], [6, -1, -1, 1], [-1, 8, 3, 5]], dtype)
     keys, kept, tied = topk._stable_order(scores, positions, 3)
-    np.testing.assert_array_equal(kept, [[2, 9, 4], [0, 3, 5], [6, 1, -1]])
-    np.testing.assert_array_equal(keys, [[3, 3, 2], [5, 4, 4], [2, 1, -inf]])
-    np.testing.assert_array_equal(tied, [False, True, False])
+    np.testing.assert_array_equal(kept, [[2, 9, 4], [0, 3, 5], [6, 1, -1], [3, 8, -1]])
+    np.testing.assert_array_equal(keys, [[3, 3, 2], [5, 4, 4], [2, 1, -inf], [2, 2, 2]])
+    np.testing.assert_array_equal(tied, [False, True, False, False])
 
 
 @pytest.mark.parametrize(

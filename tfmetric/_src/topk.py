@@ -376,7 +376,10 @@ def _stable_order(keys, positions, k):
     whose `k`-th and `k + 1`-th keys are equal and finite: a tie across the
     boundary, where the positions kept may not be the lowest ones.
     """
-    order = np.lexsort((np.where(positions < 0, np.iinfo(np.int64).max, positions), -keys))
+    # The padding's sort key in the positions' own dtype: numpy 2 does not widen an int32 array for
+    # a Python int (int64's maximum wrapped to -1, sorting the padding first; numpy 2.5 raises).
+    last = np.iinfo(positions.dtype).max
+    order = np.lexsort((np.where(positions < 0, last, positions), -keys))
     keys, positions = (np.take_along_axis(a, order, axis=1) for a in (keys, positions))
     tied = np.isfinite(keys[:, k]) & (keys[:, k] == keys[:, k - 1])
     return keys[:, :k], positions[:, :k], tied
