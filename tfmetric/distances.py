@@ -111,7 +111,7 @@ def _scaled_squared_euclidean(x, y):
     x, y = x / scale, y / scale
     x_sq = ops.sum(ops.square(x), axis=1, keepdims=True)
     y_sq = ops.sum(ops.square(y), axis=1, keepdims=True)
-    squared = x_sq + ops.transpose(y_sq) - 2.0 * ops.matmul(x, ops.transpose(y))
+    squared = x_sq + ops.transpose(y_sq) - 2.0 * numerics.matmul(x, ops.transpose(y))
     return ops.maximum(squared, 0.0), scale
 
 
@@ -413,7 +413,7 @@ class Cosine(Distance):
     name = "cosine"
 
     def pairwise(self, x, y):
-        cos = ops.matmul(numerics.l2_normalize(x), ops.transpose(numerics.l2_normalize(y)))
+        cos = numerics.matmul(numerics.l2_normalize(x), ops.transpose(numerics.l2_normalize(y)))
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
     def rowwise(self, x, y):
@@ -442,7 +442,7 @@ class InnerProduct(Distance):
     is_similarity = True
 
     def pairwise(self, x, y):
-        return ops.matmul(x, ops.transpose(y))
+        return numerics.matmul(x, ops.transpose(y))
 
     def rowwise(self, x, y):
         return ops.sum(x * y, axis=1)
@@ -714,7 +714,7 @@ class Jaccard(Distance):
                 ops.sum(y, axis=1, keepdims=True)
             )
             return self._ratio(2.0 * l1, total + l1)
-        dot = ops.matmul(x, ops.transpose(y))
+        dot = numerics.matmul(x, ops.transpose(y))
         x_sq = ops.sum(ops.square(x), axis=1, keepdims=True)
         y_sq = ops.transpose(ops.sum(ops.square(y), axis=1, keepdims=True))
         # |x|² + |y|² - <x, y> = (|x - y|² + |x|² + |y|²) / 2 >= 0, zero only for x = y = 0.
@@ -858,7 +858,7 @@ class FittedMahalanobis(Distance):
             raise ValueError(
                 f"This FittedMahalanobis distance is for embeddings of size {d}; got size {x.shape[1]}."
             )
-        return ops.matmul(x, ops.convert_to_tensor(self._whitening))
+        return numerics.matmul(x, ops.convert_to_tensor(self._whitening))
 
     def pairwise(self, x, y):
         return Euclidean().pairwise(self._whiten(x), self._whiten(y))

@@ -79,10 +79,10 @@ def key_fn(distance):
     if isinstance(distance, distances_lib.Cosine):
         # Minus `Cosine.pairwise`'s clipped `1 - cos`, bitwise (negation is exact).
         return lambda q, block, term: (
-            ops.clip(ops.matmul(q, ops.transpose(block)) - 1.0, -2.0, 0.0) - term[None, :]
+            ops.clip(numerics.matmul(q, ops.transpose(block)) - 1.0, -2.0, 0.0) - term[None, :]
         )
     factor = 1.0 if kind(distance) == "inner" else 2.0
-    return lambda q, block, term: factor * ops.matmul(q, ops.transpose(block)) - term[None, :]
+    return lambda q, block, term: factor * numerics.matmul(q, ops.transpose(block)) - term[None, :]
 
 
 def values(distance, keys, queries, factor):

@@ -96,7 +96,7 @@ class InBatchLogits(keras.layers.Layer):
         if self.normalize:
             query = numerics.l2_normalize(query)
             candidate = numerics.l2_normalize(candidate)
-        logits = ops.matmul(query, ops.transpose(candidate)) * self.logit_scale()
+        logits = numerics.matmul(query, ops.transpose(candidate)) * self.logit_scale()
         if candidate_log_probability is not None:
             log_q = inputs.check_vector(
                 candidate_log_probability, "candidate_log_probability", cols, integer=False

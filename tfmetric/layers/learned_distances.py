@@ -206,7 +206,7 @@ class Mahalanobis(LearnedDistanceLayer):
         """Maps embeddings `(n, D)` to `x L`, shape `(n, units)`, in float32."""
         x = inputs.check_embeddings(x, "x")
         self.check_size(x, "x")
-        return ops.matmul(x, ops.cast(self.kernel, "float32"))
+        return numerics.matmul(x, ops.cast(self.kernel, "float32"))
 
     def paired(self, x1, x2):
         return numerics.row_norm(self.transform(x1 - x2), squared=self.squared)

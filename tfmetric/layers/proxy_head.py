@@ -98,7 +98,7 @@ class ProxyHead(keras.layers.Layer):
                 f"built for embeddings of size {self.proxies.shape[1]}."
             )
         proxies = numerics.l2_normalize(ops.cast(self.proxies, "float32"))
-        cosine = ops.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
+        cosine = numerics.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
         if self.centers > 1:
             cosine = ops.max(ops.reshape(cosine, (-1, self.num_classes, self.centers)), axis=2)
         return ops.clip(cosine, -1.0, 1.0)

@@ -155,7 +155,7 @@ def clip_loss(query_embeddings, candidate_embeddings, temperature=0.07):
             )
     query, candidate = numerics.l2_normalize(query), numerics.l2_normalize(candidate)
     # Finite by construction (cosines over a temperature >= 1e-30): no second value check.
-    logits = ops.matmul(query, ops.transpose(candidate)) / temperature
+    logits = numerics.matmul(query, ops.transpose(candidate)) / temperature
     return _softmax_values(logits, None, None, symmetric=True)
 
 

@@ -68,7 +68,7 @@ def momentum_contrast_loss(
     keys = ops.stop_gradient(numerics.l2_normalize(keys))
     queue = ops.stop_gradient(numerics.l2_normalize(queue))
     positive = ops.sum(queries * keys, axis=1, keepdims=True) / temperature
-    negative = ops.matmul(queries, ops.transpose(queue)) / temperature
+    negative = numerics.matmul(queries, ops.transpose(queue)) / temperature
     allowed = ops.ones_like(negative, dtype="bool")
     if queue_valid is not None:
         allowed = ops.logical_and(allowed, ops.expand_dims(queue_valid, 0))
