@@ -27,6 +27,23 @@ def test_minkowski_matches_definition(p):
     np.testing.assert_allclose(got, pairwise(x, y, ("minkowski", p)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("p", [1.0, 1.5, 3.0, np.inf, "manhattan"])
+@pytest.mark.parametrize("n, m", [(0, 3), (3, 0), (0, 0)])
+def test_minkowski_of_an_empty_batch_is_empty(p, n, m):
+    x, y = _data(n, m, d=4)
+    distance = distances.Manhattan() if p == "manhattan" else distances.Minkowski(p)
+    matrix = keras.ops.convert_to_numpy(distance(x, y))
+    expected = np.linalg.norm(x[:, None] - y[None], ord=1 if p == "manhattan" else p, axis=-1)
+    assert matrix.shape == expected.shape == (n, m) and matrix.dtype == np.float32
+    assert keras.ops.convert_to_numpy(distance(x)).shape == (n, n)
+    assert keras.ops.convert_to_numpy(distance.paired(x[:0], y[:0])).shape == (0,)
+    total, (gx, gy) = backend_ops.value_and_grad(
+        lambda a, b: keras.ops.sum(distance(a, b)), x, y, argnums=(0, 1)
+    )
+    assert total == 0.0 and gx.shape == (n, 4) and gy.shape == (m, 4)
+    assert not gx.any() and not gy.any()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_self_distance_has_zero_diagonal_for_distances(name):
     x, _ = _data()

@@ -454,7 +454,9 @@ def _feature_blocks(x, block):
     pad = (-d) % block
     if pad:
         x = ops.pad(x, [[0, 0], [0, pad]])
-    return ops.reshape(ops.transpose(x), (-1, block, ops.shape(x)[0]))
+    # No -1 size: it cannot be inferred for an empty batch (n = 0).
+    shape = ops.shape(x)
+    return ops.reshape(ops.transpose(x), (shape[1] // block, block, shape[0]))
 
 
 def _nan_pairs(x, y):
@@ -504,7 +506,8 @@ def _minkowski(x, y, p):
 
             def body(i, peak, total):
                 diff = abs_diff(xs[i], ys[i])
-                block_peak = ops.max(diff, axis=0)
+                # `initial` (differences are >= 0) lets an empty batch reduce to empty.
+                block_peak = ops.max(diff, axis=0, initial=0.0)
                 new_peak = ops.maximum(peak, block_peak)
                 if chebyshev:
                     # `total` counts the coordinates that attain the largest difference so far:
@@ -563,8 +566,9 @@ def _minkowski(x, y, p):
                 return ops.sum(g, axis=2), -ops.sum(g, axis=1)
 
             gx, gy = ops.map(block_grad, (xs, ys))
-            gx = ops.transpose(ops.reshape(gx, (-1, ops.shape(x)[0])))[:, :d]
-            gy = ops.transpose(ops.reshape(gy, (-1, ops.shape(y)[0])))[:, :d]
+            features = blocks * block
+            gx = ops.transpose(ops.reshape(gx, (features, ops.shape(x)[0])))[:, :d]
+            gy = ops.transpose(ops.reshape(gy, (features, ops.shape(y)[0])))[:, :d]
             return gx, gy
 
         return out, grad

@@ -109,3 +109,22 @@ def masked_logsumexp(x, mask, axis=1, add_one=False):
 def cross_entropy(logits, one_hot):
     """Per-sample softmax cross-entropy from float32 logits and one-hot targets."""
     return ops.logsumexp(logits, axis=1) - ops.sum(logits * one_hot, axis=1)
+
+
+def nan_unless_finite(values, inputs):
+    """`values`, or NaN everywhere when `inputs` hold a NaN or an infinity.
+
+    A masked selection (`where`, a min/max over masked entries, a hardest
+    pair) can drop a NaN of the inputs and return a finite loss: inside a
+    traced training step, where inputs cannot be checked, Keras'
+    `TerminateOnNaN` would then never stop. The test is on the inputs
+    themselves, never on a sum of them (which could overflow for valid
+    large values), and passes `values` and their gradient through
+    unchanged for finite inputs.
+
+    Args:
+        values: A float tensor (any shape).
+        inputs: The float tensor `values` were computed from.
+    """
+    finite = ops.all(ops.isfinite(inputs))
+    return ops.where(finite, values, ops.cast(float("nan"), values.dtype))

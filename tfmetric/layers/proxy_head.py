@@ -111,7 +111,10 @@ class ProxyHead(keras.layers.Layer):
 
     def call(self, embeddings, labels):
         embeddings, one_hot = self._prepare(embeddings, labels)
-        return self.loss_from_cosine(self.similarities(embeddings), one_hot)
+        values = self.loss_from_cosine(self.similarities(embeddings), one_hot)
+        # The max over sub-centers and masked sums can drop a NaN embedding;
+        # the loss must still be NaN for `TerminateOnNaN`.
+        return numerics.nan_unless_finite(values, embeddings)
 
     def loss_from_cosine(self, cosine, one_hot):
         raise NotImplementedError

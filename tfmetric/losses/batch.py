@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import distribute, inputs, validation
+from tfmetric._src import distribute, inputs, numerics, validation
 from tfmetric._src import reduction as reduction_lib
 
 LOSS_INPUT_NAMES = ("y_true", "y_pred")
@@ -144,8 +144,16 @@ class InBatchLoss(keras.losses.Loss):
         if type(self).terms is None:
             # A subclass with only a functional form: one term per sample.
             values = type(self).fn(labels, embeddings, **arguments)
-            return values, ops.ones_like(values)
-        return type(self).terms(labels, embeddings, **arguments, **references)
+            counts = ops.ones_like(values)
+        else:
+            values, counts = type(self).terms(labels, embeddings, **arguments, **references)
+        # Mining may select around a NaN embedding; the loss (counts too, so
+        # that no division turns it into 0) must still be NaN for
+        # `TerminateOnNaN`.
+        return (
+            numerics.nan_unless_finite(values, embeddings),
+            numerics.nan_unless_finite(counts, embeddings),
+        )
 
     def _replica_context(self):
         """The replica context to gather over, or `None` for per-replica mining."""
