@@ -241,3 +241,29 @@ def test_killed_writer_loses_nothing_committed(open_store, tmp_path):
         with sqlite3.connect(store.path) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert json.loads(json.dumps(reopened.dim)) == 8
+
+
+def test_learned_distance_store_reopens_with_its_weights(open_store):
+    import tfmetric
+
+    layer = tfmetric.layers.Mahalanobis()
+    layer.build((None, 3))
+    kernel = np.array([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [1.0, 0.0, 3.0]], "float32")
+    layer.kernel.assign(kernel)
+    rng = np.random.default_rng(5)
+    gallery = rng.normal(size=(9, 3)).astype("float32")
+    query = rng.normal(size=(3,)).astype("float32")
+    reference = np.linalg.norm((query - gallery).astype(np.float64) @ kernel, axis=1)
+    order = np.argsort(reference, kind="stable")
+    store = open_store(index=ExactIndex(layer))
+    store.add(list(range(9)), gallery)
+    store.close()
+    for reopened in (open_store(), open_store(index=ExactIndex(layer))):
+        matches = reopened.search(query, k=9)[0]
+        assert [m.id for m in matches] == order.tolist()
+        np.testing.assert_allclose([m.distance for m in matches], reference[order], rtol=1e-5)
+        reopened.close()
+    other = tfmetric.layers.Mahalanobis()  # the identity: not the store's distance
+    other.build((None, 3))
+    with pytest.raises(ValueError, match="store's distance is LearnedDistance.*differs"):
+        open_store(index=ExactIndex(other))

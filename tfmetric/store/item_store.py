@@ -83,7 +83,10 @@ class ItemStore:
             `tfmetric.index.ApproximateIndex("cosine")`) that sets the
             distance; must match the store's distance when it exists.
             Defaults to `None`: an `ExactIndex` with the store's distance
-            (euclidean for a new store).
+            (euclidean for a new store). A new store records a learned
+            distance's weights as they are when it is created, and reopens
+            with them (or takes an index whose learned distance has the same
+            weights).
     """
 
     def __init__(self, model_version=None, index=None):
@@ -100,7 +103,8 @@ class ItemStore:
                 "format": FORMAT,
                 "dim": None,
                 "model_version": model_version or "unversioned",
-                "distance": distances_lib.serialize(distance),
+                # With a learned distance's weights, so that the store reopens with them.
+                "distance": distances_lib.serialize(distance, weights=True),
             }
             self._write_header(header)
         if model_version is not None and model_version != header["model_version"]:
@@ -109,9 +113,10 @@ class ItemStore:
                 f"`model_version` {model_version!r}. Re-embed into a new store."
             )
         distance = distances_lib.get(header["distance"])
-        if index is not None and index.distance != distance:
+        if index is not None and not index.distance.same_values(distance):
             raise ValueError(
-                f"The store's distance is {distance!r}; `index` uses {index.distance!r}."
+                f"The store's distance is {distance!r} (with the weights it recorded, for a "
+                f"learned distance); `index` uses {index.distance!r}, which differs."
             )
         self._header = header
         self._index = LiveIndex(index if index is not None else ExactIndex(distance))
