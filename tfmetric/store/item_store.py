@@ -107,6 +107,13 @@ def decode_item(location, key, item_id, embedding, metadata, model_version, dim)
     return Item(item_id, embedding, metadata, model_version)
 
 
+def decode_embeddings(location, keys, blobs, dim):
+    """The float32 embeddings `(n, dim)` of the stored bytes of the records `keys`."""
+    for key, blob in zip(keys, blobs, strict=True):
+        decode_embedding(location, key, blob, dim)
+    return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
+
+
 def decode_embedding(location, key, blob, dim):
     """The float32 embedding `(dim,)` of stored bytes (read-only view)."""
     if blob is None:

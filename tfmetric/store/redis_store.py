@@ -8,7 +8,7 @@ from tfmetric.store.item_store import (
     FORMAT,
     ItemStore,
     damaged,
-    decode_embedding,
+    decode_embeddings,
     decode_item,
 )
 
@@ -140,19 +140,17 @@ class RedisStore(ItemStore):
             raise damaged(self.location, problem) from None
         if not len(keys):
             return keys, None
-        dim = self._header["dim"]
-        embeddings = []
+        blobs = []
         for begin in range(0, len(keys), _BATCH):
             pipe = self._client.pipeline(transaction=False)
-            part = keys[begin : begin + _BATCH]
-            for key in part:
+            for key in keys[begin : begin + _BATCH]:
                 pipe.hget(self._key("item", key), "embedding")
-            for key, blob in zip(part, self._call(pipe.execute), strict=True):
-                record = repr(self._key("item", key))
-                if blob is None:
-                    raise damaged(self.location, f"item record {record} is missing")
-                embeddings.append(decode_embedding(self.location, record, blob, dim))
-        return keys, np.stack(embeddings)
+            blobs.extend(self._call(pipe.execute))
+        records = [repr(self._key("item", key)) for key in keys]
+        for record, blob in zip(records, blobs, strict=True):
+            if blob is None:
+                raise damaged(self.location, f"item record {record} is missing")
+        return keys, decode_embeddings(self.location, records, blobs, self._header["dim"])
 
     def _keys_of(self, encoded):
         keys = []

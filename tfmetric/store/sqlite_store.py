@@ -11,7 +11,7 @@ from tfmetric.store.item_store import (
     FORMAT,
     ItemStore,
     damaged,
-    decode_embedding,
+    decode_embeddings,
     decode_item,
 )
 
@@ -160,9 +160,8 @@ class SQLiteStore(ItemStore):
         keys = np.array([row[0] for row in rows], np.int64)
         if not rows:
             return keys, None
-        dim = self._header["dim"]
-        embeddings = [decode_embedding(self.location, key, blob, dim) for key, blob in rows]
-        return keys, np.stack(embeddings)
+        blobs = [row[1] for row in rows]
+        return keys, decode_embeddings(self.location, keys.tolist(), blobs, self._header["dim"])
 
     def _keys_of(self, encoded):
         found = {}
