@@ -32,6 +32,8 @@ All distances:
   instead of materialising the `(n, m, d)` difference tensor).
 """
 
+import base64
+import binascii
 import numbers
 
 import keras
@@ -334,6 +336,32 @@ class Distance(Direction):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def get_weights(self):
+        """The distance's trained weights, a list of numpy arrays: none for a fixed distance.
+
+        A learned distance (`tfmetric.layers.Mahalanobis`, ...) returns its
+        layer's weights; `serialize(distance, weights=True)` records them.
+        """
+        return []
+
+    def set_weights(self, weights):
+        """Sets the weights that `get_weights` returns; a fixed distance takes none.
+
+        Raises:
+            ValueError: for weights that do not fit the distance.
+        """
+        if len(weights):
+            raise ValueError(f"{self!r} has no weights; got {len(weights)} arrays.")
+
+    def same_values(self, other):
+        """Whether `other` computes the same values as this distance.
+
+        For a fixed distance, equality; a learned distance compares its
+        layer's class, arguments and weights (two copies of one trained layer
+        are the same distance, though not equal objects).
+        """
+        return self == other
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -930,6 +958,17 @@ def get(identifier):
                 f"{sorted(_BY_NAME)}, a config dict or a Distance instance."
             )
         return _BY_NAME[key]()
+    if isinstance(identifier, dict) and "weights" in identifier:
+        identifier = dict(identifier)
+        weights = _decode_weights(identifier.pop("weights"))
+        distance = get(identifier)
+        try:
+            distance.set_weights(weights)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Cannot restore the weights of `distance` {distance!r}: {error}"
+            ) from None
+        return distance
     if isinstance(identifier, dict):
         class_name = identifier.get("class_name")
         if class_name in _BY_CLASS_NAME:
@@ -960,15 +999,56 @@ def get(identifier):
     )
 
 
-def serialize(distance):
+def serialize(distance, weights=False):
     """Returns a JSON-friendly form of a distance, accepted by `get`.
 
     Built-in distances without arguments serialize to their name; others to a
     Keras config dict.
+
+    Args:
+        distance: Anything `get` accepts.
+        weights: Also record the weights of a learned distance (under the
+            key `"weights"`, base64 arrays), which `get` then restores, so
+            that a saved index or store gives the distances it gave. Defaults
+            to `False` (the configuration only, as Keras configs hold it).
     """
     distance = get(distance)
     if type(distance) in _BY_NAME.values() and not distance.get_config():
         return distance.name
     if type(distance) in _BY_CLASS_NAME.values():
-        return {"class_name": type(distance).__name__, "config": distance.get_config()}
-    return keras.saving.serialize_keras_object(distance)
+        config = {"class_name": type(distance).__name__, "config": distance.get_config()}
+    else:
+        config = keras.saving.serialize_keras_object(distance)
+    arrays = distance.get_weights() if weights else []
+    if len(arrays):
+        config["weights"] = [_encode_array(np.asarray(array)) for array in arrays]
+    return config
+
+
+def _encode_array(array):
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "data": base64.b64encode(little.tobytes()).decode("ascii"),
+    }
+
+
+def _decode_weights(weights):
+    """The arrays that `serialize(..., weights=True)` recorded, or a `ValueError`."""
+    try:
+        if not isinstance(weights, list):
+            raise TypeError(f"a list of arrays expected, not {type(weights).__name__}")
+        arrays = []
+        for record in weights:
+            dtype = np.dtype(record["dtype"])
+            if dtype.kind not in "biuf":
+                raise TypeError(f"dtype {dtype} is not numeric")
+            data = base64.b64decode(record["data"], validate=True)
+            array = np.frombuffer(data, dtype.newbyteorder("<"))
+            arrays.append(array.reshape(tuple(record["shape"])).astype(dtype))
+    except (KeyError, TypeError, ValueError, binascii.Error) as error:
+        raise ValueError(
+            f"The recorded weights of `distance` are damaged: {type(error).__name__}: {error}"
+        ) from None
+    return arrays

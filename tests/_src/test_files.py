@@ -1,5 +1,7 @@
 """Atomic writes: umask-based modes, nothing left behind on failure, stale temporaries."""
 
+import errno
+import json
 import os
 import stat
 import subprocess
@@ -206,3 +208,28 @@ def test_really_killed_writer_is_cleaned_but_a_running_one_is_not(tmp_path):
         killed.stdout.close()
         running.stdout.close()
     assert not (tmp_path / "b.npz").exists()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o640])
+def test_replacing_a_file_keeps_its_mode(tmp_path, mode):
+    path = tmp_path / "a.json"
+    path.write_text("old")
+    os.chmod(path, mode)
+    files.write_json(path, {"new": 1})
+    assert json.loads(path.read_text()) == {"new": 1}
+    assert _mode(path) == mode
+
+
+def test_errors_about_the_temporary_name_the_users_path(tmp_path):
+    path = tmp_path / "index.npz"
+    with pytest.raises(OSError) as caught:
+        with files.atomic_path(path) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", tmp)  # as a writer reports it
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(path)
+    assert ".tmp-" not in str(caught.value)
+    missing = tmp_path / "missing" / "a.txt"
+    with pytest.raises(FileNotFoundError, match="No such directory") as caught:
+        files.write_text(missing, "x")
+    assert caught.value.filename == str(missing) and ".tmp-" not in str(caught.value)
+    assert os.listdir(tmp_path) == []

@@ -173,3 +173,64 @@ def test_mixed_precision_model_without_config_is_refused_before_writing(tmp_path
         plain, tmp_path / "out", parity=tfmetric.export.ParityOptions(latency_runs=0)
     )
     assert result.metadata["precision"]["trained"] == "float32"
+
+
+@pytest.fixture(scope="module")
+def small_saved_model(tmp_path_factory):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path_factory.mktemp("convert") / "embedder"
+    tfmetric.export.save_embedder(path, model, (3,))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"variant": 8}, TypeError, r"`variant` must be one of \['fp32'.*got 8"),
+        ({"variant": ["int8"]}, TypeError, r"`variant` must be one of .*\(a string\)"),
+        ({"variant": "int4"}, ValueError, r"`variant` must be one of .*got 'int4'"),
+        ({"signature": 0}, TypeError, r"`signature` must be a signature name"),
+        ({"signature": "retrieve"}, ValueError, r"`signature` 'retrieve' is not in the SavedModel"),
+        ({"variant": "int8"}, ValueError, r"`int8` variant needs a `representative`"),
+        (
+            {"variant": "int8", "representative": "images/*.png"},
+            TypeError,
+            r"`representative` must be float model inputs",
+        ),
+        (
+            {"variant": "int8", "representative": np.ones((4, 5))},
+            ValueError,
+            r"`representative` must have the shape \(n, 3\) .* got \(4, 5\)",
+        ),
+        (
+            {"variant": "int8", "representative": np.full((4, 3), np.nan)},
+            ValueError,
+            r"`representative` holds NaN or Inf",
+        ),
+        (
+            {"variant": "int8", "representative": {"x": np.ones((4, 3))}},
+            ValueError,
+            r"`representative` must have the signature's inputs \['inputs'\] as keys",
+        ),
+    ],
+)
+def test_convert_tflite_bad_arguments_are_named(small_saved_model, arguments, error, match):
+    arguments = {"variant": "fp32", **arguments}
+    with pytest.raises(error, match=match):
+        tfmetric.export.convert_tflite(small_saved_model, **arguments)
+
+
+def test_convert_tflite_bad_saved_model_dir_is_named(small_saved_model, tmp_path):
+    convert = tfmetric.export.convert_tflite
+    with pytest.raises(FileNotFoundError, match=r"`saved_model_dir` '.*missing' does not exist"):
+        convert(tmp_path / "missing", "fp32")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"`saved_model_dir` '.*notes.txt' is a file"):
+        convert(tmp_path / "notes.txt", "fp32")
+    with pytest.raises(ValueError, match=r"is not a SavedModel directory \(it has no saved_model"):
+        convert(tmp_path, "fp32")
+    with pytest.raises(TypeError, match=r"`saved_model_dir` must be the path"):
+        convert(None, "fp32")
+    assert convert(small_saved_model, "fp32")[4:8] == b"TFL3"  # the valid call converts

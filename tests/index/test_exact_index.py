@@ -1,4 +1,5 @@
 import itertools
+import json
 import os
 
 import keras
@@ -261,3 +262,69 @@ def test_default_ids_after_remove_continue_after_the_largest():
     other.add(np.eye(2, dtype=np.float32), ids=[10, -5])
     other.add(np.ones((1, 2), np.float32))
     assert other.ids.tolist() == [10, -5, 11]
+
+
+def _mahalanobis_reference(queries, gallery, kernel):
+    """`||(q - g) L||` for every pair, from the definition, in float64."""
+    diff = np.asarray(queries, np.float64)[:, None] - np.asarray(gallery, np.float64)[None]
+    return np.linalg.norm(diff @ np.asarray(kernel, np.float64), axis=-1)
+
+
+def test_learned_distance_weights_are_saved_with_the_index(tmp_path):
+    layer = tfmetric.layers.Mahalanobis()
+    layer.build((None, 3))
+    kernel = np.array([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [1.0, 0.0, 3.0]], "float32")
+    layer.kernel.assign(kernel)  # "trained": far from the identity it starts as
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(12, 3)).astype("float32")
+    queries = rng.normal(size=(4, 3)).astype("float32")
+    index = ExactIndex(layer)
+    index.add(gallery)
+    index.save(tmp_path / "index.npz")
+    layer.kernel.assign(np.eye(3, dtype="float32"))  # the saved file keeps the weights it had
+    loaded = ExactIndex.load(tmp_path / "index.npz")
+    assert loaded.distance.layer is not layer
+    ids, distances, _ = loaded.search(queries, k=12)
+    reference = _mahalanobis_reference(queries, gallery, kernel)
+    np.testing.assert_array_equal(ids, np.argsort(reference, axis=1, kind="stable"))
+    np.testing.assert_allclose(distances, np.sort(reference, axis=1), rtol=1e-5, atol=1e-5)
+    assert os.listdir(tmp_path) == ["index.npz"]
+
+
+def test_damaged_learned_distance_weights_are_a_clear_error(tmp_path):
+    layer = tfmetric.layers.WeightedL1()
+    layer.build((None, 2))
+    index = ExactIndex(layer)
+    index.add(np.eye(2))
+    index.save(tmp_path / "index.npz")
+    arrays = dict(np.load(tmp_path / "index.npz"))
+    header = json.loads(str(arrays["header"]))
+    header["config"]["distance"]["weights"][0]["shape"] = [5]
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(tmp_path / "index.npz", **arrays)
+    with pytest.raises(ValueError, match="damaged tfmetric index file.*weights of `distance`"):
+        ExactIndex.load(tmp_path / "index.npz")
+
+
+def test_payloads_round_trip_as_their_json_values(tmp_path):
+    payloads = [
+        {"url": "a.png", "box": [1, 2.5, -3], "tags": {"x": None, "y": [True, False]}},
+        [1, "2", [3.25, {"four": 4}]],
+        "plain ünïcode ☃",
+        "",
+        7,
+        -0.5,
+        None,
+        True,
+        (1, 2),  # a tuple is the JSON list [1, 2]
+        {3: "c"},  # an integer key is the JSON key "3"
+    ]
+    json_values = [json.loads(json.dumps(p)) for p in payloads]
+    index = ExactIndex()
+    index.add(np.arange(20.0).reshape(10, 2), payloads=payloads)
+    assert index.payloads == json_values  # the same values before saving...
+    index.save(tmp_path / "index.npz")
+    loaded = ExactIndex.load(tmp_path / "index.npz")
+    assert loaded.payloads == json_values  # ...and after loading
+    assert [type(p) for p in loaded.payloads] == [type(p) for p in json_values]
+    assert loaded.lookup([2.0, 3.0], k=1).payloads == [[json_values[1]]]

@@ -238,3 +238,35 @@ def test_built_layer_rejects_another_embedding_size(cls):
         with pytest.raises(ValueError, match="`x` has embedding size 3"):
             layer.transform(x[:, :3])
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(layer(x, x[::-1]))))
+
+
+def test_serialized_with_weights_restores_the_trained_distance():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(5, 4)).astype("float32")
+    mahalanobis = tfmetric.layers.Mahalanobis(units=2)
+    mahalanobis.build((None, 4))
+    matrix = rng.normal(size=(4, 2)).astype("float32")
+    mahalanobis.kernel.assign(matrix)
+    weighted = tfmetric.layers.WeightedL1()
+    weighted.build((None, 4))
+    weights, bias = np.array([0.5, 1.0, 2.0, 0.25], "float32"), np.float32(0.3)
+    weighted.feature_weights.assign(weights)
+    weighted.bias.assign(bias)
+    cases = [
+        (mahalanobis, _mahalanobis_reference(x, y, matrix)),
+        (weighted, _weighted_l1_reference(x, y, weights, bias)),
+    ]
+    for layer, reference in cases:
+        config = tfmetric.distances.serialize(layer, weights=True)
+        restored = tfmetric.distances.get(config)
+        assert restored.layer is not layer
+        np.testing.assert_allclose(np.asarray(restored(x, y)), reference, rtol=1e-5, atol=1e-6)
+        assert restored.same_values(layer.as_distance()) and restored != layer.as_distance()
+        fresh = tfmetric.distances.get(tfmetric.distances.serialize(layer))  # initial weights
+        assert not fresh.same_values(layer.as_distance())
+    assert "weights" not in tfmetric.distances.serialize(mahalanobis)
+    assert tfmetric.distances.serialize("cosine", weights=True) == "cosine"
+    mixed = tfmetric.distances.serialize(weighted, weights=True)
+    mixed["weights"] = tfmetric.distances.serialize(mahalanobis, weights=True)["weights"]
+    with pytest.raises(ValueError, match="Cannot restore the weights of `distance`"):
+        tfmetric.distances.get(mixed)

@@ -241,3 +241,133 @@ def test_killed_writer_loses_nothing_committed(open_store, tmp_path):
         with sqlite3.connect(store.path) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert json.loads(json.dumps(reopened.dim)) == 8
+
+
+def test_learned_distance_store_reopens_with_its_weights(open_store):
+    import tfmetric
+
+    layer = tfmetric.layers.Mahalanobis()
+    layer.build((None, 3))
+    kernel = np.array([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [1.0, 0.0, 3.0]], "float32")
+    layer.kernel.assign(kernel)
+    rng = np.random.default_rng(5)
+    gallery = rng.normal(size=(9, 3)).astype("float32")
+    query = rng.normal(size=(3,)).astype("float32")
+    reference = np.linalg.norm((query - gallery).astype(np.float64) @ kernel, axis=1)
+    order = np.argsort(reference, kind="stable")
+    store = open_store(index=ExactIndex(layer))
+    store.add(list(range(9)), gallery)
+    store.close()
+    for reopened in (open_store(), open_store(index=ExactIndex(layer))):
+        matches = reopened.search(query, k=9)[0]
+        assert [m.id for m in matches] == order.tolist()
+        np.testing.assert_allclose([m.distance for m in matches], reference[order], rtol=1e-5)
+        reopened.close()
+    other = tfmetric.layers.Mahalanobis()  # the identity: not the store's distance
+    other.build((None, 3))
+    with pytest.raises(ValueError, match="store's distance is LearnedDistance.*differs"):
+        open_store(index=ExactIndex(other))
+
+
+def _filled_sqlite(path):
+    with SQLiteStore(path) as store:
+        metadata = [{"i": i} for i in range(60)]
+        store.add(list(range(60)), np.arange(240.0).reshape(60, 4), metadata=metadata)
+    return path
+
+
+def _overwrite_pages(path):
+    data = bytearray(path.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, len(data), np.uint8).tobytes()
+    data[4096:] = noise[4096:]  # every page but the first (the schema): the tables' rows
+    path.write_bytes(bytes(data))
+
+
+def _sql(statement):
+    def damage(path):
+        with sqlite3.connect(path) as connection:
+            connection.execute(statement)
+        connection.close()
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_overwrite_pages, "SQLite says database disk image is malformed"),
+        (_sql("DROP TABLE items"), "its `items` table is missing"),
+        (_sql("ALTER TABLE items DROP COLUMN model_version"), "no such column: model_version"),
+        (_sql("DELETE FROM tfmetric_store"), "`tfmetric_store` table has no header row"),
+        (_sql("UPDATE tfmetric_store SET value = '{\"format\": '"), "its header is not JSON"),
+        (
+            _sql("""UPDATE tfmetric_store SET value = '{"format": "tfmetric.store/1", "dim": 4,
+                    "model_version": "v1"}'"""),
+            "its header has no `distance`",
+        ),
+        (
+            _sql("UPDATE items SET metadata = '{oops' WHERE key = 3"),
+            "item record 3: its metadata is not JSON",
+        ),
+        (
+            _sql("UPDATE items SET embedding = x'0102' WHERE key = 7"),
+            "item record 7: its embedding has 2 bytes, not 4",
+        ),
+    ],
+)
+def test_damaged_sqlite_store_is_a_clear_error(tmp_path, damage, problem):
+    path = _filled_sqlite(tmp_path / "items.db")
+    damage(path)
+    with pytest.raises(ValueError) as caught:
+        with SQLiteStore(path) as store:
+            store.search(np.zeros(4), k=60)
+    message = str(caught.value)
+    assert f"The item store at `path` {str(path)!r} is damaged" in message
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda c, ns: c.delete(f"{ns}:item:5"), "item record '{ns}:item:5' is missing"),
+        (
+            lambda c, ns: c.hset(f"{ns}:item:5", "metadata", "{x"),
+            "item record '{ns}:item:5': its metadata is not JSON",
+        ),
+        (
+            lambda c, ns: c.hset(f"{ns}:item:5", "embedding", b"abc"),
+            "item record '{ns}:item:5': its embedding has 3 bytes, not 4",
+        ),
+        (
+            lambda c, ns: c.hdel(f"{ns}:item:5", "model_version"),
+            "item record '{ns}:item:5' has no model_version",
+        ),
+        (
+            lambda c, ns: c.hset(f"{ns}:ids", '"x"', "nan"),
+            "the hash '{ns}:ids' holds a key that is not an integer",
+        ),
+        (lambda c, ns: c.delete(f"{ns}:next"), "its key '{ns}:next' is missing"),
+        (
+            lambda c, ns: c.set(f"{ns}:header", '{"format": "tfmetric.store/1", "dim": 4}'),
+            "its header's `model_version` is None, not a string",
+        ),
+        (lambda c, ns: c.delete(f"{ns}:ids") and c.set(f"{ns}:ids", "x"), "another Redis type"),
+    ],
+)
+def test_damaged_redis_store_is_a_clear_error(redis_server, damage, problem):
+    import redis
+
+    namespace = f"damaged{next(_NAMES)}"
+    with RedisStore(port=redis_server.port, namespace=namespace) as store:
+        metadata = [{"i": i} for i in range(20)]
+        store.add(list(range(20)), np.arange(80.0).reshape(20, 4), metadata=metadata)
+    client = redis.Redis(port=redis_server.port)
+    damage(client, namespace)
+    client.close()
+    with pytest.raises(ValueError) as caught:
+        with RedisStore(port=redis_server.port, namespace=namespace) as store:
+            store.search(np.zeros(4), k=20)
+    message = str(caught.value)
+    where = f"namespace {namespace!r} on 127.0.0.1:{redis_server.port}/0"
+    assert f"The item store in {where} is damaged" in message
+    assert problem.format(ns=namespace) in message

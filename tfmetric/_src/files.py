@@ -25,12 +25,14 @@ or garbage file raises an error naming the file, never numpy's or zipfile's.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import zipfile
@@ -82,31 +84,58 @@ def atomic_path(path, makedirs=False):
 
     The temporary path ends with `path`'s base name, so writers that choose a
     format by suffix (`model.save`, `savefig`) see the right one. On success
-    the file gets the umask-based mode and replaces `path`; on any error it
-    is removed and `path` is left as it was. Stale temporaries that killed
-    writers left in the directory are removed first.
+    the file replaces `path` with the mode of the file it replaces (one the
+    user made private stays private), or the umask-based mode for a new
+    file; on any error it is removed and `path` is left as it was. An
+    `OSError` about the temporary file is raised as one about `path`. Stale
+    temporaries that killed writers left in the directory are removed first.
 
     Args:
         path: The file to write.
         makedirs: Create `path`'s directory if missing. Defaults to `False`
-            (a missing directory raises `FileNotFoundError`).
+            (a missing directory raises `FileNotFoundError` naming `path`).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if makedirs:
         os.makedirs(directory, exist_ok=True)
+    elif not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"No such directory {directory!r}", path)
     remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(
-        prefix=_temporary_name(), suffix=os.path.basename(path), dir=directory
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=_temporary_name(), suffix=os.path.basename(path), dir=directory
+        )
+    except OSError as error:
+        raise _about(error, path) from None
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, _replaced_mode(path))
         os.replace(tmp, path)
+    except OSError as error:
+        if tmp not in (error.filename, error.filename2):
+            raise
+        raise _about(error, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _replaced_mode(path):
+    """The permission bits of the regular file at `path`, or the umask-based mode."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return file_mode()
+    return stat.S_IMODE(status.st_mode) if stat.S_ISREG(status.st_mode) else file_mode()
+
+
+def _about(error, path):
+    """`error` (an `OSError` about a temporary file) as the same error about `path`."""
+    if error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror or os.strerror(error.errno), path)
 
 
 def write_bytes(path, data, **kwargs):

@@ -80,7 +80,9 @@ class MiningSchedule(keras.callbacks.Callback):
         loss: The loss object to drive. Defaults to `None`: the model's
             compiled loss (`model.loss`). With a `mining` schedule, a loss
             without a `mining` attribute is allowed when a sampler reads the
-            schedule.
+            schedule. Not in `get_config` (a live object, not a setting): a
+            schedule rebuilt from its config drives the model's compiled
+            loss.
         verbose: Print the changes. Defaults to `0`.
 
     Attributes:

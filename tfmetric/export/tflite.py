@@ -105,18 +105,91 @@ def convert_tflite(saved_model_dir, variant, signature="serving_default", repres
         `"serving_default"` whatever signature it was converted from.
 
     Raises:
-        ValueError: for an unknown variant, or `"int8"` without a
-            representative set.
+        TypeError: for a `saved_model_dir` that is not a path, a `variant` or
+            `signature` that is not a string, or a `representative` that is
+            not numbers.
+        FileNotFoundError: for a missing `saved_model_dir`.
+        ValueError: for a `saved_model_dir` that is not a SavedModel
+            directory, an unknown variant or signature, or `"int8"` without
+            a representative set (or with one of the wrong shape, or holding
+            NaN/Inf).
     """
-    check_variants([variant])
-    return convert_loaded(
-        tf.saved_model.load(os.fspath(saved_model_dir)), variant, signature, representative
-    )
+    path = _check_saved_model_dir(saved_model_dir)
+    _check_variant(variant)
+    return convert_loaded(tf.saved_model.load(path), variant, signature, representative)
+
+
+def _check_saved_model_dir(saved_model_dir):
+    if not isinstance(saved_model_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"`saved_model_dir` must be the path of a SavedModel directory; got {saved_model_dir!r}."
+        )
+    path = os.fspath(saved_model_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`saved_model_dir` {path!r} does not exist.")
+    if not os.path.isdir(path):
+        raise ValueError(f"`saved_model_dir` {path!r} is a file, not a SavedModel directory.")
+    if not any(os.path.isfile(os.path.join(path, n)) for n in ("saved_model.pb", "saved_model.pbtxt")):
+        raise ValueError(
+            f"`saved_model_dir` {path!r} is not a SavedModel directory (it has no saved_model.pb)."
+        )
+    return path
+
+
+def _check_variant(variant):
+    if not isinstance(variant, str):
+        raise TypeError(f"`variant` must be one of {list(VARIANTS)} (a string); got {variant!r}.")
+    return validation.check_choice(variant, "variant", VARIANTS)
+
+
+def _representative_samples(representative, function):
+    """The float32 calibration inputs `{input name: (n, ...)}` of a signature, checked."""
+    specs = function.structured_input_signature[1]
+    names = sorted(specs)
+    if isinstance(representative, dict):
+        if set(representative) != set(names):
+            raise ValueError(
+                f"`representative` must have the signature's inputs {names} as keys; got "
+                f"{sorted(representative)}."
+            )
+        given = {name: (representative[name], f"representative[{name!r}]") for name in names}
+    else:
+        given = {name: (representative, "representative") for name in names}
+    samples = {}
+    for name, (values, label) in given.items():
+        try:
+            array = np.asarray(values, "float32")
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`{label}` must be float model inputs of shape (n, ...); got "
+                f"{type(values).__name__}."
+            ) from None
+        expected = specs[name].shape
+        if expected.rank is not None:
+            sample_shape = expected.as_list()[1:]
+            if array.ndim != expected.rank or any(
+                w is not None and w != size
+                for w, size in zip(sample_shape, array.shape[1:], strict=True)
+            ):
+                shape = "(" + ", ".join(["n"] + ["?" if w is None else str(w) for w in sample_shape])
+                shape += ",)" if not sample_shape else ")"
+                raise ValueError(
+                    f"`{label}` must have the shape {shape} of the signature's input {name!r}; "
+                    f"got {array.shape}."
+                )
+        if not len(array):
+            raise ValueError(f"`{label}` holds no samples.")
+        if not np.isfinite(array).all():
+            raise ValueError(f"`{label}` holds NaN or Inf values.")
+        samples[name] = array
+    return samples
 
 
 def convert_loaded(loaded, variant, signature="serving_default", representative=None):
     """`convert_tflite` of an already loaded SavedModel (several variants load it once)."""
-    check_variants([variant])
+    _check_variant(variant)
+    if not isinstance(signature, str):
+        raise TypeError(f"`signature` must be a signature name (a string); got {signature!r}.")
     # Converting the loaded concrete function (rather than `from_saved_model`)
     # freezes the Keras 3 variables into constants; `from_saved_model` keeps
     # them as uninitialised resource variables.
@@ -132,14 +205,11 @@ def convert_loaded(loaded, variant, signature="serving_default", representative=
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if variant == "int8":
-        if representative is None or len(representative) == 0:
+        if representative is None:
             raise ValueError("The `int8` variant needs a `representative` set of model inputs.")
         function = loaded.signatures[signature]
         names = sorted(function.structured_input_signature[1])
-        if isinstance(representative, dict):
-            samples = {k: np.asarray(v, "float32") for k, v in representative.items()}
-        else:
-            samples = {name: np.asarray(representative, "float32") for name in names}
+        samples = _representative_samples(representative, function)
         count = min(len(v) for v in samples.values())
 
         def dataset():

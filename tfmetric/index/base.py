@@ -29,7 +29,7 @@ def _check_ids(ids, size, name="ids"):
 
 
 def _check_payloads(payloads, size):
-    """A list of `size` JSON-serialisable payloads (`None` where absent)."""
+    """The JSON values of `size` JSON-serialisable payloads (`None` where absent)."""
     if isinstance(payloads, (str, bytes, dict)) or not hasattr(payloads, "__len__"):
         raise TypeError(f"`payloads` must be a sequence of {size} values; got {type(payloads)}.")
     payloads = list(payloads)
@@ -37,15 +37,18 @@ def _check_payloads(payloads, size):
         raise ValueError(
             f"`payloads` has {len(payloads)} values but `embeddings` has {size}; they must match."
         )
+    values = []
     for i, payload in enumerate(payloads):
         try:
-            json.dumps(payload)
+            text = json.dumps(payload)
         except (TypeError, ValueError):
             raise TypeError(
                 f"`payloads[{i}]` must be JSON-serialisable (str, number, list, dict, None); got "
                 f"{type(payload).__name__}. Store a path or URL rather than the data itself."
             ) from None
-    return payloads
+        # The JSON value (tuples as lists, keys as strings), as a saved index gives it back.
+        values.append(json.loads(text))
+    return values
 
 
 def _read_only(array):
@@ -122,8 +125,10 @@ class Index:
                 empty index), so that they never collide with the ids kept
                 after a `remove` (integer ids only).
             payloads: `n` JSON-serialisable values kept with the embeddings
-                and returned by `lookup` (e.g. file paths or metadata dicts).
-                Defaults to `None` (entries without payload).
+                and returned by `lookup` (e.g. file paths or metadata dicts),
+                as their JSON value (a copy, with tuples as lists and dict
+                keys as strings: what `save` / `load` keep). Defaults to
+                `None` (entries without payload).
 
         Raises:
             ValueError: for a wrong shape, a dimension mismatch, NaN/Inf
@@ -309,13 +314,20 @@ class Index:
         """Writes the index to `path` (a numpy `.npz` archive), atomically.
 
         The file is written to a temporary file in the same directory, then
-        renamed over `path`, so readers never see a partial file.
+        renamed over `path`, so readers never see a partial file. It holds the
+        embeddings, ids, labels, payloads and the distance, with the weights
+        of a learned distance (`tfmetric.layers.Mahalanobis`, ...) as they
+        are now: the loaded index has its own copy of the layer.
         """
         path = os.fspath(path)
+        # A learned distance's weights are saved too: the loaded index gives the same distances.
+        config = dict(
+            self.get_config(), distance=distances_lib.serialize(self.distance, weights=True)
+        )
         header = {
             "format": _FORMAT,
             "class_name": type(self).__name__,
-            "config": self.get_config(),
+            "config": config,
             "has_labels": self._labels is not None,
             "has_payloads": self._payloads is not None,
         }

@@ -16,10 +16,13 @@ A learned distance is a Keras layer with two uses:
 The weights train only where the layer is part of a model (e.g. as the
 scorer of a Siamese model); a loss given a learned distance does not own its
 weights. A distance view serialises the layer's configuration, not its
-weights (those live in the model that holds the layer).
+weights (those live in the model that holds the layer), except where asked
+to (`tfmetric.distances.serialize(distance, weights=True)`: what a saved
+index or item store records, so that it loads with the trained weights).
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfmetric import distances as distances_lib
@@ -86,6 +89,14 @@ class LearnedDistanceLayer(keras.layers.Layer):
         raise NotImplementedError
 
 
+def _arguments(layer):
+    """A layer's arguments that set its values (not its name, nor whether it trains)."""
+    config = layer.get_config()
+    config.pop("name", None)
+    config.pop("trainable", None)
+    return config
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
 class LearnedDistance(distances_lib.Distance):
     """`tfmetric.distances.Distance` view of a learned-distance layer.
@@ -134,6 +145,42 @@ class LearnedDistance(distances_lib.Distance):
 
     def get_config(self):
         return {"layer": keras.saving.serialize_keras_object(self.layer)}
+
+    def get_weights(self):
+        """The layer's weights (numpy arrays); none before it is built."""
+        return self.layer.get_weights() if self.layer.built else []
+
+    def set_weights(self, weights):
+        """Sets the layer's weights (a built layer; Keras checks their number and shapes)."""
+        if not len(weights):
+            return
+        if not self.layer.built:
+            raise ValueError(
+                f"{self!r} has no weights to set: its layer is not built (a config without "
+                "`build_config`)."
+            )
+        self.layer.set_weights(weights)
+
+    def same_values(self, other):
+        """Whether `other` is this distance or a copy: same layer class, arguments, weights.
+
+        An unbuilt layer (whose weights are its initial ones) is built for
+        the other's embedding size to compare.
+        """
+        if self == other:
+            return True
+        if not isinstance(other, LearnedDistance) or type(self.layer) is not type(other.layer):
+            return False
+        if _arguments(self.layer) != _arguments(other.layer):
+            return False
+        for layer, built in ((self.layer, other.layer), (other.layer, self.layer)):
+            size = built.built_size()
+            if not layer.built and built.built and size is not None:
+                layer.build((None, size))
+        mine, theirs = self.get_weights(), other.get_weights()
+        return len(mine) == len(theirs) and all(
+            a.shape == b.shape and np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True)
+        )
 
     def __eq__(self, other):
         return type(self) is type(other) and self.layer is other.layer

@@ -54,6 +54,77 @@ def decode_id(text):
     return json.loads(text)
 
 
+def damaged(location, problem):
+    """The `ValueError` of a damaged store: where it is (`location`) and what is wrong."""
+    return ValueError(f"The item store {location} is damaged: {problem}.")
+
+
+def check_header(header, location):
+    """Checks a store header's fields; returns its distance.
+
+    Raises:
+        ValueError: naming `location` and the field that is missing or wrong.
+    """
+    dim = header.get("dim")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise damaged(location, f"its header's `dim` is {dim!r}, not a positive integer or null")
+    if not isinstance(header.get("model_version"), str):
+        version = header.get("model_version")
+        raise damaged(location, f"its header's `model_version` is {version!r}, not a string")
+    if "distance" not in header:
+        raise damaged(location, "its header has no `distance`")
+    try:
+        return distances_lib.get(header["distance"])
+    except ValueError as error:
+        raise damaged(location, f"its header's `distance` cannot be read ({error})") from None
+
+
+def decode_item(location, key, item_id, embedding, metadata, model_version, dim):
+    """An `Item` from its stored fields (`embedding` bytes, or `None` when not read).
+
+    Raises:
+        ValueError: naming `location` and the item's key, for a missing or
+            unreadable field.
+    """
+    fields = {"id": item_id, "metadata": metadata, "model_version": model_version}
+    missing = [name for name, value in fields.items() if value is None]
+    if missing:
+        raise damaged(location, f"item record {key} has no {', '.join(missing)}")
+    try:
+        item_id = decode_id(item_id)
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, str)):
+            raise ValueError(f"{item_id!r} is not an int or a string")
+    except ValueError as error:
+        raise damaged(location, f"item record {key}: its id is unreadable ({error})") from None
+    try:
+        metadata = json.loads(metadata)
+    except ValueError as error:
+        raise damaged(location, f"item record {key}: its metadata is not JSON ({error})") from None
+    if isinstance(model_version, bytes):
+        model_version = model_version.decode("utf-8", "replace")
+    if embedding is not None:
+        embedding = decode_embedding(location, key, embedding, dim).copy()
+    return Item(item_id, embedding, metadata, model_version)
+
+
+def decode_embeddings(location, keys, blobs, dim):
+    """The float32 embeddings `(n, dim)` of the stored bytes of the records `keys`."""
+    for key, blob in zip(keys, blobs, strict=True):
+        decode_embedding(location, key, blob, dim)
+    return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
+
+
+def decode_embedding(location, key, blob, dim):
+    """The float32 embedding `(dim,)` of stored bytes (read-only view)."""
+    if blob is None:
+        raise damaged(location, f"item record {key} has no embedding")
+    if dim is None or len(blob) != 4 * dim:
+        raise damaged(
+            location, f"item record {key}: its embedding has {len(blob)} bytes, not {dim} float32s"
+        )
+    return np.frombuffer(blob, np.float32)
+
+
 def encode_metadata(metadata, position):
     try:
         return json.dumps(metadata, allow_nan=False, sort_keys=True)
@@ -70,10 +141,12 @@ class ItemStore:
     Subclasses persist items. Each holds a header (`dim`, `model_version`,
     `distance`) and, per item, its id, embedding, JSON metadata and model
     version, with an integer `key` (never reused) that ids the item in the
-    index. Subclasses implement `_read_header`, `_write_header`, `_load`,
-    `_keys_of`, `_commit`, `_delete`, `_fetch` (with or without the
-    embeddings) and `close`; `_commit` and `_delete` apply every write of one
-    call atomically.
+    index. Subclasses set `location` (where the store is, for messages) and
+    implement `_read_header`, `_write_header`, `_load`, `_keys_of`,
+    `_commit`, `_delete`, `_fetch` (with or without the embeddings) and
+    `close`; `_commit` and `_delete` apply every write of one call
+    atomically. A damaged store (a header or an item record that is missing
+    or unreadable) raises a `ValueError` naming `location` and the record.
 
     Args:
         model_version: The version of the model whose embeddings the store
@@ -83,7 +156,10 @@ class ItemStore:
             `tfmetric.index.ApproximateIndex("cosine")`) that sets the
             distance; must match the store's distance when it exists.
             Defaults to `None`: an `ExactIndex` with the store's distance
-            (euclidean for a new store).
+            (euclidean for a new store). A new store records a learned
+            distance's weights as they are when it is created, and reopens
+            with them (or takes an index whose learned distance has the same
+            weights).
     """
 
     def __init__(self, model_version=None, index=None):
@@ -100,7 +176,8 @@ class ItemStore:
                 "format": FORMAT,
                 "dim": None,
                 "model_version": model_version or "unversioned",
-                "distance": distances_lib.serialize(distance),
+                # With a learned distance's weights, so that the store reopens with them.
+                "distance": distances_lib.serialize(distance, weights=True),
             }
             self._write_header(header)
         if model_version is not None and model_version != header["model_version"]:
@@ -108,10 +185,11 @@ class ItemStore:
                 f"The store holds embeddings of model version {header['model_version']!r}; got "
                 f"`model_version` {model_version!r}. Re-embed into a new store."
             )
-        distance = distances_lib.get(header["distance"])
-        if index is not None and index.distance != distance:
+        distance = check_header(header, self.location)
+        if index is not None and not index.distance.same_values(distance):
             raise ValueError(
-                f"The store's distance is {distance!r}; `index` uses {index.distance!r}."
+                f"The store's distance is {distance!r} (with the weights it recorded, for a "
+                f"learned distance); `index` uses {index.distance!r}, which differs."
             )
         self._header = header
         self._index = LiveIndex(index if index is not None else ExactIndex(distance))

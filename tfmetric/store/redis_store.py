@@ -4,7 +4,13 @@ import json
 
 import numpy as np
 
-from tfmetric.store.item_store import FORMAT, Item, ItemStore, decode_id
+from tfmetric.store.item_store import (
+    FORMAT,
+    ItemStore,
+    damaged,
+    decode_embeddings,
+    decode_item,
+)
 
 _BATCH = 1000
 
@@ -50,7 +56,10 @@ class RedisStore(ItemStore):
         ConnectionError: if the server cannot be reached (at opening, or
             during a write, which is then not applied).
         ValueError: if the namespace holds keys that are not a tfmetric
-            store, or for a model version / distance other than the store's.
+            store, a damaged store (a missing key, a key of another type, an
+            unreadable header or item record: then when it is read, naming
+            the key), or for a model version / distance other than the
+            store's.
     """
 
     def __init__(
@@ -68,8 +77,10 @@ class RedisStore(ItemStore):
             raise ValueError(f"`namespace` must be a non-empty string; got {namespace!r}.")
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._watch_error = redis.exceptions.WatchError
+        self._response_error = redis.exceptions.ResponseError
         self.address = f"{host}:{port}/{db}"
         self.namespace = namespace
+        self.location = f"in namespace {namespace!r} on {self.address}"
         self._client = redis.Redis(
             host=host, port=port, db=db, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -84,6 +95,11 @@ class RedisStore(ItemStore):
                 f"Cannot reach the Redis server at {self.address}: {error}. Start it "
                 "(`redis-server`) or pass the right `host` / `port`; nothing was written."
             ) from None
+        except self._response_error as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            problem = f"one of its keys holds another Redis type ({error})"
+            raise damaged(self.location, problem) from None
 
     def _key(self, *parts):
         return ":".join((self.namespace, *map(str, parts)))
@@ -99,12 +115,17 @@ class RedisStore(ItemStore):
             return None
         try:
             header = json.loads(raw)
-        except ValueError:
-            header = None
+        except ValueError as error:
+            raise ValueError(
+                f"Namespace {self.namespace!r} on {self.address} is not a {FORMAT} store, or a "
+                f"damaged one: its key {self._key('header')!r} is not JSON ({error})."
+            ) from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError(
                 f"Namespace {self.namespace!r} on {self.address} is not a {FORMAT} store."
             )
+        if header.get("dim") is not None and not self._call(self._client.exists, self._key("next")):
+            raise damaged(self.location, f"its key {self._key('next')!r} is missing")
         return header
 
     def _write_header(self, header):
@@ -112,7 +133,11 @@ class RedisStore(ItemStore):
 
     def _load(self):
         ids = self._call(self._client.hgetall, self._key("ids"))
-        keys = np.array(sorted(int(k) for k in ids.values()), np.int64)
+        try:
+            keys = np.array(sorted(int(k) for k in ids.values()), np.int64)
+        except ValueError as error:
+            problem = f"the hash {self._key('ids')!r} holds a key that is not an integer ({error})"
+            raise damaged(self.location, problem) from None
         if not len(keys):
             return keys, None
         blobs = []
@@ -121,8 +146,11 @@ class RedisStore(ItemStore):
             for key in keys[begin : begin + _BATCH]:
                 pipe.hget(self._key("item", key), "embedding")
             blobs.extend(self._call(pipe.execute))
-        embeddings = np.frombuffer(b"".join(blobs), np.float32)
-        return keys, embeddings.reshape(len(keys), -1)
+        records = [repr(self._key("item", key)) for key in keys]
+        for record, blob in zip(records, blobs, strict=True):
+            if blob is None:
+                raise damaged(self.location, f"item record {record} is missing")
+        return keys, decode_embeddings(self.location, records, blobs, self._header["dim"])
 
     def _keys_of(self, encoded):
         keys = []
@@ -201,13 +229,22 @@ class RedisStore(ItemStore):
             pipe = self._client.pipeline(transaction=False)
             for key in keys[begin : begin + _BATCH]:
                 pipe.hmget(self._key("item", key), "id", field, "metadata", "model_version")
-            for item_id, blob, text, version in self._call(pipe.execute):
+            part = keys[begin : begin + _BATCH]
+            for key, (item_id, blob, text, version) in zip(
+                part, self._call(pipe.execute), strict=True
+            ):
+                record = repr(self._key("item", key))
+                if embeddings and blob is None:
+                    raise damaged(self.location, f"item record {record} is missing")
                 items.append(
-                    Item(
-                        decode_id(item_id),
-                        np.frombuffer(blob, np.float32).copy() if embeddings else None,
-                        json.loads(text),
-                        version.decode(),
+                    decode_item(
+                        self.location,
+                        record,
+                        item_id,
+                        blob if embeddings else None,
+                        text,
+                        version,
+                        self._header["dim"],
                     )
                 )
         return items

@@ -1,12 +1,19 @@
 """An item store in one SQLite file (Python's standard library; no server)."""
 
+import contextlib
 import json
 import os
 import sqlite3
 
 import numpy as np
 
-from tfmetric.store.item_store import FORMAT, Item, ItemStore, decode_id
+from tfmetric.store.item_store import (
+    FORMAT,
+    ItemStore,
+    damaged,
+    decode_embeddings,
+    decode_item,
+)
 
 _SCHEMA = """
 CREATE TABLE tfmetric_store (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,8 +46,11 @@ class SQLiteStore(ItemStore):
 
     Raises:
         ValueError: if `path` is a file that is not a tfmetric store (another
-            SQLite database, or not a database at all), or for a model
-            version / distance other than the store's.
+            SQLite database, or not a database at all), a damaged store (a
+            malformed file, a missing table or column, an unreadable header
+            or item record: then when it is read, naming `path` and the
+            record), or for a model version / distance other than the
+            store's.
 
     Example:
 
@@ -71,6 +81,7 @@ class SQLiteStore(ItemStore):
                 # SQLite would take a short foreign file for an empty database and overwrite it.
                 raise ValueError(f"`path` {path!r} is not a tfmetric store: not a SQLite database.")
         self.path = path
+        self.location = f"at `path` {path!r}"
         try:
             self._connection = sqlite3.connect(path, isolation_level=None)
             self._connection.execute("PRAGMA journal_mode=WAL")
@@ -95,18 +106,38 @@ class SQLiteStore(ItemStore):
             raise ValueError(f"`path` {self.path!r} is not a tfmetric store: {error}.") from None
         if not tables:
             return None
+        if "tfmetric_store" in tables and "items" not in tables:
+            raise damaged(self.location, "its `items` table is missing")
         if not {"tfmetric_store", "items"} <= tables:
             raise ValueError(
                 f"`path` {self.path!r} is a SQLite database but not a tfmetric store "
                 f"(tables {sorted(tables)})."
             )
-        row = self._connection.execute(
-            "SELECT value FROM tfmetric_store WHERE name = 'header'"
-        ).fetchone()
-        header = json.loads(row[0]) if row else {}
-        if header.get("format") != FORMAT:
+        with self._reading():
+            row = self._connection.execute(
+                "SELECT value FROM tfmetric_store WHERE name = 'header'"
+            ).fetchone()
+        if row is None:
+            raise damaged(self.location, "the `tfmetric_store` table has no header row")
+        try:
+            header = json.loads(row[0])
+        except ValueError as error:
+            raise damaged(self.location, f"its header is not JSON ({error})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError(f"`path` {self.path!r} is not a {FORMAT} store.")
         return header
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """Reports a malformed database file, or a missing table or column, as damage."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            malformed = type(error) is sqlite3.DatabaseError
+            missing = isinstance(error, sqlite3.OperationalError) and "no such" in str(error)
+            if not (malformed or missing):
+                raise
+            raise damaged(self.location, f"SQLite says {error}") from None
 
     def _write_header(self, header):
         with self._transaction() as cursor:
@@ -122,28 +153,32 @@ class SQLiteStore(ItemStore):
         return _Transaction(self._connection)
 
     def _load(self):
-        rows = self._connection.execute("SELECT key, embedding FROM items ORDER BY key").fetchall()
+        with self._reading():
+            rows = self._connection.execute(
+                "SELECT key, embedding FROM items ORDER BY key"
+            ).fetchall()
         keys = np.array([row[0] for row in rows], np.int64)
         if not rows:
             return keys, None
-        embeddings = np.frombuffer(b"".join(row[1] for row in rows), np.float32)
-        return keys, embeddings.reshape(len(rows), -1)
+        blobs = [row[1] for row in rows]
+        return keys, decode_embeddings(self.location, keys.tolist(), blobs, self._header["dim"])
 
     def _keys_of(self, encoded):
         found = {}
         for begin in range(0, len(encoded), _CHUNK):
             part = encoded[begin : begin + _CHUNK]
             marks = ",".join("?" * len(part))
-            found.update(
-                self._connection.execute(
-                    f"SELECT item_id, key FROM items WHERE item_id IN ({marks})", part
-                ).fetchall()
-            )
+            with self._reading():
+                found.update(
+                    self._connection.execute(
+                        f"SELECT item_id, key FROM items WHERE item_id IN ({marks})", part
+                    ).fetchall()
+                )
         return [found.get(e) for e in encoded]
 
     def _commit(self, encoded, embeddings, texts, existing, header):
         version = self.model_version
-        with self._transaction() as cursor:
+        with self._reading(), self._transaction() as cursor:
             row = cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
             next_key = (row[0] if row else 0) + 1
             keys, new_rows, updates = [], [], []
@@ -168,7 +203,7 @@ class SQLiteStore(ItemStore):
         return keys
 
     def _delete(self, encoded, keys):
-        with self._transaction() as cursor:
+        with self._reading(), self._transaction() as cursor:
             cursor.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
 
     def _fetch(self, keys, embeddings=True):
@@ -177,16 +212,17 @@ class SQLiteStore(ItemStore):
         for begin in range(0, len(keys), _CHUNK):
             part = keys[begin : begin + _CHUNK]
             marks = ",".join("?" * len(part))
-            for row in self._connection.execute(
-                f"SELECT key, item_id, {column}, metadata, model_version FROM items "
-                f"WHERE key IN ({marks})",
-                part,
-            ):
-                rows[row[0]] = Item(
-                    decode_id(row[1]),
-                    None if row[2] is None else np.frombuffer(row[2], np.float32).copy(),
-                    json.loads(row[3]),
-                    row[4],
+            with self._reading():
+                found = self._connection.execute(
+                    f"SELECT key, item_id, {column}, metadata, model_version FROM items "
+                    f"WHERE key IN ({marks})",
+                    part,
+                ).fetchall()
+            for key, item_id, blob, metadata, version in found:
+                if embeddings and blob is None:
+                    raise damaged(self.location, f"item record {key} has no embedding")
+                rows[key] = decode_item(
+                    self.location, key, item_id, blob, metadata, version, self._header["dim"]
                 )
         return [rows[k] for k in keys]
 
