@@ -161,3 +161,14 @@ def test_one_array_for_the_three_branches_is_a_named_error(shape, match):
         with pytest.raises(ValueError, match=r"`x` must be a tuple of 3 batches") as info:
             run()
         assert re.search(match, str(info.value))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow", reason="offline mining runs under TensorFlow"
+)
+@pytest.mark.parametrize("sampler", [tfmetric.data.triplet_dataset, tfmetric.data.pair_dataset])
+def test_offline_mining_under_another_backend_says_it_needs_tensorflow(sampler):
+    model = TripletModel(_embedder())
+    x, y = np.ones((12, 6), "float32"), np.repeat(np.arange(3), 4)
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        sampler(x, y, 4, embedder=model.embedder, mining="hard")
