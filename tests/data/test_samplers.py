@@ -436,3 +436,13 @@ def test_offline_mining_asks_for_the_shared_tower_of_a_twin_model(sampler, twin)
         sampler(x, y, 4, seed=0, embedder=model, mining="hard")
     ds = sampler(x, y, 4, seed=0, embedder=model.embedder, mining="hard", refresh_every=2)
     assert next(iter(ds))[1].shape[0] == 4
+
+
+@pytest.mark.parametrize("sampler", [triplet_dataset, pair_dataset])
+def test_batched_dataset_is_asked_to_unbatch(sampler):
+    x, y = _data()
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    with pytest.raises(ValueError, match=r"labels have shape \(None,\) per element.*`x.unbatch\(\)`"):
+        sampler(batched, batch_size=4, seed=0)
+    (first, _), same = next(iter(pair_dataset(batched.unbatch(), batch_size=4, seed=0)))
+    assert first.shape == (4, 2) and same.shape == (4,)
