@@ -434,8 +434,7 @@ def test_offline_mining_asks_for_the_shared_tower_of_a_twin_model(sampler, twin)
     model = twin(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
     with pytest.raises(TypeError, match=rf"`embedder` is a {twin.__name__}.*pass `model.embedder`"):
         sampler(x, y, 4, seed=0, embedder=model, mining="hard")
-    ds = sampler(x, y, 4, seed=0, embedder=model.embedder, mining="hard", refresh_every=2)
-    assert next(iter(ds))[1].shape[0] == 4
+    sampler(x, y, 4, seed=0, embedder=model.embedder, mining="hard")  # its tower is accepted
 
 
 @pytest.mark.parametrize("sampler", [triplet_dataset, pair_dataset])
