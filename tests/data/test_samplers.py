@@ -410,3 +410,38 @@ def test_mined_pairs_match_a_brute_force_search(mining):
                 if mining != "semi-hard":
                     pick = d[i1, negatives].min() if mining == "hard" else d[i1, negatives].max()
                     np.testing.assert_allclose(d[i1, i2], pick, atol=1e-5)
+
+
+class _NaNEmbedding(keras.layers.Layer):
+    def call(self, x):
+        return x * float("nan")
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("sampler", [triplet_dataset, pair_dataset])
+def test_offline_mining_refuses_nan_embeddings(sampler):
+    x, y = _data((4, 4, 4))
+    embedder = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2), _NaNEmbedding()])
+    ds = sampler(x, y, 4, seed=0, embedder=embedder, mining="hard", refresh_every=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`embedder` returned NaN or infinite"):
+        next(iter(ds))
+
+
+@pytest.mark.parametrize("sampler", [triplet_dataset, pair_dataset])
+@pytest.mark.parametrize("twin", [tfmetric.models.SiameseModel, tfmetric.models.TripletModel])
+def test_offline_mining_asks_for_the_shared_tower_of_a_twin_model(sampler, twin):
+    x, y = _data((4, 4, 4))
+    model = twin(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
+    with pytest.raises(TypeError, match=rf"`embedder` is a {twin.__name__}.*pass `model.embedder`"):
+        sampler(x, y, 4, seed=0, embedder=model, mining="hard")
+    sampler(x, y, 4, seed=0, embedder=model.embedder, mining="hard")  # its tower is accepted
+
+
+@pytest.mark.parametrize("sampler", [triplet_dataset, pair_dataset])
+def test_batched_dataset_is_asked_to_unbatch(sampler):
+    x, y = _data()
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    with pytest.raises(ValueError, match=r"labels have shape \(None,\) per element.*`x.unbatch\(\)`"):
+        sampler(batched, batch_size=4, seed=0)
+    (first, _), same = next(iter(pair_dataset(batched.unbatch(), batch_size=4, seed=0)))
+    assert first.shape == (4, 2) and same.shape == (4,)

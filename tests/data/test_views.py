@@ -98,6 +98,8 @@ def test_bad_input_is_named():
         tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.zeros(9, "int64"))
     with pytest.raises(ValueError, match="`y`"):
         tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.full(10, 0.5, "float32"))
+    with pytest.raises(ValueError, match=r"`y` has 9 labels but `x` has 10 rows"):
+        tfmetric.data.multi_view_dataset(X, 4, _shift_and_noise, y=np.zeros(9, "int64"))
     with pytest.raises(ValueError, match="max_shift"):
         tfmetric.data.image_augmentation(max_shift=1.5)
     with pytest.raises(ValueError, match="noise_stddev"):
@@ -127,3 +129,27 @@ def test_image_augmentation_cutout_zeroes_one_square():
     zero = out.numpy()[:, :, 0] == 0
     rows, cols = np.nonzero(zero)
     assert zero.sum() == 4 and np.ptp(rows) == 1 and np.ptp(cols) == 1
+
+
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        (tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), "float32")), TypeError, "got _Tensor"),
+        ({"image": np.zeros((4, 2), "float32")}, TypeError, "got dict"),
+        (3.0, TypeError, "got float"),
+        (np.float32(3.0), ValueError, "sample axis"),
+        ([[1.0, 2.0], [3.0]], ValueError, "of one shape"),
+        (np.array([None, None, None]), ValueError, "got dtype object"),
+    ],
+)
+def test_bad_samples_are_named(x, error, match):
+    with pytest.raises(error, match=r"`x` must .*" + match):
+        tfmetric.data.multi_view_dataset(x, 1, lambda batch: batch, seed=0)
+
+
+def test_string_samples_are_kept():
+    paths = np.array(["a.png", "b.png", "c.png"])
+    xb, yb = next(iter(tfmetric.data.multi_view_dataset(paths, 3, lambda batch: batch, seed=0)))
+    assert sorted(xb.numpy()[:3].tolist()) == [b"a.png", b"b.png", b"c.png"]
+    np.testing.assert_array_equal(xb.numpy()[:3], xb.numpy()[3:])
+    np.testing.assert_array_equal(paths[yb.numpy()[:3]].astype(bytes), xb.numpy()[:3])

@@ -137,7 +137,13 @@ def test_evaluate_pairs_file_end_to_end(tmp_path):
         (lambda lines: ["x\ty"] + lines[1:], "expected a header"),
         (lambda lines: lines[:-1], "found 7"),
         (lambda lines: lines[:1] + ["Ada_Lovelace\t1"] + lines[2:], ":2: expected a matched"),
-        (lambda lines: lines[:1] + ["Ada_Lovelace\tone\t2"] + lines[2:], "not an integer"),
+        (lambda lines: lines[:1] + ["Ada_Lovelace\tone\t2"] + lines[2:], ":2: image number 'one'"),
+        (lambda lines: lines[:1] + ["Ada_Lovelace\t0\t2"] + lines[2:], ":2: image number '0'"),
+        (lambda lines: lines[:2] + ["Bob\t-3\t2"] + lines[3:], ":3: image number '-3'"),
+        (lambda lines: lines[:1] + ["../Ada\t1\t2"] + lines[2:], ":2: identity '../Ada'"),
+        (lambda lines: lines[:3] + ["..\t1\tCy\t2"] + lines[4:], ":4: identity '..'"),
+        (lambda lines: lines + ["Cy\t1\t2"], r"found 9 \(line 10 is one too many\)"),
+        (lambda lines: lines[:-1], r"found 7 \(the file ends after line 8\)"),
     ],
 )
 def test_malformed_pairs_file_names_the_line(tmp_path, edit, message):

@@ -6,13 +6,13 @@ import pytest
 from tfmetric.metrics import reid_scores
 
 
-def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank):
+def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank, junk_label=-1):
     """Per query: drop junk and same-identity-same-camera, sort (wrong before good on ties)."""
     cmc, aps = np.zeros(max_rank), []
     for i in range(len(q)):
         rows = []
         for j in range(len(g)):
-            if g_id[j] == -1 or (g_id[j] == q_id[i] and g_cam[j] == q_cam[i]):
+            if g_id[j] == junk_label or (g_id[j] == q_id[i] and g_cam[j] == q_cam[i]):
                 continue
             good = g_id[j] == q_id[i]
             rows.append((np.sqrt(((q[i] - g[j]) ** 2).sum()), good))
@@ -23,6 +23,30 @@ def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank):
         aps.append(np.mean([(n + 1) / rank for n, rank in enumerate(goods)]))
         cmc += np.arange(1, max_rank + 1) >= goods[0]
     return cmc / len(aps), np.mean(aps), len(aps)
+
+
+@pytest.mark.parametrize("junk_label", [-1, 0, 3])
+def test_queries_of_the_junk_identity_match_the_reference(junk_label):
+    # Junk gallery images are removed from every ranking (Market-1501's `junk_index1`): they
+    # are never good matches, even for a query carrying the junk identity.
+    rng = np.random.default_rng(junk_label + 7)
+    q, g = rng.normal(size=(24, 3)), rng.normal(size=(40, 3))
+    q_id, g_id = rng.integers(-1, 5, 24), rng.integers(-1, 5, 40)
+    q_cam, g_cam = rng.integers(1, 4, 24), rng.integers(1, 4, 40)
+    assert np.any(q_id == junk_label) and np.any(g_id == junk_label)
+    scores = reid_scores((q, q_id, q_cam), (g, g_id, g_cam), max_rank=6, junk_label=junk_label)
+    cmc, mean_ap, count = _naive(q, q_id, q_cam, g.astype(np.float32), g_id, g_cam, 6, junk_label)
+    np.testing.assert_allclose(scores["cmc"], cmc)
+    np.testing.assert_allclose(scores["mean_average_precision"], mean_ap, rtol=1e-6)
+    assert scores["num_queries"] == count and scores["num_skipped"] == 24 - count
+
+
+def test_query_of_the_junk_identity_has_no_good_match():
+    g = np.array([[0.1], [0.2], [0.3]])
+    # The second query (id -1) would otherwise count the junk image 0.1 (camera 2) as good.
+    scores = reid_scores((np.zeros((2, 1)), [1, -1], [1, 1]), (g, [-1, 1, 2], [2, 2, 2]))
+    assert scores["num_queries"] == 1 and scores["num_skipped"] == 1
+    assert scores["mean_average_precision"] == 1.0
 
 
 def test_hand_computed():
@@ -73,3 +97,9 @@ def test_bad_input_is_explained():
         reid_scores(q, (np.zeros((2, 4)), [1, 2], [2, 2]))
     with pytest.raises(ValueError, match="No query has a good match"):
         reid_scores(q, (np.zeros((2, 3)), [1, 2], [1, 1]))
+    gallery = (np.zeros((2, 3)), [1, 2], [2, 2])
+    for junk_label in ("-1", 1.5, -1.0, True, [-1]):
+        with pytest.raises(ValueError, match="`junk_label` must be an integer"):
+            reid_scores(q, gallery, junk_label=junk_label)
+    for junk_label in (None, np.int64(-1), 7):
+        assert reid_scores(q, gallery, junk_label=junk_label)["num_queries"] == 2

@@ -132,13 +132,39 @@ def test_evaluate_verification_is_direction_aware():
         ([1, 0], [0.1], {}, ValueError, "one value per pair"),
         ([1, 0], [0.1, np.nan], {}, ValueError, "NaN"),
         ([1, 2], [0.1, 0.2], {}, ValueError, "only 0 and 1"),
-        ([1.0, 0.0], [0.1, 0.2], {}, TypeError, "`same`"),
+        ([1.0, 0.5], [0.1, 0.2], {}, ValueError, r"`same` must hold only 0 and 1.*0\.5"),
+        ([1.0, np.nan], [0.1, 0.2], {}, ValueError, r"`same` must hold only 0 and 1.*nan"),
+        (["1", "0"], [0.1, 0.2], {}, TypeError, "`same`"),
         ([1, 0], [0.1, 0.2], {"similarity": "yes"}, TypeError, "`similarity`"),
     ],
 )
 def test_bad_verification_input(same, scores, kwargs, error, match):
     with pytest.raises(error, match=match):
         metrics.roc_auc(same, scores, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        [1.0, 1.0, 0.0, 0.0, 1.0],
+        np.array([1, 1, 0, 0, 1], "float32"),
+        np.array([1, 1, 0, 0, 1], "uint8"),
+        [True, True, False, False, True],
+    ],
+)
+def test_same_as_floats_ints_or_bools(same):
+    distances = [0.1, 0.5, 0.4, 0.9, 0.3]
+    truth = np.array([1, 1, 0, 0, 1], bool)
+    # By the definition: the fraction of (same, different) pairs ranked right, ties half.
+    pairs = [(a, b) for a in np.flatnonzero(truth) for b in np.flatnonzero(~truth)]
+    expected = np.mean([(distances[a] < distances[b]) + 0.5 * (distances[a] == distances[b])
+                        for a, b in pairs])  # fmt: skip
+    assert metrics.roc_auc(same, distances) == pytest.approx(expected)
+    assert metrics.best_threshold(same, distances) == (0.3, 0.8)
+    x, y = np.zeros((5, 1)), np.array(distances)[:, None]
+    assert metrics.evaluate_verification(x, y, same, far=(0.5,))["roc_auc"] == pytest.approx(
+        expected
+    )
 
 
 def test_bad_far_and_metric():
@@ -209,6 +235,13 @@ def test_few_shot_bad_input():
         metrics.n_way_k_shot_accuracy(x, y, n_way=1)
     with pytest.raises(ValueError, match="k_shot \\+ queries_per_class"):
         metrics.n_way_k_shot_accuracy(x, y, n_way=2, k_shot=2)
+    for seed in (-1, 1.5, "0", True):
+        with pytest.raises(ValueError, match="`seed` must be None or an integer >= 0"):
+            metrics.n_way_k_shot_accuracy(x, y, n_way=2, seed=seed)
+        with pytest.raises(ValueError, match=r"`seed` must be None or an integer in \[0, "):
+            metrics.clustering_scores(x, y, seed=seed)
+    with pytest.raises(ValueError, match="`seed`"):
+        metrics.clustering_scores(x, y, seed=2**32)
 
 
 def test_public_names():

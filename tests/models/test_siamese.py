@@ -1,11 +1,13 @@
 import inspect
 import json
 import os
+import re
 
 import backend_ops
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
 import tfmetric
@@ -233,3 +235,116 @@ def test_bad_arguments():
     model = SiameseModel(_embedder())
     with pytest.raises(ValueError, match="inputs"):
         model(np.ones((2, 6), "float32"))
+
+
+def _pairs(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=(n, 6)).astype("float32"), rng.normal(size=(n, 6)).astype("float32")
+    return x1, x2, np.tile([1.0, 0.0], n // 2).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "model_kwargs, loss, kind",
+    [
+        ({"scorer": tfmetric.layers.WeightedL1()}, PairContrastiveLoss(), "similarity"),
+        ({"distance": "inner_product"}, PairContrastiveLoss(), "similarity"),
+        ({"distance": "inner_product"}, pair_contrastive_loss, "similarity"),
+        ({}, "binary_crossentropy", "distance"),
+        ({"distance": "cosine"}, keras.losses.BinaryCrossentropy(), "distance"),
+        ({"scorer": tfmetric.layers.Mahalanobis()}, keras.losses.BinaryFocalCrossentropy(), "distance"),
+    ],
+)
+def test_loss_reading_scores_the_other_way_is_refused(model_kwargs, loss, kind):
+    # A contrastive loss pulls similar pairs to small scores, binary cross-entropy to large
+    # ones: on scores of the other direction, training would push similar pairs apart.
+    model = SiameseModel(_embedder(), **model_kwargs)
+    model.compile(optimizer="sgd", loss=loss)
+    weights = [np.array(w) for w in model.get_weights()]
+    x1, x2, same = _pairs()
+    for run in (model.fit, model.evaluate):
+        with pytest.raises(ValueError, match=f"returns {kind} scores.*push similar pairs apart"):
+            run((x1, x2), same, verbose=0)
+    for before, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize(
+    "model_kwargs, loss",
+    [
+        ({}, PairContrastiveLoss()),
+        ({"scorer": tfmetric.layers.Mahalanobis()}, PairContrastiveLoss()),
+        ({"scorer": tfmetric.layers.WeightedL1()}, "binary_crossentropy"),
+        ({"scorer": TinyScorer()}, PairContrastiveLoss()),  # tells no direction: not judged
+    ],
+)
+def test_loss_reading_scores_the_right_way_trains(model_kwargs, loss):
+    model = SiameseModel(_embedder(), **model_kwargs)
+    model.compile(optimizer="sgd", loss=loss)
+    x1, x2, same = _pairs()
+    history = model.fit((x1, x2), same, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("shape", [(8, 2), (8, 3), (2, 4)])
+@pytest.mark.parametrize("loss", [PairContrastiveLoss(), "binary_crossentropy"])
+def test_pair_labels_of_another_shape_are_refused(shape, loss):
+    scorer = None if loss != "binary_crossentropy" else tfmetric.layers.WeightedL1()
+    model = SiameseModel(_embedder(), scorer=scorer)
+    model.compile(optimizer="sgd", loss=loss)
+    x1, x2, _ = _pairs()
+    labels = np.ones(shape, "float32")
+    with pytest.raises(ValueError, match=r"`y` must hold one pair label per pair.*\(pairs,\)"):
+        model.fit((x1, x2), labels, verbose=0)
+    # The same labels in a dataset: refused when the step is traced.
+    data = tf.data.Dataset.from_tensors(((x1, x2), np.ones((8, shape[1]), "float32")))
+    with pytest.raises(ValueError, match=r"`y` must hold one pair label per pair"):
+        model.fit(data, verbose=0)
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("scorer_name", ["distance", "weighted_l1"])
+def test_pair_labels_of_unknown_rank_are_one_per_pair(scorer_name):
+    x1, x2, same = _pairs(n=8, seed=3)
+    if scorer_name == "distance":
+        model = SiameseModel(_embedder())
+        model.compile(optimizer="sgd", loss=PairContrastiveLoss(margin=2.0))
+    else:
+        model = SiameseModel(_embedder(), scorer=tfmetric.layers.WeightedL1())
+        model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy())
+    # Labels whose rank the pipeline does not know (a generator without static shapes).
+    data = tf.data.Dataset.from_generator(
+        lambda: iter([((x1, x2), same[:, None])]),
+        output_signature=(
+            (tf.TensorSpec((None, 6), tf.float32), tf.TensorSpec((None, 6), tf.float32)),
+            tf.TensorSpec(None, tf.float32),
+        ),
+    )
+    got = model.evaluate(data, verbose=0)
+    scores = model.predict((x1, x2), verbose=0).astype(np.float64)
+    if scorer_name == "distance":
+        expected = np.mean(same * scores**2 + (1 - same) * np.maximum(2.0 - scores, 0.0) ** 2)
+    else:
+        expected = -np.mean(same * np.log(scores) + (1 - same) * np.log(1 - scores))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((8, 2, 6), r"pass `\(x\[:, 0\], x\[:, 1\]\)`"),
+        ((8, 3, 6), r"would need shape \(N, 2, 6\): its second dimension is 3, not 2"),
+        ((8, 6), r"each of shape \(N, 6\)"),
+    ],
+)
+def test_one_array_for_the_two_branches_is_a_named_error(shape, match):
+    model = SiameseModel(_embedder())
+    model.compile(optimizer="sgd", loss=PairContrastiveLoss())
+    x = np.ones(shape, "float32")
+    for run in (
+        lambda: model.fit(x, np.ones(8), verbose=0),
+        lambda: model.evaluate(x, np.ones(8), verbose=0),
+        lambda: model.predict(x, verbose=0),
+    ):
+        with pytest.raises(ValueError, match=r"`x` must be a tuple of 2 batches \(x1, x2\)") as info:
+            run()
+        assert re.search(match, str(info.value))

@@ -1,6 +1,7 @@
 import inspect
 import json
 import os
+import re
 
 import backend_ops
 import keras
@@ -139,3 +140,35 @@ def test_bad_arguments():
         model((np.ones((2, 6), "float32"),) * 2)
     with pytest.raises(ValueError, match="(?i)missing"):
         model({"anchor": np.ones((2, 6), "float32")})
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((5, 3, 4), r"pass `\(x\[:, 0\], x\[:, 1\], x\[:, 2\]\)`"),
+        ((5, 2, 4), r"would need shape \(N, 3, 4\): its second dimension is 2, not 3"),
+    ],
+)
+def test_one_array_for_the_three_branches_is_a_named_error(shape, match):
+    model = TripletModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    model.compile(optimizer="sgd", loss=TripletMarginLoss())
+    x = np.ones(shape, "float32")
+    for run in (
+        lambda: model.fit(x, np.zeros((5, 3)), verbose=0),
+        lambda: model.evaluate(x, np.zeros((5, 3)), verbose=0),
+        lambda: model.predict(x, verbose=0),
+    ):
+        with pytest.raises(ValueError, match=r"`x` must be a tuple of 3 batches") as info:
+            run()
+        assert re.search(match, str(info.value))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow", reason="offline mining runs under TensorFlow"
+)
+@pytest.mark.parametrize("sampler", [tfmetric.data.triplet_dataset, tfmetric.data.pair_dataset])
+def test_offline_mining_under_another_backend_says_it_needs_tensorflow(sampler):
+    model = TripletModel(_embedder())
+    x, y = np.ones((12, 6), "float32"), np.repeat(np.arange(3), 4)
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        sampler(x, y, 4, embedder=model.embedder, mining="hard")

@@ -96,3 +96,23 @@ def check_bool(value, name):
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool; got {value!r}.")
     return value
+
+
+def check_seed(seed, name="seed", maximum=2**32 - 1):
+    """Validates the seed of a numpy or scikit-learn generator and returns it.
+
+    A seed is None or an integer in `[0, maximum]` (bools rejected); scikit-learn
+    takes up to `2**32 - 1`, numpy's `default_rng` any non-negative integer
+    (`maximum=None`).
+    """
+    if seed is None:
+        return None
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or seed < 0
+        or maximum is not None and seed > maximum
+    ):
+        bound = "an integer >= 0" if maximum is None else f"an integer in [0, {maximum}]"
+        raise ValueError(f"`{name}` must be None or {bound}; got {seed!r}.")
+    return int(seed)

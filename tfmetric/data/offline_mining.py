@@ -9,6 +9,7 @@ the current weights, and the mining mode from a variable when a curriculum
 
 import numbers
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -72,6 +73,14 @@ def check_mining(mining, embedder, index, pool_size, refresh_every):
         raise ValueError("Offline `mining` needs the current `embedder` to mine with.")
     if not callable(embedder):
         raise TypeError(f"`embedder` must be a Keras model; got {type(embedder).__name__}.")
+    _check_single_input(embedder)
+    if isinstance(embedder, keras.layers.Layer) and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Offline `mining` runs `embedder` inside the `tf.data` pipeline, which needs a "
+            "TensorFlow Keras model: set KERAS_BACKEND=tensorflow (current backend: "
+            f"{keras.backend.backend()}), or mine inside each batch with an in-batch loss "
+            "such as `tfmetric.losses.TripletLoss(mining=...)`."
+        )
     if isinstance(refresh_every, bool) or not isinstance(refresh_every, numbers.Integral):
         raise ValueError(f"`refresh_every` must be an integer >= 1; got {refresh_every!r}.")
     if refresh_every <= 0:
@@ -92,6 +101,27 @@ def check_mining(mining, embedder, index, pool_size, refresh_every):
                 "samples); use `pool_size=None` to mine in all samples."
             )
     return pool_size, int(refresh_every)
+
+
+def _check_single_input(embedder):
+    """Refuses a model of several inputs, such as a twin model passed instead of its tower."""
+    try:
+        inputs = embedder.inputs if isinstance(embedder, keras.Model) else None
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs or len(inputs) == 1:
+        return
+    tower = getattr(embedder, "embedder", None)
+    if isinstance(tower, keras.layers.Layer):
+        raise TypeError(
+            f"`embedder` is a {type(embedder).__name__} (it takes {len(inputs)} inputs, one per "
+            "branch); offline mining embeds single samples with its shared tower: pass "
+            "`model.embedder`."
+        )
+    raise TypeError(
+        f"`embedder` must take one input (a batch of samples); {type(embedder).__name__} "
+        f"takes {len(inputs)}."
+    )
 
 
 class OfflineMiner:
@@ -178,7 +208,13 @@ class OfflineMiner:
             return i + 1, parts.write(i, tf.cast(self.embedder(batch, training=False), tf.float32))
 
         _, parts = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), parts))
-        return tf.reshape(parts.concat(), (chunks * size, -1))[: self.pool]
+        embeddings = tf.reshape(parts.concat(), (chunks * size, -1))[: self.pool]
+        # NaN distances match no candidate: the mined indices would be out of range.
+        return tf.debugging.assert_all_finite(
+            embeddings,
+            "Offline mining: `embedder` returned NaN or infinite embeddings for the samples to "
+            "mine in (diverged weights, or inputs it cannot embed); no triplet can be mined.",
+        )
 
     def table(self, chunk):
         """Graph function: `(size, 3)` int64 sample indices of one chunk's triplets."""

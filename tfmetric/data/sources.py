@@ -175,7 +175,8 @@ def as_source(x, y=None):
 
     Raises:
         ValueError: for missing or extra labels, mismatched lengths, an
-            infinite dataset.
+            infinite dataset, a batched dataset (labels of shape `(batch,)` per
+            element: pass `x.unbatch()`).
     """
     if isinstance(x, Source):
         if y is not None:
@@ -190,6 +191,13 @@ def as_source(x, y=None):
         if not isinstance(spec, tuple) or len(spec) != 2:
             raise ValueError(
                 f"`x` must be a tf.data.Dataset of (x, y) elements; got element spec {spec}."
+            )
+        label_shape = getattr(spec[1], "shape", None)
+        if label_shape is not None and label_shape.rank and label_shape.as_list() != [1]:
+            raise ValueError(
+                "`x` must be a tf.data.Dataset of single (x, y) samples, one label each; its "
+                f"labels have shape {label_shape} per element, as in a batched dataset. Pass "
+                "`x.unbatch()` (the samplers form their own batches)."
             )
         return _dataset_source(x, spec)
     if y is None:

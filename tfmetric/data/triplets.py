@@ -96,7 +96,13 @@ def triplet_dataset(
         ValueError: fewer than 2 classes, no class with at least 2 samples
             (K < 2: no positive exists), mismatched `x`/`y`; when mining: an
             unknown `mining`, no `embedder`, a class with a single sample, a
-            `pool_size` larger than the data, `refresh_every <= 0`.
+            `pool_size` larger than the data, `refresh_every <= 0`, a Keras
+            backend other than TensorFlow (the embedder runs in `tf.data`).
+        TypeError: an `embedder` of several inputs, such as a `SiameseModel`
+            or `TripletModel` given instead of its `embedder`.
+
+    When mining, iterating raises `tf.errors.InvalidArgumentError` naming
+    `embedder` if it returns NaN or infinite embeddings.
 
     Example:
 

@@ -37,6 +37,33 @@ def _check_views_shapes(views):
         )
 
 
+def _check_samples(x):
+    """`x` as one numpy array or tensor of samples `(N, ...)`; a named error otherwise."""
+    if isinstance(x, (tf.data.Dataset, dict)) or not (
+        isinstance(x, (tf.Tensor, np.ndarray, list, tuple)) or hasattr(x, "__array__")
+    ):
+        raise TypeError(
+            "`x` must be an array or tensor of samples, shape (N, ...); got "
+            f"{type(x).__name__}. (A tf.data.Dataset can be read into an array first, e.g. "
+            "`np.stack(list(dataset.as_numpy_iterator()))`.)"
+        )
+    if not isinstance(x, tf.Tensor):
+        try:
+            x = np.asarray(x)
+        except ValueError as error:
+            raise ValueError(
+                f"`x` must be an array of samples of one shape, (N, ...); {error}"
+            ) from None
+    dtype = np.dtype(x.dtype.as_numpy_dtype if isinstance(x, tf.Tensor) else x.dtype)
+    if dtype.kind not in "biufSU" and not (isinstance(x, tf.Tensor) and x.dtype == tf.string):
+        raise ValueError(
+            f"`x` must hold numbers, bools or strings (one array of samples); got dtype {dtype}."
+        )
+    if len(x.shape) == 0:
+        raise ValueError(f"`x` must have a sample axis, shape (N, ...); got a scalar {x!r}.")
+    return x
+
+
 def multi_view_dataset(x, batch_size, augment, y=None, views=2, seed=None):
     """Infinite batches holding `views` independently augmented views of each sample.
 
@@ -79,10 +106,12 @@ def multi_view_dataset(x, batch_size, augment, y=None, views=2, seed=None):
         `views * batch_size` elements per batch.
 
     Raises:
-        ValueError: `batch_size` larger than the number of samples, `views < 2`,
-            `y` not matching `x`, or `augment` returning views of different
-            shapes.
-        TypeError: `augment` not callable.
+        ValueError: `x` without a sample axis, ragged, or of another dtype
+            than numbers, bools or strings; `batch_size` larger than the
+            number of samples, `views < 2`, `y` not matching `x`, or
+            `augment` returning views of different shapes.
+        TypeError: `x` that is not one array or tensor (a dataset, a dict),
+            `augment` not callable.
 
     Example:
 
@@ -104,7 +133,7 @@ def multi_view_dataset(x, batch_size, augment, y=None, views=2, seed=None):
             "`augment` must be a function `augment(sample, seed)`, a function of a batch or a "
             f"Keras preprocessing layer; got {augment!r}."
         )
-    x = np.asarray(x) if not isinstance(x, tf.Tensor) else x
+    x = _check_samples(x)
     n = int(x.shape[0])
     batch_size = validation.check_int(batch_size, "batch_size")
     views = validation.check_int(views, "views", 2)

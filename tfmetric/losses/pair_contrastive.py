@@ -50,6 +50,9 @@ def _check_binary_labels(labels, size, name="y_true", size_name="y_pred"):
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if dtype == "string" or dtype.startswith("complex"):
         raise ValueError(f"`{name}` must hold 0/1 pair labels; got dtype {dtype}.")
+    if getattr(labels.shape, "rank", 0) is None:
+        # Unknown rank (a `tf.data` pipeline without static shapes): one label per pair.
+        labels = ops.reshape(labels, (-1,) if size is None else (size,))
     if len(labels.shape) == 2 and labels.shape[1] == 1:
         labels = ops.reshape(labels, (-1,))
     if len(labels.shape) != 1:

@@ -5,7 +5,7 @@ from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import inputs
+from tfmetric._src import inputs, validation
 
 
 def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
@@ -25,7 +25,8 @@ def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
         labels: Integer labels, shape `(n,)`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
-        seed: Seed of k-means. Defaults to `0`.
+        seed: Seed of k-means, an integer in `[0, 4294967295]` (or `None`).
+            Defaults to `0`.
 
     Returns:
         `{"nmi": float, "ami": float}` (arithmetic-mean normalisation, the
@@ -43,6 +44,7 @@ def clustering_scores(embeddings, labels, distance="euclidean", seed=0):
     embeddings = inputs.check_embedding_array(embeddings, "embeddings")
     labels = inputs.check_label_array(labels, "labels", embeddings.shape[0], "embeddings")
     distance = distances_lib.get(distance)
+    seed = validation.check_seed(seed)
     num_clusters = len(np.unique(labels))
     if num_clusters < 2:
         raise ValueError("`labels` must hold at least two classes for NMI/AMI.")

@@ -37,7 +37,8 @@ def n_way_k_shot_accuracy(
         n_way: Classes per episode. Defaults to `20`.
         k_shot: Supports per class. Defaults to `1`.
         episodes: Number of episodes. Defaults to `1000`.
-        seed: Seed of the episode sampler. Defaults to `0`.
+        seed: Seed of the episode sampler, an integer >= 0 (or `None`:
+            unseeded). Defaults to `0`.
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
         queries_per_class: Queries per class and episode. Defaults to `1`.
@@ -69,6 +70,7 @@ def n_way_k_shot_accuracy(
     k_shot = validation.check_int(k_shot, "k_shot")
     episodes = validation.check_int(episodes, "episodes")
     queries_per_class = validation.check_int(queries_per_class, "queries_per_class")
+    seed = validation.check_seed(seed, maximum=None)
     if n_way < 2:
         raise ValueError(f"`n_way` must be >= 2; got {n_way}.")
     distance = distances_lib.get(distance)

@@ -107,20 +107,33 @@ def read_pairs_file(pairs_file, image_folder, extension="jpg", check_images=True
         )
     folds, per_kind = (1, counts[0]) if len(counts) == 1 else counts
     body = lines[1:]
-    if len(body) != folds * 2 * per_kind:
+    expected_lines = folds * 2 * per_kind
+    if len(body) != expected_lines:
+        where = (
+            f"line {body[expected_lines][0]} is one too many"
+            if len(body) > expected_lines
+            else f"the file ends after line {lines[-1][0]}"
+        )
         raise ValueError(
             f"{pairs_file}: the header announces {folds} fold(s) of {per_kind} matched and "
-            f"{per_kind} mismatched pairs ({folds * 2 * per_kind} lines); found {len(body)}."
+            f"{per_kind} mismatched pairs ({expected_lines} lines); found {len(body)} ({where})."
         )
 
     def path(name, number, line_number):
-        try:
-            number = int(number)
-        except ValueError:
+        if name in (".", "..") or any(sep in name for sep in ("/", "\\", os.sep)):
             raise ValueError(
-                f"{pairs_file}:{line_number}: image number {number!r} is not an integer."
-            ) from None
-        return os.path.join(image_folder, name, f"{name}_{number:04d}.{extension}")
+                f"{pairs_file}:{line_number}: identity {name!r} is not a folder name (it holds "
+                "a path separator or is '.' / '..')."
+            )
+        try:
+            value = int(number)
+        except ValueError:
+            value = None
+        if value is None or value < 1:
+            raise ValueError(
+                f"{pairs_file}:{line_number}: image number {number!r} is not an integer >= 1."
+            )
+        return os.path.join(image_folder, name, f"{name}_{value:04d}.{extension}")
 
     first, second, same, fold = [], [], [], []
     for position, (number, fields) in enumerate(body):

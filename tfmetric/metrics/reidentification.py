@@ -23,6 +23,8 @@ Reference:
     A Benchmark". ICCV 2015.
 """
 
+import numbers
+
 import numpy as np
 
 from tfmetric import distances as distances_lib
@@ -53,8 +55,9 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
         distance: Name, config or `tfmetric.distances.Distance`. Defaults to
             `"euclidean"`.
         max_rank: Length of the CMC curve. Defaults to `20`.
-        junk_label: Gallery identity of junk images, excluded from every
-            ranking; `None` for none. Defaults to `-1`.
+        junk_label: Gallery identity of junk images (an integer), excluded
+            from every ranking and never a good match; `None` for none.
+            Defaults to `-1`.
 
     Returns:
         A dict: `cmc` (float64 array `(max_rank,)`), `rank_1`,
@@ -62,8 +65,8 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
         `num_skipped` (queries without a good match).
 
     Raises:
-        ValueError: for mismatched shapes or sizes, or when no query has a
-            good match.
+        ValueError: for mismatched shapes or sizes, a `junk_label` that is
+            not an integer, or when no query has a good match.
 
     Example:
 
@@ -82,6 +85,13 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
         )
     max_rank = validation.check_int(max_rank, "max_rank")
     distance = distances_lib.get(distance)
+    if junk_label is not None and (
+        isinstance(junk_label, (bool, np.bool_)) or not isinstance(junk_label, numbers.Integral)
+    ):
+        raise ValueError(
+            f"`junk_label` must be an integer identity (Market-1501: -1) or None; got "
+            f"{junk_label!r}."
+        )
     junk = np.zeros(len(g), bool) if junk_label is None else g_id == int(junk_label)
     chunk = max(1, _BLOCK_ELEMENTS // max(1, len(g)))
     shift = centring.offset(distance, g)  # float64 euclidean distances (`centring`)
@@ -90,7 +100,12 @@ def reid_scores(query, gallery, distance="euclidean", max_rank=20, junk_label=-1
     for begin in range(0, len(q), chunk):
         rows = slice(begin, begin + chunk)
         d = centring.dissimilarities(distance, q[rows], g, shift)
-        good = (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] != q_cam[rows, None])
+        # A junk image is never a good match, even for a query of the junk identity.
+        good = (
+            (g_id[None, :] == q_id[rows, None])
+            & (g_cam[None, :] != q_cam[rows, None])
+            & ~junk[None, :]
+        )
         excluded = junk[None, :] | (
             (g_id[None, :] == q_id[rows, None]) & (g_cam[None, :] == q_cam[rows, None])
         )

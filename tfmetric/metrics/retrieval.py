@@ -153,6 +153,7 @@ def evaluate_retrieval(
             f"`metrics` must be a non-empty subset of {list(ALL_METRICS)}; got {metrics!r}."
         )
     ks = validation.check_ints(k, "k")
+    seed = validation.check_seed(seed)
     distance = distances_lib.get(distance)
     query, query_labels, gallery, gallery_labels = _ranking.prepare_retrieval_inputs(
         query, query_labels, gallery, gallery_labels

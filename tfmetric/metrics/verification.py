@@ -1,7 +1,7 @@
 """Verification on pairs ("same / not same"): ROC AUC, EER, TAR@FAR, thresholds.
 
-Every function takes `same`, whether each pair shares a label (booleans or
-0/1), and `scores`, one value per pair: a distance (smaller means "same") or,
+Every function takes `same`, whether each pair shares a label (booleans, or
+0/1 as integers or floats), and `scores`, one value per pair: a distance (smaller means "same") or,
 with `similarity=True`, a similarity (larger means "same"). For values
 computed with a tfmetric distance, pass `distance.to_closeness(values)` with
 `similarity=True` (and map a threshold back with `distance.from_closeness`),
@@ -26,13 +26,22 @@ from tfmetric._src import inputs
 
 def _prepare(same, scores, similarity):
     same = np.asarray(same)
-    if same.dtype != bool and not np.issubdtype(same.dtype, np.integer):
-        raise TypeError(f"`same` must hold booleans or 0/1 integers; got dtype {same.dtype}.")
+    if same.dtype != bool and not (
+        np.issubdtype(same.dtype, np.integer) or np.issubdtype(same.dtype, np.floating)
+    ):
+        raise TypeError(
+            f"`same` must hold booleans or 0/1 numbers (integers or floats); got dtype "
+            f"{same.dtype}."
+        )
     if same.ndim != 1:
         raise ValueError(f"`same` must have shape (pairs,); got {same.shape}.")
     if same.dtype != bool:
-        if not np.all((same == 0) | (same == 1)):
-            raise ValueError("`same` must hold only 0 and 1.")
+        other = ~((same == 0) | (same == 1))
+        if other.any():
+            raise ValueError(
+                f"`same` must hold only 0 and 1; got {int(other.sum())} other value(s), e.g. "
+                f"{same[other][0].item()!r}."
+            )
         same = same.astype(bool)
     scores = np.asarray(scores)
     if not np.issubdtype(scores.dtype, np.number) or scores.dtype == bool:

@@ -2,7 +2,7 @@
 
 import keras
 
-__all__ = ["branch_inputs", "check_embedder", "input_spec", "unpack_inputs"]
+__all__ = ["branch_inputs", "check_branch_data", "check_embedder", "input_spec", "unpack_inputs"]
 
 
 def check_embedder(embedder):
@@ -76,3 +76,40 @@ def unpack_inputs(inputs, names):
             + (f" of length {len(inputs)}." if isinstance(inputs, (list, tuple)) else ".")
         )
     return list(inputs)
+
+
+def check_branch_data(x, names, sample_shape, argument="x"):
+    """Refuses one array given where a twin model takes one batch per branch.
+
+    A tuple, list or dict of batches, a dataset or a generator passes (Keras
+    checks their structure). A single array, even one stacking the branches
+    along its second axis, is a `ValueError` naming `argument`, the expected
+    batches and, for a stacked array, how to split it.
+    """
+    shape = getattr(x, "shape", None)
+    if x is None or isinstance(x, (list, tuple, dict)) or shape is None:
+        return
+    try:
+        shape = tuple(None if d is None else int(d) for d in shape)
+    except TypeError:
+        return
+    count = len(names)
+    sample = tuple(sample_shape)
+    one_batch = "(N, " + ", ".join(str(d) for d in sample) + ")" if sample else "(N,)"
+    message = (
+        f"`{argument}` must be a tuple of {count} batches ({', '.join(names)}), each of shape "
+        f"{one_batch}, or a dict with those keys; got one array of shape {shape}."
+    )
+    fits = len(shape) == len(sample) + 2 and all(
+        s is None or d is None or s == d for s, d in zip(sample, shape[2:], strict=True)
+    )
+    if fits and shape[1] == count:
+        parts = ", ".join(f"{argument}[:, {i}]" for i in range(count))
+        message += f" For branches stacked on axis 1, pass `({parts})`."
+    elif fits:
+        message += (
+            f" Branches stacked on axis 1 would need shape (N, {count}, "
+            + ", ".join(str(d) for d in sample)
+            + f"): its second dimension is {shape[1]}, not {count}."
+        )
+    raise ValueError(message)

@@ -53,6 +53,32 @@ def _pair_label_losses():
     )
 
 
+def _loss_reading(loss):
+    """`(direction, name)`: how a pair-label loss reads the model's scores, else `None`.
+
+    The contrastive loss reads distances (a similar pair is pulled to 0);
+    binary cross-entropy reads the probability that the pair is similar.
+    """
+    from tfmetric.losses.pair_contrastive import PairContrastiveLoss, pair_contrastive_loss
+
+    if isinstance(loss, PairContrastiveLoss) or loss is pair_contrastive_loss:
+        return distances_lib.DISSIMILARITY, "PairContrastiveLoss"
+    if isinstance(loss, str) and loss in _PAIR_LABEL_LOSS_NAMES:
+        return distances_lib.SIMILARITY, f"{loss!r}"
+    if loss is keras.losses.binary_crossentropy or isinstance(
+        loss, (keras.losses.BinaryCrossentropy, keras.losses.BinaryFocalCrossentropy)
+    ):
+        return distances_lib.SIMILARITY, type(loss).__name__
+    return None
+
+
+def _pair_labels_shape_error(name, shape):
+    return ValueError(
+        f"`{name}` must hold one pair label per pair, shape (pairs,) or (pairs, 1); got shape "
+        f"{shape}."
+    )
+
+
 def check_pair_labels(labels, name):
     """Rejects in-memory pair labels other than 0 (different) and 1 (same), before training.
 
@@ -69,6 +95,8 @@ def check_pair_labels(labels, name):
         raise ValueError(
             f"`{name}` must hold numeric pair labels 0 or 1; got dtype {values.dtype}."
         )
+    if values.ndim not in (1, 2) or values.ndim == 2 and values.shape[1] != 1:
+        raise _pair_labels_shape_error(name, values.shape)
     bad = values[(values != 0) & (values != 1)]
     if bad.size:
         shown = np.unique(bad[np.isfinite(bad)])[:5].tolist() + (
@@ -222,21 +250,103 @@ class SiameseModel(keras.Model):
             return loss in _PAIR_LABEL_LOSS_NAMES
         return isinstance(loss, _pair_label_losses()) or loss is keras.losses.binary_crossentropy
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; with a pair-label loss (`PairContrastiveLoss`, binary
-        cross-entropy), in-memory labels other than 0/1 are an error before training."""
+    def _score_direction(self):
+        """The direction of the model's scores, or `None` for a scorer that does not tell it."""
+        if self.scorer is None:
+            return self.distance
+        return distances_lib.direction_of(self.scorer)
+
+    def _check_loss_direction(self):
+        """Refuses a pair-label loss that reads the scores the other way round.
+
+        A contrastive loss on similarities (or binary cross-entropy on
+        distances) would pull dissimilar pairs together and push similar ones
+        apart, with a loss that still decreases.
+        """
+        reading = _loss_reading(getattr(self, "loss", None))
+        direction = self._score_direction()
+        if reading is None or direction is None or reading[0].kind == direction.kind:
+            return
+        expected, loss_name = reading
+        source = (
+            f"its distance {distances_lib.serialize(self.distance)!r}"
+            if self.scorer is None
+            else f"its scorer {type(self.scorer).__name__}"
+        )
+        if expected.is_similarity:
+            advice = (
+                "Train distances with `tfmetric.losses.PairContrastiveLoss`, or give a scorer "
+                "returning the probability that a pair is similar (e.g. "
+                "`tfmetric.layers.WeightedL1`) for binary cross-entropy."
+            )
+        else:
+            advice = (
+                "Train a similarity scorer (probabilities) with "
+                "`keras.losses.BinaryCrossentropy()`, or use a distance (no scorer, or a "
+                "distance scorer such as `tfmetric.layers.Mahalanobis`) with the contrastive loss."
+            )
+        raise ValueError(
+            f"The loss {loss_name} reads the model's scores as "
+            + (
+                "similarities (larger means more similar)"
+                if expected.is_similarity
+                else "distances (smaller means more similar)"
+            )
+            + ", but this SiameseModel "
+            f"returns {direction.kind} scores from {source}: training would push similar pairs "
+            f"apart and pull dissimilar pairs together. {advice}"
+        )
+
+    def _check_data(self, x, y, validation=None):
+        shared_tower.check_branch_data(x, _NAMES, self._branch_shape, "x")
+        self._check_loss_direction()
         if self._takes_pair_labels():
             check_pair_labels(y, "y")
-            validation = kwargs.get("validation_data")
             if isinstance(validation, (tuple, list)) and len(validation) >= 2:
                 check_pair_labels(validation[1], "validation_data")
+
+    @property
+    def _branch_shape(self):
+        return tuple(self.inputs[0].shape[1:])
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; with a pair-label loss (`PairContrastiveLoss`, binary
+        cross-entropy), in-memory labels other than 0/1 (or of another shape than
+        `(pairs,)`) are an error before training, and so is a loss that reads the
+        scores the other way round (a contrastive loss on similarities, binary
+        cross-entropy on distances)."""
+        self._check_data(x, y, kwargs.get("validation_data"))
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; with a pair-label loss, labels other than 0/1 are an error."""
-        if self._takes_pair_labels():
-            check_pair_labels(y, "y")
+        """`keras.Model.evaluate`, with the checks of `fit`."""
+        self._check_data(x, y)
         return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; `x` must hold the two batches `(x1, x2)`."""
+        shared_tower.check_branch_data(x, _NAMES, self._branch_shape, "x")
+        return super().predict(x, *args, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Pair labels as one value per pair, `(B,)`, for the pair-label losses.
+
+        Labels of unknown rank (a dataset built without static shapes) are
+        reshaped to the scores' shape, `(B, 1)` labels squeezed; any other
+        static shape is a `ValueError` naming `y`.
+        """
+        if y is not None and ops.is_tensor(y) and self._takes_pair_labels():
+            shape = y.shape
+            rank = shape.rank if hasattr(shape, "rank") else len(shape)
+            if rank is None:
+                y = ops.reshape(y, ops.shape(y_pred))
+            elif rank == 2 and shape[1] == 1:
+                y = ops.squeeze(y, axis=1)
+            elif rank != 1:
+                raise _pair_labels_shape_error("y", tuple(shape))
+        return super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
 
     def get_config(self):
         return {

@@ -86,6 +86,24 @@ class TripletModel(keras.Model):
         inputs = shared_tower.unpack_inputs(inputs, _NAMES)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
+    def _check_x(self, x):
+        shared_tower.check_branch_data(x, _NAMES, self.inputs[0].shape[1:], "x")
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; `x` must hold the three batches (anchor, positive, negative)."""
+        self._check_x(x)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; `x` must hold the three batches."""
+        self._check_x(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; `x` must hold the three batches."""
+        self._check_x(x)
+        return super().predict(x, *args, **kwargs)
+
     def triplet_distances(self, inputs):
         """Returns `(d(a, p), d(a, n))`, each `(B,)`, with this model's distance."""
         embeddings = self(inputs, training=False)
