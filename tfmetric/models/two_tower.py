@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric._src import files
+from tfmetric._src import inputs as inputs_lib
 from tfmetric.layers.in_batch_logits import InBatchLogits
 
 __all__ = ["TwoTowerModel"]
@@ -169,6 +170,19 @@ class TwoTowerModel(keras.Model):
         self.max_logit_scale = logits_layer.max_logit_scale
         self.normalize = normalize
         self.logq_correction = logq_correction
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; in-memory candidate ids are checked first (`int64` values beyond
+        int32 are an error under JAX, which would truncate them and merge candidates)."""
+        inputs_lib.check_fit_labels(y, "y")
+        held_out = inputs_lib.validation_labels(kwargs.get("validation_data"))
+        inputs_lib.check_fit_labels(held_out, "validation_data")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; in-memory candidate ids are checked as in `fit`."""
+        inputs_lib.check_fit_labels(y, "y")
+        return super().evaluate(x, y, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y is None and y_pred is not None:
