@@ -300,6 +300,7 @@ def plan_export(
     >>> plan.signature_names, plan.metadata()["distance"]
     (['serving_default', 'retrieve'], 'cosine')
     """
+    checks.check_tensorflow_backend("`tfmetric.export.plan_export`")
     source_name = None
     loss = None
     recorded_scaling = None

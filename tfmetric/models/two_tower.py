@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric._src import files
+from tfmetric._src import files, validation
 from tfmetric._src import inputs as inputs_lib
 from tfmetric.layers.in_batch_logits import InBatchLogits
 
@@ -297,6 +297,7 @@ class TwoTowerModel(keras.Model):
         Returns:
             `{"query": signature names, "candidate": signature names}`.
         """
+        validation.check_tensorflow_backend("`TwoTowerModel.export_towers`")
         from tfmetric.export import Gallery, save_embedder
 
         for name, path in (("query_path", query_path), ("candidate_path", candidate_path)):
