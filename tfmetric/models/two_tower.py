@@ -34,6 +34,24 @@ def _tower_input(tower, name):
     return tuple(inputs[0].shape[1:]), inputs[0].dtype
 
 
+def _in_graph(tower, key, taken):
+    """The layer that applies `tower` in the model's graph: itself, or a wrapper of another name.
+
+    A functional graph needs unique layer names, and the model's inputs must be
+    named after their keys (`"query"`, `"candidate"`): a tower of one of these
+    names (or of the logits layer's, or of the other tower's) is called through
+    a functional model holding only it, named `"<key>_tower"`.
+    """
+    if tower.name not in taken:
+        return tower
+    name, suffix = f"{key}_tower", 1
+    while name in taken:
+        name, suffix = f"{key}_tower_{suffix}", suffix + 1
+    spec = tower.inputs[0]
+    inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
+    return keras.Model(inputs, tower(inputs), name=name)
+
+
 def _row_count(x):
     """The number of rows of in-memory inputs (arrays, or a dict/list of them), else `None`."""
     values = list(x.values()) if isinstance(x, dict) else x
@@ -153,8 +171,14 @@ class TwoTowerModel(keras.Model):
         }
         if logq_correction:
             inputs[_LOG_Q] = keras.Input((), dtype="float32", name=_LOG_Q)
-        query = query_tower(inputs["query"])
-        candidate = candidate_tower(inputs["candidate"])
+        taken = {*inputs, logits_layer.name}
+        query_layer = _in_graph(query_tower, "query", taken)
+        if candidate_tower is query_tower:  # a shared tower: one layer, called twice
+            candidate_layer = query_layer
+        else:
+            candidate_layer = _in_graph(candidate_tower, "candidate", taken | {query_layer.name})
+        query = query_layer(inputs["query"])
+        candidate = candidate_layer(inputs["candidate"])
         if query.shape[-1] != candidate.shape[-1]:
             raise ValueError(
                 f"The towers must embed into the same dimension; `query_tower` gives "
