@@ -173,3 +173,28 @@ def test_mixed_precision_model_without_config_is_refused_before_writing(tmp_path
         plain, tmp_path / "out", parity=tfmetric.export.ParityOptions(latency_runs=0)
     )
     assert result.metadata["precision"]["trained"] == "float32"
+
+
+@pytest.mark.tf_only  # SavedModel and TFLite export
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_final_unit_normalization_keeps_a_zero_embedding_zero(tmp_path, l2_normalize):
+    import keras
+
+    w = np.array([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.25]], "float32")
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(2, activation="relu", use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.UnitNormalization()(hidden))
+    model.layers[1].set_weights([w])
+    x = np.array([[0, 0, 0], [0, -1, 0], [1, 2, 3], [2, 0, 0.5]], "float32")
+    features = np.maximum(x.astype("float64") @ w, 0.0)  # rows 0 and 1 are zero
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    expected = np.where(norms > 0, features / np.where(norms > 0, norms, 1.0), 0.0)
+    assert np.count_nonzero(norms == 0) == 2
+    path = tmp_path / "embedder"
+    tfmetric.export.save_embedder(path, model, l2_normalize=l2_normalize)
+    for variant in ("fp32", "fp16"):
+        flatbuffer = tfmetric.export.convert_tflite(path, variant)
+        runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
+        got = runner(inputs=x)["embeddings"]
+        assert np.all(np.isfinite(got)), variant
+        np.testing.assert_allclose(got, expected, atol=1e-3 if variant == "fp16" else 1e-6)
