@@ -81,3 +81,27 @@ def test_exact_index_and_retrieval_metrics():
     expected = np.mean(y[np.argmin(d, axis=1)] == y)
     scores = tfmetric.metrics.evaluate_retrieval(x, y, metrics=["precision_at_1", "map_at_r"])
     np.testing.assert_allclose(scores["precision_at_1"], expected)
+
+
+def test_export_needs_the_tensorflow_backend_and_says_so_first(tmp_path, monkeypatch):
+    if keras.backend.backend() == "tensorflow":
+        # Another backend as seen by the export's check (torch is not needed for that).
+        monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    query = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    candidate = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    model = tfmetric.models.TwoTowerModel(query, candidate)
+    # Candidates of the wrong width: embedding them would fail with another error.
+    bad_candidates = np.ones((4, 7), "float32")
+    calls = {
+        "TwoTowerModel.export_towers": lambda: model.export_towers(
+            tmp_path / "q", tmp_path / "c", candidates=bad_candidates
+        ),
+        "save_embedder": lambda: tfmetric.export.save_embedder(tmp_path / "e", query),
+        "export_for_serving": lambda: tfmetric.export.export_for_serving(query, tmp_path / "s"),
+        "plan_export": lambda: tfmetric.export.plan_export(query),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=f"{name}` needs the TensorFlow Keras backend.*"
+                           "KERAS_BACKEND=tensorflow"):
+            call()
+    assert os.listdir(tmp_path) == []  # nothing written, not even a parent directory

@@ -129,3 +129,71 @@ def test_float_labels_train_under_jit():
     model.compile(optimizer="sgd", loss=tfmetric.losses.TripletLoss(), jit_compile=True)
     history = model.fit(EMB, FLOAT_LABELS, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def _truncates_int64():
+    """Whether the backend keeps only the low 32 bits of int64 values (JAX without x64)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
+
+
+# 2**32 + 1 and 1 agree in their low 32 bits: truncated to int32 they are one class.
+BIG_IDS = np.array([1, 2**32 + 1, 1, 3], dtype="int64")
+BIG_IDS_RENUMBERED = np.array([0, 1, 0, 2], dtype="int64")
+
+
+def _memory_model():
+    embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=4)
+    model.compile(optimizer="sgd", loss=tfmetric.losses.ContrastiveLoss())
+    return model, EMB[:4], BIG_IDS
+
+
+def _momentum_model():
+    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = tfmetric.models.MomentumContrastModel(encoder, queue_size=4, momentum=0.9)
+    model.compile(optimizer="sgd")
+    # Queries then keys: the ids of the 4 samples, twice.
+    return model, EMB, np.tile(BIG_IDS, 2)
+
+
+def _two_tower_model():
+    query = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    candidate = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = tfmetric.models.TwoTowerModel(query, candidate)
+    model.compile(
+        optimizer="sgd", loss=tfmetric.losses.InBatchSoftmaxLoss(remove_accidental_hits=True)
+    )
+    return model, {"query": EMB[:4], "candidate": EMB[4:]}, BIG_IDS
+
+
+@pytest.mark.parametrize("build", [_memory_model, _momentum_model, _two_tower_model],
+                         ids=["cross_batch_memory", "momentum_contrast", "two_tower"])
+def test_models_keep_labels_beyond_int32_apart_or_refuse_them(build):
+    model, x, y = build()
+    size = len(y)
+    if _truncates_int64():
+        before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        with pytest.raises(ValueError, match="`y` holds labels beyond int32"):
+            model.fit(x, y, batch_size=size, verbose=0)
+        with pytest.raises(ValueError, match="`validation_data` holds labels beyond int32"):
+            model.fit(x, y % 2**32, batch_size=size, validation_data=(x, y), verbose=0)
+        with pytest.raises(ValueError, match="`y` holds labels beyond int32"):
+            model.evaluate(x, y, batch_size=size, verbose=0)
+        # Refused before any step: weights, memory and queue are untouched.
+        for old, new in zip(before, model.weights, strict=True):
+            np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+        return
+    if isinstance(model, tfmetric.models.TwoTowerModel):
+        # The accidental hits are the rows of equal ids: 0 and 2 only, as with small ids.
+        loss = model.evaluate(x, y, batch_size=size, verbose=0)
+        expected = model.evaluate(x, BIG_IDS_RENUMBERED, batch_size=size, verbose=0)
+        np.testing.assert_allclose(loss, expected, rtol=1e-6)
+        return
+    model.fit(x, y, batch_size=size, shuffle=False, verbose=0)
+    memory = model.memory if isinstance(model, tfmetric.models.CrossBatchMemoryModel) else model.queue
+    stored = keras.ops.convert_to_numpy(memory.labels)
+    np.testing.assert_array_equal(stored, BIG_IDS)  # the memory holds the batch's own ids

@@ -294,7 +294,9 @@ def _check_values(config):
     if not (config.cluster_timeout > 0 and math.isfinite(config.cluster_timeout)):
         raise ValueError(f"`--cluster_timeout` must be > 0 seconds; got {config.cluster_timeout}.")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise ValueError(f"`--learning_rate` must be > 0; got {config.learning_rate}.")
+        raise ValueError(
+            f"`--learning_rate` must be a finite number > 0; got {config.learning_rate}."
+        )
     for name in ("margin", "temperature", "scale"):
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):

@@ -1,4 +1,6 @@
+import inspect
 import itertools
+import json
 
 import backend_ops
 import keras
@@ -130,6 +132,16 @@ def test_config_round_trip():
     clone = MiningSchedule.from_config(schedule.get_config())
     assert clone.margin == schedule.margin and clone.mining == schedule.mining
     assert clone.value_at(4) == (0.4, "semi-hard")
+    assert clone.loss is None and schedule.get_config()["loss"] is None
+    # The loss it drives is part of the config: the clone drives an equal loss.
+    loss = tfmetric.losses.TripletLoss(margin=0.3, mining="hard", distance="cosine")
+    schedule = MiningSchedule(margin={0: 0.1}, loss=loss, verbose=1)
+    config = schedule.get_config()
+    clone = MiningSchedule.from_config(json.loads(json.dumps(config)))
+    assert isinstance(clone.loss, tfmetric.losses.TripletLoss) and clone.loss is not loss
+    assert clone.loss.get_config() == loss.get_config()
+    assert clone.get_config() == config and clone.verbose == 1
+    assert set(inspect.signature(MiningSchedule).parameters) == set(config)
     with pytest.raises(ValueError, match="function"):
         MiningSchedule(margin=lambda epoch: 0.1).get_config()
 

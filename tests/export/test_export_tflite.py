@@ -234,3 +234,28 @@ def test_convert_tflite_bad_saved_model_dir_is_named(small_saved_model, tmp_path
     with pytest.raises(TypeError, match=r"`saved_model_dir` must be the path"):
         convert(None, "fp32")
     assert convert(small_saved_model, "fp32")[4:8] == b"TFL3"  # the valid call converts
+
+
+@pytest.mark.tf_only  # SavedModel and TFLite export
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_final_unit_normalization_keeps_a_zero_embedding_zero(tmp_path, l2_normalize):
+    import keras
+
+    w = np.array([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.25]], "float32")
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(2, activation="relu", use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.UnitNormalization()(hidden))
+    model.layers[1].set_weights([w])
+    x = np.array([[0, 0, 0], [0, -1, 0], [1, 2, 3], [2, 0, 0.5]], "float32")
+    features = np.maximum(x.astype("float64") @ w, 0.0)  # rows 0 and 1 are zero
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    expected = np.where(norms > 0, features / np.where(norms > 0, norms, 1.0), 0.0)
+    assert np.count_nonzero(norms == 0) == 2
+    path = tmp_path / "embedder"
+    tfmetric.export.save_embedder(path, model, l2_normalize=l2_normalize)
+    for variant in ("fp32", "fp16"):
+        flatbuffer = tfmetric.export.convert_tflite(path, variant)
+        runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
+        got = runner(inputs=x)["embeddings"]
+        assert np.all(np.isfinite(got)), variant
+        np.testing.assert_allclose(got, expected, atol=1e-3 if variant == "fp16" else 1e-6)

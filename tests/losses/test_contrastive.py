@@ -55,6 +55,16 @@ def test_degenerate_batches_and_duplicates_are_finite(labels, distance):
         assert np.all(np.isfinite(grad))
 
 
+def test_batch_without_positives_keeps_its_negative_pair_costs():
+    # As the README says: unlike the other in-batch losses, not 0 on such a batch.
+    labels = np.arange(4)
+    x = np.array([[0.0, 0.0], [0.0, 0.5], [0.0, 0.75], [3.0, 0.0]], "float32")
+    value = float(ContrastiveLoss()(labels, x))
+    expected = contrastive(labels, x.astype("float64"))  # (1 - d)² over the pairs closer than 1
+    assert expected > 0
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
 def test_single_sample_batch_is_zero():
     assert float(ContrastiveLoss()(np.array([3]), np.ones((1, 4), "float32"))) == 0.0
 

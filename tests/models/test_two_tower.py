@@ -108,6 +108,35 @@ def test_keras_round_trip_and_config(tmp_path):
     assert config["max_logit_scale"] == 50.0 and config["temperature"] == 0.05
 
 
+@pytest.mark.parametrize(
+    "names",
+    [("query", "candidate"), ("candidate", "query"), ("logits", "query_tower"), ("query", None)],
+    ids=["inputs", "swapped", "logits-and-wrapper-name", "shared"],
+)
+def test_towers_may_take_the_names_of_the_inputs_and_layers(names, tmp_path):
+    keras.utils.set_random_seed(1)
+    query = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)], name=names[0])
+    if names[1] is None:  # one tower for both sides
+        item, items = query, ITEMS[:4, :3]
+    else:
+        item = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)], name=names[1])
+        items = ITEMS[:4]
+    model = tfmetric.models.TwoTowerModel(query, item, temperature=0.5, learn_temperature=False)
+    assert model.query_tower is query and model.candidate_tower is item
+    x = {"query": QUERIES[:4], "candidate": items}
+    expected = (
+        _normalize(query.predict(QUERIES[:4], verbose=0))
+        @ _normalize(item.predict(items, verbose=0)).T
+        / 0.5
+    )
+    np.testing.assert_allclose(_np(model(x)), expected, rtol=1e-5, atol=1e-6)
+    path = os.path.join(tmp_path, "two_tower.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert (loaded.query_tower.name, loaded.candidate_tower.name) == (query.name, item.name)
+    np.testing.assert_allclose(_np(loaded(x)), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.tf_only  # SavedModel export
 def test_export_towers_with_retrieve_signature(tmp_path):
     query, item = _towers()

@@ -185,6 +185,14 @@ def test_bad_names_list_the_valid_ones(run_main, tmp_path):
     assert not (tmp_path / "run" / "report.json").exists()
 
 
+def test_learning_rate_flag_must_be_finite_and_positive(run_main, tmp_path):
+    for value in ("inf", "nan", "-0.1", "0"):
+        message = run_main(f"--learning_rate={value}")
+        assert message.startswith("`--learning_rate` must be a finite number > 0; got "), message
+        assert message.endswith(f"got {float(value)}.")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_paths_and_empty_datasets_fail_before_training(run_main, tmp_path):
     assert "no such directory" in run_main(f"--dataset=directory:{tmp_path / 'missing'}")
     empty = tmp_path / "empty"

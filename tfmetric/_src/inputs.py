@@ -128,6 +128,41 @@ def check_host_labels(labels, name="labels", renumber=False):
     return values
 
 
+def check_fit_labels(labels, name="y"):
+    """Checks labels given in memory to `fit` / `evaluate` before Keras converts them.
+
+    Keras converts in-memory labels to backend tensors before a model's
+    `compute_loss` sees them: under JAX without `jax_enable_x64`, int64
+    labels beyond int32 are truncated there (`2**32 + 5` becomes `5`, and two
+    classes merge). Arrays, lists and objects with `__array__` are checked by
+    `check_host_labels`; datasets and generators are left alone (reading them
+    would consume data).
+
+    Args:
+        labels: The `y` (or `validation_data` labels) given to `fit`.
+        name: The argument's name, used in error messages. Defaults to `"y"`.
+
+    Returns:
+        The checked labels as a numpy array (float labels with integer
+        values as int64), or `None` for labels that are not in memory.
+
+    Raises:
+        ValueError: naming `name`, as `check_host_labels`.
+    """
+    if labels is None or (
+        not isinstance(labels, (np.ndarray, list, tuple)) and not hasattr(labels, "__array__")
+    ):
+        return None
+    return np.asarray(check_host_labels(np.asarray(labels), name))
+
+
+def validation_labels(validation_data):
+    """The labels of a `validation_data` tuple `(x, y[, sample_weight])`, else `None`."""
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
+        return validation_data[1]
+    return None
+
+
 def check_labels(labels, name="labels", size=None, size_name="embeddings"):
     """Validates class labels as a tensor; returns int32/int64 labels of shape `(n,)`.
 

@@ -2,6 +2,8 @@
 
 import numbers
 
+import keras
+
 # Arguments are used in float32 (losses and heads compute in it): a number
 # that is finite in float64 can be infinite (1e39) or zero (1e-50) there, and
 # loss terms built from an argument are summed over a batch. Magnitudes of
@@ -116,3 +118,20 @@ def check_seed(seed, name="seed", maximum=2**32 - 1):
         bound = "an integer >= 0" if maximum is None else f"an integer in [0, {maximum}]"
         raise ValueError(f"`{name}` must be None or {bound}; got {seed!r}.")
     return int(seed)
+
+
+def check_tensorflow_backend(what):
+    """Raises a `RuntimeError` unless Keras runs on TensorFlow (`what` needs it).
+
+    SavedModel and TFLite export trace the model into a TensorFlow graph: it
+    needs `KERAS_BACKEND=tensorflow`. Checked first, so that another backend
+    gets this error rather than one from deep inside the export (a torch
+    tensor that "requires grad") and nothing is written.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs the TensorFlow Keras backend (SavedModel and TFLite export trace "
+            f"the model in TensorFlow); set KERAS_BACKEND=tensorflow before importing keras "
+            f"(current backend: {backend})."
+        )

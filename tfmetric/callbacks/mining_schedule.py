@@ -263,9 +263,13 @@ class MiningSchedule(keras.callbacks.Callback):
         return {
             "margin": plain(self.margin),
             "mining": plain(self.mining),
+            "loss": None if self.loss is None else keras.saving.serialize_keras_object(self.loss),
             "verbose": self.verbose,
         }
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        if config.get("loss") is not None:
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return cls(**config)

@@ -274,6 +274,32 @@ def resolve_embedder(model):
     return model, tuple(inputs[0].shape[1:]), int(output_shape[1])
 
 
+def final_unit_normalization(embedder):
+    """Splits a final `keras.layers.UnitNormalization` off an embedder.
+
+    Keras' layer computes `x * min(rsqrt(|x|^2), 1e12)`; converted to TFLite
+    (every variant), a zero embedding comes out NaN. The export applies the
+    same normalisation itself (`tf.math.l2_normalize` with `epsilon=1e-24`,
+    the same values), which TFLite runs as its `L2_NORMALIZATION` kernel: a
+    zero embedding stays zero. Only a layer that produces the embedder's
+    output, over the feature axis, is split off.
+
+    Returns:
+        `(body, True)`, `body` the embedder without its last layer, or
+        `(embedder, False)`.
+    """
+    layers = getattr(embedder, "layers", None)
+    if not layers or not _has_inputs(embedder) or len(embedder.outputs) != 1:
+        return embedder, False
+    last = layers[-1]
+    if not isinstance(last, keras.layers.UnitNormalization):
+        return embedder, False
+    axes = list(last.axis) if isinstance(last.axis, (list, tuple)) else [last.axis]
+    if axes not in ([-1], [1]) or last.output is not embedder.outputs[0]:
+        return embedder, False
+    return keras.Model(embedder.inputs[0], last.input, name=embedder.name), True
+
+
 def _has_inputs(layer):
     try:
         return bool(layer.inputs)

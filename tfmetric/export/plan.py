@@ -172,6 +172,7 @@ class ExportPlan:
         self.validation = validation
         self.parity = parity
         self.trained_policy = trained_policy
+        self._serving_body = model_loading.final_unit_normalization(embedder)
 
     @property
     def signature_names(self):
@@ -179,7 +180,8 @@ class ExportPlan:
 
     def embed(self, inputs):
         """The exported embeddings of `inputs` (Keras, float32, normalised if planned)."""
-        return _embed(self.embedder, self.l2_normalize, inputs)
+        body, unit_normalized = self._serving_body
+        return _embed(body, self.l2_normalize, inputs, unit_normalized)
 
     def representative_for(self, signature):
         """The int8 calibration data of a signature (a dict by input name for `verify`)."""
@@ -240,8 +242,13 @@ class ExportPlan:
         }
 
 
-def _embed(embedder, l2_normalize, inputs):
+def _embed(embedder, l2_normalize, inputs, unit_normalized=False):
+    """The embeddings the export serves; `unit_normalized`: `embedder` is the body of one
+    whose final `UnitNormalization` was split off (`model_loading.final_unit_normalization`)."""
     embeddings = tf.cast(embedder(inputs, training=False), tf.float32)
+    if unit_normalized:
+        # Keras' x * min(rsqrt(|x|^2), 1e12), in the form TFLite fuses into L2_NORMALIZATION.
+        embeddings = tf.math.l2_normalize(embeddings, axis=1, epsilon=1e-24)
     if l2_normalize:
         embeddings = tf.math.l2_normalize(embeddings, axis=1, epsilon=1e-12)
     return embeddings
@@ -300,6 +307,7 @@ def plan_export(
     >>> plan.signature_names, plan.metadata()["distance"]
     (['serving_default', 'retrieve'], 'cosine')
     """
+    checks.check_tensorflow_backend("`tfmetric.export.plan_export`")
     source_name = None
     loss = None
     recorded_scaling = None
@@ -352,8 +360,10 @@ def plan_export(
 
     l2_normalize = bool(l2_normalize)
 
+    body, unit_normalized = model_loading.final_unit_normalization(embedder)
+
     def embed(inputs):
-        return _embed(embedder, l2_normalize, inputs)
+        return _embed(body, l2_normalize, inputs, unit_normalized)
 
     norms = np.linalg.norm(np.asarray(embed(validation.inputs[:1])), axis=1)
     verify_plan = None

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import files, topk
+from tfmetric._src import files, topk, validation
 
 __all__ = ["METADATA_FILENAME", "exact_search", "save_embedder", "write_saved_model"]
 
@@ -155,11 +155,7 @@ def write_saved_model(plan, path):
     Returns:
         The metadata written as `assets/tfmetric_export.json`.
     """
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "Exporting a SavedModel needs the TensorFlow Keras backend; set KERAS_BACKEND="
-            f"tensorflow (current backend: {keras.backend.backend()})."
-        )
+    validation.check_tensorflow_backend("Exporting a SavedModel")
     metadata = plan.metadata()
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = os.path.join(scratch, METADATA_FILENAME)
@@ -224,6 +220,7 @@ def save_embedder(
     """
     from tfmetric.export.plan import plan_export
 
+    validation.check_tensorflow_backend("`tfmetric.export.save_embedder`")
     path = os.fspath(path)
     if os.path.isdir(path) and os.listdir(path):
         what = "a SavedModel" if os.path.exists(os.path.join(path, "saved_model.pb")) else "files"

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetric._src import files
+from tfmetric._src import validation as checks
 from tfmetric.export import parity as parity_lib
 from tfmetric.export import saved_model, tflite, warmup
 from tfmetric.export.plan import plan_export
@@ -289,6 +290,7 @@ def export_for_serving(
     >>> tfmetric.export.export_for_serving(model, out, parity=quiet).version
     2
     """
+    checks.check_tensorflow_backend("`tfmetric.export.export_for_serving`")
     output_dir = os.fspath(output_dir)
     plan = plan_export(
         model,

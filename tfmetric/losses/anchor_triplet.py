@@ -322,6 +322,11 @@ class PNLoss(_AnchorLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.PNLoss(margin=None))
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> loss = tfmetric.losses.PNLoss(distance="euclidean", negative_mining="hard")
+    >>> round(float(loss(labels, embeddings)), 4)
+    1.75
 
     Reference:
         Szubert, Cole, Monaco and Drozdov, "Structure-preserving visualisation

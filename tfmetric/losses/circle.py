@@ -117,6 +117,10 @@ class CircleLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.CircleLoss(gamma=64))
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> round(float(tfmetric.losses.CircleLoss(gamma=16)(labels, embeddings)), 4)
+    8.9005
 
     Reference:
         Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity

@@ -103,6 +103,10 @@ class ContrastiveLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.ContrastiveLoss(margin=0.5))
+    >>> labels = np.array([0, 0, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 0.5], [0.0, 0.75]])
+    >>> round(float(tfmetric.losses.ContrastiveLoss()(labels, embeddings)), 4)
+    0.2917
 
     Reference:
         Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an

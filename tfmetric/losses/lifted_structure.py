@@ -101,6 +101,10 @@ class LiftedStructureLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.LiftedStructureLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.losses.LiftedStructureLoss()(labels, embeddings)), 4)
+    1.3823
 
     Reference:
         Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person

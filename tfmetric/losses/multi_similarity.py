@@ -127,6 +127,10 @@ class MultiSimilarityLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.MultiSimilarityLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> round(float(tfmetric.losses.MultiSimilarityLoss()(labels, embeddings)), 4)
+    0.3394
 
     Reference:
         Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep

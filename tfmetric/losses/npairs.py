@@ -92,6 +92,10 @@ class NPairsLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.NPairsLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> round(float(tfmetric.losses.NPairsLoss()(labels, embeddings)), 4)
+    0.5737
 
     Reference:
         Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss

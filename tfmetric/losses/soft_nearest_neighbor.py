@@ -100,6 +100,10 @@ class SoftNearestNeighborLoss(batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.SoftNearestNeighborLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.losses.SoftNearestNeighborLoss()(labels, embeddings)), 4)
+    0.9514
 
     Reference:
         Frosst, Papernot and Hinton, "Analyzing and Improving Representations

@@ -189,6 +189,10 @@ class SupervisedContrastiveLoss(_TemperatureLoss):
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> loss = tfmetric.losses.SupervisedContrastiveLoss(temperature=0.1)
     >>> model.compile(optimizer="adam", loss=loss)
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> round(float(tfmetric.losses.SupervisedContrastiveLoss()(labels, embeddings)), 4)
+    0.9668
 
     Reference:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
@@ -234,6 +238,10 @@ class NTXentLoss(_TemperatureLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.NTXentLoss(temperature=0.5))
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> round(float(tfmetric.losses.NTXentLoss()(labels, embeddings)), 4)
+    0.9668
 
     Reference:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual

@@ -247,6 +247,10 @@ class TripletLoss(ScheduledArguments, batch.InBatchLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.losses.TripletLoss(margin=0.2))
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.losses.TripletLoss(mining="hard")(labels, embeddings)), 4)
+    1.125
 
     Reference:
         Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and

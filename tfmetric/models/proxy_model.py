@@ -1,7 +1,6 @@
 """An embedding model trained through a proxy-based loss head."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs
@@ -35,15 +34,9 @@ def _check_class_labels(labels, num_classes, name):
     row) and gives a finite, meaningless loss. Datasets and generators are
     left alone (reading them would consume data).
     """
-    if (
-        labels is None
-        or num_classes is None
-        or not isinstance(labels, (np.ndarray, list, tuple))
-        and not hasattr(labels, "__array__")
-    ):
+    values = inputs.check_fit_labels(labels, name)
+    if values is None or num_classes is None:
         return
-    values = inputs.check_host_labels(np.asarray(labels), name)
-    values = np.asarray(values)
     if values.size and (values.min() < 0 or values.max() >= num_classes):
         raise ValueError(
             f"`{name}` must hold class labels in [0, {num_classes}) (the head's "

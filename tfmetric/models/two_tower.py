@@ -7,7 +7,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmetric._src import files
+from tfmetric._src import files, validation
+from tfmetric._src import inputs as inputs_lib
 from tfmetric.layers.in_batch_logits import InBatchLogits
 
 __all__ = ["TwoTowerModel"]
@@ -31,6 +32,24 @@ def _tower_input(tower, name):
             "`keras.Input(shape)`)."
         )
     return tuple(inputs[0].shape[1:]), inputs[0].dtype
+
+
+def _in_graph(tower, key, taken):
+    """The layer that applies `tower` in the model's graph: itself, or a wrapper of another name.
+
+    A functional graph needs unique layer names, and the model's inputs must be
+    named after their keys (`"query"`, `"candidate"`): a tower of one of these
+    names (or of the logits layer's, or of the other tower's) is called through
+    a functional model holding only it, named `"<key>_tower"`.
+    """
+    if tower.name not in taken:
+        return tower
+    name, suffix = f"{key}_tower", 1
+    while name in taken:
+        name, suffix = f"{key}_tower_{suffix}", suffix + 1
+    spec = tower.inputs[0]
+    inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
+    return keras.Model(inputs, tower(inputs), name=name)
 
 
 def _row_count(x):
@@ -152,8 +171,14 @@ class TwoTowerModel(keras.Model):
         }
         if logq_correction:
             inputs[_LOG_Q] = keras.Input((), dtype="float32", name=_LOG_Q)
-        query = query_tower(inputs["query"])
-        candidate = candidate_tower(inputs["candidate"])
+        taken = {*inputs, logits_layer.name}
+        query_layer = _in_graph(query_tower, "query", taken)
+        if candidate_tower is query_tower:  # a shared tower: one layer, called twice
+            candidate_layer = query_layer
+        else:
+            candidate_layer = _in_graph(candidate_tower, "candidate", taken | {query_layer.name})
+        query = query_layer(inputs["query"])
+        candidate = candidate_layer(inputs["candidate"])
         if query.shape[-1] != candidate.shape[-1]:
             raise ValueError(
                 f"The towers must embed into the same dimension; `query_tower` gives "
@@ -169,6 +194,19 @@ class TwoTowerModel(keras.Model):
         self.max_logit_scale = logits_layer.max_logit_scale
         self.normalize = normalize
         self.logq_correction = logq_correction
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; in-memory candidate ids are checked first (`int64` values beyond
+        int32 are an error under JAX, which would truncate them and merge candidates)."""
+        inputs_lib.check_fit_labels(y, "y")
+        held_out = inputs_lib.validation_labels(kwargs.get("validation_data"))
+        inputs_lib.check_fit_labels(held_out, "validation_data")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; in-memory candidate ids are checked as in `fit`."""
+        inputs_lib.check_fit_labels(y, "y")
+        return super().evaluate(x, y, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y is None and y_pred is not None:
@@ -283,6 +321,7 @@ class TwoTowerModel(keras.Model):
         Returns:
             `{"query": signature names, "candidate": signature names}`.
         """
+        validation.check_tensorflow_backend("`TwoTowerModel.export_towers`")
         from tfmetric.export import Gallery, save_embedder
 
         for name, path in (("query_path", query_path), ("candidate_path", candidate_path)):

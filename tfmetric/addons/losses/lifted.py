@@ -95,6 +95,10 @@ class LiftedStructLoss(_common.LabelLoss):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.addons.LiftedStructLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.addons.LiftedStructLoss()(labels, embeddings)), 4)
+    2.5956
 
     Reference:
         Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted

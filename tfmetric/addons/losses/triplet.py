@@ -184,6 +184,10 @@ class TripletSemiHardLoss(_TripletBase):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.addons.TripletSemiHardLoss())
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.addons.TripletSemiHardLoss()(labels, embeddings)), 4)
+    0.5
 
     Reference:
         Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
@@ -218,6 +222,10 @@ class TripletHardLoss(_TripletBase):
     >>> import keras
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> model.compile(optimizer="adam", loss=tfmetric.addons.TripletHardLoss(soft=True))
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]])
+    >>> round(float(tfmetric.addons.TripletHardLoss()(labels, embeddings)), 4)
+    1.125
 
     Reference:
         Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
