@@ -113,7 +113,7 @@ def check_seed(seed, name="seed", maximum=2**32 - 1):
         isinstance(seed, bool)
         or not isinstance(seed, numbers.Integral)
         or seed < 0
-        or maximum is not None and seed > maximum
+        or (maximum is not None and seed > maximum)
     ):
         bound = "an integer >= 0" if maximum is None else f"an integer in [0, {maximum}]"
         raise ValueError(f"`{name}` must be None or {bound}; got {seed!r}.")
