@@ -4,8 +4,8 @@ The one writer of RESULTS.md for every benchmark script (`--write`). A section
 is its `## Heading` line and everything up to the next `## ` heading line (its
 `### ` subsections included). The file is rewritten through
 `tfmetric._src.files.write_text`: under a temporary name, then renamed, with
-the mode a plain `open` would give (0666 minus the umask), so a crash or a
-kill leaves the old file whole.
+the mode a plain `open` would give (a new file 0666 minus the umask, a
+rewritten one its own), so a crash or a kill leaves the old file whole.
 
 Scripts run as files (`python benchmarks/X.py`) have this directory first on
 `sys.path` and `import _results`. `tfmetric` is imported when writing, not at
