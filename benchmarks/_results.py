@@ -57,6 +57,18 @@ def replace_section(heading, text, path=RESULTS):
     _write(path, new)
 
 
+def print_table(lines, out=None):
+    """Prints a table's `lines` and, with `out`, writes them to that file too (atomically).
+
+    Returns the text (the lines joined, newline-terminated).
+    """
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        _write(out, text)
+    return text
+
+
 def append_section(heading, text, path=RESULTS):
     """Appends `text` as a new section at the end of `path` (even if `heading` is there).
 

@@ -19,6 +19,8 @@ os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 FAMILY = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
 DIM = 128
 
@@ -66,11 +68,7 @@ def main():
                 f"| {n} | {name} | {times[0]:.2f} | {times[1]:.2f} | {result['map_at_r']:.4f} |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    _results.print_table(lines, args.out)
 
 
 if __name__ == "__main__":

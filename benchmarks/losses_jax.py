@@ -146,11 +146,7 @@ def main():
                 f"{'yes' if finite else 'NO'} |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    text = _results.print_table(lines, args.out)
     if args.write:
         _results.append_section(HEADING, f"{HEADING}\n\n{text}")
 

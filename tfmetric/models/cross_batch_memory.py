@@ -4,16 +4,16 @@ import keras
 from keras import ops
 
 from tfmetric._src import distribute
-from tfmetric._src import inputs as inputs_lib
 from tfmetric._src import reduction as reduction_lib
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.batch import InBatchLoss
+from tfmetric.models.checked_labels import CheckedLabelsMixin
 
 __all__ = ["CrossBatchMemoryModel"]
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class CrossBatchMemoryModel(keras.Model):
+class CrossBatchMemoryModel(CheckedLabelsMixin, keras.Model):
     """An embedder trained with any in-batch loss against a memory of past batches.
 
     Cross-batch memory (XBM, Wang et al. 2020): embeddings drift slowly, so
@@ -111,19 +111,6 @@ class CrossBatchMemoryModel(keras.Model):
         if self.built and getattr(self, "optimizer", None) is not None:
             # Create the optimizer variables, so that saved optimizer state loads into them.
             self.optimizer.build(self.trainable_variables)
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; in-memory labels are checked first (`int64` values beyond
-        int32 are an error under JAX, which would truncate them and merge classes)."""
-        inputs_lib.check_fit_labels(y, "y")
-        held_out = inputs_lib.validation_labels(kwargs.get("validation_data"))
-        inputs_lib.check_fit_labels(held_out, "validation_data")
-        return super().fit(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; in-memory labels are checked as in `fit`."""
-        inputs_lib.check_fit_labels(y, "y")
-        return super().evaluate(x, y, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if not training or self._memory_loss is None:

@@ -6,15 +6,15 @@ import keras
 from keras import ops
 
 from tfmetric._src import distribute, validation
-from tfmetric._src import inputs as inputs_lib
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.momentum_contrast import momentum_contrast_loss
+from tfmetric.models.checked_labels import CheckedLabelsMixin
 
 __all__ = ["MomentumContrastModel"]
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class MomentumContrastModel(keras.Model):
+class MomentumContrastModel(CheckedLabelsMixin, keras.Model):
     """MoCo (v2 loss): a query encoder, its momentum copy and a queue of past keys.
 
     Trained on two-view batches from `tfmetric.data.multi_view_dataset`
@@ -107,19 +107,6 @@ class MomentumContrastModel(keras.Model):
         for target, source in zip(self.momentum_encoder.weights, encoder.weights, strict=True):
             target.assign(ops.copy(source))  # own buffers (JAX donates the state)
         self.queue = CrossBatchMemory(self.queue_size, outputs.shape[-1], name="queue")
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; in-memory sample ids are checked first (`int64` values beyond
-        int32 are an error under JAX, which would truncate them and merge samples)."""
-        inputs_lib.check_fit_labels(y, "y")
-        held_out = inputs_lib.validation_labels(kwargs.get("validation_data"))
-        inputs_lib.check_fit_labels(held_out, "validation_data")
-        return super().fit(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; in-memory sample ids are checked as in `fit`."""
-        inputs_lib.check_fit_labels(y, "y")
-        return super().evaluate(x, y, *args, **kwargs)
 
     def _split(self, x, y):
         size = ops.shape(x)[0] // 2

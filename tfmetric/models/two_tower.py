@@ -8,8 +8,8 @@ import numpy as np
 from keras import ops
 
 from tfmetric._src import files, validation
-from tfmetric._src import inputs as inputs_lib
 from tfmetric.layers.in_batch_logits import InBatchLogits
+from tfmetric.models.checked_labels import CheckedLabelsMixin
 
 __all__ = ["TwoTowerModel"]
 
@@ -81,7 +81,7 @@ class _OneBatch(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
-class TwoTowerModel(keras.Model):
+class TwoTowerModel(CheckedLabelsMixin, keras.Model):
     """Two towers trained with an in-batch softmax: CLIP and recommender retrieval.
 
     A functional model: inputs `{"query": ..., "candidate": ...}` (and
@@ -194,19 +194,6 @@ class TwoTowerModel(keras.Model):
         self.max_logit_scale = logits_layer.max_logit_scale
         self.normalize = normalize
         self.logq_correction = logq_correction
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`; in-memory candidate ids are checked first (`int64` values beyond
-        int32 are an error under JAX, which would truncate them and merge candidates)."""
-        inputs_lib.check_fit_labels(y, "y")
-        held_out = inputs_lib.validation_labels(kwargs.get("validation_data"))
-        inputs_lib.check_fit_labels(held_out, "validation_data")
-        return super().fit(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; in-memory candidate ids are checked as in `fit`."""
-        inputs_lib.check_fit_labels(y, "y")
-        return super().evaluate(x, y, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y is None and y_pred is not None:
