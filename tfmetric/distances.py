@@ -534,8 +534,7 @@ def _minkowski(x, y, p):
 
             def body(i, peak, total):
                 diff = abs_diff(xs[i], ys[i])
-                # `initial` (differences are >= 0) lets an empty batch reduce to empty.
-                block_peak = ops.max(diff, axis=0, initial=0.0)
+                block_peak = _nonnegative_max(diff, axis=0)
                 new_peak = ops.maximum(peak, block_peak)
                 if chebyshev:
                     # `total` counts the coordinates that attain the largest difference so far:
@@ -604,6 +603,20 @@ def _minkowski(x, y, p):
     return minkowski(x, y)
 
 
+def _nonnegative_max(x, axis):
+    """`max(x, axis)` of non-negative values: 0 over an empty axis, empty for an empty batch.
+
+    `initial=0.0` gives both under TensorFlow and JAX; Keras' PyTorch `max`
+    returns a scalar for any tensor with a zero dimension, so a statically
+    empty `x` gets its zeros here.
+    """
+    shape = tuple(ops.shape(x))
+    if any(isinstance(size, int) and size == 0 for size in shape):
+        axis = axis % len(shape)
+        return ops.zeros(tuple(size for i, size in enumerate(shape) if i != axis), x.dtype)
+    return ops.max(x, axis=axis, initial=0.0)
+
+
 @keras.saving.register_keras_serializable(package="tfmetric")
 class Minkowski(Distance):
     """Minkowski distance `(sum_k |x_k - y_k|^p)^(1/p)` for `p >= 1`.
@@ -646,7 +659,7 @@ class Minkowski(Distance):
         diff = ops.abs(x - y)
         if self.p == 1.0:
             return ops.sum(diff, axis=1)
-        peak = ops.max(diff, axis=1, initial=0.0)
+        peak = _nonnegative_max(diff, axis=1)
         if self.p == float("inf"):
             # An XLA max ignores NaN: NaN inputs are put back explicitly.
             return ops.where(ops.any(ops.isnan(diff), axis=1), float("nan"), peak)
