@@ -123,8 +123,11 @@ def nan_unless_finite(values, inputs):
     unchanged for finite inputs.
 
     Args:
-        values: A float tensor (any shape).
+        values: A float tensor (any shape), or a tuple of them (one test of
+            `inputs` serves them all).
         inputs: The float tensor `values` were computed from.
     """
     finite = ops.all(ops.isfinite(inputs))
+    if isinstance(values, tuple):
+        return tuple(ops.where(finite, v, ops.cast(float("nan"), v.dtype)) for v in values)
     return ops.where(finite, values, ops.cast(float("nan"), values.dtype))

@@ -150,10 +150,7 @@ class InBatchLoss(keras.losses.Loss):
         # Mining may select around a NaN embedding; the loss (counts too, so
         # that no division turns it into 0) must still be NaN for
         # `TerminateOnNaN`.
-        return (
-            numerics.nan_unless_finite(values, embeddings),
-            numerics.nan_unless_finite(counts, embeddings),
-        )
+        return numerics.nan_unless_finite((values, counts), embeddings)
 
     def _replica_context(self):
         """The replica context to gather over, or `None` for per-replica mining."""

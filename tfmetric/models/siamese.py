@@ -43,16 +43,6 @@ def _pair_scores(scorer, e1, e2):
 _PAIR_LABEL_LOSS_NAMES = ("binary_crossentropy", "bce", "binary_focal_crossentropy")
 
 
-def _pair_label_losses():
-    from tfmetric.losses.pair_contrastive import PairContrastiveLoss
-
-    return (
-        PairContrastiveLoss,
-        keras.losses.BinaryCrossentropy,
-        keras.losses.BinaryFocalCrossentropy,
-    )
-
-
 def _loss_reading(loss):
     """`(direction, name)`: how a pair-label loss reads the model's scores, else `None`.
 
@@ -245,10 +235,7 @@ class SiameseModel(keras.Model):
 
     def _takes_pair_labels(self):
         """Whether the compiled loss reads `y` as same (1) / different (0) pair labels."""
-        loss = getattr(self, "loss", None)
-        if isinstance(loss, str):
-            return loss in _PAIR_LABEL_LOSS_NAMES
-        return isinstance(loss, _pair_label_losses()) or loss is keras.losses.binary_crossentropy
+        return _loss_reading(getattr(self, "loss", None)) is not None
 
     def _score_direction(self):
         """The direction of the model's scores, or `None` for a scorer that does not tell it."""
