@@ -41,6 +41,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs, numerics
+from tfmetric._src.autograph import as_written
 
 __all__ = [
     "DISSIMILARITY",
@@ -151,6 +152,7 @@ class Direction:
         """
         return "score >= threshold" if self.is_similarity else "score <= threshold"
 
+    @as_written
     def to_closeness(self, values):
         """Maps values of this distance to scores where larger means closer.
 
@@ -160,10 +162,12 @@ class Direction:
         """
         return values if self.is_similarity else -values
 
+    @as_written
     def from_closeness(self, scores):
         """Maps scores of `to_closeness` back to values of this distance."""
         return self.to_closeness(scores)
 
+    @as_written
     def to_dissimilarity(self, values):
         """Maps values of this distance to dissimilarities (smaller means closer).
 
@@ -173,10 +177,12 @@ class Direction:
         """
         return -values if self.is_similarity else values
 
+    @as_written
     def farther_by(self, a, b):
         """How much farther values `a` are than values `b`: `a - b`, or `b - a` for a similarity."""
         return self.to_dissimilarity(a - b)
 
+    @as_written
     def margin_bounds(self, margin):
         """`(near, far)` values of a margin loss: positives pulled to `near`, negatives pushed past `far`.
 
@@ -186,6 +192,7 @@ class Direction:
         """
         return (margin, 0.0) if self.is_similarity else (0.0, margin)
 
+    @as_written
     def within(self, values, threshold):
         """Whether `values` are at least as close as `threshold`.
 
@@ -259,6 +266,7 @@ class Distance(Direction):
 
     name = None
 
+    @as_written
     def __call__(self, x, y=None):
         x = _prepare(x, "x")
         if y is None:
@@ -273,6 +281,7 @@ class Distance(Direction):
                 )
         return self.pairwise(x, y)
 
+    @as_written
     def paired(self, x, y):
         """Distances between matching rows, `d(x[i], y[i])`, shape `(n,)`.
 
@@ -294,21 +303,26 @@ class Distance(Direction):
             return self.rowwise(x, y)
         return ops.diagonal(self.pairwise(x, y))
 
+    @as_written
     def pairwise(self, x, y):
         raise NotImplementedError
 
+    @as_written
     def rowwise(self, x, y):
         """Row-wise form of `pairwise` on prepared float32 inputs."""
         return ops.diagonal(self.pairwise(x, y))
 
+    @as_written
     def closeness(self, x, y=None):
         """The matrix of `to_closeness` scores: larger means closer."""
         return self.to_closeness(self(x, y))
 
+    @as_written
     def dissimilarity(self, x, y=None):
         """The matrix of `to_dissimilarity` values: smaller means closer."""
         return self.to_dissimilarity(self(x, y))
 
+    @as_written
     def similarity(self, x, y=None):
         """A similarity view: the values of a similarity, `1 - d` for a distance `d`.
 
@@ -320,6 +334,7 @@ class Distance(Direction):
         matrix = self(x, y)
         return matrix if self.is_similarity else 1.0 - matrix
 
+    @as_written
     def euclidean_view(self, x):
         """Embeddings whose euclidean distances order pairs as this distance does, or `None`.
 
@@ -388,13 +403,16 @@ class SquaredEuclidean(Distance):
 
     name = "squared_euclidean"
 
+    @as_written
     def pairwise(self, x, y):
         squared, scale = _scaled_squared_euclidean(x, y)
         return squared * scale * scale
 
+    @as_written
     def rowwise(self, x, y):
         return numerics.row_norm(x - y, squared=True)
 
+    @as_written
     def euclidean_view(self, x):
         return x
 
@@ -416,10 +434,12 @@ class Euclidean(SquaredEuclidean):
 
     name = "euclidean"
 
+    @as_written
     def pairwise(self, x, y):
         squared, scale = _scaled_squared_euclidean(x, y)
         return numerics.safe_sqrt(squared) * scale
 
+    @as_written
     def rowwise(self, x, y):
         return numerics.row_norm(x - y)
 
@@ -440,14 +460,17 @@ class Cosine(Distance):
 
     name = "cosine"
 
+    @as_written
     def pairwise(self, x, y):
         cos = numerics.matmul(numerics.l2_normalize(x), ops.transpose(numerics.l2_normalize(y)))
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
+    @as_written
     def rowwise(self, x, y):
         cos = ops.sum(numerics.l2_normalize(x) * numerics.l2_normalize(y), axis=1)
         return ops.clip(1.0 - cos, 0.0, 2.0)
 
+    @as_written
     def euclidean_view(self, x):
         return numerics.l2_normalize(ops.cast(x, "float32"))
 
@@ -469,9 +492,11 @@ class InnerProduct(Distance):
     name = "inner_product"
     is_similarity = True
 
+    @as_written
     def pairwise(self, x, y):
         return numerics.matmul(x, ops.transpose(y))
 
+    @as_written
     def rowwise(self, x, y):
         return ops.sum(x * y, axis=1)
 
@@ -648,11 +673,13 @@ class Minkowski(Distance):
             raise ValueError(f"`p` must be a number >= 1 or float('inf'); got {p!r}.")
         self.p = float(p)
 
+    @as_written
     def pairwise(self, x, y):
         if self.p == 2.0:
             return Euclidean().pairwise(x, y)
         return _minkowski(x, y, self.p)
 
+    @as_written
     def rowwise(self, x, y):
         if self.p == 2.0:
             return Euclidean().rowwise(x, y)
@@ -669,6 +696,7 @@ class Minkowski(Distance):
         zero = ops.less_equal(total, 0.0)  # NaN is not: it propagates
         return ops.where(zero, 0.0, divisor * ops.power(ops.where(zero, 1.0, total), 1.0 / self.p))
 
+    @as_written
     def euclidean_view(self, x):
         return x if self.p == 2.0 else None
 
@@ -690,9 +718,11 @@ class Manhattan(Distance):
 
     name = "manhattan"
 
+    @as_written
     def pairwise(self, x, y):
         return _minkowski(x, y, 1.0)
 
+    @as_written
     def rowwise(self, x, y):
         return ops.sum(ops.abs(x - y), axis=1)
 
@@ -749,6 +779,7 @@ class Jaccard(Distance):
         ratio = numerator / ops.where(zero, 1.0, denominator)
         return ops.clip(ops.where(zero, 0.0, ratio), 0.0, 1.0)
 
+    @as_written
     def pairwise(self, x, y):
         scale = _joint_scale(x, y)  # the ratios are scale-free; this keeps the squares finite
         x, y = x / scale, y / scale
@@ -766,6 +797,7 @@ class Jaccard(Distance):
         union = ops.maximum(x_sq + y_sq - dot, 0.0)
         return self._ratio(union - dot, union)
 
+    @as_written
     def rowwise(self, x, y):
         scale = numerics.power_of_two_scale(
             ops.maximum(numerics.max_abs(x, axis=1), numerics.max_abs(y, axis=1))
@@ -894,6 +926,7 @@ class FittedMahalanobis(Distance):
         inverse = np.linalg.inv(covariance)
         return cls((inverse + inverse.T) / 2.0)
 
+    @as_written
     def euclidean_view(self, x):
         return self._whiten(ops.cast(x, "float32"))
 
@@ -905,9 +938,11 @@ class FittedMahalanobis(Distance):
             )
         return numerics.matmul(x, ops.convert_to_tensor(self._whitening))
 
+    @as_written
     def pairwise(self, x, y):
         return Euclidean().pairwise(self._whiten(x), self._whiten(y))
 
+    @as_written
     def rowwise(self, x, y):
         return numerics.row_norm(self._whiten(x - y))
 
@@ -926,6 +961,7 @@ _BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
 _BY_CLASS_NAME["FittedMahalanobis"] = FittedMahalanobis
 
 
+@as_written
 def get(identifier):
     """Returns a `Distance` from a name, a config dict or an instance.
 

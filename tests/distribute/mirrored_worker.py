@@ -59,15 +59,33 @@ def build_model(kernel):
     return model
 
 
-def fit_one_step(loss, x, labels, kernel):
+def fit_one_step(losses, x, labels, kernel):
+    """One `Model.fit` step of every loss at once: `{name: (loss, kernel after the step)}`.
+
+    One model with a bias-free Dense branch per loss (each starting from `kernel`),
+    compiled with one loss per output: the total is the sum, so each branch's kernel
+    takes its own loss's gradient, and Keras logs each output's loss (`NAME_loss`).
+    One fit traces one training step instead of one per loss.
+    """
     # jit_compile=False: Keras' XLA step under MirroredStrategy on logical CPUs
     # reads variables across devices, which XLA rejects (a TF known issue);
     # the loss itself compiles, see `xla_gradients`.
-    model = build_model(kernel)
-    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=loss, jit_compile=False)
-    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(GLOBAL_BATCH)
-    history = model.fit(dataset, epochs=1, verbose=0)
-    return history.history["loss"][0], model.layers[0].kernel.numpy().tolist()
+    inputs = keras.Input((INPUT_DIM,))
+    outputs = {
+        name: keras.layers.Dense(EMBED_DIM, use_bias=False, name=name)(inputs) for name in losses
+    }
+    model = keras.Model(inputs, outputs)
+    for name in losses:
+        model.get_layer(name).kernel.assign(kernel)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=dict(losses),
+                  jit_compile=False)  # fmt: skip
+    targets = {name: labels for name in losses}
+    dataset = tf.data.Dataset.from_tensor_slices((x, targets)).batch(GLOBAL_BATCH)
+    history = model.fit(dataset, epochs=1, verbose=0).history
+    return {
+        name: (history[f"{name}_loss"][0], model.get_layer(name).kernel.numpy().tolist())
+        for name in losses
+    }
 
 
 def single_device_step(loss, x, labels, kernel):
@@ -79,30 +97,40 @@ def single_device_step(loss, x, labels, kernel):
     return float(value), variable.numpy().tolist()
 
 
-def per_replica_loss(strategy, loss, embeddings, labels):
-    """Sum over replicas of the per-replica Keras loss on the global batch."""
+def per_replica_losses(strategy, losses, embeddings, labels):
+    """`{name: sum over replicas of the per-replica Keras loss on the global batch}`."""
     dataset = tf.data.Dataset.from_tensor_slices((embeddings, labels)).batch(GLOBAL_BATCH)
     inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
-    per_replica = strategy.run(tf.function(lambda a, b: loss(b, a)), args=inputs)
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+    step = tf.function(lambda a, b: {name: loss(b, a) for name, loss in losses.items()})
+    per_replica = strategy.run(step, args=inputs)
+    return {
+        name: float(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None))
+        for name, value in per_replica.items()
+    }
 
 
-def xla_gradients(strategy, loss, embeddings, labels):
-    """Global loss and its gradient w.r.t. each replica's embeddings, under XLA."""
+def xla_gradients(strategy, losses, embeddings, labels):
+    """`{name: (global loss, its gradient w.r.t. each replica's embeddings)}`, under XLA."""
     dataset = tf.data.Dataset.from_tensor_slices((embeddings, labels)).batch(GLOBAL_BATCH)
     inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
 
     @tf.function(jit_compile=True)
     def step(local_embeddings, local_labels):
-        with tf.GradientTape() as tape:
-            tape.watch(local_embeddings)
-            value = loss(local_labels, local_embeddings)
-        return value, tape.gradient(value, local_embeddings)
+        results = {}
+        for name, loss in losses.items():
+            with tf.GradientTape() as tape:
+                tape.watch(local_embeddings)
+                value = loss(local_labels, local_embeddings)
+            results[name] = (value, tape.gradient(value, local_embeddings))
+        return results
 
-    values, gradients = strategy.run(step, args=inputs)
-    value = float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None))
-    rows = np.concatenate([g.numpy() for g in strategy.experimental_local_results(gradients)])
-    return value, rows.tolist()
+    per_replica = strategy.run(step, args=inputs)
+    report = {}
+    for name, (values, gradients) in per_replica.items():
+        value = float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None))
+        local = strategy.experimental_local_results(gradients)
+        report[name] = (value, np.concatenate([g.numpy() for g in local]).tolist())
+    return report
 
 
 def proxy_model_step(strategy, x, labels, kernel):
@@ -125,44 +153,45 @@ def check_strategy(num_replicas, names):
         cross_device_ops=tf.distribute.ReductionToOneDevice(),
     )
     report = {"num_replicas": strategy.num_replicas_in_sync, "losses": {}}
-    for name, loss in make_losses().items():
-        if name not in names:
-            continue
+    losses = {name: loss for name, loss in make_losses().items() if name in names}
+    with strategy.scope():
+        fitted = fit_one_step(losses, x, labels, kernel)
+    for name, loss in losses.items():
         entry = {}
         entry["single_loss"], entry["single_kernel"] = single_device_step(loss, x, labels, kernel)
-        with strategy.scope():
-            entry["strategy_loss"], entry["strategy_kernel"] = fit_one_step(loss, x, labels, kernel)
+        entry["strategy_loss"], entry["strategy_kernel"] = fitted[name]
         report["losses"][name] = entry
     # Per-replica mining (cross_replica=False) on a few losses: the strategy's loss
     # is then the mean of the losses of the replicas' shards.
     embeddings = x @ kernel
     shards = np.split(np.arange(GLOBAL_BATCH), num_replicas)
+    local = {name: make_losses(cross_replica=False)[name]
+             for name in ("triplet_hard", "multi_similarity", "supcon")}  # fmt: skip
+    with strategy.scope():
+        values = per_replica_losses(strategy, local, embeddings, labels)
     report["per_replica"] = {}
-    for name in ("triplet_hard", "multi_similarity", "supcon"):
-        loss = make_losses(cross_replica=False)[name]
-        with strategy.scope():
-            value = per_replica_loss(strategy, loss, embeddings, labels)
+    for name, loss in local.items():
         shard_mean = np.mean([float(loss(labels[s], embeddings[s])) for s in shards])
-        report["per_replica"][name] = [value, float(shard_mean)]
+        report["per_replica"][name] = [values[name], float(shard_mean)]
     report["xla"] = {}
-    for name in ("triplet_semi_hard", "circle"):
-        loss = make_losses()[name]
-        with strategy.scope():
-            value, gradient = xla_gradients(strategy, loss, embeddings, labels)
+    compiled = {name: make_losses()[name] for name in ("triplet_semi_hard", "circle")}
+    with strategy.scope():
+        gradients = xla_gradients(strategy, compiled, embeddings, labels)
+    for name, loss in compiled.items():
         reference = tf.constant(embeddings)
         with tf.GradientTape() as tape:
             tape.watch(reference)
             single = loss(labels, reference)
         report["xla"][name] = {
-            "strategy": [value, gradient],
+            "strategy": list(gradients[name]),
             "single": [float(single), tape.gradient(single, reference).numpy().tolist()],
         }
     if num_replicas == 4:
         # reduction="sum": the sum over replicas of the per-replica sums.
         summed = tfmetric.losses.MultiSimilarityLoss(reduction="sum")
         with strategy.scope():
-            strategy_sum = per_replica_loss(strategy, summed, embeddings, labels)
-        report["sum_reduction"] = [strategy_sum, float(summed(labels, embeddings))]
+            strategy_sum = per_replica_losses(strategy, {"sum": summed}, embeddings, labels)
+        report["sum_reduction"] = [strategy_sum["sum"], float(summed(labels, embeddings))]
         report["proxy_model"] = {
             "strategy": proxy_model_step(strategy, x, labels, kernel),
             "single": proxy_model_step(None, x, labels, kernel),

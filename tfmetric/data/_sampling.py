@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmetric._src.autograph import as_written
 from tfmetric.data.sources import as_source
 
 
@@ -129,10 +130,12 @@ def build(draw, emit, augment, prefetch_draws=False, mode=None):
             produced, not from the next block.
     """
     dataset = tf.data.Dataset.counter()
+    # The draws are tfmetric's own graph code, traced as written; `emit` calls the
+    # user's `augment` and keeps AutoGraph (`tfmetric._src.autograph`).
     if mode is None:
-        dataset = dataset.map(draw)
+        dataset = dataset.map(as_written(draw))
     else:
-        dataset = dataset.map(lambda block: _tagged_draw(draw, mode, block))
+        dataset = dataset.map(as_written(lambda block: _tagged_draw(draw, mode, block)))
     if prefetch_draws:
         dataset = dataset.prefetch(1)
     if mode is not None:
@@ -192,4 +195,4 @@ def _redraw_on_mode_change(dataset, draw, mode):
 
     empty = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
     initial = (tf.constant(-1, tf.int64), tf.constant(-1, tf.int32), empty)
-    return dataset.flat_map(split).scan(initial, step)
+    return dataset.flat_map(as_written(split)).scan(initial, as_written(step))

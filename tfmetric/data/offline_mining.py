@@ -165,7 +165,7 @@ class OfflineMiner:
         self.embed_batch = _embed_batch_size(index.source, self.pool)
         # Most members one class can have in the pool (the positive search width).
         self.max_members = int(min(index.max_count, self.pool))
-        self._mine_block = tf.function(self._mine_block_graph, jit_compile=True)
+        self._mine_block = tf.function(self._mine_block_graph, jit_compile=True, autograph=False)
 
     @property
     def scheduled(self):

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import files, topk, validation
+from tfmetric._src.autograph import as_written
 
 __all__ = ["METADATA_FILENAME", "exact_search", "save_embedder", "write_saved_model"]
 
@@ -59,6 +60,7 @@ class _ExportModule(tf.Module):
         self.metadata = tf.saved_model.Asset(metadata_path)
 
 
+@as_written
 def exact_search(queries, gallery, distance, k):
     """Top-`k` gallery rows for each query: `(distances, indices)`, nearest first.
 
@@ -136,7 +138,7 @@ def _build_signatures(module, plan):
             def single(x, task=task, images=signature.images):
                 return task(from_images(x) if images else x)
 
-            fn = tf.function(single, input_signature=specs)
+            fn = tf.function(single, input_signature=specs, autograph=False)
         else:
 
             def pair(x1, x2, task=task, images=signature.images):
@@ -144,7 +146,7 @@ def _build_signatures(module, plan):
                     x1, x2 = from_images(x1), from_images(x2)
                 return task(x1, x2)
 
-            fn = tf.function(pair, input_signature=specs)
+            fn = tf.function(pair, input_signature=specs, autograph=False)
         functions[signature.name] = fn.get_concrete_function()
     return functions
 

@@ -27,6 +27,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import inputs, numerics, validation
+from tfmetric._src.autograph import as_written
 
 __all__ = ["LearnedDistance", "Mahalanobis", "WeightedL1"]
 
@@ -85,6 +86,7 @@ class LearnedDistanceLayer(keras.layers.Layer):
     def paired(self, x1, x2):
         raise NotImplementedError
 
+    @as_written
     def pairwise(self, x, y):
         raise NotImplementedError
 
@@ -122,6 +124,7 @@ class LearnedDistance(distances_lib.Distance):
     def is_similarity(self):
         return self.layer.is_similarity
 
+    @as_written
     def pairwise(self, x, y):
         if not self.layer.built:
             self.layer.build(tuple(x.shape))
@@ -129,6 +132,7 @@ class LearnedDistance(distances_lib.Distance):
         self.layer.check_size(y, "y")
         return self.layer.pairwise(x, y)
 
+    @as_written
     def rowwise(self, x, y):
         if not self.layer.built:
             self.layer.build(tuple(x.shape))
@@ -258,6 +262,7 @@ class Mahalanobis(LearnedDistanceLayer):
     def paired(self, x1, x2):
         return numerics.row_norm(self.transform(x1 - x2), squared=self.squared)
 
+    @as_written
     def pairwise(self, x, y):
         distance = distances_lib.SquaredEuclidean() if self.squared else distances_lib.Euclidean()
         return distance.pairwise(self.transform(x), self.transform(y))
@@ -342,6 +347,7 @@ class WeightedL1(LearnedDistanceLayer):
     def paired(self, x1, x2):
         return ops.sigmoid(self.logits(x1, x2))
 
+    @as_written
     def pairwise(self, x, y):
         weights = self._weights()
         distance = distances_lib.Manhattan().pairwise(x * weights, y * weights)

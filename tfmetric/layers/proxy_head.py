@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
+from tfmetric._src.autograph import as_written
 
 
 @keras.saving.register_keras_serializable(package="tfmetric")
@@ -103,6 +104,7 @@ class ProxyHead(keras.layers.Layer):
             cosine = ops.max(ops.reshape(cosine, (-1, self.num_classes, self.centers)), axis=2)
         return ops.clip(cosine, -1.0, 1.0)
 
+    @as_written
     def __call__(self, embeddings, labels, *args, **kwargs):
         # Labels given as host values are checked before Keras converts them
         # (strings would fail inside the backend, large integers be truncated).

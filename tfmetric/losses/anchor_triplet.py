@@ -7,6 +7,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import reduction, references, triplet_mining, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 
 POSITIVE_MINING = ("hard", "easy")
@@ -88,6 +89,7 @@ def _anchor_terms(
     return values, ops.cast(valid, "float32")
 
 
+@as_written
 def anchor_triplet_loss(
     labels,
     embeddings,
@@ -152,6 +154,7 @@ def anchor_triplet_loss(
     )
 
 
+@as_written
 def pn_loss(
     labels,
     embeddings,

@@ -12,6 +12,7 @@ from keras import ops
 from tfmetric import distances as distances_lib
 from tfmetric._src import distribute, inputs, numerics, validation
 from tfmetric._src import reduction as reduction_lib
+from tfmetric._src.autograph import as_written
 
 LOSS_INPUT_NAMES = ("y_true", "y_pred")
 
@@ -78,6 +79,7 @@ class InBatchLoss(keras.losses.Loss):
         self.distance = distances_lib.get(distance)
         self.cross_replica = validation.check_bool(cross_replica, "cross_replica")
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Host labels beyond int32 under JAX: renumbered (only equality matters here).
         y_true = inputs.check_host_labels(y_true, LOSS_INPUT_NAMES[0], renumber=True)
@@ -106,6 +108,7 @@ class InBatchLoss(keras.losses.Loss):
         labels, embeddings = prepare_labels_and_embeddings(y_true, y_pred, LOSS_INPUT_NAMES)
         return self._terms(labels, embeddings)[0]
 
+    @as_written
     def reference_terms(self, labels, embeddings, ref_labels, ref_embeddings, ref_valid=None):
         """Per-sample `(values, counts)` of the batch's anchors against the batch and references.
 

@@ -5,9 +5,11 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import numerics, reduction, references, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 
 
+@as_written
 def circle_loss(labels, embeddings, margin=0.25, gamma=256.0, distance="cosine"):
     """Circle loss of Sun et al. over every pair of a labelled batch.
 

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
+from tfmetric._src.autograph import as_written
 
 __all__ = ["InBatchSoftmaxLoss", "clip_loss", "in_batch_softmax_loss"]
 
@@ -32,6 +33,7 @@ def _check_logits(logits, check_values=True):
     return logits
 
 
+@as_written
 def in_batch_softmax_loss(
     logits, candidate_ids=None, candidate_log_probability=None, symmetric=False
 ):
@@ -112,6 +114,7 @@ def _diagonal(matrix, diagonal):
     return ops.sum(ops.where(diagonal, matrix, 0.0), axis=1)
 
 
+@as_written
 def clip_loss(query_embeddings, candidate_embeddings, temperature=0.07):
     """Symmetric InfoNCE of CLIP on L2-normalised embedding pairs.
 
@@ -209,6 +212,7 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         self.symmetric = symmetric
         self.remove_accidental_hits = remove_accidental_hits
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Shapes here; `call` (through `in_batch_softmax_loss`) checks the values once.
         logits = _check_logits(y_pred, check_values=False)

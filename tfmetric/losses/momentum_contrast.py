@@ -4,10 +4,12 @@ import keras
 from keras import ops
 
 from tfmetric._src import inputs, numerics, validation
+from tfmetric._src.autograph import as_written
 
 __all__ = ["momentum_contrast_loss"]
 
 
+@as_written
 def momentum_contrast_loss(
     queries, keys, queue, temperature=0.07, ids=None, queue_ids=None, queue_valid=None
 ):

@@ -5,9 +5,11 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import numerics, reduction
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 
 
+@as_written
 def npairs_loss(labels, embeddings, distance="inner_product"):
     """Multi-class N-pair loss of Sohn, built from a labelled batch.
 

@@ -14,11 +14,13 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import inputs, reduction, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = ["PairContrastiveLoss", "pair_contrastive_loss", "paired_distance"]
 
 
+@as_written
 def paired_distance(distance, x, y):
     """Distance between matching rows, `d(x[i], y[i])`, shape `(B,)`.
 
@@ -95,6 +97,7 @@ def _as_pair_values(values, name="y_pred"):
     return ops.cast(values, "float32")
 
 
+@as_written
 def pair_contrastive_loss(labels, distances, margin=1.0):
     """Contrastive loss of labelled pairs: `y d² + (1 - y) max(margin - d, 0)²`.
 
@@ -169,6 +172,7 @@ class PairContrastiveLoss(ScheduledArguments, keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = validation.check_number(margin, "margin", maximum=validation.SQUARE_MAX)
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = _as_pair_values(y_pred)
         y_true = _check_binary_labels(y_true, y_pred.shape[0])

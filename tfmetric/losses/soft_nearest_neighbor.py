@@ -5,9 +5,11 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import numerics, reduction, references, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 
 
+@as_written
 def soft_nearest_neighbor_loss(
     labels, embeddings, temperature=1.0, distance="squared_euclidean"
 ):

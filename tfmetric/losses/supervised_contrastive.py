@@ -5,6 +5,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import numerics, reduction, references, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 
 
@@ -18,6 +19,7 @@ def _logits(labels, embeddings, temperature, distance, ref_labels, ref_embedding
     return distance.similarity(embeddings, columns) / temperature, positive, negative
 
 
+@as_written
 def supervised_contrastive_loss(labels, embeddings, temperature=0.1, distance="cosine"):
     """Supervised contrastive loss of Khosla et al. (the `L_out` form).
 
@@ -83,6 +85,7 @@ def _supervised_contrastive_terms(
     return reduction.valid_terms(values, ops.greater(count, 0.0))
 
 
+@as_written
 def nt_xent_loss(labels, embeddings, temperature=0.1, distance="cosine"):
     """NT-Xent (normalised temperature-scaled cross entropy) of SimCLR.
 

@@ -5,6 +5,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import inputs, reduction, references, triplet_mining, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses import batch
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
@@ -44,6 +45,7 @@ def _hard_mining(dist, labels, margin, soft_margin, easy=False, masks=None):
     return per_anchor, ops.cast(valid, "float32")
 
 
+@as_written
 def triplet_loss(
     labels,
     embeddings,

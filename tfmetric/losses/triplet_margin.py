@@ -12,6 +12,7 @@ from keras import ops
 
 from tfmetric import distances as distances_lib
 from tfmetric._src import inputs, reduction, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.losses.scheduled import ScheduledArguments, margin_value
 
 __all__ = ["TripletMarginLoss", "triplet_margin_loss"]
@@ -41,6 +42,7 @@ def _split_triplets(embeddings):
     return embeddings[:, 0], embeddings[:, 1], embeddings[:, 2]
 
 
+@as_written
 def triplet_margin_loss(embeddings, margin=1.0, distance="euclidean", squared=False):
     """Triplet margin loss on explicit triplets: `max(d(a, p) - d(a, n) + margin, 0)`.
 
@@ -133,6 +135,7 @@ class TripletMarginLoss(ScheduledArguments, keras.losses.Loss):
         self.distance = distances_lib.get(distance)
         self.squared = validation.check_bool(squared, "squared")
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
         _split_triplets(y_pred)

@@ -5,6 +5,7 @@ from keras import ops
 
 from tfmetric._src import distribute
 from tfmetric._src import reduction as reduction_lib
+from tfmetric._src.autograph import as_written
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.batch import InBatchLoss
 from tfmetric.models.checked_labels import CheckedLabelsMixin
@@ -149,6 +150,7 @@ class CrossBatchMemoryModel(CheckedLabelsMixin, keras.Model):
             total = total + self._aggregate_additional_loss(extra)
         return total
 
+    @as_written
     def memory_terms(self, labels, embeddings):
         """Loss terms of a batch against itself and the memory: `(values, counts)`.
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from tfmetric._src import distribute, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.layers.cross_batch_memory import CrossBatchMemory
 from tfmetric.losses.momentum_contrast import momentum_contrast_loss
 from tfmetric.models.checked_labels import CheckedLabelsMixin
@@ -192,6 +193,7 @@ class MomentumContrastModel(CheckedLabelsMixin, keras.Model):
             ops.sum(ops.where(is_query, values, 0.0)), ops.cast(half, "float32")
         )
 
+    @as_written
     def train_step(self, *args):
         if keras.backend.backend() == "jax":
             return self._stateless_train_step(*args)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfmetric._src import inputs, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.addons.losses import metric_learning
 from tfmetric.losses import batch, scheduled
 
@@ -155,6 +156,7 @@ class AddonsLoss(keras.losses.Loss):
 
     addons_mean = True
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
         return scalar_like(super().__call__(y_true, y_pred, sample_weight), y_pred)
@@ -183,6 +185,7 @@ class LabelLoss(AddonsLoss):
     large label values stay exact.
     """
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_true = inputs.check_host_labels(y_true, "y_true", renumber=True)
         labels, _ = batch.prepare_labels_and_embeddings(y_true, y_pred, batch.LOSS_INPUT_NAMES)

@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from tfmetric._src import inputs, validation
+from tfmetric._src.autograph import as_written
 from tfmetric.addons.losses import _common
 
 
@@ -41,6 +42,7 @@ def _check_pairs(similar, distance):
 
 
 @_common.registered("contrastive_loss")
+@as_written
 def contrastive_loss(y_true, y_pred, margin=1.0):
     """Contrastive loss of each pair, from its label and its distance.
 

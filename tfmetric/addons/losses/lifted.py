@@ -3,6 +3,7 @@
 from keras import ops
 
 from tfmetric._src import inputs, reduction
+from tfmetric._src.autograph import as_written
 from tfmetric.addons.losses import _common, metric_learning
 from tfmetric.losses import batch
 
@@ -37,6 +38,7 @@ def _lifted_values(labels, embeddings, margin):
 
 
 @_common.registered("lifted_struct_loss")
+@as_written
 def lifted_struct_loss(labels, embeddings, margin=1.0):
     """Lifted structured loss of Oh Song et al. (TensorFlow Addons' form).
 

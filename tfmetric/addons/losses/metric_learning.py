@@ -10,6 +10,7 @@ computed (about `1e-16`). Both compute in float32 whatever the input dtype.
 from keras import ops
 
 from tfmetric import distances as distances_lib
+from tfmetric._src.autograph import as_written
 
 __all__ = ["angular_distance", "pairwise_distance"]
 
@@ -18,6 +19,7 @@ __all__ = ["angular_distance", "pairwise_distance"]
 _ANGULAR_FLOOR = 1e-16
 
 
+@as_written
 def pairwise_distance(feature, squared=False):
     """Euclidean distance matrix between the rows of `feature`.
 
@@ -44,6 +46,7 @@ def pairwise_distance(feature, squared=False):
     return distance(feature)
 
 
+@as_written
 def angular_distance(feature):
     """Angular (cosine) distance matrix `1 - cos(feature[i], feature[j])`.
 

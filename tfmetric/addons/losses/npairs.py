@@ -4,6 +4,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfmetric._src import inputs
+from tfmetric._src.autograph import as_written
 from tfmetric.addons.losses import _common
 
 
@@ -50,6 +51,7 @@ def _multilabel_values(labels, logits):
 
 
 @_common.registered("npairs_loss")
+@as_written
 def npairs_loss(y_true, y_pred):
     """N-pair loss: softmax cross-entropy of each anchor's similarity row.
 
@@ -83,6 +85,7 @@ def npairs_loss(y_true, y_pred):
 
 
 @_common.registered("npairs_multilabel_loss")
+@as_written
 def npairs_multilabel_loss(y_true, y_pred):
     """N-pair loss with multi-label targets.
 
@@ -170,6 +173,7 @@ class NpairsMultilabelLoss(_common.AddonsLoss):
     def __init__(self, name="npairs_multilabel_loss", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
+    @as_written
     def __call__(self, y_true, y_pred, sample_weight=None):
         if isinstance(y_true, tf.SparseTensor):
             y_true = tf.sparse.to_dense(y_true)

@@ -3,6 +3,7 @@
 from keras import ops
 
 from tfmetric._src import inputs, reduction, triplet_mining
+from tfmetric._src.autograph import as_written
 from tfmetric.addons.losses import _common
 from tfmetric.losses import batch
 
@@ -50,6 +51,7 @@ def _hard_values(labels, embeddings, margin, soft, distance_metric):
 
 
 @_common.registered("triplet_semihard_loss")
+@as_written
 def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
     """Triplet loss with semi-hard negative mining (TensorFlow Addons' rule).
 
@@ -97,6 +99,7 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
 
 
 @_common.registered("triplet_hard_loss")
+@as_written
 def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
     """Triplet loss with batch-hard mining (TensorFlow Addons' rule).
 
