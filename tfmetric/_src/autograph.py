@@ -14,25 +14,10 @@ AutoGraph where tfmetric calls them from a converted function (the `tf.data`
 map functions that call them are not marked).
 """
 
-import functools
+try:
+    from tensorflow.autograph.experimental import do_not_convert as as_written
+except ImportError:  # an import-only stand-in for TensorFlow (the JAX benchmarks on a GPU)
 
-
-@functools.cache
-def _do_not_convert():
-    try:
-        import tensorflow as tf
-
-        return tf.autograph.experimental.do_not_convert
-    except Exception:  # noqa: BLE001 - no (real) TensorFlow: nothing converts anything
-        return None
-
-
-def as_written(fn):
-    """`fn`, called as written by AutoGraph (see the module's docstring)."""
-    mark = _do_not_convert()
-    if mark is None:
-        return fn
-    try:
-        return mark(fn)
-    except Exception:  # noqa: BLE001 - an import-only stand-in for TensorFlow
+    def as_written(fn):
+        """`fn` itself: without TensorFlow, nothing converts anything."""
         return fn
