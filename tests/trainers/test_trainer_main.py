@@ -124,11 +124,8 @@ def _wait_for_epoch(model_dir, process, timeout=600):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_step_count(tmp_path):
-    args = ["--epochs=5", "--steps_per_epoch=20", "--nojit_compile", "--noexport", *TINY]
-    uninterrupted = _run([*args, f"--model_dir={tmp_path / 'whole'}"])
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
-
+    epochs, steps = 5, 20
+    args = [f"--epochs={epochs}", f"--steps_per_epoch={steps}", "--nojit_compile", "--noexport", *TINY]
     model_dir = tmp_path / "killed"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     process = subprocess.Popen(
@@ -150,9 +147,10 @@ def test_killed_run_resumes_to_the_same_step_count(tmp_path):
     assert re.search(r"resumed_at_epoch: [2-5]\b", resumed.stdout), resumed.stdout
     report = json.loads((model_dir / "report.json").read_text())
     assert report["resumed"] is True
-    assert report["optimizer_steps"] == whole["optimizer_steps"] == 5 * 20
+    # Exactly the steps of an uninterrupted run: none lost, none run twice.
+    assert report["optimizer_steps"] == epochs * steps
     history = (model_dir / "history.csv").read_text().splitlines()
-    assert sorted({int(row.split(",")[0]) for row in history[1:]}) == [0, 1, 2, 3, 4]
+    assert sorted({int(row.split(",")[0]) for row in history[1:]}) == list(range(epochs))
 
 
 @pytest.fixture

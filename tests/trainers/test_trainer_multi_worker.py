@@ -15,8 +15,10 @@ import time
 import keras
 import numpy as np
 import pytest
+from absl import flags
 
-from trainers import outputs
+import trainers
+from trainers import outputs, train  # noqa: F401  (train defines the flags)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The default recipe, small and without batch normalisation (whose per-replica statistics
@@ -107,12 +109,13 @@ def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path, clus
     _wait(cluster.processes, deadline)
     for index in (0, 1):
         assert cluster.processes[index].returncode == 0, cluster.log(index)
-    single = subprocess.run(
-        [sys.executable, "-m", "trainers.train", *args, f"--model_dir={tmp_path / 'single'}"],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
-        timeout=max(1, deadline - time.time()),
-    )  # fmt: skip
-    assert single.returncode == 0, single.stderr[-3000:]
+    # The same flags in one process without a strategy: this one (the program's `RunConfig`).
+    try:
+        flags.FLAGS(["train", *args, f"--model_dir={tmp_path / 'single'}"])
+        config = trainers.RunConfig.from_flags(flags.FLAGS)
+    finally:
+        flags.FLAGS.unparse_flags()
+    trainers.run(config)
 
     multi_dir, single_dir = tmp_path / "multi", tmp_path / "single"
     multi = json.loads((multi_dir / outputs.REPORT_FILE).read_text())
