@@ -26,3 +26,15 @@ def _seed():
 def _doctest_namespace(doctest_namespace):
     doctest_namespace["tfmetric"] = tfmetric
     doctest_namespace["np"] = np
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests run first (the order within a file is kept).
+
+    CI runs `pytest -n 2 --dist loadfile`, which hands whole files to the two
+    workers in collection order: the long files (notebooks, trainer, export
+    and distribution runs) start early and the short ones fill the end, so
+    neither worker is left alone with a long file at the end of the run.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
