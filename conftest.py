@@ -31,10 +31,12 @@ def _doctest_namespace(doctest_namespace):
 def pytest_collection_modifyitems(config, items):
     """Files holding slow tests run first (the order within a file is kept).
 
-    CI runs `pytest -n 2 --dist loadfile`, which hands whole files to the two
-    workers in collection order: the long files (notebooks, trainer, export
-    and distribution runs) start early and the short ones fill the end, so
-    neither worker is left alone with a long file at the end of the run.
+    CI runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`, which hands
+    whole files to the two workers in collection order (without the flag,
+    pytest-xdist orders files by their number of tests, so that long files of
+    few tests, notebooks and trainer runs, came last): the long files start
+    early and the short ones fill the end, so neither worker is left alone
+    with a long file at the end of the run.
     """
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
