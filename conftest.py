@@ -5,8 +5,21 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
 
+import user_install  # noqa: E402  (tests/user_install.py)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# XLA's LLVM back end at optimisation level 0 for the tests (TensorFlow and JAX alike, and the
+# trainer and export processes they start): the same HLO programs, compiled in about three
+# quarters of the CPU time (two loss test files on 2 cores: 241 -> 176 CPU-s). Most test programs
+# run once or twice, so compiling dominates. What users install and run is tested at XLA's
+# defaults: the wheel and notebook tests' environments drop the flag (`user_install.pip_env`),
+# and the benchmarks never set it. TFMETRIC_TEST_XLA_DEFAULTS=1 keeps the defaults everywhere.
+if os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
+    _flags = os.environ.get("XLA_FLAGS", "").split()
+    if not any(f.startswith("--xla_backend_optimization_level") for f in _flags):
+        os.environ["XLA_FLAGS"] = " ".join([*_flags, user_install.TEST_XLA_FLAG])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

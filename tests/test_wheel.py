@@ -77,6 +77,10 @@ def test_wheel_and_sdist_hold_every_package_file(dist):
 def test_wheel_installs_into_a_fresh_venv_and_runs(dist, tmp_path):
     python = user_install.user_venv(tmp_path / "venv")
     env = user_install.pip_env(dist)
+    # The user's XLA settings, not the tests' level-0 back end (conftest.py).
+    if os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
+        assert os.environ["XLA_FLAGS"].split().count(user_install.TEST_XLA_FLAG) == 1
+    assert user_install.TEST_XLA_FLAG not in env.get("XLA_FLAGS", "")
     run = {"cwd": tmp_path, "env": env, "capture_output": True, "text": True, "timeout": 300}
     before = subprocess.run([python, "-c", "import tfmetric"], **run)
     assert before.returncode != 0, "tfmetric must not be importable before the install"

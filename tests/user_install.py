@@ -16,6 +16,8 @@ import sys
 import sysconfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What conftest.py adds to XLA_FLAGS for the tests, and `pip_env` leaves out.
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
 _BUILT = {}
 
 
@@ -69,6 +71,10 @@ def user_venv(path):
 def pip_env(dist):
     """Environment variables making `pip install "tfmetric[...]"` use the built wheel, offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL")}
+    # A user's XLA: the tests' level-0 back end (conftest.py) is not passed on.
+    xla = [f for f in env.pop("XLA_FLAGS", "").split() if f != TEST_XLA_FLAG]
+    if xla:
+        env["XLA_FLAGS"] = " ".join(xla)
     env.update(
         {
             "PIP_NO_INDEX": "1",
