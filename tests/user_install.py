@@ -16,8 +16,29 @@ import sys
 import sysconfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What conftest.py adds to XLA_FLAGS for the tests, and `pip_env` leaves out.
-TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+# What conftest.py adds to XLA_FLAGS for the tests (`xla_flags_for_tests`), and `pip_env` leaves out.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _version(distribution):
+    from importlib import metadata
+
+    try:
+        return tuple(int(part) for part in metadata.version(distribution).split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def xla_flags_for_tests():
+    """The flags of `TEST_XLA_FLAGS` that the installed TensorFlow and jaxlib know.
+
+    XLA aborts the process on a flag it does not know; the fusion-emitter
+    switch is used with the versions it was checked on (TensorFlow 2.21,
+    jaxlib 0.10) and later.
+    """
+    tensorflow, jaxlib = _version("tensorflow"), _version("jaxlib")
+    known = (tensorflow is None or tensorflow >= (2, 21)) and (jaxlib is None or jaxlib >= (0, 10))
+    return TEST_XLA_FLAGS if known else TEST_XLA_FLAGS[:1]
 _BUILT = {}
 
 
@@ -72,7 +93,7 @@ def pip_env(dist):
     """Environment variables making `pip install "tfmetric[...]"` use the built wheel, offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL")}
     # A user's XLA: the tests' level-0 back end (conftest.py) is not passed on.
-    xla = [f for f in env.pop("XLA_FLAGS", "").split() if f != TEST_XLA_FLAG]
+    xla = [f for f in env.pop("XLA_FLAGS", "").split() if f not in TEST_XLA_FLAGS]
     if xla:
         env["XLA_FLAGS"] = " ".join(xla)
     env.update(
