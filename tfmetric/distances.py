@@ -463,12 +463,12 @@ class Cosine(Distance):
     @as_written
     def pairwise(self, x, y):
         cos = numerics.matmul(numerics.l2_normalize(x), ops.transpose(numerics.l2_normalize(y)))
-        return ops.clip(1.0 - cos, 0.0, 2.0)
+        return numerics.clip_keeping_nan(1.0 - cos, 0.0, 2.0)
 
     @as_written
     def rowwise(self, x, y):
         cos = ops.sum(numerics.l2_normalize(x) * numerics.l2_normalize(y), axis=1)
-        return ops.clip(1.0 - cos, 0.0, 2.0)
+        return numerics.clip_keeping_nan(1.0 - cos, 0.0, 2.0)
 
     @as_written
     def euclidean_view(self, x):
@@ -777,7 +777,7 @@ class Jaccard(Distance):
     def _ratio(numerator, denominator):
         zero = ops.less_equal(denominator, 0.0)  # NaN is not: it propagates
         ratio = numerator / ops.where(zero, 1.0, denominator)
-        return ops.clip(ops.where(zero, 0.0, ratio), 0.0, 1.0)
+        return numerics.clip_keeping_nan(ops.where(zero, 0.0, ratio), 0.0, 1.0)
 
     @as_written
     def pairwise(self, x, y):

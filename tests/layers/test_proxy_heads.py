@@ -84,3 +84,20 @@ def test_proxy_nca_is_lowest_on_the_proxy():
 def test_bad_arguments(make, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         make()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: tfmetric.layers.ProxyNCA(4), lambda: tfmetric.layers.SubCenterArcFace(4, centers=3)],
+    ids=["ProxyNCA", "SubCenterArcFace"],
+)
+def test_nan_embedding_gives_nan_similarities_when_compiled(make):
+    # Inside a compiled step inputs cannot be checked: a NaN embedding must not
+    # come out as a plausible cosine (the clamp to [-1, 1] keeps it NaN).
+    head = make()
+    head.build((None, 3))
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
+    x[0, 1] = np.nan
+    cosine = keras.ops.convert_to_numpy(backend_ops.jit(head.similarities)(x))
+    assert np.isnan(cosine[0]).all()
+    assert np.isfinite(cosine[1]).all() and (np.abs(cosine[1]) <= 1.0).all()

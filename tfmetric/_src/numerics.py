@@ -111,6 +111,17 @@ def cross_entropy(logits, one_hot):
     return ops.logsumexp(logits, axis=1) - ops.sum(logits * one_hot, axis=1)
 
 
+def clip_keeping_nan(x, low, high):
+    """`clip(x, low, high)` that keeps NaN entries NaN under every XLA code generator.
+
+    XLA's CPU elemental emitters (`--xla_cpu_use_fusion_emitters=false`; the
+    tests compile with them) lower a clamp to a compare-and-select that turns
+    NaN into `low`: a NaN embedding would come out at a plausible distance
+    such as 0 inside a compiled step, where inputs cannot be checked.
+    """
+    return ops.where(ops.isnan(x), x, ops.clip(x, low, high))
+
+
 def nan_unless_finite(values, inputs):
     """`values`, or NaN everywhere when `inputs` hold a NaN or an infinity.
 

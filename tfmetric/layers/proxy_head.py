@@ -101,8 +101,14 @@ class ProxyHead(keras.layers.Layer):
         proxies = numerics.l2_normalize(ops.cast(self.proxies, "float32"))
         cosine = numerics.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
         if self.centers > 1:
-            cosine = ops.max(ops.reshape(cosine, (-1, self.num_classes, self.centers)), axis=2)
-        return ops.clip(cosine, -1.0, 1.0)
+            per_center = ops.reshape(cosine, (-1, self.num_classes, self.centers))
+            # XLA's max reduction can drop NaN (TensorFlow's does on CPU): keep a NaN center NaN.
+            cosine = ops.where(
+                ops.any(ops.isnan(per_center), axis=2),
+                float("nan"),
+                ops.max(per_center, axis=2),
+            )
+        return numerics.clip_keeping_nan(cosine, -1.0, 1.0)
 
     @as_written
     def __call__(self, embeddings, labels, *args, **kwargs):
