@@ -20,13 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
-def _version(distribution):
+def _version(*distributions):
+    """`(major, minor)` of the first of `distributions` installed, or None."""
+    import re
     from importlib import metadata
 
-    try:
-        return tuple(int(part) for part in metadata.version(distribution).split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return None
+    for distribution in distributions:
+        try:
+            found = re.match(r"(\d+)\.(\d+)", metadata.version(distribution))
+        except metadata.PackageNotFoundError:
+            continue
+        return (int(found[1]), int(found[2])) if found else (0, 0)
+    return None
 
 
 def xla_flags_for_tests():
@@ -36,9 +41,12 @@ def xla_flags_for_tests():
     switch is used with the versions it was checked on (TensorFlow 2.21,
     jaxlib 0.10) and later.
     """
-    tensorflow, jaxlib = _version("tensorflow"), _version("jaxlib")
+    tensorflow = _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly")
+    jaxlib = _version("jaxlib")
     known = (tensorflow is None or tensorflow >= (2, 21)) and (jaxlib is None or jaxlib >= (0, 10))
     return TEST_XLA_FLAGS if known else TEST_XLA_FLAGS[:1]
+
+
 _BUILT = {}
 
 
@@ -92,7 +100,7 @@ def user_venv(path):
 def pip_env(dist):
     """Environment variables making `pip install "tfmetric[...]"` use the built wheel, offline."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL")}
-    # A user's XLA: the tests' level-0 back end (conftest.py) is not passed on.
+    # A user's XLA: the tests' compile flags (conftest.py) are not passed on.
     xla = [f for f in env.pop("XLA_FLAGS", "").split() if f not in TEST_XLA_FLAGS]
     if xla:
         env["XLA_FLAGS"] = " ".join(xla)
