@@ -77,7 +77,7 @@ def test_wheel_and_sdist_hold_every_package_file(dist):
 def test_wheel_installs_into_a_fresh_venv_and_runs(dist, tmp_path):
     python = user_install.user_venv(tmp_path / "venv")
     env = user_install.pip_env(dist)
-    # The user's XLA settings, not the tests' level-0 back end (conftest.py).
+    # The user's XLA settings, not the tests' compile flags (conftest.py: back end at level 0, elemental emitters).
     if os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
         assert set(user_install.xla_flags_for_tests()) <= set(os.environ["XLA_FLAGS"].split())
     assert not set(user_install.TEST_XLA_FLAGS) & set(env.get("XLA_FLAGS", "").split())

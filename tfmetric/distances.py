@@ -688,8 +688,7 @@ class Minkowski(Distance):
             return ops.sum(diff, axis=1)
         peak = _nonnegative_max(diff, axis=1)
         if self.p == float("inf"):
-            # An XLA max ignores NaN: NaN inputs are put back explicitly.
-            return ops.where(ops.any(ops.isnan(diff), axis=1), float("nan"), peak)
+            return numerics.reduced_keeping_nan(peak, diff, axis=1)
         # A sum of powers of ratios in [0, 1]; the constant peak leaves the gradient exact.
         divisor = ops.stop_gradient(ops.where(ops.greater(peak, 0.0), peak, 1.0))
         total = ops.sum(ops.power(diff / divisor[:, None], self.p), axis=1)

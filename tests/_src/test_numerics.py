@@ -48,3 +48,25 @@ def _dot_precisions(jaxpr):
                     yield from _dot_precisions(sub.jaxpr)
                 elif isinstance(sub, core.Jaxpr):
                     yield from _dot_precisions(sub)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="XLA compilation (TF, JAX)")
+def test_nan_survives_clamps_and_max_reductions_when_compiled():
+    # XLA's CPU elemental emitters turn NaN into a clamp's bound, and TensorFlow's XLA max
+    # reduction on CPU drops NaN: the helpers must keep it, and change nothing else.
+    import backend_ops
+
+    x = np.array([[0.5, np.nan, -3.0], [2.0, -0.25, 0.75]], "float32")
+
+    def both(v):
+        return (
+            numerics.clip_keeping_nan(v, -1.0, 1.0),
+            numerics.reduced_keeping_nan(keras.ops.max(v, axis=1), v, axis=1),
+            numerics.reduced_keeping_nan(keras.ops.min(v, axis=0), v, axis=0),
+        )
+
+    clipped, row_max, col_min = (keras.ops.convert_to_numpy(t) for t in backend_ops.jit(both)(x))
+    expected = np.clip(x, -1.0, 1.0)  # numpy's clip keeps NaN
+    np.testing.assert_array_equal(clipped, expected)
+    np.testing.assert_array_equal(row_max, [np.nan, 2.0])
+    np.testing.assert_array_equal(col_min, [0.5, np.nan, -3.0])

@@ -122,6 +122,17 @@ def clip_keeping_nan(x, low, high):
     return ops.where(ops.isnan(x), x, ops.clip(x, low, high))
 
 
+def reduced_keeping_nan(reduced, x, axis):
+    """`reduced` (a max or min of `x` over `axis`), NaN where that slice of `x` holds a NaN.
+
+    XLA's max and min reductions can drop NaN (TensorFlow's do on CPU, even
+    at XLA's defaults): a NaN input would give a finite result inside a
+    compiled step. `reduced` is computed by the caller (a plain `ops.max`, or
+    one with an initial value), so any reduction of that kind can use this.
+    """
+    return ops.where(ops.any(ops.isnan(x), axis=axis), float("nan"), reduced)
+
+
 def nan_unless_finite(values, inputs):
     """`values`, or NaN everywhere when `inputs` hold a NaN or an infinity.
 

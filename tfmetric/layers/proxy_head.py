@@ -102,12 +102,7 @@ class ProxyHead(keras.layers.Layer):
         cosine = numerics.matmul(numerics.l2_normalize(embeddings), ops.transpose(proxies))
         if self.centers > 1:
             per_center = ops.reshape(cosine, (-1, self.num_classes, self.centers))
-            # XLA's max reduction can drop NaN (TensorFlow's does on CPU): keep a NaN center NaN.
-            cosine = ops.where(
-                ops.any(ops.isnan(per_center), axis=2),
-                float("nan"),
-                ops.max(per_center, axis=2),
-            )
+            cosine = numerics.reduced_keeping_nan(ops.max(per_center, axis=2), per_center, axis=2)
         return numerics.clip_keeping_nan(cosine, -1.0, 1.0)
 
     @as_written
