@@ -106,12 +106,27 @@ def dissimilarities(distance, x, y, shift=None):
     """
     if not translation_invariant(distance):
         return distance.to_dissimilarity(np.asarray(distance(x, y), np.float64))
-    c = np.asarray(offset(distance, y) if shift is None else shift, np.float64)
+    return _centred_dissimilarities(distance, x, y, offset(distance, y) if shift is None else shift)
+
+
+def grouped_dissimilarities(distance, x, y, shift):
+    """`dissimilarities` within each group: `(g, n, d)` and `(g, m, d)` give `(g, n, m)`.
+
+    For a translation-invariant `distance` only (`shift` from `offset`): the
+    float64 values of `dissimilarities` on each group's own rows, without the
+    blocks between groups.
+    """
+    return _centred_dissimilarities(distance, x, y, shift)
+
+
+def _centred_dissimilarities(distance, x, y, shift):
+    # `||x - c||² + ||y - c||² - 2 <x - c, y - c>` in float64, batched over leading axes.
+    c = np.asarray(shift, np.float64)
     x = np.asarray(x, np.float64) - c
     y = np.asarray(y, np.float64) - c
     squared = (
-        np.einsum("ij,ij->i", x, x)[:, None]
-        + np.einsum("ij,ij->i", y, y)[None, :]
-        - 2.0 * (x @ y.T)
+        np.einsum("...ij,...ij->...i", x, x)[..., :, None]
+        + np.einsum("...ij,...ij->...i", y, y)[..., None, :]
+        - 2.0 * np.matmul(x, np.swapaxes(y, -1, -2))
     )
     return _finish(distance, np.maximum(squared, 0.0))

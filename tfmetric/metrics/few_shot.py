@@ -5,7 +5,8 @@ import numpy as np
 from tfmetric import distances as distances_lib
 from tfmetric._src import centring, inputs, validation
 
-# Largest (episode-chunk queries) x (episode-chunk supports) distance block.
+# Most elements of one chunk of episodes: float64 rows and blocks of a translation-invariant
+# distance, else the (chunk queries) x (chunk supports) matrix of the distance.
 _BLOCK_ELEMENTS = 1 << 22
 
 
@@ -95,19 +96,29 @@ def n_way_k_shot_accuracy(
 
     nq, ns = queries.shape[1], supports.shape[1]
     shift = centring.offset(distance, embeddings)  # float64 euclidean (`centring`)
-    chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns))))
+    if shift is not None:
+        # Each episode's own (queries x supports) block, batched over episodes.
+        chunk = max(1, _BLOCK_ELEMENTS // ((nq + ns) * embeddings.shape[1] + nq * ns))
+    else:
+        # Any other distance takes the matrix of a chunk's queries and supports (one call
+        # of the library's distance), of which only the episodes' own blocks are used.
+        chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns))))
+    own = support_class[None, None, :] == query_class[None, :, None]
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):
         stop = min(begin + chunk, episodes)
         c = stop - begin
-        block = centring.dissimilarities(
-            distance,
-            embeddings[queries[begin:stop].ravel()],
-            embeddings[supports[begin:stop].ravel()],
-            shift,
-        ).reshape(c, nq, c, ns)
-        d = block[np.arange(c), :, np.arange(c), :]  # (c, nq, ns): each episode's own block
-        own = support_class[None, None, :] == query_class[None, :, None]
+        episode_queries = embeddings[queries[begin:stop]]  # (c, nq, d)
+        episode_supports = embeddings[supports[begin:stop]]  # (c, ns, d)
+        if shift is not None:
+            d = centring.grouped_dissimilarities(distance, episode_queries, episode_supports, shift)
+        else:
+            block = centring.dissimilarities(
+                distance,
+                episode_queries.reshape(c * nq, -1),
+                episode_supports.reshape(c * ns, -1),
+            ).reshape(c, nq, c, ns)
+            d = block[np.arange(c), :, np.arange(c), :]  # (c, nq, ns): each episode's own block
         nearest_own = np.where(own, d, np.inf).min(axis=2)
         nearest_other = np.where(own, np.inf, d).min(axis=2)
         accuracy[begin:stop] = np.mean(nearest_own < nearest_other, axis=1)
