@@ -106,21 +106,16 @@ def dissimilarities(distance, x, y, shift=None):
     """
     if not translation_invariant(distance):
         return distance.to_dissimilarity(np.asarray(distance(x, y), np.float64))
-    return _centred_dissimilarities(distance, x, y, offset(distance, y) if shift is None else shift)
+    return centred_dissimilarities(distance, x, y, offset(distance, y) if shift is None else shift)
 
 
-def grouped_dissimilarities(distance, x, y, shift):
-    """`dissimilarities` within each group: `(g, n, d)` and `(g, m, d)` give `(g, n, m)`.
+def centred_dissimilarities(distance, x, y, shift):
+    """`dissimilarities` of a translation-invariant `distance`, batched over leading axes.
 
-    For a translation-invariant `distance` only (`shift` from `offset`): the
-    float64 values of `dissimilarities` on each group's own rows, without the
-    blocks between groups.
+    `||x - c||² + ||y - c||² - 2 <x - c, y - c>` in float64 (`c = shift`, from
+    `offset`): `(n, d)` and `(m, d)` give `(n, m)`; groups `(g, n, d)` and
+    `(g, m, d)` give each group's own `(g, n, m)` block.
     """
-    return _centred_dissimilarities(distance, x, y, shift)
-
-
-def _centred_dissimilarities(distance, x, y, shift):
-    # `||x - c||² + ||y - c||² - 2 <x - c, y - c>` in float64, batched over leading axes.
     c = np.asarray(shift, np.float64)
     x = np.asarray(x, np.float64) - c
     y = np.asarray(y, np.float64) - c

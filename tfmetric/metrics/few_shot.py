@@ -111,7 +111,7 @@ def n_way_k_shot_accuracy(
         episode_queries = embeddings[queries[begin:stop]]  # (c, nq, d)
         episode_supports = embeddings[supports[begin:stop]]  # (c, ns, d)
         if shift is not None:
-            d = centring.grouped_dissimilarities(distance, episode_queries, episode_supports, shift)
+            d = centring.centred_dissimilarities(distance, episode_queries, episode_supports, shift)
         else:
             block = centring.dissimilarities(
                 distance,
