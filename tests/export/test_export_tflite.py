@@ -259,3 +259,60 @@ def test_final_unit_normalization_keeps_a_zero_embedding_zero(tmp_path, l2_norma
         got = runner(inputs=x)["embeddings"]
         assert np.all(np.isfinite(got)), variant
         np.testing.assert_allclose(got, expected, atol=1e-3 if variant == "fp16" else 1e-6)
+
+
+@pytest.mark.slow
+def test_frozen_conversion_equals_the_saved_model_lowering(vector_model, tmp_path):
+    """`convert_loaded` freezes the signature and names its inputs and outputs itself.
+
+    TensorFlow's default conversion of a loaded signature (saving it to a
+    temporary SavedModel, which names the inputs and outputs) is the reference:
+    every output of every file is the same, under the same names.
+    """
+    import tensorflow as tf
+
+    from tfmetric.export import tflite
+
+    model, x, y = vector_model
+    ids = np.array([f"item-{i}" for i in range(len(x))])
+    result = tfmetric.export.export_for_serving(
+        model,
+        tmp_path / "models",
+        gallery={"inputs": x, "labels": y, "ids": ids},
+        validation=(x, y),
+        verify=True,
+        top_k=4,
+        parity=tfmetric.export.ParityOptions(latency_runs=0),
+    )
+    loaded = tf.saved_model.load(result.path)
+    feeds = {
+        "serving_default": {"inputs": x[:7]},
+        "retrieve": {"inputs": x[3:9]},
+        "verify": {"x1": x[:9], "x2": x[9:18]},
+    }
+    cases = [("verify", v) for v in VARIANTS] + [("retrieve", "fp32"), ("retrieve", "int8")]
+    cases.append(("serving_default", "dynamic_int8"))
+    for signature, variant in cases:
+        samples = {name: x for name in feeds[signature]}
+        ours = tflite.convert_loaded(loaded, variant, signature, samples)
+        lowered = tflite._converter(loaded, signature, variant, samples, frozen=False).convert()
+        got, expected = Interpreter(model_content=ours), Interpreter(model_content=lowered)
+        assert got.get_signature_list() == expected.get_signature_list()
+        names = got.get_signature_list()["serving_default"]
+        assert names["inputs"] == sorted(feeds[signature]), (signature, names)
+        out = got.get_signature_runner("serving_default")(**feeds[signature])
+        reference = expected.get_signature_runner("serving_default")(**feeds[signature])
+        assert sorted(out) == sorted(reference) == names["outputs"]
+        for key in reference:
+            assert out[key].dtype == reference[key].dtype, (signature, variant, key)
+            np.testing.assert_array_equal(
+                out[key], reference[key], err_msg=f"{signature} {variant}"
+            )
+    np.testing.assert_array_equal(out["embeddings"].shape, (7, 8))
+    retrieved = Interpreter(model_content=tflite.convert_loaded(loaded, "fp32", "retrieve"))
+    found = retrieved.get_signature_runner("serving_default")(inputs=x[:3])
+    np.testing.assert_array_equal(found["ids"][:, 0].astype(str), ids[:3])
+    # A frozen file whose inputs do not carry the function's names is converted the other way.
+    frozen = tflite._converter(loaded, "verify", "fp32", None, frozen=True).convert()
+    assert tflite._with_signature(frozen, loaded.signatures["retrieve"]) is None
+    assert tflite._with_signature(frozen, loaded.signatures["verify"])[4:8] == b"TFL3"

@@ -17,6 +17,7 @@ The files are run with LiteRT (`ai_edge_litert.interpreter.Interpreter`, the
 """
 
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -129,7 +130,9 @@ def _check_saved_model_dir(saved_model_dir):
         raise FileNotFoundError(f"`saved_model_dir` {path!r} does not exist.")
     if not os.path.isdir(path):
         raise ValueError(f"`saved_model_dir` {path!r} is a file, not a SavedModel directory.")
-    if not any(os.path.isfile(os.path.join(path, n)) for n in ("saved_model.pb", "saved_model.pbtxt")):
+    if not any(
+        os.path.isfile(os.path.join(path, n)) for n in ("saved_model.pb", "saved_model.pbtxt")
+    ):
         raise ValueError(
             f"`saved_model_dir` {path!r} is not a SavedModel directory (it has no saved_model.pb)."
         )
@@ -171,7 +174,9 @@ def _representative_samples(representative, function):
                 w is not None and w != size
                 for w, size in zip(sample_shape, array.shape[1:], strict=True)
             ):
-                shape = "(" + ", ".join(["n"] + ["?" if w is None else str(w) for w in sample_shape])
+                shape = "(" + ", ".join(
+                    ["n"] + ["?" if w is None else str(w) for w in sample_shape]
+                )
                 shape += ",)" if not sample_shape else ")"
                 raise ValueError(
                     f"`{label}` must have the shape {shape} of the signature's input {name!r}; "
@@ -190,31 +195,55 @@ def convert_loaded(loaded, variant, signature="serving_default", representative=
     _check_variant(variant)
     if not isinstance(signature, str):
         raise TypeError(f"`signature` must be a signature name (a string); got {signature!r}.")
-    # Converting the loaded concrete function (rather than `from_saved_model`)
-    # freezes the Keras 3 variables into constants; `from_saved_model` keeps
-    # them as uninitialised resource variables.
     if signature not in loaded.signatures:
         raise ValueError(
             f"`signature` {signature!r} is not in the SavedModel; it has {list(loaded.signatures)}."
         )
+    function = loaded.signatures[signature]
+    samples = None
+    if variant == "int8":
+        if representative is None:
+            raise ValueError("The `int8` variant needs a `representative` set of model inputs.")
+        samples = _representative_samples(representative, function)
+    with warnings.catch_warnings():
+        # The graph conversion of a calibrated file warns that the (float32) inputs have no
+        # quantisation statistics: they stay float32, quantised inside the file.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        frozen = _converter(loaded, signature, variant, samples, frozen=True).convert()
+    content = _with_signature(frozen, function)
+    if content is None:  # the frozen graph's inputs are not the signature's names
+        content = _converter(loaded, signature, variant, samples, frozen=False).convert()
+    return content
+
+
+def _converter(loaded, signature, variant, samples, frozen):
+    """A TFLite converter of one loaded signature function for `variant`.
+
+    `frozen`: convert the function with its variables frozen into constants
+    (TensorFlow's graph conversion; `_with_signature` then names the inputs and
+    outputs). Otherwise the converter's default for Keras 3 variables: it saves
+    `loaded` to a temporary SavedModel and loads it back for every file (about
+    two thirds of a small embedder's conversion time), and names them itself.
+    Both start from the loaded concrete function: `from_saved_model` would keep
+    Keras 3 variables as uninitialised resource variables.
+    """
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [loaded.signatures[signature]], loaded
     )
+    converter.experimental_lower_to_saved_model = not frozen
     if variant != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if variant == "int8":
-        if representative is None:
-            raise ValueError("The `int8` variant needs a `representative` set of model inputs.")
-        function = loaded.signatures[signature]
-        names = sorted(function.structured_input_signature[1])
-        samples = _representative_samples(representative, function)
+        names = sorted(samples)
         count = min(len(v) for v in samples.values())
 
         def dataset():
             for i in range(count):
-                yield {name: samples[name][i : i + 1] for name in names}
+                sample = {name: samples[name][i : i + 1] for name in names}
+                # The frozen graph has no signature: inputs by position.
+                yield [sample[name] for name in names] if frozen else sample
 
         converter.representative_dataset = dataset
         if signature == "serving_default":
@@ -225,7 +254,46 @@ def convert_loaded(loaded, variant, signature="serving_default", representative=
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                 tf.lite.OpsSet.TFLITE_BUILTINS,
             ]
-    return converter.convert()
+    return converter
+
+
+def _with_signature(content, function):
+    """Adds the `serving_default` signature (the function's input and output names) to a file.
+
+    The frozen graph's subgraph takes the function's inputs in the order of
+    their names (its input tensors carry them) and returns its outputs in the
+    order of their names (a concrete function's outputs are its flattened
+    structured outputs). Returns `None` where the inputs do not carry the
+    names, so that the caller converts the signature the other way.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(content)
+    graph = model.subgraphs[0]
+    inputs = sorted(function.structured_input_signature[1])
+    outputs = sorted(function.structured_outputs)
+    found = [_tensor_name(graph.tensors[i]) for i in graph.inputs]
+    if len(model.subgraphs) != 1 or found != inputs or len(graph.outputs) != len(outputs):
+        return None
+
+    def tensor_map(name, index):
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name, index
+        return entry
+
+    definition = schema.SignatureDefT()
+    definition.signatureKey = "serving_default"
+    definition.subgraphIndex = 0
+    definition.inputs = [tensor_map(n, i) for n, i in zip(inputs, graph.inputs, strict=True)]
+    definition.outputs = [tensor_map(n, i) for n, i in zip(outputs, graph.outputs, strict=True)]
+    model.signatureDefs = [definition]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _tensor_name(tensor):
+    name = tensor.name
+    return name.decode() if isinstance(name, bytes) else name
 
 
 class LiteRTRunner:
