@@ -1,3 +1,4 @@
+import functools
 import inspect
 import itertools
 import json
@@ -309,35 +310,48 @@ def test_offline_schedule_bad_input():
         MiningSchedule(mining={0: "hardest"})
 
 
-@pytest.mark.parametrize("mode", tfmetric.losses.triplet.MINING_MODES)
-def test_scheduled_mode_has_the_values_and_gradients_of_the_fixed_mode(mode):
-    rng = np.random.default_rng(4)
-    labels = np.repeat(np.arange(3), 4)
-    embeddings = rng.normal(size=(12, 3)).astype("float32")
-    code = np.int32(tfmetric.losses.triplet.MINING_MODES.index(mode))
+_SCHEDULE_LABELS = np.repeat(np.arange(3), 4)
 
-    # Compiled with the mode and margin as tensors (what the bound variables give the step).
-    def fixed_fn(e):
-        return keras.ops.sum(tfmetric.losses.triplet_loss(labels, e, margin=2.0, mining=mode))
+
+@functools.cache
+def _scheduled_functions():
+    """The loss and its gradient compiled once with the mode and margin as tensors.
+
+    What the bound variables give a training step: every mode below runs the
+    same compiled functions, the mode chosen at run time.
+    """
 
     def scheduled_fn(e, margin, mining):
         return keras.ops.sum(
-            tfmetric.losses.triplet_loss(labels, e, margin=margin, mining=mining)
+            tfmetric.losses.triplet_loss(_SCHEDULE_LABELS, e, margin=margin, mining=mining)
         )
 
-    fixed, fixed_grad = backend_ops.jit(backend_ops.gradient_function(fixed_fn))(embeddings)
-    scheduled, scheduled_grad = backend_ops.jit(backend_ops.gradient_function(scheduled_fn))(
-        embeddings, np.float32(2.0), code
+    per_anchor = backend_ops.jit(
+        lambda e, margin, mining: tfmetric.losses.triplet_loss(
+            _SCHEDULE_LABELS, e, margin=margin, mining=mining
+        )
     )
+    return backend_ops.jit(backend_ops.gradient_function(scheduled_fn)), per_anchor
+
+
+@pytest.mark.parametrize("mode", tfmetric.losses.triplet.MINING_MODES)
+def test_scheduled_mode_has_the_values_and_gradients_of_the_fixed_mode(mode):
+    rng = np.random.default_rng(4)
+    labels = _SCHEDULE_LABELS
+    embeddings = rng.normal(size=(12, 3)).astype("float32")
+    code = np.int32(tfmetric.losses.triplet.MINING_MODES.index(mode))
+
+    def fixed_fn(e):
+        return keras.ops.sum(tfmetric.losses.triplet_loss(labels, e, margin=2.0, mining=mode))
+
+    scheduled_step, per_anchor_fn = _scheduled_functions()
+    fixed, fixed_grad = backend_ops.jit(backend_ops.gradient_function(fixed_fn))(embeddings)
+    scheduled, scheduled_grad = scheduled_step(embeddings, np.float32(2.0), code)
     fixed, scheduled, fixed_grad, scheduled_grad = (
         keras.ops.convert_to_numpy(t) for t in (fixed, scheduled, fixed_grad, scheduled_grad)
     )
     np.testing.assert_allclose(scheduled, fixed, rtol=1e-6, atol=1e-6)
-    per_anchor = backend_ops.jit(
-        lambda e, margin, mining: tfmetric.losses.triplet_loss(
-            labels, e, margin=margin, mining=mining
-        )
-    )(embeddings, np.float32(2.0), code)
+    per_anchor = per_anchor_fn(embeddings, np.float32(2.0), code)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(per_anchor),
         keras.ops.convert_to_numpy(

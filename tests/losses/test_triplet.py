@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from graph_memory import largest_tensor_elements
-from references import numeric_gradient, triplet
+from references import numeric_gradient, pairwise, triplet
 
 import tfmetric
 from tfmetric import distances
@@ -80,8 +80,21 @@ def test_batch_all_value_and_gradient_on_uneven_classes(margin):
     )
     expected = triplet(labels, x, margin=margin, mining="all")
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    numeric = numeric_gradient(lambda e: triplet(labels, e, margin=margin, mining="all"), x)
+    # The finite differences take the same definition over all (a, p, n) at once (the loop
+    # form above, 240 times over, took ~5 s); it equals the loop form here.
+    np.testing.assert_allclose(_batch_all(labels, x, margin), expected, rtol=1e-12)
+    numeric = numeric_gradient(lambda e: _batch_all(labels, e, margin), x)
     np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
+
+
+def _batch_all(labels, x, margin):
+    """Batch-all triplet loss on euclidean distances: mean of the positive hinge terms."""
+    d = pairwise(x, x, "euclidean")
+    same = labels[:, None] == labels[None, :]
+    positive, negative = same & ~np.eye(len(labels), dtype=bool), ~same
+    gap = d[:, :, None] - d[:, None, :] + margin  # [anchor, positive, negative]
+    active = positive[:, :, None] & negative[:, None, :] & (gap > 0)
+    return float(np.sum(gap[active]) / np.count_nonzero(active)) if active.any() else 0.0
 
 
 def _mined_gradient(labels, x, margin, mining):
