@@ -268,9 +268,8 @@ def _at_least(config, name, low):
         raise ValueError(f"`--{name}` must be >= {low}; got {value}.")
 
 
-def _check_values(config):
-    from trainers import backbones, distribution, losses
-
+def _check_plain_values(config):
+    """The checks of single settings that need no TensorFlow (a typo is reported at once)."""
     _choice(config, "protocol", datasets.PROTOCOLS)
     _choice(config, "schedule", SCHEDULES)
     _choice(config, "strategy", STRATEGIES)
@@ -310,6 +309,22 @@ def _check_values(config):
         raise ValueError(
             f"`--positive_fraction` must be in (0, 1); got {config.positive_fraction}."
         )
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"`--seed` must be in [0, 2**32); got {config.seed}.")
+    for name, high in (("image_size", MAX_IMAGE_SIZE), ("embedding_dim", MAX_EMBEDDING_DIM)):
+        if getattr(config, name) > high:
+            raise ValueError(f"`--{name}` must be <= {high}; got {getattr(config, name)}.")
+    if config.views == 1 or config.views < 0:
+        raise ValueError(
+            f"`--views` must be 0 (labelled batches) or >= 2 (views of each sample); got "
+            f"{config.views}."
+        )
+
+
+def _check_values(config):
+    _check_plain_values(config)
+    from trainers import backbones, distribution, losses  # these import TensorFlow
+
     kind = config.kind
     if config.batch_size is not None and kind not in ("siamese", "triplet"):
         raise ValueError(
@@ -338,19 +353,9 @@ def _check_values(config):
         raise ValueError(f"`--tflite_variants={config.tflite_variants}`: {error}") from None
     backbones.check(config.backbone, config.weights)
     _check_strings(config)
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"`--seed` must be in [0, 2**32); got {config.seed}.")
-    for name, high in (("image_size", MAX_IMAGE_SIZE), ("embedding_dim", MAX_EMBEDDING_DIM)):
-        if getattr(config, name) > high:
-            raise ValueError(f"`--{name}` must be <= {high}; got {getattr(config, name)}.")
     _check_unused(config)
     _check_loss_args(config)
     losses.check_arguments(config.loss_entry(), config.loss_arguments())
-    if config.views == 1 or config.views < 0:
-        raise ValueError(
-            f"`--views` must be 0 (labelled batches) or >= 2 (views of each sample); got "
-            f"{config.views}."
-        )
     if config.views and kind != "embedding":
         raise ValueError(
             f"`--views` trains an in-batch loss on augmented views without class labels "

@@ -15,8 +15,6 @@ import dataclasses
 import inspect
 import re
 
-import keras
-
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -55,6 +53,8 @@ def registry():
     `num_classes`, except bare base classes (the parent of other heads with no
     argument of its own, like `ProxyHead`).
     """
+    import keras
+
     import tfmetric.layers
     import tfmetric.losses
     from tfmetric.losses.batch import InBatchLoss
@@ -142,6 +142,8 @@ def build(name, args, num_classes=None):
         ValueError: for an unknown name or an argument the class does not
             take (listing those it takes).
     """
+    import keras
+
     entry = check_arguments(name, args)
     kwargs = dict(args)
     if entry.cls is keras.losses.BinaryCrossentropy:

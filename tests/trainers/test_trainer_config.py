@@ -133,6 +133,7 @@ def test_config_is_frozen_and_converts_numbers():
 
 
 def test_checking_a_config_runs_no_tensorflow_op():
+    # A bad single setting (a range, a choice) is reported before TensorFlow is imported.
     # TensorFlow refuses to change its thread pools once it has run an op: a
     # configuration check (loss, optimizer, backbone, TF_CONFIG) must run none,
     # so that a multi-worker or TPU strategy can still be created after it.
@@ -143,6 +144,23 @@ def test_checking_a_config_runs_no_tensorflow_op():
         "import trainers.train\n"
         "assert 'tensorflow' not in sys.modules, 'defining the flags imported TensorFlow'\n"
         "from trainers import RunConfig\n"
+        "for bad in ({'embedding_dim': 0}, {'seed': -1}, {'views': 1}, {'epochs': 0}):\n"
+        "    try:\n"
+        "        RunConfig(**bad)\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+        "flag_values = trainers.train.FLAGS\n"
+        "flag_values(['train', '--embedding_dim=0', '--loss_arg=margin=0.5'])\n"
+        "try:\n"
+        "    RunConfig.from_flags(flag_values)\n"
+        "except ValueError as error:\n"
+        "    assert 'embedding_dim' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('--embedding_dim=0 was accepted')\n"
+        "flag_values.unparse_flags()\n"
+        "assert 'tensorflow' not in sys.modules, 'a bad single setting imported TensorFlow'\n"
         "RunConfig(loss='arcface', scale=30.0, optimizer='adamw', backbone='resnet50',"
         " strategy='multi_worker')\n"
         "RunConfig(loss='triplet', margin=0.2, mining='hard')\n"
