@@ -6,7 +6,7 @@ from tfmetric import distances as distances_lib
 from tfmetric._src import centring, inputs, validation
 
 # Most elements of one chunk of episodes: float64 rows and blocks of a translation-invariant
-# distance, else the (chunk queries) x (chunk supports) matrix of the distance.
+# distance, else the (chunk queries) x (chunk supports) x dimensions pairs of the distance.
 _BLOCK_ELEMENTS = 1 << 22
 
 
@@ -101,8 +101,10 @@ def n_way_k_shot_accuracy(
         chunk = max(1, _BLOCK_ELEMENTS // ((nq + ns) * embeddings.shape[1] + nq * ns))
     else:
         # Any other distance takes the matrix of a chunk's queries and supports (one call
-        # of the library's distance), of which only the episodes' own blocks are used.
-        chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns))))
+        # of the library's distance), of which only the episodes' own blocks are used: the
+        # work grows with the chunk (c episodes compute c times their blocks), so chunks are
+        # as small as keeps a call's (c nq) x (c ns) x d pairs' elements near the bound.
+        chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns * embeddings.shape[1]))))
     own = support_class[None, None, :] == query_class[None, :, None]
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):
