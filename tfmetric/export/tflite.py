@@ -209,8 +209,8 @@ def convert_loaded(loaded, variant, signature="serving_default", representative=
         # The graph conversion of a calibrated file warns that the (float32) inputs have no
         # quantisation statistics: they stay float32, quantised inside the file.
         warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
-        frozen = _converter(loaded, signature, variant, samples, frozen=True).convert()
-    content = _with_signature(frozen, function)
+        converted = _converter(loaded, signature, variant, samples, frozen=True).convert()
+    content = _with_signature(converted, function)
     if content is None:  # the frozen graph's inputs are not the signature's names
         content = _converter(loaded, signature, variant, samples, frozen=False).convert()
     return content
