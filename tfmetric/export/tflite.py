@@ -273,7 +273,7 @@ def _with_signature(content, function):
     graph = model.subgraphs[0]
     inputs = sorted(function.structured_input_signature[1])
     outputs = sorted(function.structured_outputs)
-    found = [_tensor_name(graph.tensors[i]) for i in graph.inputs]
+    found = [graph.tensors[i].name.decode() for i in graph.inputs]  # the object API's bytes
     if len(model.subgraphs) != 1 or found != inputs or len(graph.outputs) != len(outputs):
         return None
 
@@ -289,11 +289,6 @@ def _with_signature(content, function):
     definition.outputs = [tensor_map(n, i) for n, i in zip(outputs, graph.outputs, strict=True)]
     model.signatureDefs = [definition]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _tensor_name(tensor):
-    name = tensor.name
-    return name.decode() if isinstance(name, bytes) else name
 
 
 class LiteRTRunner:
