@@ -16,8 +16,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # CPU time. Most test programs run once or twice, so compiling dominates: on the 2-core machine
 # the nine triplet training tests took 43 CPU-s (72-77 at XLA's defaults, 64 at level 0 alone),
 # the JAX pass's triplet-loss file 92 CPU-s (149 at level 0 alone). What users install and run is
-# tested at XLA's defaults: the wheel and notebook tests' environments drop these flags
-# (`user_install.pip_env`), and the benchmarks never set them. TFMETRIC_TEST_XLA_DEFAULTS=1 keeps
+# tested at XLA's defaults: the wheel test's environment drops these flags (`user_install.pip_env`),
+# as does the quickstart notebook's (the other notebooks add them back), and the benchmarks never
+# set them. TFMETRIC_TEST_XLA_DEFAULTS=1 keeps
 # the defaults everywhere.
 if os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
     _flags = os.environ.get("XLA_FLAGS", "").split()

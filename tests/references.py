@@ -1,36 +1,33 @@
 """Numpy references written from the papers' definitions (float64, naive loops).
 
-They are deliberately simple and slow: one Python loop per anchor/pair/triplet.
+They are deliberately simple: one Python loop per anchor/pair/triplet over a
+distance matrix whose every entry is the textbook formula of its pair.
 """
 
 import numpy as np
 
 
 def pairwise(x, y, distance):
-    """Distance matrix from the textbook definitions."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    out = np.zeros((len(x), len(y)))
-    for i in range(len(x)):
-        for j in range(len(y)):
-            diff = x[i] - y[j]
-            if distance == "euclidean":
-                out[i, j] = np.sqrt(np.sum(diff**2))
-            elif distance == "squared_euclidean":
-                out[i, j] = np.sum(diff**2)
-            elif distance == "manhattan":
-                out[i, j] = np.sum(np.abs(diff))
-            elif distance == "cosine":
-                nx, ny = np.linalg.norm(x[i]), np.linalg.norm(y[j])
-                cos = 0.0 if nx == 0 or ny == 0 else x[i] @ y[j] / (nx * ny)
-                out[i, j] = 1.0 - cos
-            elif distance == "inner_product":
-                out[i, j] = x[i] @ y[j]
-            elif isinstance(distance, tuple) and distance[0] == "minkowski":
-                out[i, j] = np.sum(np.abs(diff) ** distance[1]) ** (1.0 / distance[1])
-            else:
-                raise ValueError(distance)
-    return out
+    """Distance matrix from the textbook definitions, every (x[i], y[j]) pair by broadcasting."""
+    x = np.asarray(x, np.float64)[:, None, :]
+    y = np.asarray(y, np.float64)[None, :, :]
+    diff = x - y
+    if distance == "euclidean":
+        return np.sqrt(np.sum(diff**2, axis=-1))
+    if distance == "squared_euclidean":
+        return np.sum(diff**2, axis=-1)
+    if distance == "manhattan":
+        return np.sum(np.abs(diff), axis=-1)
+    if distance == "cosine":
+        nx, ny = np.linalg.norm(x, axis=-1), np.linalg.norm(y, axis=-1)
+        zero = (nx == 0) | (ny == 0)
+        cos = np.sum(x * y, axis=-1) / np.where(zero, 1.0, nx * ny)
+        return 1.0 - np.where(zero, 0.0, cos)
+    if distance == "inner_product":
+        return np.sum(x * y, axis=-1)
+    if isinstance(distance, tuple) and distance[0] == "minkowski":
+        return np.sum(np.abs(diff) ** distance[1], axis=-1) ** (1.0 / distance[1])
+    raise ValueError(distance)
 
 
 def _oriented(embeddings, distance):

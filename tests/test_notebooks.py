@@ -30,6 +30,9 @@ WITH_PLOTS = {
     "face_verification.ipynb": 1,
     "self_supervised.ipynb": 1,
 }
+# The notebook run as users run it, at XLA's defaults; the others get the tests' compile flags
+# (conftest.py: same HLO programs, compiled in less CPU time; 15-20% of a notebook's run).
+AT_XLA_DEFAULTS = "triplet_quickstart.ipynb"
 # Numbers a notebook prints that must reach a target.
 TARGETS = {
     "siamese_one_shot.ipynb": [
@@ -85,6 +88,7 @@ def kernel_venv(dist, tmp_path):
 
 def test_there_are_notebooks():
     names = [os.path.basename(n) for n in NOTEBOOKS]
+    assert AT_XLA_DEFAULTS in names
     for name in WITH_PLOTS:
         assert name in names
 
@@ -107,9 +111,17 @@ def test_notebook_is_clean_and_opens_in_colab(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_without_error(path, kernel_venv, tmp_path):
+    name = os.path.basename(path)
+    if name != AT_XLA_DEFAULTS and os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
+        # kernel_venv's environment (restored after the test) has the user's XLA_FLAGS only.
+        xla = os.environ.get("XLA_FLAGS", "").split()
+        os.environ["XLA_FLAGS"] = " ".join([*xla, *user_install.xla_flags_for_tests()])
     notebook = nbformat.read(path, as_version=4)
     notebook.cells.append(
-        nbformat.v4.new_code_cell("import tfmetric\nprint('TFMETRIC_FILE', tfmetric.__file__)")
+        nbformat.v4.new_code_cell(
+            "import os\nimport tfmetric\nprint('TFMETRIC_FILE', tfmetric.__file__)\n"
+            "print('XLA_FLAGS', repr(os.environ.get('XLA_FLAGS', '')))"
+        )
     )
     client = nbclient.NotebookClient(
         notebook,
@@ -123,9 +135,14 @@ def test_notebook_runs_without_error(path, kernel_venv, tmp_path):
     assert "ERROR" not in install_text, install_text
     outputs = [out for cell in code for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
-    used = re.search(r"TFMETRIC_FILE (\S+)", "".join(out.get("text", "") for out in code[-1].outputs))
+    last = "".join(out.get("text", "") for out in code[-1].outputs)
+    used = re.search(r"TFMETRIC_FILE (\S+)", last)
     assert os.path.realpath(used[1]).startswith(kernel_venv + os.sep), "tfmetric not from the wheel"
-    name = os.path.basename(path)
+    kernel_xla = set(re.search(r"XLA_FLAGS '([^']*)'", last)[1].split())
+    if name == AT_XLA_DEFAULTS:
+        assert not kernel_xla & set(user_install.TEST_XLA_FLAGS), kernel_xla
+    elif os.environ.get("TFMETRIC_TEST_XLA_DEFAULTS") != "1":
+        assert set(user_install.xla_flags_for_tests()) <= kernel_xla, kernel_xla
     if name in WITH_PLOTS:
         images = [out for out in outputs if "image/png" in out.get("data", {})]
         assert len(images) >= WITH_PLOTS[name]

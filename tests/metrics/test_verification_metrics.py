@@ -281,17 +281,29 @@ def test_far_rejects_others_naming_it(far):
 @pytest.mark.parametrize("distance", ["manhattan", "cosine"])
 def test_few_shot_chunks_of_episodes_do_not_change_the_result(distance, monkeypatch):
     # Episodes go through the distance in chunks (their matrix, of which each episode's own
-    # block is used): one episode per chunk, the default size and all episodes at once agree.
+    # block is used): one episode per chunk, chunks of 4 (the last one shorter) and all
+    # episodes at once agree.
     from tfmetric.metrics import few_shot
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(60, 24)) + np.repeat(rng.normal(size=(12, 24)), 5, axis=0)
     y = np.repeat(np.arange(12), 5)
-    results = []
-    for elements in (1, few_shot._BLOCK_ELEMENTS, 1 << 40):
+    pairs = 5 * (5 * 2) * 24  # one episode's queries x supports x dimensions
+    rows = []
+
+    class Counted(type(tfmetric.distances.get(distance))):
+        def to_dissimilarity(self, values):
+            rows.append(len(values) // 5)  # episodes in the chunk's (5 c, 10 c) matrix
+            return super().to_dissimilarity(values)
+
+    results, chunks = [], []
+    for elements in (1, 16 * pairs, 1 << 40):
         monkeypatch.setattr(few_shot, "_BLOCK_ELEMENTS", elements)
+        rows.clear()
         results.append(
-            metrics.n_way_k_shot_accuracy(x, y, n_way=5, k_shot=2, episodes=300, distance=distance)
+            metrics.n_way_k_shot_accuracy(x, y, n_way=5, k_shot=2, episodes=30, distance=Counted())
         )
+        chunks.append(list(rows))
+    assert chunks == [[1] * 30, [4] * 7 + [2], [30]]
     assert results[0] == results[1] == results[2]
     assert 0.3 < results[0][0] < 1.0

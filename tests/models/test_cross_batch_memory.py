@@ -152,6 +152,8 @@ def test_training_step_uses_then_enqueues_the_batch_embeddings_with_wrap_around(
 )
 def test_in_batch_losses_train_with_memory(loss):
     loss, jit_compile = loss
+    # JAX's compiled step is its jit (without it every op of the step runs eagerly, ~10 s).
+    jit_compile = jit_compile or keras.backend.backend() == "jax"
     keras.utils.set_random_seed(0)
     embedder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(DIM)])
     model = tfmetric.models.CrossBatchMemoryModel(embedder, memory_size=12)
