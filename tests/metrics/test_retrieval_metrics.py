@@ -137,6 +137,30 @@ def test_against_numpy_reference(distance, integer, leave_one_out):
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
 
 
+def test_a_learned_distance_ranks_by_its_current_weights():
+    # Evaluated, trained (here: its weights set), evaluated again, as the RetrievalEvaluation
+    # callback does each epoch: every evaluation ranks by the weights of the moment (under JAX
+    # a compiled search holds the values the weights had when it was traced). WeightedL1 ranks
+    # pairs as the manhattan distance between |a| * x and |a| * y does.
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 10)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    x[:, :3] += y[:, None]  # the classes differ in the first three features only
+    layer = tfmetric.layers.WeightedL1()
+    layer.build((None, 6))
+    distance = tfmetric.distances.get(layer)
+    seen = set()
+    for a in ([1.0] * 6, [0.05] * 3 + [3.0] * 3, [3.0] * 3 + [0.0] * 3):
+        layer.feature_weights.assign(np.array(a, np.float32))
+        relevance = ranked_relevance(x * np.float32(a), y, None, None, "manhattan", False)
+        expected = metrics_from_relevance(relevance)
+        scores = _ranking_only(x, y, distance=distance, k=(1, 5))
+        for name in RANKING:
+            np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5, err_msg=name)
+        seen.add(round(scores["map_at_r"], 6))
+    assert len(seen) == 3  # the weights changed the ranking each time
+
+
 def test_chunked_computation_matches_reference(monkeypatch):
     # A tiny element budget forces many query chunks (the last one padded).
     monkeypatch.setattr(_ranking, "ELEMENT_BUDGET", 64)

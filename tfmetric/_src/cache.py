@@ -8,10 +8,20 @@ only to views of the same layer. Two layers with the same configuration
 never share a function traced on the other's weights. The least recently
 used entries are dropped beyond `maxsize`, so the cache does not grow with
 every distance ever seen.
+
+Under JAX a compiled function holds the values a learned distance's weights
+had when it was traced (`jax.jit` captures them as constants; TensorFlow reads
+the variables at every call): there the key also holds a digest of those
+values, so that a function traced before the weights changed (an epoch of
+training between two evaluations) is never called after.
 """
 
 import collections
+import hashlib
 import threading
+
+import keras
+import numpy as np
 
 
 class FunctionCache:
@@ -24,6 +34,8 @@ class FunctionCache:
 
     def get(self, key, build):
         """The function cached under `key`, built by `build()` on a miss."""
+        if keras.backend.backend() == "jax":
+            key = (key, _weight_digests(key))
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -42,3 +54,16 @@ class FunctionCache:
     def clear(self):
         with self._lock:
             self._entries.clear()
+
+
+def _weight_digests(key):
+    """Digests of the current weights of the learned distances in a tuple `key`."""
+    from tfmetric import distances  # the distances module imports nothing of this one
+
+    items = key if isinstance(key, tuple) else (key,)
+    return tuple(
+        hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in item.get_weights()))
+        .hexdigest()
+        for item in items
+        if isinstance(item, distances.Distance) and item.get_weights()
+    )

@@ -4,11 +4,12 @@ import keras
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import centring, compile, inputs, validation
+from tfmetric._src import cache, centring, compile, inputs, validation
 
 # Most elements of one chunk of episodes: float64 rows and blocks of a translation-invariant
 # distance, else the (chunk queries) x (chunk supports) x dimensions pairs of the distance.
 _BLOCK_ELEMENTS = 1 << 22
+_COMPILED = cache.FunctionCache()
 
 
 def n_way_k_shot_accuracy(
@@ -107,11 +108,11 @@ def n_way_k_shot_accuracy(
         # as small as keeps a call's (c nq) x (c ns) x d pairs' elements near the bound.
         chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns * embeddings.shape[1]))))
         # Under JAX, a distance's loops (manhattan's feature blocks, ...) run eagerly are traced
-        # anew on every call: there the matrix is jit-compiled once per chunk shape (300 x 784,
-        # 5-way 5-shot manhattan: 31.7 -> 1.4 CPU-s). TensorFlow runs them eagerly at no such cost.
-        matrix = lambda a, b: distance(a, b)  # noqa: E731
+        # anew on every call: there the matrix is jit-compiled (once per distance and chunk
+        # shape; benchmarks/few_shot.py). TensorFlow runs them eagerly at no such cost.
+        matrix = distance
         if keras.backend.backend() == "jax":
-            matrix = compile.backend_jit(matrix)
+            matrix = _COMPILED.get(distance, lambda: compile.backend_jit(distance.__call__))
     own = support_class[None, None, :] == query_class[None, :, None]
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):
