@@ -13,15 +13,18 @@ computed from the differences of the gathered rows (`direct_values`), and the
 numpy-side metrics compute their blocks in float64 (`dissimilarities`).
 """
 
+import keras
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import search_keys
+from tfmetric._src import cache, compile, search_keys
 
 # Rows of the evenly spaced sample that estimates the spread in `offset`.
 _SPREAD_SAMPLE = 1024
 # Most float64 elements of one `(rows, k, d)` difference block in `direct_values`.
 _DIFFERENCE_ELEMENTS = 1 << 22
+# `dissimilarities`' compiled distance matrices under JAX.
+_COMPILED = cache.FunctionCache()
 
 
 def translation_invariant(distance):
@@ -102,10 +105,17 @@ def dissimilarities(distance, x, y, shift=None):
 
     Translation-invariant distances are computed in float64 on `x - c` and
     `y - c` (`c = shift`, else `offset(distance, y)`); any other distance is
-    the library's float32 matrix.
+    the library's float32 matrix. Under JAX that matrix is jit-compiled, once
+    per distance and shapes: run eagerly, a distance's loops (manhattan's
+    feature blocks, ...) are traced anew on every call (`benchmarks/few_shot.py`);
+    TensorFlow runs them eagerly at no such cost.
     """
     if not translation_invariant(distance):
-        return distance.to_dissimilarity(np.asarray(distance(x, y), np.float64))
+        matrix = distance
+        if keras.backend.backend() == "jax":
+            matrix = _COMPILED.get(distance, lambda: compile.backend_jit(distance.__call__))
+        x, y = (compile.tensor(np.asarray(a, np.float32)) for a in (x, y))
+        return distance.to_dissimilarity(np.asarray(compile.numpy(matrix(x, y)), np.float64))
     return centred_dissimilarities(distance, x, y, offset(distance, y) if shift is None else shift)
 
 

@@ -1,15 +1,13 @@
 """N-way k-shot classification accuracy of embeddings (few-shot protocol)."""
 
-import keras
 import numpy as np
 
 from tfmetric import distances as distances_lib
-from tfmetric._src import cache, centring, compile, inputs, validation
+from tfmetric._src import centring, inputs, validation
 
 # Most elements of one chunk of episodes: float64 rows and blocks of a translation-invariant
 # distance, else the (chunk queries) x (chunk supports) x dimensions pairs of the distance.
 _BLOCK_ELEMENTS = 1 << 22
-_COMPILED = cache.FunctionCache()
 
 
 def n_way_k_shot_accuracy(
@@ -107,12 +105,6 @@ def n_way_k_shot_accuracy(
         # work grows with the chunk (c episodes compute c times their blocks), so chunks are
         # as small as keeps a call's (c nq) x (c ns) x d pairs' elements near the bound.
         chunk = max(1, int(np.sqrt(_BLOCK_ELEMENTS / (nq * ns * embeddings.shape[1]))))
-        # Under JAX, a distance's loops (manhattan's feature blocks, ...) run eagerly are traced
-        # anew on every call: there the matrix is jit-compiled (once per distance and chunk
-        # shape; benchmarks/few_shot.py). TensorFlow runs them eagerly at no such cost.
-        matrix = distance
-        if keras.backend.backend() == "jax":
-            matrix = _COMPILED.get(distance, lambda: compile.backend_jit(distance.__call__))
     own = support_class[None, None, :] == query_class[None, :, None]
     accuracy = np.empty(episodes)
     for begin in range(0, episodes, chunk):
@@ -123,12 +115,11 @@ def n_way_k_shot_accuracy(
         if shift is not None:
             d = centring.centred_dissimilarities(distance, episode_queries, episode_supports, shift)
         else:
-            pairs = matrix(
-                compile.tensor(episode_queries.reshape(c * nq, -1).astype(np.float32)),
-                compile.tensor(episode_supports.reshape(c * ns, -1).astype(np.float32)),
-            )
-            block = distance.to_dissimilarity(np.asarray(compile.numpy(pairs), np.float64))
-            block = block.reshape(c, nq, c, ns)
+            block = centring.dissimilarities(
+                distance,
+                episode_queries.reshape(c * nq, -1),
+                episode_supports.reshape(c * ns, -1),
+            ).reshape(c, nq, c, ns)
             d = block[np.arange(c), :, np.arange(c), :]  # (c, nq, ns): each episode's own block
         nearest_own = np.where(own, d, np.inf).min(axis=2)
         nearest_other = np.where(own, np.inf, d).min(axis=2)
