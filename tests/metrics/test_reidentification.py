@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+from references import pairwise
 
 from tfmetric.metrics import reid_scores
 
 
-def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank, junk_label=-1):
+def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank, junk_label=-1, distance="euclidean"):
     """Per query: drop junk and same-identity-same-camera, sort (wrong before good on ties)."""
+    d = pairwise(q, g, distance)
     cmc, aps = np.zeros(max_rank), []
     for i in range(len(q)):
         rows = []
@@ -15,7 +17,7 @@ def _naive(q, q_id, q_cam, g, g_id, g_cam, max_rank, junk_label=-1):
             if g_id[j] == junk_label or (g_id[j] == q_id[i] and g_cam[j] == q_cam[i]):
                 continue
             good = g_id[j] == q_id[i]
-            rows.append((np.sqrt(((q[i] - g[j]) ** 2).sum()), good))
+            rows.append((d[i, j], good))
         rows.sort(key=lambda r: (r[0], r[1]))
         goods = [rank for rank, (_, good) in enumerate(rows, 1) if good]
         if not goods:
@@ -72,16 +74,20 @@ def test_ties_are_pessimistic_and_unmatched_queries_skipped():
     assert scores["num_queries"] == 1 and scores["num_skipped"] == 1
 
 
-def test_random_matches_naive_reference(monkeypatch):
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "manhattan"])
+def test_random_matches_naive_reference(monkeypatch, distance):
     from tfmetric.metrics import reidentification
 
-    monkeypatch.setattr(reidentification, "_BLOCK_ELEMENTS", 100)  # several query chunks
+    # Several query chunks (2 queries each, the last one alone): the distances other than
+    # euclidean go through the library's distance matrix, per chunk.
+    monkeypatch.setattr(reidentification, "_BLOCK_ELEMENTS", 100)
     rng = np.random.default_rng(0)
-    q, g = rng.normal(size=(30, 3)), rng.normal(size=(50, 3))
-    q_id, g_id = rng.integers(1, 6, 30), rng.integers(-1, 6, 50)
-    q_cam, g_cam = rng.integers(1, 4, 30), rng.integers(1, 4, 50)
-    scores = reid_scores((q, q_id, q_cam), (g, g_id, g_cam), max_rank=8)
-    cmc, mean_ap, count = _naive(q, q_id, q_cam, g.astype(np.float32), g_id, g_cam, 8)
+    q, g = rng.normal(size=(31, 3)), rng.normal(size=(50, 3))
+    q_id, g_id = rng.integers(1, 6, 31), rng.integers(-1, 6, 50)
+    q_cam, g_cam = rng.integers(1, 4, 31), rng.integers(1, 4, 50)
+    scores = reid_scores((q, q_id, q_cam), (g, g_id, g_cam), distance=distance, max_rank=8)
+    q32, g32 = q.astype(np.float32), g.astype(np.float32)
+    cmc, mean_ap, count = _naive(q32, q_id, q_cam, g32, g_id, g_cam, 8, distance=distance)
     np.testing.assert_allclose(scores["cmc"], cmc)
     np.testing.assert_allclose(scores["mean_average_precision"], mean_ap, rtol=1e-6)
     assert scores["num_queries"] == count
