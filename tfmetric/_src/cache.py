@@ -60,10 +60,10 @@ def _weight_digests(key):
     """Digests of the current weights of the learned distances in a tuple `key`."""
     from tfmetric import distances  # the distances module imports nothing of this one
 
-    items = key if isinstance(key, tuple) else (key,)
-    return tuple(
-        hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in item.get_weights()))
-        .hexdigest()
-        for item in items
-        if isinstance(item, distances.Distance) and item.get_weights()
-    )
+    digests = []
+    for item in key if isinstance(key, tuple) else (key,):
+        weights = item.get_weights() if isinstance(item, distances.Distance) else []
+        if weights:  # read once: a learned distance copies its weights to the host
+            data = b"".join(np.ascontiguousarray(w).tobytes() for w in weights)
+            digests.append(hashlib.sha256(data).hexdigest())
+    return tuple(digests)
